@@ -1,0 +1,6 @@
+//! The broker: the Pulsar binary protocol server, topics over managed ledgers, durable cursors,
+//! subscriptions and their dispatchers, ownership and lookup, the admin REST API, auth,
+//! geo-replication and metrics; and the `magnetar` server binary.
+//! It is the top of the crate graph: it may use `meta`, `bookie`, `tiering` and the clients,
+//! and nothing below it may use it. It never writes a disk itself: durable state goes to
+//! bookies (entries) and `meta` (records).

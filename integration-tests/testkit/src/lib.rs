@@ -1,0 +1,280 @@
+//! Test harness shared by every crate's process-level tests: free loopback ports, temp
+//! dirs, real child processes (etcd today; bookies, brokers and the standalone later) with a
+//! log file each, `kill9()` and `restart()`, and condition waits instead of sleeps. When a
+//! test panics, the tail of each process's log is printed so the failure can be read.
+//! It depends on no Magnetar crate so that all of them can use it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A loopback port that was free a moment ago. Callers that bind it later retry on a clash.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child process with its output in a log file, killed when dropped.
+pub struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(name: &str, program: impl Into<PathBuf>, args: Vec<String>, log: PathBuf) -> Proc {
+        Proc {
+            name: name.to_string(),
+            program: program.into(),
+            args,
+            envs: Vec::new(),
+            log,
+            child: None,
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Proc {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the process; output is appended to its log, across restarts.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open log {}", self.log.display()))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} ({})", self.name, self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (or was never started).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `grace` before SIGKILL. Returns whether it exited on its own.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last lines of {} log ({}) ----\n{}\n----",
+                self.name,
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// A real etcd (Debian's `etcd-server`) on free loopback ports with its own data dir.
+pub struct EtcdServer {
+    dir: tempfile::TempDir,
+    client_port: u16,
+    proc: Proc,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers `/health`. Retries on a port clash.
+    pub async fn start() -> Result<EtcdServer> {
+        let program = find_program("etcd").context(
+            "etcd is not installed: `make test` installs it (apt-get install etcd-server)",
+        )?;
+        let mut last_err = None;
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("magnetar-etcd-")
+                .tempdir()?;
+            let client_port = free_port()?;
+            let peer_port = free_port()?;
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let args = vec![
+                "--name".into(),
+                "test".into(),
+                "--data-dir".into(),
+                dir.path().join("data").display().to_string(),
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--advertise-client-urls".into(),
+                client,
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer.clone(),
+                "--initial-cluster".into(),
+                format!("test={peer}"),
+                // Our transactions may carry up to 8 MiB (see meta::key::MAX_TXN_BYTES).
+                "--max-request-bytes".into(),
+                (10 * 1024 * 1024).to_string(),
+                "--logger".into(),
+                "zap".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ];
+            let log = dir.path().join("etcd.log");
+            let mut server = EtcdServer {
+                proc: Proc::new("etcd", &program, args, log),
+                dir,
+                client_port,
+            };
+            server.proc.spawn()?;
+            match server.wait_healthy(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    last_err = Some(e.context(server.proc.log_tail(20)));
+                    server.proc.kill9();
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    /// `127.0.0.1:port`, as etcd clients take it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `etcd://127.0.0.1:port`, as `meta::connect` takes it.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoint())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts the killed process again on the same ports and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.kill9();
+        self.proc.spawn()?;
+        self.wait_healthy(Duration::from_secs(20)).await
+    }
+
+    async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.client_port).parse()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.proc.exited() {
+                bail!("etcd exited during start-up");
+            }
+            let probe = tokio::task::spawn_blocking(move || http_get(addr, "/health")).await?;
+            if let Ok(body) = probe
+                && body.contains("\"health\":\"true\"")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("etcd not healthy after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.0 GET, enough for health probes.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Finds a program on PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}

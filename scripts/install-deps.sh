@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing Magnetar needs, only when it is missing, so it is cheap
+# to run before every build. Debian/Ubuntu (apt); run as root or with sudo available.
+set -euo pipefail
+
+need_apt=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# Build: protoc (prost-build, etcd-client), libclang (RocksDB bindgen), OpenSSL + pkg-config.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+have_pkg libssl-dev || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# Tests: a real etcd for the cluster metadata backend.
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need_apt[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "install-deps: need root to install ${need_apt[*]}; run: apt-get install -y ${need_apt[*]}" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
