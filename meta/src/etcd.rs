@@ -113,6 +113,12 @@ async fn bounded<T>(
     }
 }
 
+/// Whether the request never reached a server (so even a write may be sent again).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let s = e.to_string();
+    s.contains("tcp connect error") || s.contains("Connection refused")
+}
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> Result<Version> {
     header
         .map(|h| h.revision() as Version)
@@ -147,14 +153,49 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Runs one etcd call within the operation timeout, sending it again when another member
+    /// may answer: reads on any retriable error, writes only when the request never left
+    /// (re-sending an applied conditional write would report a false version mismatch).
+    /// etcd-client's balancer keeps picking a dead member now and then, so without this a
+    /// healthy cluster that lost one member would fail calls at random.
+    async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(MetaError::Timeout(format!(
+                        "{what}: no answer in {:?}",
+                        self.config.op_timeout
+                    )));
+                }
+            };
+            let unsent = never_sent(&err);
+            let mapped = map_err(what, err);
+            let retry = unsent || (idempotent && mapped.is_retriable());
+            if !retry || Instant::now() + pause >= deadline {
+                return Err(mapped);
+            }
+            debug!(what, error = %mapped, "etcd call failed; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     async fn current_revision(&self) -> Result<Version> {
-        let mut kv = self.client.kv_client();
-        let resp = bounded(
-            self.config.op_timeout,
-            "read revision",
-            kv.get("/", Some(GetOptions::new().with_count_only())),
-        )
-        .await?;
+        let resp = self
+            .call("read revision", true, || {
+                let mut kv = self.client.kv_client();
+                async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
         revision_of(resp.header())
     }
 
@@ -193,8 +234,13 @@ impl EtcdStore {
 impl MetadataStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned<Bytes>>> {
         validate_key(key)?;
-        let mut kv = self.client.kv_client();
-        let resp = bounded(self.config.op_timeout, "get", kv.get(key, None)).await?;
+        let resp = self
+            .call("get", true, || {
+                let mut kv = self.client.kv_client();
+                let key = key.to_string();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(|kv| Versioned {
             value: Bytes::copy_from_slice(kv.value()),
             version: kv.mod_revision() as Version,
@@ -204,13 +250,14 @@ impl MetadataStore for EtcdStore {
 
     async fn txn(&self, ops: Vec<Op>) -> Result<Vec<Version>> {
         validate_ops(&ops)?;
-        let mut kv = self.client.kv_client();
-        let resp = match bounded(
-            self.config.op_timeout,
-            "txn",
-            kv.txn(Self::txn_request(&ops)),
-        )
-        .await
+        let request = Self::txn_request(&ops);
+        let resp = match self
+            .call("txn", false, || {
+                let mut kv = self.client.kv_client();
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -246,16 +293,16 @@ impl MetadataStore for EtcdStore {
     async fn children(&self, path: &str) -> Result<Vec<String>> {
         validate_path(path)?;
         let base = descendant_prefix(path);
-        let mut kv = self.client.kv_client();
-        let resp = bounded(
-            self.config.op_timeout,
-            "list children",
-            kv.get(
-                base.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        )
-        .await?;
+        let resp = self
+            .call("list children", true, || {
+                let mut kv = self.client.kv_client();
+                let base = base.clone();
+                async move {
+                    kv.get(base, Some(GetOptions::new().with_prefix().with_keys_only()))
+                        .await
+                }
+            })
+            .await?;
         let mut out = BTreeSet::new();
         for kv in resp.kvs() {
             let key = kv
@@ -272,21 +319,24 @@ impl MetadataStore for EtcdStore {
 
     async fn watch(&self, path: &str) -> Result<Watch> {
         validate_path(path)?;
-        let mut wc = self.client.watch_client();
-        let mut stream = bounded(
-            self.config.op_timeout,
-            "watch",
-            wc.watch(
-                path,
-                Some(WatchOptions::new().with_prefix().with_progress_notify()),
-            ),
-        )
-        .await?;
         // The created response is sent once the server has registered the watch: every
         // revision after its header's is ours to deliver.
-        let created = bounded(self.config.op_timeout, "watch", stream.message())
-            .await?
-            .ok_or_else(|| MetaError::Unavailable("watch stream closed at once".into()))?;
+        let (stream, created) = self
+            .call("watch", true, || {
+                let mut wc = self.client.watch_client();
+                let path = path.to_string();
+                async move {
+                    let opts = WatchOptions::new().with_prefix().with_progress_notify();
+                    let mut stream = wc.watch(path, Some(opts)).await?;
+                    match stream.message().await? {
+                        Some(created) => Ok((stream, created)),
+                        None => Err(etcd_client::Error::WatchError(
+                            "watch stream closed at once".into(),
+                        )),
+                    }
+                }
+            })
+            .await?;
         let start = revision_of(created.header())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let pump = WatchPump {
@@ -302,9 +352,13 @@ impl MetadataStore for EtcdStore {
 
     async fn create_session(&self, ttl: Duration) -> Result<Session> {
         validate_ttl(ttl)?;
-        let mut lc = self.client.lease_client();
         let secs = ttl.as_secs_f64().ceil() as i64;
-        let grant = bounded(self.config.op_timeout, "grant lease", lc.grant(secs, None)).await?;
+        let grant = self
+            .call("grant lease", false, || {
+                let mut lc = self.client.lease_client();
+                async move { lc.grant(secs, None).await }
+            })
+            .await?;
         let id = grant.id();
         let granted = Duration::from_secs(grant.ttl().max(1) as u64);
         let (state_tx, state_rx) = watch::channel(SessionState::Alive);
@@ -327,8 +381,12 @@ impl MetadataStore for EtcdStore {
     }
 
     async fn revoke_session(&self, id: SessionId) -> Result<()> {
-        let mut lc = self.client.lease_client();
-        let res = bounded(self.config.op_timeout, "revoke lease", lc.revoke(id)).await;
+        let res = self
+            .call("revoke lease", true, || {
+                let mut lc = self.client.lease_client();
+                async move { lc.revoke(id).await }
+            })
+            .await;
         if let Some(state) = self.sessions.lock().remove(&id) {
             state.send_replace(SessionState::Lost);
         }

@@ -107,3 +107,77 @@ async fn connect_to_nothing_is_a_clear_retriable_error() -> Result<()> {
     assert!(err.is_retriable(), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_member_cluster_survives_the_loss_of_one() -> Result<()> {
+    let mut cluster = magnetar_testkit::EtcdCluster::start(3).await?;
+    let store = magnetar_meta::connect(&cluster.url()).await?;
+    let session = store.create_session(Duration::from_secs(10)).await?;
+    store
+        .put_ephemeral(&session, "/c/owner", b("me"), Expected::Absent)
+        .await?;
+    let v = store.put("/c/a", b("1"), Expected::Absent).await?;
+    let mut watch = store.watch("/c").await?;
+
+    // Whichever member this is (possibly the leader), two of three keep a quorum.
+    cluster.kill9(0);
+    let deadline = Instant::now() + WAIT;
+    let v2 = loop {
+        match store.put("/c/a", b("2"), Expected::Version(v)).await {
+            Ok(v2) => break v2,
+            Err(e) => {
+                assert!(
+                    e.is_retriable(),
+                    "only retriable errors while electing: {e}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "no write succeeded after losing a member"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ev = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .context("watch stalled after losing a member")?
+        .context("watch ended")??;
+    assert_eq!((ev.key.as_str(), ev.version), ("/c/a", v2));
+    assert_ne!(
+        session.state(),
+        SessionState::Lost,
+        "a session must ride out one member's loss"
+    );
+    assert!(store.get("/c/owner").await?.is_some());
+
+    cluster.restart(0).await?;
+    assert_eq!(store.get("/c/a").await?.context("record")?.value, b("2"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_unique_across_separate_connections() -> Result<()> {
+    // Separate connections stand in for separate broker processes.
+    let etcd = EtcdServer::start().await?;
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let store = magnetar_meta::connect(&etcd.url()).await?;
+        handles.push(tokio::spawn(async move {
+            let ids = magnetar_meta::IdGenerator::new(store, "/counters/ledger");
+            let mut got = Vec::new();
+            for _ in 0..20 {
+                got.push(ids.next_id().await?);
+            }
+            Ok::<_, magnetar_meta::MetaError>(got)
+        }));
+    }
+    let mut all = std::collections::BTreeSet::new();
+    for h in handles {
+        for id in h.await?? {
+            assert!(all.insert(id), "id {id} handed out twice");
+        }
+    }
+    assert_eq!(all.len(), 80);
+    assert_eq!(all.last(), Some(&80));
+    Ok(())
+}

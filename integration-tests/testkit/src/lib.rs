@@ -151,16 +151,23 @@ impl Drop for Proc {
     }
 }
 
-/// A real etcd (Debian's `etcd-server`) on free loopback ports with its own data dir.
-pub struct EtcdServer {
-    dir: tempfile::TempDir,
+/// One member of an [`EtcdCluster`].
+struct Member {
     client_port: u16,
     proc: Proc,
 }
 
-impl EtcdServer {
-    /// Starts etcd and waits until it answers `/health`. Retries on a port clash.
-    pub async fn start() -> Result<EtcdServer> {
+/// A real etcd cluster (Debian's `etcd-server`) of one or more members on free loopback
+/// ports, each with its own data dir and log.
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one answers `/health` (which needs a
+    /// leader). Retries with new ports on a clash.
+    pub async fn start(n: usize) -> Result<EtcdCluster> {
         let program = find_program("etcd").context(
             "etcd is not installed: `make test` installs it (apt-get install etcd-server)",
         )?;
@@ -169,82 +176,105 @@ impl EtcdServer {
             let dir = tempfile::Builder::new()
                 .prefix("magnetar-etcd-")
                 .tempdir()?;
-            let client_port = free_port()?;
-            let peer_port = free_port()?;
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let args = vec![
-                "--name".into(),
-                "test".into(),
-                "--data-dir".into(),
-                dir.path().join("data").display().to_string(),
-                "--listen-client-urls".into(),
-                client.clone(),
-                "--advertise-client-urls".into(),
-                client,
-                "--listen-peer-urls".into(),
-                peer.clone(),
-                "--initial-advertise-peer-urls".into(),
-                peer.clone(),
-                "--initial-cluster".into(),
-                format!("test={peer}"),
-                // Our transactions may carry up to 8 MiB (see meta::key::MAX_TXN_BYTES).
-                "--max-request-bytes".into(),
-                (10 * 1024 * 1024).to_string(),
-                "--logger".into(),
-                "zap".into(),
-                "--log-level".into(),
-                "warn".into(),
-            ];
-            let log = dir.path().join("etcd.log");
-            let mut server = EtcdServer {
-                proc: Proc::new("etcd", &program, args, log),
-                dir,
-                client_port,
-            };
-            server.proc.spawn()?;
-            match server.wait_healthy(Duration::from_secs(20)).await {
-                Ok(()) => return Ok(server),
+            let mut ports = Vec::with_capacity(n);
+            for _ in 0..n {
+                ports.push((free_port()?, free_port()?));
+            }
+            let initial: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .collect();
+            let initial = initial.join(",");
+            let mut members = Vec::with_capacity(n);
+            for (i, (client_port, peer_port)) in ports.into_iter().enumerate() {
+                let client = format!("http://127.0.0.1:{client_port}");
+                let peer = format!("http://127.0.0.1:{peer_port}");
+                let args: Vec<String> = vec![
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--data-dir".into(),
+                    dir.path().join(format!("m{i}")).display().to_string(),
+                    "--listen-client-urls".into(),
+                    client.clone(),
+                    "--advertise-client-urls".into(),
+                    client,
+                    "--listen-peer-urls".into(),
+                    peer.clone(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer,
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                    "--initial-cluster-state".into(),
+                    "new".into(),
+                    // Our transactions may carry up to 8 MiB (meta::key::MAX_TXN_BYTES).
+                    "--max-request-bytes".into(),
+                    (10 * 1024 * 1024).to_string(),
+                    "--logger".into(),
+                    "zap".into(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ];
+                let log = dir.path().join(format!("etcd-m{i}.log"));
+                let mut proc = Proc::new(&format!("etcd m{i}"), &program, args, log);
+                proc.spawn()?;
+                members.push(Member { client_port, proc });
+            }
+            let mut cluster = EtcdCluster { dir, members };
+            let mut result = Ok(());
+            for i in 0..n {
+                if let Err(e) = cluster.wait_healthy(i, Duration::from_secs(30)).await {
+                    result = Err(e.context(cluster.members[i].proc.log_tail(20)));
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => return Ok(cluster),
                 Err(e) => {
-                    last_err = Some(e.context(server.proc.log_tail(20)));
-                    server.proc.kill9();
+                    last_err = Some(e);
+                    for m in &mut cluster.members {
+                        m.proc.kill9();
+                    }
                 }
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    /// `127.0.0.1:port`, as etcd clients take it.
-    pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+    /// `127.0.0.1:port` of every member, as etcd clients take them.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
     }
 
-    /// `etcd://127.0.0.1:port`, as `meta::connect` takes it.
+    /// `etcd://a,b,c`, as `meta::connect` takes it.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoint())
+        format!("etcd://{}", self.endpoints().join(","))
     }
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn kill9(&mut self) {
-        self.proc.kill9();
+    pub fn kill9(&mut self, member: usize) {
+        self.members[member].proc.kill9();
     }
 
-    /// Starts the killed process again on the same ports and data.
-    pub async fn restart(&mut self) -> Result<()> {
-        self.proc.kill9();
-        self.proc.spawn()?;
-        self.wait_healthy(Duration::from_secs(20)).await
+    /// Starts a killed member again on its ports and data.
+    pub async fn restart(&mut self, member: usize) -> Result<()> {
+        self.members[member].proc.kill9();
+        self.members[member].proc.spawn()?;
+        self.wait_healthy(member, Duration::from_secs(30)).await
     }
 
-    async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.client_port).parse()?;
+    async fn wait_healthy(&mut self, member: usize, timeout: Duration) -> Result<()> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.members[member].client_port).parse()?;
         let deadline = Instant::now() + timeout;
         loop {
-            if self.proc.exited() {
-                bail!("etcd exited during start-up");
+            if self.members[member].proc.exited() {
+                bail!("etcd m{member} exited during start-up");
             }
             let probe = tokio::task::spawn_blocking(move || http_get(addr, "/health")).await?;
             if let Ok(body) = probe
@@ -253,10 +283,41 @@ impl EtcdServer {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("etcd not healthy after {timeout:?}");
+                bail!("etcd m{member} not healthy after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A single-member etcd: what most tests need.
+pub struct EtcdServer(EtcdCluster);
+
+impl EtcdServer {
+    pub async fn start() -> Result<EtcdServer> {
+        EtcdCluster::start(1).await.map(EtcdServer)
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        self.0.endpoints().remove(0)
+    }
+
+    /// `etcd://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        self.0.url()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.0.data_dir()
+    }
+
+    pub fn kill9(&mut self) {
+        self.0.kill9(0);
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        self.0.restart(0).await
     }
 }
 
