@@ -1,0 +1,600 @@
+//! The journal: every add is made durable here before it is acknowledged.
+//!
+//! Records from all ledgers are appended to one sequence of files. A dedicated thread takes
+//! whatever is queued, writes it as one group and makes the group durable with a single
+//! `fdatasync` (group commit): while one sync runs the next group gathers, so groups grow with
+//! load without a fixed wait. `max_group_bytes` caps a group and `max_group_wait` may hold a
+//! small group open a little longer. Files are zero-filled ahead of the write position so a
+//! sync never has to persist a size change.
+//!
+//! Record: `len u32 | crc32c(len, body) u32 | body`, body = `kind u8 | ledger u64 | entry u64 |
+//! payload`, all little-endian. Zero `len` marks the end of written data. On open, files are
+//! replayed from the checkpoint; a record that fails its checksum in the newest file is a torn
+//! tail from a crash (it was never acknowledged) and is cut off; anywhere else it is corruption
+//! and opening fails rather than skip acknowledged data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::error::{BookieError, Result};
+
+const RECORD_HEADER: usize = 8;
+const BODY_HEADER: usize = 1 + 8 + 8;
+/// Largest record body accepted (an entry is bounded far below this by the bookie).
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+const CHECKPOINT_FILE: &str = "checkpoint";
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// One journaled change. The journal does not interpret `kind`; ledger storage does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub kind: u8,
+    pub ledger: u64,
+    pub entry: u64,
+    pub payload: Bytes,
+}
+
+impl Record {
+    fn encoded_len(&self) -> usize {
+        RECORD_HEADER + BODY_HEADER + self.payload.len()
+    }
+}
+
+/// A place in the journal: file sequence number and byte offset. Ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct JournalPos {
+    pub file: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    /// Start a new file once the current one reaches this size.
+    pub max_file_bytes: u64,
+    /// Zero-fill this far ahead of the write position.
+    pub prealloc_bytes: u64,
+    /// Close a group once it holds this many bytes.
+    pub max_group_bytes: usize,
+    /// Hold a group open up to this long for more records (0: sync as soon as the previous
+    /// sync is done, which already batches under load).
+    pub max_group_wait: Duration,
+    /// Bytes queued but not yet durable before `append` waits (backpressure).
+    pub max_pending_bytes: usize,
+}
+
+impl JournalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> JournalConfig {
+        JournalConfig {
+            dir: dir.into(),
+            max_file_bytes: 512 << 20,
+            prealloc_bytes: 4 << 20,
+            max_group_bytes: 512 << 10,
+            max_group_wait: Duration::ZERO,
+            max_pending_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub records: AtomicU64,
+    pub groups: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sync_micros: AtomicU64,
+}
+
+struct Pending {
+    record: Record,
+    done: oneshot::Sender<Result<JournalPos>>,
+    _budget: OwnedSemaphorePermit,
+}
+
+struct Shared {
+    dir: PathBuf,
+    failed: Mutex<Option<String>>,
+    /// End of the durable data: every record before it is synced.
+    durable: Mutex<JournalPos>,
+    stats: JournalStats,
+}
+
+pub struct Journal {
+    tx: Option<std_mpsc::Sender<Pending>>,
+    budget: Arc<Semaphore>,
+    budget_total: usize,
+    budget_unit: usize,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.dir)
+            .field("durable", &*self.shared.durable.lock())
+            .finish()
+    }
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:016x}.journal")
+}
+
+fn list_files(dir: &Path) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| BookieError::io("list journal", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| BookieError::io("list journal", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(hex) = name.strip_suffix(".journal")
+            && let Ok(seq) = u64::from_str_radix(hex, 16)
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BookieError::io("sync journal dir", dir, e))
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Option<JournalPos>> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BookieError::io("read journal checkpoint", path, e)),
+    };
+    if raw.len() != 20 || crc32c::crc32c(&raw[..16]).to_le_bytes() != raw[16..20] {
+        // Replaying from the oldest file is always safe (replay is idempotent); guessing is not.
+        warn!(path = %path.display(), "journal checkpoint is corrupt; replaying every file");
+        return Ok(None);
+    }
+    let mut file = [0u8; 8];
+    let mut offset = [0u8; 8];
+    file.copy_from_slice(&raw[..8]);
+    offset.copy_from_slice(&raw[8..16]);
+    Ok(Some(JournalPos {
+        file: u64::from_le_bytes(file),
+        offset: u64::from_le_bytes(offset),
+    }))
+}
+
+fn write_checkpoint(dir: &Path, pos: JournalPos) -> Result<()> {
+    let mut raw = Vec::with_capacity(20);
+    raw.extend_from_slice(&pos.file.to_le_bytes());
+    raw.extend_from_slice(&pos.offset.to_le_bytes());
+    let crc = crc32c::crc32c(&raw);
+    raw.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join("checkpoint.tmp");
+    let path = dir.join(CHECKPOINT_FILE);
+    let write = || -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        f.write_all_at(&raw, 0)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| BookieError::io("write journal checkpoint", &path, e))?;
+    sync_dir(dir)
+}
+
+enum ScanEnd {
+    /// Clean end of data at this offset.
+    Clean(u64),
+    /// A record at this offset does not check out.
+    Bad { offset: u64, reason: String },
+}
+
+/// Reads records of one file from `from`, handing each to `visit` with the position after it.
+fn scan_file(
+    path: &Path,
+    seq: u64,
+    from: u64,
+    visit: &mut dyn FnMut(Record, JournalPos) -> Result<()>,
+) -> Result<ScanEnd> {
+    let file = File::open(path).map_err(|e| BookieError::io("open journal", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| BookieError::io("stat journal", path, e))?
+        .len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader
+        .seek(SeekFrom::Start(from))
+        .map_err(|e| BookieError::io("seek journal", path, e))?;
+    let mut offset = from;
+    loop {
+        if offset + RECORD_HEADER as u64 > len {
+            return Ok(ScanEnd::Clean(offset));
+        }
+        let mut header = [0u8; RECORD_HEADER];
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| BookieError::io("read journal", path, e))?;
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if body_len == 0 && crc == 0 {
+            return Ok(ScanEnd::Clean(offset));
+        }
+        if !(BODY_HEADER..=MAX_RECORD_BYTES).contains(&body_len) {
+            return Ok(ScanEnd::Bad {
+                offset,
+                reason: format!("impossible record length {body_len}"),
+            });
+        }
+        if offset + (RECORD_HEADER + body_len) as u64 > len {
+            return Ok(ScanEnd::Bad {
+                offset,
+                reason: "record runs past the end of the file".into(),
+            });
+        }
+        let mut body = vec![0u8; body_len];
+        reader
+            .read_exact(&mut body)
+            .map_err(|e| BookieError::io("read journal", path, e))?;
+        if crc32c::crc32c_append(crc32c::crc32c(&header[..4]), &body) != crc {
+            return Ok(ScanEnd::Bad {
+                offset,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&body[1..9]);
+        let ledger = u64::from_le_bytes(word);
+        word.copy_from_slice(&body[9..17]);
+        let entry = u64::from_le_bytes(word);
+        let kind = body[0];
+        let payload = Bytes::from(body).slice(BODY_HEADER..);
+        offset += (RECORD_HEADER + body_len) as u64;
+        visit(
+            Record {
+                kind,
+                ledger,
+                entry,
+                payload,
+            },
+            JournalPos { file: seq, offset },
+        )?;
+    }
+}
+
+impl Journal {
+    /// Opens the journal in `config.dir`, replaying every record after the checkpoint into
+    /// `replay` (in order) before any new append is accepted.
+    pub fn open(
+        config: JournalConfig,
+        mut replay: impl FnMut(Record, JournalPos) -> Result<()>,
+    ) -> Result<Journal> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| BookieError::io("create journal dir", &config.dir, e))?;
+        let checkpoint = read_checkpoint(&config.dir)?;
+        let files = list_files(&config.dir)?;
+        let mut replayed = 0u64;
+        let mut end = JournalPos::default();
+        let last = files.last().copied();
+        for &seq in &files {
+            let from = match checkpoint {
+                Some(c) if seq < c.file => continue,
+                Some(c) if seq == c.file => c.offset,
+                _ => 0,
+            };
+            let path = config.dir.join(file_name(seq));
+            let scan = scan_file(&path, seq, from, &mut |rec, pos| {
+                replayed += 1;
+                replay(rec, pos)
+            })?;
+            match scan {
+                ScanEnd::Clean(offset) => end = JournalPos { file: seq, offset },
+                ScanEnd::Bad { offset, reason } if Some(seq) == last => {
+                    // The last group before a crash was never synced, so never acknowledged.
+                    warn!(path = %path.display(), offset, %reason, "journal has a torn tail; cutting it off");
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| BookieError::io("open journal", &path, e))?;
+                    f.set_len(offset)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| BookieError::io("truncate torn journal tail", &path, e))?;
+                    end = JournalPos { file: seq, offset };
+                }
+                ScanEnd::Bad { offset, reason } => {
+                    return Err(BookieError::Corrupt {
+                        path,
+                        offset,
+                        reason: format!("{reason} in a journal file that is not the newest"),
+                    });
+                }
+            }
+        }
+        if replayed > 0 {
+            info!(records = replayed, files = files.len(), "journal replayed");
+        }
+
+        // Continue in the newest file, or start the first one.
+        let seq = last.unwrap_or(0);
+        let path = config.dir.join(file_name(seq));
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| BookieError::io("open journal", &path, e))?;
+        if last.is_none() {
+            sync_dir(&config.dir)?;
+            end = JournalPos {
+                file: seq,
+                offset: 0,
+            };
+        }
+        let allocated = file
+            .metadata()
+            .map_err(|e| BookieError::io("stat journal", &path, e))?
+            .len();
+
+        let shared = Arc::new(Shared {
+            dir: config.dir.clone(),
+            failed: Mutex::new(None),
+            durable: Mutex::new(end),
+            stats: JournalStats::default(),
+        });
+        // One permit per KiB queued.
+        let budget_unit = 1024;
+        let budget_total = (config.max_pending_bytes / budget_unit).max(1);
+        let budget = Arc::new(Semaphore::new(budget_total));
+        let (tx, rx) = std_mpsc::channel();
+        let writer = Writer {
+            buf: Vec::with_capacity(config.max_group_bytes + (64 << 10)),
+            config,
+            shared: Arc::clone(&shared),
+            file,
+            path,
+            seq,
+            pos: end.offset,
+            allocated,
+        };
+        let thread = std::thread::Builder::new()
+            .name("bookie-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| BookieError::io("start journal thread", &shared.dir, e))?;
+        Ok(Journal {
+            tx: Some(tx),
+            budget,
+            budget_total,
+            budget_unit,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Appends a record; resolves once it is durable, with the position just after its group.
+    pub async fn append(&self, record: Record) -> Result<JournalPos> {
+        let size = record.encoded_len();
+        if size - RECORD_HEADER > MAX_RECORD_BYTES {
+            return Err(BookieError::TooLarge {
+                size,
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        if let Some(why) = self.shared.failed.lock().clone() {
+            return Err(BookieError::JournalFailed(why));
+        }
+        // A record larger than the whole budget waits for all of it rather than forever.
+        let permits = (size / self.budget_unit).clamp(1, self.budget_total);
+        let permits = u32::try_from(permits).unwrap_or(u32::MAX);
+        let budget = Arc::clone(&self.budget)
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| BookieError::Closed)?;
+        let (done, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(BookieError::Closed)?;
+        tx.send(Pending {
+            record,
+            done,
+            _budget: budget,
+        })
+        .map_err(|_| BookieError::Closed)?;
+        rx.await.map_err(|_| BookieError::Closed)?
+    }
+
+    /// Everything before this position is durable.
+    pub fn durable_position(&self) -> JournalPos {
+        *self.shared.durable.lock()
+    }
+
+    /// Records that ledger storage has made everything before `pos` durable on its own, so
+    /// replay may start there and older files can go.
+    pub fn checkpoint(&self, pos: JournalPos) -> Result<()> {
+        write_checkpoint(&self.shared.dir, pos)?;
+        for seq in list_files(&self.shared.dir)? {
+            if seq >= pos.file {
+                break;
+            }
+            let path = self.shared.dir.join(file_name(seq));
+            std::fs::remove_file(&path)
+                .map_err(|e| BookieError::io("remove old journal", &path, e))?;
+            debug!(file = %path.display(), "removed journal file behind the checkpoint");
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.shared.stats
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Writer {
+    config: JournalConfig,
+    shared: Arc<Shared>,
+    file: File,
+    path: PathBuf,
+    seq: u64,
+    /// Where the next group goes.
+    pos: u64,
+    /// The file is zero-filled up to here.
+    allocated: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std_mpsc::Receiver<Pending>) {
+        let mut group: Vec<Pending> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            self.buf.clear();
+            self.push(first, &mut group);
+            let deadline = Instant::now() + self.config.max_group_wait;
+            while self.buf.len() < self.config.max_group_bytes {
+                match rx.try_recv() {
+                    Ok(p) => self.push(p, &mut group),
+                    Err(std_mpsc::TryRecvError::Disconnected) => break,
+                    Err(std_mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        match rx.recv_timeout(deadline - now) {
+                            Ok(p) => self.push(p, &mut group),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            match self.write_group(group.len() as u64) {
+                Ok(end) => {
+                    for p in group.drain(..) {
+                        let _ = p.done.send(Ok(end));
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "journal write failed; refusing further appends");
+                    let why = e.to_string();
+                    *self.shared.failed.lock() = Some(why.clone());
+                    for p in group.drain(..).chain(rx.try_iter()) {
+                        let _ = p.done.send(Err(BookieError::JournalFailed(why.clone())));
+                    }
+                    // Keep draining so no caller waits forever.
+                    for p in rx.iter() {
+                        let _ = p.done.send(Err(BookieError::JournalFailed(why.clone())));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, p: Pending, group: &mut Vec<Pending>) {
+        let r = &p.record;
+        let start = self.buf.len();
+        let body_len = (BODY_HEADER + r.payload.len()) as u32;
+        self.buf.extend_from_slice(&body_len.to_le_bytes());
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.push(r.kind);
+        self.buf.extend_from_slice(&r.ledger.to_le_bytes());
+        self.buf.extend_from_slice(&r.entry.to_le_bytes());
+        self.buf.extend_from_slice(&r.payload);
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&self.buf[start..start + 4]),
+            &self.buf[start + RECORD_HEADER..],
+        );
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        group.push(p);
+    }
+
+    fn write_group(&mut self, records: u64) -> Result<JournalPos> {
+        let len = self.buf.len() as u64;
+        if self.pos + len > self.allocated {
+            self.preallocate(self.pos + len)?;
+        }
+        self.file
+            .write_all_at(&self.buf, self.pos)
+            .map_err(|e| BookieError::io("write journal", &self.path, e))?;
+        let t = Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|e| BookieError::io("sync journal", &self.path, e))?;
+        let stats = &self.shared.stats;
+        stats
+            .sync_micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats.records.fetch_add(records, Ordering::Relaxed);
+        stats.bytes.fetch_add(len, Ordering::Relaxed);
+        self.pos += len;
+        let end = JournalPos {
+            file: self.seq,
+            offset: self.pos,
+        };
+        *self.shared.durable.lock() = end;
+        if self.pos >= self.config.max_file_bytes {
+            self.rotate()?;
+        }
+        Ok(end)
+    }
+
+    /// Zero-fills at least up to `need`, in `prealloc_bytes` steps.
+    fn preallocate(&mut self, need: u64) -> Result<()> {
+        let step = self.config.prealloc_bytes.max(ZEROS.len() as u64);
+        let target = need.max(self.allocated + step);
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        // The allocated tail beyond `pos` stays zero, which replay reads as the end.
+        self.seq += 1;
+        self.path = self.shared.dir.join(file_name(self.seq));
+        self.file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| BookieError::io("create journal", &self.path, e))?;
+        sync_dir(&self.shared.dir)?;
+        self.pos = 0;
+        self.allocated = 0;
+        debug!(file = %self.path.display(), "journal rotated");
+        Ok(())
+    }
+}
