@@ -66,6 +66,8 @@ enum Request {
         id: SessionId,
         reply: Option<oneshot::Sender<Result<()>>>,
     },
+    /// The store handle is gone: commit what came before, then stop.
+    Shutdown,
 }
 
 struct Watcher {
@@ -96,6 +98,18 @@ pub(crate) struct LocalStore<B: Backing> {
     name: &'static str,
     shared: Arc<Shared<B>>,
     tx: std_mpsc::Sender<Request>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<B: Backing> Drop for LocalStore<B> {
+    /// Stops the writer and waits for it, so the backing (a RocksDB handle) is closed here
+    /// and not torn down under a live thread at process exit.
+    fn drop(&mut self) {
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(t) = self.writer.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl<B: Backing> fmt::Debug for LocalStore<B> {
@@ -123,12 +137,17 @@ impl<B: Backing> LocalStore<B> {
         });
         remove_stale_ephemerals(&shared)?;
         let (tx, rx) = std_mpsc::channel();
-        let writer = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
             .name(format!("meta-{name}-writer"))
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer_shared, rx))
             .map_err(|e| MetaError::Backend(format!("start writer thread: {e}")))?;
-        Ok(LocalStore { name, shared, tx })
+        Ok(LocalStore {
+            name,
+            shared,
+            tx,
+            writer: Some(writer),
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -296,14 +315,33 @@ pub(crate) use forward_store;
 
 fn writer_loop<B: Backing>(shared: Arc<Shared<B>>, rx: std_mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+        let mut group = Vec::new();
+        let mut stop = false;
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r {
+                Request::Shutdown => {
+                    stop = true;
+                    break;
+                }
+                r => group.push(r),
+            }
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
-        commit_group(&shared, group);
+        if !group.is_empty() {
+            commit_group(&shared, group);
+        }
+        if stop {
+            // Sessions that outlive the store find the channel closed: their revokes are moot.
+            let mut state = shared.state.lock();
+            for (_, s) in state.sessions.drain() {
+                s.state.send_replace(SessionState::Lost);
+            }
+            state.watchers.clear();
+            return;
+        }
     }
 }
 
@@ -324,6 +362,7 @@ fn commit_group<B: Backing>(shared: &Shared<B>, group: Vec<Request>) {
                 Request::Revoke { reply, .. } => {
                     reply.map(|r| r.send(Err(err)));
                 }
+                Request::Shutdown => {}
             }
         }
         return;
@@ -435,6 +474,7 @@ fn commit_group<B: Backing>(shared: &Shared<B>, group: Vec<Request>) {
                 };
                 replies.push(Reply::Revoke(reply, result));
             }
+            Request::Shutdown => {}
         }
     }
 
