@@ -8,7 +8,7 @@
 //! sync never has to persist a size change.
 //!
 //! Record: `len u32 | crc32c(len, body) u32 | body`, body = `kind u8 | ledger u64 | entry u64 |
-//! payload`, all little-endian. Zero `len` marks the end of written data. On open, files are
+//! extra i64 | payload`, all little-endian. Zero `len` marks the end of written data. On open, files are
 //! replayed from the checkpoint; a record that fails its checksum in the newest file is a torn
 //! tail from a crash (it was never acknowledged) and is cut off; anywhere else it is corruption
 //! and opening fails rather than skip acknowledged data.
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::{BookieError, Result};
 
 const RECORD_HEADER: usize = 8;
-const BODY_HEADER: usize = 1 + 8 + 8;
+const BODY_HEADER: usize = 1 + 8 + 8 + 8;
 /// Largest record body accepted (an entry is bounded far below this by the bookie).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
@@ -42,6 +42,9 @@ pub struct Record {
     pub kind: u8,
     pub ledger: u64,
     pub entry: u64,
+    /// A second number whose meaning `kind` gives (the writer's last-add-confirmed for an
+    /// entry), so common records need no payload encoding of their own.
+    pub extra: i64,
     pub payload: Bytes,
 }
 
@@ -259,6 +262,8 @@ fn scan_file(
         let ledger = u64::from_le_bytes(word);
         word.copy_from_slice(&body[9..17]);
         let entry = u64::from_le_bytes(word);
+        word.copy_from_slice(&body[17..25]);
+        let extra = i64::from_le_bytes(word);
         let kind = body[0];
         let payload = Bytes::from(body).slice(BODY_HEADER..);
         offset += (RECORD_HEADER + body_len) as u64;
@@ -267,6 +272,7 @@ fn scan_file(
                 kind,
                 ledger,
                 entry,
+                extra,
                 payload,
             },
             JournalPos { file: seq, offset },
@@ -525,6 +531,7 @@ impl Writer {
         self.buf.push(r.kind);
         self.buf.extend_from_slice(&r.ledger.to_le_bytes());
         self.buf.extend_from_slice(&r.entry.to_le_bytes());
+        self.buf.extend_from_slice(&r.extra.to_le_bytes());
         self.buf.extend_from_slice(&r.payload);
         let crc = crc32c::crc32c_append(
             crc32c::crc32c(&self.buf[start..start + 4]),

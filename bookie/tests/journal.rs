@@ -23,6 +23,7 @@ fn rec(ledger: u64, entry: u64, size: usize) -> Record {
         kind: 1,
         ledger,
         entry,
+        extra: entry as i64 - 1,
         payload: Bytes::from(payload),
     }
 }
@@ -106,7 +107,7 @@ async fn torn_tail_is_cut_and_never_served() -> Result<()> {
     let file = &journal_files(dir.path())[0];
     let f = OpenOptions::new().write(true).open(file)?;
     let mut torn = Vec::new();
-    torn.extend_from_slice(&517u32.to_le_bytes());
+    torn.extend_from_slice(&525u32.to_le_bytes());
     torn.extend_from_slice(&0xdead_beefu32.to_le_bytes());
     torn.extend_from_slice(&[0xab; 40]);
     f.write_all_at(&torn, end.offset)?;
@@ -203,6 +204,7 @@ async fn oversized_record_is_refused() -> Result<()> {
         kind: 1,
         ledger: 1,
         entry: 0,
+        extra: -1,
         payload: Bytes::from(vec![0u8; magnetar_bookie::journal::MAX_RECORD_BYTES]),
     };
     assert!(matches!(

@@ -1,0 +1,501 @@
+//! The bookie: journal + ledger storage behind the wire protocol.
+//!
+//! An add goes to the write cache first, then to the journal, and is answered once the journal
+//! has synced it. Because the cache has an entry before the journal does, a flush that starts
+//! after reading the journal's durable position holds every entry before that position, so the
+//! journal can be checkpointed there once the flush is done.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::error::{BookieError, Result};
+use crate::journal::{Journal, JournalConfig, Record};
+use crate::protocol::{self, Op, Request, Response, Status};
+use crate::storage::{LedgerStorage, StorageConfig};
+
+const KIND_ENTRY: u8 = 1;
+const KIND_WRITER_KEY: u8 = 2;
+const KIND_FENCE: u8 = 3;
+const KIND_DELETE: u8 = 4;
+
+#[derive(Debug, Clone)]
+pub struct BookieConfig {
+    pub data_dir: PathBuf,
+    pub journal: JournalConfig,
+    pub storage: StorageConfig,
+    /// Largest entry accepted.
+    pub max_entry_bytes: usize,
+    /// How often the write cache is flushed and the journal checkpointed.
+    pub flush_interval: Duration,
+    /// Requests one connection may have in flight before the bookie stops reading from it.
+    pub max_pending_per_connection: usize,
+    /// Go read-only when the data disk has less than this many bytes free.
+    pub min_free_disk_bytes: u64,
+}
+
+impl BookieConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> BookieConfig {
+        let data_dir = data_dir.into();
+        BookieConfig {
+            journal: JournalConfig::new(data_dir.join("journal")),
+            storage: StorageConfig::new(data_dir.join("ledgers")),
+            data_dir,
+            max_entry_bytes: 5 * 1024 * 1024 + 64 * 1024,
+            flush_interval: Duration::from_secs(1),
+            max_pending_per_connection: 10_000,
+            min_free_disk_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Counters for /metrics and tests.
+#[derive(Debug, Default)]
+pub struct BookieStats {
+    pub adds: AtomicU64,
+    pub add_bytes: AtomicU64,
+    pub reads: AtomicU64,
+    pub flushes: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+pub struct Bookie {
+    config: BookieConfig,
+    journal: Journal,
+    storage: Arc<LedgerStorage>,
+    read_only: AtomicBool,
+    flush_now: Notify,
+    flushed: watch::Sender<u64>,
+    stats: BookieStats,
+}
+
+impl std::fmt::Debug for Bookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bookie")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
+    }
+}
+
+fn apply(storage: &LedgerStorage, r: &Record) -> Result<()> {
+    match r.kind {
+        KIND_ENTRY => {
+            loop {
+                match storage.add_entry(r.ledger, r.entry, r.payload.clone()) {
+                    Err(BookieError::CacheFull) => storage.flush()?,
+                    other => break other?,
+                }
+            }
+            storage.update_lac(r.ledger, r.extra);
+        }
+        KIND_WRITER_KEY => {
+            storage.set_writer_key(r.ledger, &r.payload);
+        }
+        KIND_FENCE => {
+            storage.set_fenced(r.ledger);
+        }
+        KIND_DELETE => storage.delete_ledger(r.ledger)?,
+        other => warn!(
+            kind = other,
+            ledger = r.ledger,
+            "unknown journal record kind; skipped"
+        ),
+    }
+    Ok(())
+}
+
+impl Bookie {
+    /// Opens storage, replays the journal into it, and makes the result durable before
+    /// serving.
+    pub fn open(config: BookieConfig) -> Result<Arc<Bookie>> {
+        let storage = Arc::new(LedgerStorage::open(config.storage.clone())?);
+        let journal = Journal::open(config.journal.clone(), |r, _| apply(&storage, &r))?;
+        let mark = journal.durable_position();
+        storage.flush()?;
+        journal.checkpoint(mark)?;
+        let (flushed, _) = watch::channel(0);
+        Ok(Arc::new(Bookie {
+            config,
+            journal,
+            storage,
+            read_only: AtomicBool::new(false),
+            flush_now: Notify::new(),
+            flushed,
+            stats: BookieStats::default(),
+        }))
+    }
+
+    pub fn stats(&self) -> &BookieStats {
+        &self.stats
+    }
+
+    pub fn storage(&self) -> &LedgerStorage {
+        &self.storage
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    /// Flushes the write cache and checkpoints the journal.
+    pub async fn flush(self: &Arc<Self>) -> Result<()> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mark = me.journal.durable_position();
+            me.storage.flush()?;
+            me.journal.checkpoint(mark)?;
+            me.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, BookieError>(())
+        })
+        .await
+        .map_err(|_| BookieError::Closed)??;
+        self.flushed.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Runs the periodic flush, and an early one whenever the write cache fills, until the
+    /// bookie is dropped. Also watches free disk space.
+    pub async fn run_flusher(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.flush_now.notified() => {}
+            }
+            if let Err(e) = self.flush().await {
+                error!(error = %e, "flush failed");
+            }
+            self.check_disk();
+        }
+    }
+
+    fn check_disk(&self) {
+        let Some(free) = free_bytes(&self.config.data_dir) else {
+            return;
+        };
+        let low = free < self.config.min_free_disk_bytes;
+        if self.read_only.swap(low, Ordering::Relaxed) != low {
+            if low {
+                warn!(free, "disk nearly full: bookie is read-only");
+            } else {
+                info!(free, "disk has room again: bookie accepts adds");
+            }
+        }
+    }
+
+    async fn wait_for_flush(&self) {
+        let mut rx = self.flushed.subscribe();
+        let seen = *rx.borrow_and_update();
+        self.flush_now.notify_one();
+        let _ = rx.wait_for(|g| *g > seen).await;
+    }
+
+    /// Handles one request and says how it went.
+    pub async fn handle(self: &Arc<Self>, req: Request) -> Response {
+        let id = req.id;
+        let result = match req.op {
+            None => Err((
+                Status::BadRequest,
+                "request without an operation".to_string(),
+            )),
+            Some(Op::Add(add)) => self.add(add).await.map(|()| Response::ok(id)),
+            Some(Op::Read(r)) => self.read(r.ledger_id, r.entry_id, 1, u64::MAX).await,
+            Some(Op::ReadRange(r)) => {
+                self.read(
+                    r.ledger_id,
+                    r.first_entry,
+                    r.max_entries.clamp(1, 10_000),
+                    r.max_bytes.max(1),
+                )
+                .await
+            }
+            Some(Op::ReadLac(r)) => self.lac(r.ledger_id, false).await,
+            Some(Op::Fence(f)) => self.lac(f.ledger_id, true).await,
+            Some(Op::DeleteLedger(d)) => self.delete(d.ledger_id).await.map(|()| Response::ok(id)),
+            Some(Op::Health(_)) => Ok(Response::ok(id)),
+        };
+        match result {
+            Ok(mut resp) => {
+                resp.id = id;
+                resp
+            }
+            Err((status, message)) => Response::error(id, status, message),
+        }
+    }
+
+    async fn add(self: &Arc<Self>, add: protocol::AddEntry) -> Result<(), (Status, String)> {
+        let (ledger, entry) = (add.ledger_id, add.entry_id);
+        if add.data.len() > self.config.max_entry_bytes {
+            return Err((
+                Status::TooLarge,
+                format!(
+                    "entry of {} bytes exceeds {}",
+                    add.data.len(),
+                    self.config.max_entry_bytes
+                ),
+            ));
+        }
+        if self.is_read_only() {
+            return Err((
+                Status::ReadOnly,
+                "bookie is read-only (disk nearly full)".into(),
+            ));
+        }
+        if let Some(state) = self.storage.ledger_state(ledger) {
+            if state.fenced && !add.recovery {
+                return Err((Status::Fenced, format!("ledger {ledger} is fenced")));
+            }
+            if !state.writer_key.is_empty() && state.writer_key != add.writer_key {
+                return Err((
+                    Status::WrongWriter,
+                    format!("ledger {ledger} belongs to another writer"),
+                ));
+            }
+        }
+        let new_key = self
+            .storage
+            .ledger_state(ledger)
+            .is_none_or(|s| s.writer_key.is_empty());
+        if new_key {
+            if !self.storage.set_writer_key(ledger, &add.writer_key) {
+                return Err((
+                    Status::WrongWriter,
+                    format!("ledger {ledger} belongs to another writer"),
+                ));
+            }
+            self.journal_append(KIND_WRITER_KEY, ledger, 0, -1, add.writer_key.clone())
+                .await?;
+        }
+        let size = add.data.len();
+        loop {
+            match self.storage.add_entry(ledger, entry, add.data.clone()) {
+                Ok(()) => break,
+                Err(BookieError::CacheFull) => self.wait_for_flush().await,
+                Err(e) => return Err((Status::Internal, e.to_string())),
+            }
+        }
+        self.storage.update_lac(ledger, add.lac);
+        self.journal_append(KIND_ENTRY, ledger, entry, add.lac, add.data)
+            .await?;
+        self.stats.adds.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .add_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn journal_append(
+        &self,
+        kind: u8,
+        ledger: u64,
+        entry: u64,
+        extra: i64,
+        payload: Bytes,
+    ) -> Result<(), (Status, String)> {
+        self.journal
+            .append(Record {
+                kind,
+                ledger,
+                entry,
+                extra,
+                payload,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| (Status::Internal, format!("journal: {e}")))
+    }
+
+    async fn read(
+        self: &Arc<Self>,
+        ledger: u64,
+        first: u64,
+        max_entries: u32,
+        max_bytes: u64,
+    ) -> Result<Response, (Status, String)> {
+        let me = Arc::clone(self);
+        let entries = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut bytes = 0u64;
+            for entry_id in first..first.saturating_add(u64::from(max_entries)) {
+                match me.storage.get_entry(ledger, entry_id)? {
+                    Some(data) => {
+                        bytes += data.len() as u64;
+                        out.push(protocol::Entry { entry_id, data });
+                        if bytes >= max_bytes {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            Ok::<_, BookieError>(out)
+        })
+        .await
+        .map_err(|_| (Status::Internal, "read task failed".to_string()))?
+        .map_err(|e| match e {
+            BookieError::Corrupt { .. } => (Status::Corrupt, e.to_string()),
+            other => (Status::Internal, other.to_string()),
+        })?;
+        self.stats
+            .reads
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        if entries.is_empty() {
+            let status = if self.storage.ledger_state(ledger).is_some() {
+                Status::NoSuchEntry
+            } else {
+                Status::NoSuchLedger
+            };
+            return Err((status, format!("no entry {ledger}:{first} here")));
+        }
+        Ok(Response {
+            entries,
+            ..Response::ok(0)
+        })
+    }
+
+    async fn lac(self: &Arc<Self>, ledger: u64, fence: bool) -> Result<Response, (Status, String)> {
+        if fence && !self.storage.ledger_state(ledger).is_some_and(|s| s.fenced) {
+            // Fence in memory first so no add slips in, then make it durable.
+            self.storage.set_fenced(ledger);
+            self.journal_append(KIND_FENCE, ledger, 0, -1, Bytes::new())
+                .await?;
+        }
+        let state = self.storage.ledger_state(ledger).unwrap_or_default();
+        let last = self
+            .storage
+            .last_entry(ledger)
+            .map_err(|e| (Status::Internal, e.to_string()))?;
+        Ok(Response {
+            lac: state.lac,
+            last_entry: last.map_or(-1, |e| e as i64),
+            ..Response::ok(0)
+        })
+    }
+
+    async fn delete(self: &Arc<Self>, ledger: u64) -> Result<(), (Status, String)> {
+        self.journal_append(KIND_DELETE, ledger, 0, -1, Bytes::new())
+            .await?;
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.storage.delete_ledger(ledger))
+            .await
+            .map_err(|_| (Status::Internal, "delete task failed".to_string()))?
+            .map_err(|e| (Status::Internal, e.to_string()))
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    // `df` keeps this free of unsafe statvfs calls; it runs once per flush interval.
+    let out = std::process::Command::new("df")
+        .args(["-P", "-B1"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    bookie: Arc<Bookie>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let bookie = Arc::clone(&bookie);
+        tokio::spawn(
+            async move {
+                bookie.stats.connections.fetch_add(1, Ordering::Relaxed);
+                if let Err(reason) = connection(Arc::clone(&bookie), stream).await {
+                    bookie.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    warn!(%reason, "closing connection");
+                }
+                bookie.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+}
+
+async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+    let writer = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        while let Some(resp) = rx.recv().await {
+            protocol::encode_frame(&resp, &mut buf);
+            // Coalesce whatever else is ready into one write.
+            while buf.len() < (1 << 20) {
+                match rx.try_recv() {
+                    Ok(r) => protocol::encode_frame(&r, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    });
+    let pending = Arc::new(Semaphore::new(bookie.config.max_pending_per_connection));
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let result = loop {
+        match protocol::decode_frame::<Request>(&mut buf) {
+            Ok(Some(req)) => {
+                let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
+                    break Ok(());
+                };
+                let bookie = Arc::clone(&bookie);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let resp = bookie.handle(req).await;
+                    let _ = tx.send(resp);
+                    drop(permit);
+                });
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "connection read failed");
+                break Ok(());
+            }
+        }
+    };
+    drop(tx);
+    // Let in-flight answers go out before closing.
+    let _ = writer.await;
+    result
+}
+
+/// Binds the bookie port.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| BookieError::io("bind bookie port", addr.to_string(), e))
+}

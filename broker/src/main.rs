@@ -1,0 +1,233 @@
+//! `magnetar`: the server binary. Today it runs storage nodes (`magnetar bookie`); the broker
+//! and the standalone join it as they land.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use magnetar_bookie::server::{self, Bookie, BookieConfig};
+use magnetar_meta::Expected;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "magnetar",
+    version,
+    about = "Magnetar: a Pulsar-compatible queue-plus-stream platform in one binary.",
+    long_about = "Magnetar: a Pulsar-compatible queue-plus-stream platform in one binary.\n\n\
+        Every flag can also be set with an environment variable MAGNETAR_<FLAG> (e.g. \
+        MAGNETAR_DATA_DIR) or in the TOML file given with --config (snake_case keys, e.g. \
+        data_dir). A flag beats the environment, which beats the file."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a storage node (bookie): journal + ledger storage behind the bookie protocol.
+    Bookie(BookieArgs),
+}
+
+#[derive(Args, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BookieArgs {
+    /// TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "MAGNETAR_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Where the journal and ledger storage live [default: ./data/bookie].
+    #[arg(long, env = "MAGNETAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "MAGNETAR_BIND")]
+    bind: Option<IpAddr>,
+    /// Bookie protocol port [default: 3181].
+    #[arg(long, env = "MAGNETAR_BOOKIE_PORT")]
+    bookie_port: Option<u16>,
+    /// Host others reach this bookie at [default: the bind address].
+    #[arg(long, env = "MAGNETAR_ADVERTISED_ADDRESS")]
+    advertised_address: Option<String>,
+    /// Metadata store to register in (rocksdb:///path, etcd://h:p,...); none: no registration.
+    #[arg(long, env = "MAGNETAR_META")]
+    meta: Option<String>,
+    /// Rack name for rack-aware placement.
+    #[arg(long, env = "MAGNETAR_RACK")]
+    rack: Option<String>,
+    /// Close a journal group at this many bytes [default: 524288].
+    #[arg(long, env = "MAGNETAR_JOURNAL_MAX_GROUP_BYTES")]
+    journal_max_group_bytes: Option<usize>,
+    /// Hold a small journal group open this many microseconds for more adds [default: 0].
+    #[arg(long, env = "MAGNETAR_JOURNAL_MAX_GROUP_WAIT_US")]
+    journal_max_group_wait_us: Option<u64>,
+    /// Write cache size in bytes [default: 67108864].
+    #[arg(long, env = "MAGNETAR_WRITE_CACHE_BYTES")]
+    write_cache_bytes: Option<usize>,
+    /// Read cache size in bytes [default: 67108864].
+    #[arg(long, env = "MAGNETAR_READ_CACHE_BYTES")]
+    read_cache_bytes: Option<usize>,
+    /// Flush the write cache every this many milliseconds [default: 1000].
+    #[arg(long, env = "MAGNETAR_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<u64>,
+    /// Largest entry accepted, in bytes [default: 5308416].
+    #[arg(long, env = "MAGNETAR_MAX_ENTRY_BYTES")]
+    max_entry_bytes: Option<usize>,
+    /// Go read-only below this many free bytes on the data disk [default: 1073741824].
+    #[arg(long, env = "MAGNETAR_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
+}
+
+impl BookieArgs {
+    /// Fills every unset flag from the config file.
+    fn merge_file(mut self) -> Result<BookieArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        let file: BookieArgs =
+            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            data_dir,
+            bind,
+            bookie_port,
+            advertised_address,
+            meta,
+            rack,
+            journal_max_group_bytes,
+            journal_max_group_wait_us,
+            write_cache_bytes,
+            read_cache_bytes,
+            flush_interval_ms,
+            max_entry_bytes,
+            min_free_disk_bytes
+        );
+        Ok(self)
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("start runtime")?;
+    match cli.cmd {
+        Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),
+    }
+}
+
+async fn run_bookie(args: BookieArgs) -> Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("data/bookie"));
+    let mut config = BookieConfig::new(&data_dir);
+    if let Some(v) = args.journal_max_group_bytes {
+        config.journal.max_group_bytes = v;
+    }
+    if let Some(v) = args.journal_max_group_wait_us {
+        config.journal.max_group_wait = Duration::from_micros(v);
+    }
+    if let Some(v) = args.write_cache_bytes {
+        config.storage.write_cache_bytes = v;
+    }
+    if let Some(v) = args.read_cache_bytes {
+        config.storage.read_cache_bytes = v;
+    }
+    if let Some(v) = args.flush_interval_ms {
+        config.flush_interval = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args.max_entry_bytes {
+        config.max_entry_bytes = v;
+    }
+    if let Some(v) = args.min_free_disk_bytes {
+        config.min_free_disk_bytes = v;
+    }
+    let bind = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let addr = SocketAddr::new(bind, args.bookie_port.unwrap_or(3181));
+    let advertised = format!(
+        "{}:{}",
+        args.advertised_address.unwrap_or_else(|| bind.to_string()),
+        addr.port()
+    );
+
+    let started = std::time::Instant::now();
+    let bookie = tokio::task::spawn_blocking(move || Bookie::open(config))
+        .await
+        .context("open bookie")??;
+    let listener = server::bind(addr).await?;
+    tokio::spawn(Arc::clone(&bookie).run_flusher());
+    if let Some(url) = &args.meta {
+        let store = magnetar_meta::connect(url)
+            .await
+            .with_context(|| format!("connect to metadata store {url}"))?;
+        tokio::spawn(register(store, advertised.clone(), args.rack.clone()));
+    }
+    info!(%addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
+
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    server::serve(Arc::clone(&bookie), listener, shutdown).await;
+    info!("shutting down: flushing");
+    bookie.flush().await.context("final flush")?;
+    info!("bookie stopped");
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct BookieRecord<'a> {
+    address: &'a str,
+    rack: Option<&'a str>,
+}
+
+/// Keeps `/bookies/available/{address}` alive for as long as the process runs, registering
+/// again with a new session whenever one is lost.
+async fn register(store: magnetar_meta::MetaStore, address: String, rack: Option<String>) {
+    let key = format!("/bookies/available/{address}");
+    loop {
+        let attempt = async {
+            let session = store.create_session(Duration::from_secs(10)).await?;
+            let value = magnetar_meta::encode_json(
+                &key,
+                &BookieRecord {
+                    address: &address,
+                    rack: rack.as_deref(),
+                },
+            )?;
+            store
+                .put_ephemeral(&session, &key, value, Expected::Any)
+                .await?;
+            info!(key = %key, "registered in metadata store");
+            session.lost().await;
+            Ok::<_, magnetar_meta::MetaError>(())
+        };
+        if let Err(e) = attempt.await {
+            warn!(error = %e, "registration failed; retrying");
+        } else {
+            warn!(key = %key, "registration session lost; registering again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,266 @@
+//! `magnetar bookie` as a real process: synced entries survive kill -9, fencing and writer
+//! keys hold across restarts, garbage on the port closes only that connection, and the bookie
+//! registers itself in the metadata store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use magnetar_bookie::client::{BookieClient, ClientError};
+use magnetar_bookie::protocol::Status;
+use magnetar_testkit::{Proc, free_port, wait_until};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct BookieProc {
+    proc: Proc,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl BookieProc {
+    async fn start(extra: &[&str]) -> Result<BookieProc> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut args: Vec<String> = vec![
+            "bookie".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--bookie-port".into(),
+            port.to_string(),
+            // a test machine's disk may be fuller than a production bookie's threshold
+            "--min-free-disk-bytes".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("bookie.log");
+        let mut proc = Proc::new("bookie", env!("CARGO_BIN_EXE_magnetar"), args, log);
+        proc.spawn()?;
+        let mut b = BookieProc {
+            proc,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        };
+        b.wait_ready().await?;
+        Ok(b)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let addr = self.addr;
+        wait_until(WAIT, "bookie to answer health", || async move {
+            match BookieClient::connect(addr, Duration::from_secs(1)).await {
+                Ok(c) => c.health().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await
+        .with_context(|| self.proc.log_tail(30))
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.proc.kill9();
+        self.proc.spawn()?;
+        self.wait_ready().await
+    }
+
+    async fn client(&self) -> Result<BookieClient> {
+        Ok(BookieClient::connect(self.addr, Duration::from_secs(10)).await?)
+    }
+}
+
+fn payload(ledger: u64, entry: u64) -> Bytes {
+    let mut v = vec![0u8; 1024];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (i as u64 ^ entry ^ (ledger << 3)) as u8;
+    }
+    Bytes::from(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_entries_survive_kill9() -> Result<()> {
+    let mut bookie = BookieProc::start(&[]).await?;
+    let client = bookie.client().await?;
+    let key = Bytes::from_static(b"writer");
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+
+    // Four pipelined writers; the bookie is killed while they run.
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let client = client.clone();
+        let acked = Arc::clone(&acked);
+        let key = key.clone();
+        writers.push(tokio::spawn(async move {
+            let ledger = 100 + w;
+            let mut inflight = futures::stream::FuturesOrdered::new();
+            for entry in 0..100_000u64 {
+                let c = client.clone();
+                let k = key.clone();
+                inflight.push_back(async move {
+                    c.add(
+                        ledger,
+                        entry,
+                        k,
+                        entry as i64 - 1,
+                        payload(ledger, entry),
+                        false,
+                    )
+                    .await
+                    .map(|()| (ledger, entry))
+                });
+                if inflight.len() >= 64 {
+                    match futures::StreamExt::next(&mut inflight).await {
+                        Some(Ok(done)) => {
+                            acked.lock().insert(done);
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        }));
+    }
+    wait_until(WAIT, "a few thousand acknowledged adds", || {
+        let n = acked.lock().len();
+        async move { n >= 4000 }
+    })
+    .await?;
+    bookie.proc.kill9();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked: Vec<(u64, u64)> = acked.lock().iter().copied().collect();
+
+    bookie.restart().await?;
+    let client = bookie.client().await?;
+    for &(ledger, entry) in &acked {
+        let data = client
+            .read(ledger, entry)
+            .await
+            .with_context(|| format!("acknowledged entry {ledger}:{entry} lost"))?;
+        assert_eq!(
+            data,
+            payload(ledger, entry),
+            "entry {ledger}:{entry} changed"
+        );
+    }
+    // The writer key survived too: another writer is refused.
+    let other = client
+        .add(
+            100,
+            1_000_000,
+            Bytes::from_static(b"intruder"),
+            -1,
+            payload(1, 1),
+            false,
+        )
+        .await;
+    assert_eq!(other.unwrap_err().status(), Some(Status::WrongWriter));
+    eprintln!(
+        "{} acknowledged entries all readable after kill -9",
+        acked.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_ledger_refuses_its_old_writer_across_restart() -> Result<()> {
+    let mut bookie = BookieProc::start(&[]).await?;
+    let c = bookie.client().await?;
+    let key = Bytes::from_static(b"old-writer");
+    for e in 0..10 {
+        c.add(7, e, key.clone(), e as i64 - 1, payload(7, e), false)
+            .await?;
+    }
+    let (lac, last) = c.fence(7).await?;
+    assert_eq!((lac, last), (8, 9));
+    let refused = c.add(7, 10, key.clone(), 9, payload(7, 10), false).await;
+    assert_eq!(refused.unwrap_err().status(), Some(Status::Fenced));
+    // recovery may still write (it re-replicates the last entries)
+    c.add(7, 9, key.clone(), 8, payload(7, 9), true).await?;
+
+    bookie.restart().await?;
+    let c = bookie.client().await?;
+    let refused = c.add(7, 10, key.clone(), 9, payload(7, 10), false).await;
+    assert_eq!(
+        refused.unwrap_err().status(),
+        Some(Status::Fenced),
+        "fencing must survive a crash"
+    );
+    assert_eq!(c.read_lac(7).await?, (8, 9));
+    assert_eq!(c.read(7, 3).await?, payload(7, 3));
+    let missing = c.read(7, 11).await.unwrap_err();
+    assert_eq!(missing.status(), Some(Status::NoSuchEntry));
+    let unknown = c.read(99, 0).await.unwrap_err();
+    assert_eq!(unknown.status(), Some(Status::NoSuchLedger));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_closes_only_that_connection() -> Result<()> {
+    let bookie = BookieProc::start(&[]).await?;
+    let good = bookie.client().await?;
+    let key = Bytes::from_static(b"w");
+    good.add(1, 0, key.clone(), -1, payload(1, 0), false)
+        .await?;
+
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff; 64],                                     // absurd length
+        [&8u32.to_be_bytes()[..], &[0xde; 8][..]].concat(), // undecodable message
+    ] {
+        let mut s = tokio::net::TcpStream::connect(bookie.addr).await?;
+        s.write_all(&garbage).await?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .context("bookie kept a garbage connection open")?;
+        assert!(matches!(n, Ok(0) | Err(_)), "garbage got an answer: {n:?}");
+    }
+    // the well-behaved connection never noticed
+    good.add(1, 1, key, 0, payload(1, 1), false).await?;
+    assert_eq!(good.read(1, 0).await?, payload(1, 0));
+    let big = good
+        .add(
+            2,
+            0,
+            Bytes::from_static(b"w"),
+            -1,
+            Bytes::from(vec![0u8; 6 << 20]),
+            false,
+        )
+        .await;
+    assert!(
+        matches!(
+            &big,
+            Err(ClientError::Status {
+                status: Status::TooLarge,
+                ..
+            })
+        ),
+        "{big:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_in_the_metadata_store() -> Result<()> {
+    let etcd = magnetar_testkit::EtcdServer::start().await?;
+    let bookie = BookieProc::start(&["--meta", &etcd.url(), "--rack", "rack-a"]).await?;
+    let store = magnetar_meta::connect(&etcd.url()).await?;
+    let key = format!("/bookies/available/{}", bookie.addr);
+    wait_until(WAIT, "the bookie's registration", || async {
+        matches!(store.get(&key).await, Ok(Some(_)))
+    })
+    .await?;
+    let rec = store.get(&key).await?.context("registered")?;
+    let json: serde_json::Value = serde_json::from_slice(&rec.value)?;
+    assert_eq!(json["rack"], "rack-a");
+    assert!(rec.owner.is_some(), "registration is ephemeral");
+    Ok(())
+}
