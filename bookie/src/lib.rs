@@ -9,6 +9,7 @@
 pub mod client;
 pub mod error;
 pub mod journal;
+pub mod ledger;
 pub mod protocol;
 pub mod server;
 pub mod storage;

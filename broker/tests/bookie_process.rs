@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,66 +12,18 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use magnetar_bookie::client::{BookieClient, ClientError};
 use magnetar_bookie::protocol::Status;
-use magnetar_testkit::{Proc, free_port, wait_until};
+use magnetar_testkit::{BookieProc, wait_until};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct BookieProc {
-    proc: Proc,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
+async fn start(extra: &[&str]) -> Result<BookieProc> {
+    BookieProc::start(std::path::Path::new(env!("CARGO_BIN_EXE_magnetar")), extra).await
 }
 
-impl BookieProc {
-    async fn start(extra: &[&str]) -> Result<BookieProc> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "bookie".into(),
-            "--data-dir".into(),
-            dir.path().join("data").display().to_string(),
-            "--bookie-port".into(),
-            port.to_string(),
-            // a test machine's disk may be fuller than a production bookie's threshold
-            "--min-free-disk-bytes".into(),
-            "0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let log = dir.path().join("bookie.log");
-        let mut proc = Proc::new("bookie", env!("CARGO_BIN_EXE_magnetar"), args, log);
-        proc.spawn()?;
-        let mut b = BookieProc {
-            proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        };
-        b.wait_ready().await?;
-        Ok(b)
-    }
-
-    async fn wait_ready(&mut self) -> Result<()> {
-        let addr = self.addr;
-        wait_until(WAIT, "bookie to answer health", || async move {
-            match BookieClient::connect(addr, Duration::from_secs(1)).await {
-                Ok(c) => c.health().await.is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await
-        .with_context(|| self.proc.log_tail(30))
-    }
-
-    async fn restart(&mut self) -> Result<()> {
-        self.proc.kill9();
-        self.proc.spawn()?;
-        self.wait_ready().await
-    }
-
-    async fn client(&self) -> Result<BookieClient> {
-        Ok(BookieClient::connect(self.addr, Duration::from_secs(10)).await?)
-    }
+async fn connect(b: &BookieProc) -> Result<BookieClient> {
+    Ok(BookieClient::connect(b.addr, Duration::from_secs(10)).await?)
 }
 
 fn payload(ledger: u64, entry: u64) -> Bytes {
@@ -85,8 +36,8 @@ fn payload(ledger: u64, entry: u64) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synced_entries_survive_kill9() -> Result<()> {
-    let mut bookie = BookieProc::start(&[]).await?;
-    let client = bookie.client().await?;
+    let mut bookie = start(&[]).await?;
+    let client = connect(&bookie).await?;
     let key = Bytes::from_static(b"writer");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
 
@@ -137,7 +88,7 @@ async fn synced_entries_survive_kill9() -> Result<()> {
     let acked: Vec<(u64, u64)> = acked.lock().iter().copied().collect();
 
     bookie.restart().await?;
-    let client = bookie.client().await?;
+    let client = connect(&bookie).await?;
     for &(ledger, entry) in &acked {
         let data = client
             .read(ledger, entry)
@@ -170,8 +121,8 @@ async fn synced_entries_survive_kill9() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fenced_ledger_refuses_its_old_writer_across_restart() -> Result<()> {
-    let mut bookie = BookieProc::start(&[]).await?;
-    let c = bookie.client().await?;
+    let mut bookie = start(&[]).await?;
+    let c = connect(&bookie).await?;
     let key = Bytes::from_static(b"old-writer");
     for e in 0..10 {
         c.add(7, e, key.clone(), e as i64 - 1, payload(7, e), false)
@@ -185,7 +136,7 @@ async fn fenced_ledger_refuses_its_old_writer_across_restart() -> Result<()> {
     c.add(7, 9, key.clone(), 8, payload(7, 9), true).await?;
 
     bookie.restart().await?;
-    let c = bookie.client().await?;
+    let c = connect(&bookie).await?;
     let refused = c.add(7, 10, key.clone(), 9, payload(7, 10), false).await;
     assert_eq!(
         refused.unwrap_err().status(),
@@ -203,8 +154,8 @@ async fn fenced_ledger_refuses_its_old_writer_across_restart() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_port_closes_only_that_connection() -> Result<()> {
-    let bookie = BookieProc::start(&[]).await?;
-    let good = bookie.client().await?;
+    let bookie = start(&[]).await?;
+    let good = connect(&bookie).await?;
     let key = Bytes::from_static(b"w");
     good.add(1, 0, key.clone(), -1, payload(1, 0), false)
         .await?;
@@ -251,7 +202,7 @@ async fn garbage_on_the_port_closes_only_that_connection() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_in_the_metadata_store() -> Result<()> {
     let etcd = magnetar_testkit::EtcdServer::start().await?;
-    let bookie = BookieProc::start(&["--meta", &etcd.url(), "--rack", "rack-a"]).await?;
+    let bookie = start(&["--meta", &etcd.url(), "--rack", "rack-a"]).await?;
     let store = magnetar_meta::connect(&etcd.url()).await?;
     let key = format!("/bookies/available/{}", bookie.addr);
     wait_until(WAIT, "the bookie's registration", || async {

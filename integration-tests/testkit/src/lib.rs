@@ -126,6 +126,13 @@ impl Proc {
         &self.log
     }
 
+    /// The number of log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|s| s.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
         let mut s = String::new();
@@ -287,6 +294,74 @@ impl EtcdCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A `magnetar bookie` process on a free port with its own data dir.
+pub struct BookieProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl BookieProc {
+    /// Starts `program bookie ...` and waits until it logs that it is ready.
+    pub async fn start(program: &Path, extra: &[&str]) -> Result<BookieProc> {
+        let dir = tempfile::Builder::new()
+            .prefix("magnetar-bookie-")
+            .tempdir()?;
+        let port = free_port()?;
+        let mut args: Vec<String> = vec![
+            "bookie".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--bookie-port".into(),
+            port.to_string(),
+            // a test machine's disk may be fuller than a production threshold
+            "--min-free-disk-bytes".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("bookie.log");
+        let mut b = BookieProc {
+            proc: Proc::new(&format!("bookie :{port}"), program, args, log),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        b.proc.spawn()?;
+        b.wait_ready(0).await?;
+        Ok(b)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Waits for the `ready`-th-plus-one "bookie ready" line (0 after the first start).
+    async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proc.log_count("bookie ready") <= starts_before {
+            if self.proc.exited() {
+                bail!("bookie exited during start-up:\n{}", self.proc.log_tail(30));
+            }
+            if Instant::now() >= deadline {
+                bail!("bookie not ready after 30 s:\n{}", self.proc.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again (after `kill9`, or kills it first) on the same port and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.kill9();
+        let before = self.proc.log_count("bookie ready");
+        self.proc.spawn()?;
+        self.wait_ready(before).await
     }
 }
 

@@ -1,0 +1,691 @@
+//! The ledger client: what a broker uses to store a topic's log on bookies.
+//!
+//! A ledger is written by one writer to an ensemble of E bookies; entry `n` goes to the write
+//! set of Qw bookies starting at `n mod E` and is acknowledged once Qa of them have it durable
+//! *and* every earlier entry is acknowledged (ordered completion). The ledger's record lives
+//! in meta at `/ledgers/{id}` and changes only by compare-and-set. Taking a ledger over means
+//! open-for-recovery: fence it on enough bookies that the old writer can no longer reach Qa,
+//! find the last entry that may have been acknowledged, re-replicate it, and close the ledger
+//! at that entry; two concurrent recoveries agree because only one close can win the CAS.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use magnetar_meta::{Expected, IdGenerator, MetaError, MetaStore, MetadataStoreExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::client::{BookieClient, ClientError};
+use crate::protocol::Status;
+
+pub const BOOKIES_PATH: &str = "/bookies/available";
+const LEDGER_ID_KEY: &str = "/counters/ledger-id";
+
+fn ledger_key(id: u64) -> String {
+    format!("/ledgers/{id}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerState {
+    Open,
+    InRecovery,
+    Closed,
+}
+
+/// Bookies that hold entries from `first_entry` on (until the next fragment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fragment {
+    pub first_entry: u64,
+    pub bookies: Vec<String>,
+}
+
+/// The ledger's record in meta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerMeta {
+    pub ensemble_size: usize,
+    pub write_quorum: usize,
+    pub ack_quorum: usize,
+    pub state: LedgerState,
+    /// The last entry of a closed ledger (-1: empty).
+    pub last_entry: i64,
+    pub fragments: Vec<Fragment>,
+    /// Hex key the writer presents to bookies.
+    pub writer_key: String,
+}
+
+impl LedgerMeta {
+    fn fragment_for(&self, entry: u64) -> Option<&Fragment> {
+        self.fragments.iter().rev().find(|f| f.first_entry <= entry)
+    }
+
+    /// The bookies that store `entry`.
+    pub fn write_set(&self, entry: u64) -> Vec<String> {
+        let Some(f) = self.fragment_for(entry) else {
+            return Vec::new();
+        };
+        let e = f.bookies.len() as u64;
+        (0..self.write_quorum as u64)
+            .map(|i| f.bookies[((entry + i) % e) as usize].clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("need {need} bookies, {have} available")]
+    NotEnoughBookies { need: usize, have: usize },
+    #[error("invalid quorum: ensemble {e}, write {qw}, ack {qa} (need e >= qw >= qa >= 1)")]
+    InvalidQuorum { e: usize, qw: usize, qa: usize },
+    #[error("ledger {0} does not exist")]
+    NoSuchLedger(u64),
+    #[error("ledger {0} was fenced: another writer took it over")]
+    Fenced(u64),
+    #[error("ledger {0} is closed")]
+    Closed(u64),
+    #[error("entry {entry} of ledger {ledger} is not readable: {reason}")]
+    Unreadable {
+        ledger: u64,
+        entry: u64,
+        reason: String,
+    },
+    #[error("entry {entry} of ledger {ledger} reached {acks} of {need} bookies: {errors}")]
+    QuorumFailed {
+        ledger: u64,
+        entry: u64,
+        acks: usize,
+        need: usize,
+        errors: String,
+    },
+    #[error("recovery of ledger {ledger} cannot decide entry {entry}: {reason}")]
+    RecoveryStuck {
+        ledger: u64,
+        entry: u64,
+        reason: String,
+    },
+    #[error("bookie address {0:?} is not host:port")]
+    BadAddress(String),
+}
+
+/// Connections to bookies, made on first use and replaced when lost.
+#[derive(Debug)]
+struct Pool {
+    conns: tokio::sync::Mutex<HashMap<String, BookieClient>>,
+    timeout: Duration,
+}
+
+impl Pool {
+    async fn get(&self, addr: &str) -> Result<BookieClient, ClientError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(addr)
+            && c.is_connected()
+        {
+            return Ok(c.clone());
+        }
+        let sock: SocketAddr = addr.parse().map_err(|_| ClientError::Connect {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: format!("bad bookie address {addr:?}"),
+        })?;
+        let c = BookieClient::connect(sock, self.timeout).await?;
+        conns.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct BookieRecord {
+    #[serde(default)]
+    rack: Option<String>,
+}
+
+/// Creates, opens, recovers and deletes ledgers.
+#[derive(Debug, Clone)]
+pub struct LedgerClient {
+    meta: MetaStore,
+    ids: IdGenerator,
+    pool: Arc<Pool>,
+}
+
+impl LedgerClient {
+    pub fn new(meta: MetaStore, timeout: Duration) -> LedgerClient {
+        LedgerClient {
+            ids: IdGenerator::new(meta.clone(), LEDGER_ID_KEY),
+            meta,
+            pool: Arc::new(Pool {
+                conns: tokio::sync::Mutex::default(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Registered bookies with their racks.
+    pub async fn available_bookies(&self) -> Result<Vec<(String, Option<String>)>, LedgerError> {
+        let mut out = Vec::new();
+        for name in self.meta.children(BOOKIES_PATH).await? {
+            let key = format!("{BOOKIES_PATH}/{name}");
+            let rack = match self.meta.get_json::<BookieRecord>(&key).await {
+                Ok(Some(r)) => r.value.rack,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(bookie = %name, error = %e, "unreadable bookie record");
+                    None
+                }
+            };
+            out.push((name, rack));
+        }
+        Ok(out)
+    }
+
+    /// Picks `n` distinct bookies, spreading over racks first.
+    fn place(mut candidates: Vec<(String, Option<String>)>, n: usize) -> Vec<String> {
+        use rand::seq::SliceRandom;
+        candidates.shuffle(&mut rand::rng());
+        let mut chosen = Vec::with_capacity(n);
+        let mut racks_used = BTreeSet::new();
+        for (addr, rack) in &candidates {
+            if chosen.len() == n {
+                break;
+            }
+            if racks_used.insert(rack.clone()) {
+                chosen.push(addr.clone());
+            }
+        }
+        for (addr, _) in &candidates {
+            if chosen.len() == n {
+                break;
+            }
+            if !chosen.contains(addr) {
+                chosen.push(addr.clone());
+            }
+        }
+        chosen
+    }
+
+    pub async fn create(
+        &self,
+        e: usize,
+        qw: usize,
+        qa: usize,
+    ) -> Result<LedgerWriter, LedgerError> {
+        if !(e >= qw && qw >= qa && qa >= 1) {
+            return Err(LedgerError::InvalidQuorum { e, qw, qa });
+        }
+        let available = self.available_bookies().await?;
+        if available.len() < e {
+            return Err(LedgerError::NotEnoughBookies {
+                need: e,
+                have: available.len(),
+            });
+        }
+        let bookies = Self::place(available, e);
+        let id = self.ids.next_id().await?;
+        let key_bytes: [u8; 16] = rand::random();
+        let writer_key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let meta = LedgerMeta {
+            ensemble_size: e,
+            write_quorum: qw,
+            ack_quorum: qa,
+            state: LedgerState::Open,
+            last_entry: -1,
+            fragments: vec![Fragment {
+                first_entry: 0,
+                bookies,
+            }],
+            writer_key,
+        };
+        let version = self
+            .meta
+            .put_json(&ledger_key(id), &meta, Expected::Absent)
+            .await?;
+        info!(ledger_id = id, ensemble = ?meta.fragments[0].bookies, "ledger created");
+        let (confirmed, _) = watch::channel(Confirmed {
+            lac: -1,
+            failed: None,
+        });
+        Ok(LedgerWriter {
+            inner: Arc::new(WriterInner {
+                id,
+                key: Bytes::from(meta.writer_key.clone().into_bytes()),
+                meta: Mutex::new((meta, version)),
+                next: Mutex::new(0),
+                done: Mutex::new(BTreeSet::new()),
+                confirmed,
+                client: self.clone(),
+            }),
+        })
+    }
+
+    async fn load(&self, id: u64) -> Result<(LedgerMeta, u64), LedgerError> {
+        let v = self
+            .meta
+            .get_json::<LedgerMeta>(&ledger_key(id))
+            .await?
+            .ok_or(LedgerError::NoSuchLedger(id))?;
+        Ok((v.value, v.version))
+    }
+
+    /// Opens a closed ledger for reading.
+    pub async fn open_closed(&self, id: u64) -> Result<LedgerReader, LedgerError> {
+        let (meta, _) = self.load(id).await?;
+        if meta.state != LedgerState::Closed {
+            return Err(LedgerError::Unreadable {
+                ledger: id,
+                entry: 0,
+                reason: "ledger is not closed; open it for recovery".into(),
+            });
+        }
+        Ok(self.reader(id, meta))
+    }
+
+    fn reader(&self, id: u64, meta: LedgerMeta) -> LedgerReader {
+        LedgerReader {
+            id,
+            meta,
+            client: self.clone(),
+        }
+    }
+
+    /// Takes the ledger from its writer (alive or dead), closes it at the last entry that may
+    /// have been acknowledged, and returns it for reading.
+    pub async fn open_for_recovery(&self, id: u64) -> Result<LedgerReader, LedgerError> {
+        loop {
+            let (mut meta, version) = self.load(id).await?;
+            if meta.state == LedgerState::Closed {
+                return Ok(self.reader(id, meta));
+            }
+            let version = if meta.state == LedgerState::Open {
+                meta.state = LedgerState::InRecovery;
+                match self
+                    .meta
+                    .put_json(&ledger_key(id), &meta, Expected::Version(version))
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(MetaError::BadVersion { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                version
+            };
+            let last = self.recover(id, &meta).await?;
+            meta.state = LedgerState::Closed;
+            meta.last_entry = last;
+            match self
+                .meta
+                .put_json(&ledger_key(id), &meta, Expected::Version(version))
+                .await
+            {
+                Ok(_) => {
+                    info!(
+                        ledger_id = id,
+                        last_entry = last,
+                        "ledger recovered and closed"
+                    );
+                    return Ok(self.reader(id, meta));
+                }
+                // Somebody else closed it first (or changed it): their answer stands.
+                Err(MetaError::BadVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn recover(&self, id: u64, meta: &LedgerMeta) -> Result<i64, LedgerError> {
+        let Some(frag) = meta.fragments.last() else {
+            return Ok(-1);
+        };
+        let e = frag.bookies.len();
+        // Fenced on more than e - qa bookies, no write set can gather qa acks any more.
+        let need = e - meta.ack_quorum + 1;
+        let mut fences: FuturesUnordered<_> = frag
+            .bookies
+            .iter()
+            .map(|b| {
+                let pool = Arc::clone(&self.pool);
+                let b = b.clone();
+                async move {
+                    let c = pool.get(&b).await?;
+                    c.fence(id).await
+                }
+            })
+            .collect();
+        let mut fenced = 0;
+        let mut max_lac = -1i64;
+        let mut errors = Vec::new();
+        while let Some(r) = fences.next().await {
+            match r {
+                Ok((lac, _)) => {
+                    fenced += 1;
+                    max_lac = max_lac.max(lac);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if fenced < need {
+            return Err(LedgerError::RecoveryStuck {
+                ledger: id,
+                entry: 0,
+                reason: format!(
+                    "fenced {fenced} of {need} bookies needed: {}",
+                    errors.join("; ")
+                ),
+            });
+        }
+        debug!(
+            ledger_id = id,
+            lac = max_lac,
+            "fenced; reading past the last confirmed entry"
+        );
+        let key = Bytes::from(meta.writer_key.clone().into_bytes());
+        // Entries up to the largest LAC seen were acknowledged; after it, each entry found on
+        // any replica may have been, and is written back to its whole write set.
+        let mut entry = (max_lac + 1) as u64;
+        loop {
+            let set = meta.write_set(entry);
+            let mut found = None;
+            let mut missing = 0;
+            let mut errors = Vec::new();
+            for b in &set {
+                match self.pool.get(b).await {
+                    Ok(c) => match c.read(id, entry).await {
+                        Ok(d) => {
+                            found = Some(d);
+                            break;
+                        }
+                        Err(e)
+                            if matches!(
+                                e.status(),
+                                Some(Status::NoSuchEntry | Status::NoSuchLedger)
+                            ) =>
+                        {
+                            missing += 1
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    },
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            let Some(data) = found else {
+                // Absent from enough replicas that it can never have reached qa.
+                if missing > meta.write_quorum - meta.ack_quorum {
+                    return Ok(entry as i64 - 1);
+                }
+                return Err(LedgerError::RecoveryStuck {
+                    ledger: id,
+                    entry,
+                    reason: format!(
+                        "{missing} replicas lack it, others failed: {}",
+                        errors.join("; ")
+                    ),
+                });
+            };
+            let acks = self
+                .write_to_set(
+                    id,
+                    entry,
+                    &set,
+                    &key,
+                    entry as i64 - 1,
+                    &data,
+                    true,
+                    meta.ack_quorum,
+                )
+                .await?;
+            debug!(
+                ledger_id = id,
+                entry, acks, "entry re-replicated during recovery"
+            );
+            entry += 1;
+        }
+    }
+
+    /// Sends one entry to its write set; resolves at `need` acks (the rest finish in the
+    /// background).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_to_set(
+        &self,
+        id: u64,
+        entry: u64,
+        set: &[String],
+        key: &Bytes,
+        lac: i64,
+        data: &Bytes,
+        recovery: bool,
+        need: usize,
+    ) -> Result<usize, LedgerError> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for b in set {
+            let pool = Arc::clone(&self.pool);
+            let (b, key, data, tx) = (b.clone(), key.clone(), data.clone(), tx.clone());
+            // Spawned so replicas beyond the ack quorum still get the entry.
+            tokio::spawn(async move {
+                let r = match pool.get(&b).await {
+                    Ok(c) => c.add(id, entry, key, lac, data, recovery).await,
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send((b, r));
+            });
+        }
+        drop(tx);
+        let mut acks = 0;
+        let mut errors = Vec::new();
+        let mut fenced = false;
+        while let Some((b, r)) = rx.recv().await {
+            match r {
+                Ok(()) => {
+                    acks += 1;
+                    if acks >= need {
+                        return Ok(acks);
+                    }
+                }
+                Err(e) => {
+                    fenced |= e.status() == Some(Status::Fenced);
+                    errors.push(format!("{b}: {e}"));
+                }
+            }
+        }
+        if fenced {
+            return Err(LedgerError::Fenced(id));
+        }
+        Err(LedgerError::QuorumFailed {
+            ledger: id,
+            entry,
+            acks,
+            need,
+            errors: errors.join("; "),
+        })
+    }
+
+    /// Deletes the ledger from its bookies (best effort) and from meta.
+    pub async fn delete(&self, id: u64) -> Result<(), LedgerError> {
+        let (meta, version) = self.load(id).await?;
+        let bookies: BTreeSet<&String> = meta.fragments.iter().flat_map(|f| &f.bookies).collect();
+        for b in bookies {
+            match self.pool.get(b).await {
+                Ok(c) => {
+                    if let Err(e) = c.delete_ledger(id).await {
+                        warn!(ledger_id = id, bookie = %b, error = %e, "delete on bookie failed; its GC will not reclaim it until retried");
+                    }
+                }
+                Err(e) => {
+                    warn!(ledger_id = id, bookie = %b, error = %e, "bookie unreachable for delete")
+                }
+            }
+        }
+        self.meta
+            .delete(&ledger_key(id), Expected::Version(version))
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Confirmed {
+    lac: i64,
+    failed: Option<LedgerError>,
+}
+
+#[derive(Debug)]
+struct WriterInner {
+    id: u64,
+    key: Bytes,
+    meta: Mutex<(LedgerMeta, u64)>,
+    next: Mutex<u64>,
+    /// Entries acknowledged by their quorum but waiting on an earlier one.
+    done: Mutex<BTreeSet<u64>>,
+    confirmed: watch::Sender<Confirmed>,
+    client: LedgerClient,
+}
+
+/// The one writer of an open ledger. Clone to append from several tasks; entries complete in
+/// id order whatever order their quorums answer in.
+#[derive(Debug, Clone)]
+pub struct LedgerWriter {
+    inner: Arc<WriterInner>,
+}
+
+impl LedgerWriter {
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The last entry acknowledged, with every entry before it (-1: none).
+    pub fn last_confirmed(&self) -> i64 {
+        self.inner.confirmed.borrow().lac
+    }
+
+    /// Appends an entry; returns its id once it and every earlier entry are acknowledged.
+    pub async fn append(&self, data: Bytes) -> Result<u64, LedgerError> {
+        let inner = &self.inner;
+        if let Some(e) = inner.confirmed.borrow().failed.clone() {
+            return Err(e);
+        }
+        let (entry, set, qa) = {
+            let mut next = inner.next.lock();
+            let entry = *next;
+            *next += 1;
+            let meta = inner.meta.lock();
+            if meta.0.state != LedgerState::Open {
+                return Err(LedgerError::Closed(inner.id));
+            }
+            (entry, meta.0.write_set(entry), meta.0.ack_quorum)
+        };
+        let lac = self.last_confirmed();
+        let result = inner
+            .client
+            .write_to_set(inner.id, entry, &set, &inner.key, lac, &data, false, qa)
+            .await;
+        if let Err(e) = result {
+            // Without an ensemble change a lost quorum ends the writer; everything after this
+            // entry fails too, so nothing is acknowledged out of order.
+            inner.confirmed.send_modify(|c| {
+                c.failed.get_or_insert(e.clone());
+            });
+            return Err(e);
+        }
+        {
+            let mut done = inner.done.lock();
+            done.insert(entry);
+            inner.confirmed.send_modify(|c| {
+                while done.remove(&((c.lac + 1) as u64)) {
+                    c.lac += 1;
+                }
+            });
+        }
+        let mut rx = inner.confirmed.subscribe();
+        let state = rx
+            .wait_for(|c| c.lac >= entry as i64 || c.failed.is_some())
+            .await
+            .map_err(|_| LedgerError::Closed(inner.id))?
+            .clone();
+        if state.lac >= entry as i64 {
+            Ok(entry)
+        } else {
+            Err(state.failed.unwrap_or(LedgerError::Closed(inner.id)))
+        }
+    }
+
+    /// Waits for pending appends, then seals the ledger at its last acknowledged entry.
+    pub async fn close(&self) -> Result<i64, LedgerError> {
+        let inner = &self.inner;
+        let issued = *inner.next.lock() as i64 - 1;
+        let mut rx = inner.confirmed.subscribe();
+        let _ = rx.wait_for(|c| c.lac >= issued || c.failed.is_some()).await;
+        let last = self.last_confirmed();
+        let (mut meta, version) = inner.meta.lock().clone();
+        meta.state = LedgerState::Closed;
+        meta.last_entry = last;
+        match inner
+            .client
+            .meta
+            .put_json(&ledger_key(inner.id), &meta, Expected::Version(version))
+            .await
+        {
+            Ok(v) => {
+                *inner.meta.lock() = (meta, v);
+                Ok(last)
+            }
+            // Someone recovered the ledger under us: it is theirs now.
+            Err(MetaError::BadVersion { .. }) => Err(LedgerError::Fenced(inner.id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads a closed ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerReader {
+    id: u64,
+    meta: LedgerMeta,
+    client: LedgerClient,
+}
+
+impl LedgerReader {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn last_entry(&self) -> i64 {
+        self.meta.last_entry
+    }
+
+    pub fn metadata(&self) -> &LedgerMeta {
+        &self.meta
+    }
+
+    /// Reads one entry from the first replica that has it, trying the others on any error
+    /// (a checksum error on one replica is answered by another).
+    pub async fn read(&self, entry: u64) -> Result<Bytes, LedgerError> {
+        if entry as i64 > self.meta.last_entry {
+            return Err(LedgerError::Unreadable {
+                ledger: self.id,
+                entry,
+                reason: format!("past the last entry {}", self.meta.last_entry),
+            });
+        }
+        let mut errors = Vec::new();
+        for b in self.meta.write_set(entry) {
+            match self.client.pool.get(&b).await {
+                Ok(c) => match c.read(self.id, entry).await {
+                    Ok(d) => return Ok(d),
+                    Err(e) => errors.push(format!("{b}: {e}")),
+                },
+                Err(e) => errors.push(format!("{b}: {e}")),
+            }
+        }
+        Err(LedgerError::Unreadable {
+            ledger: self.id,
+            entry,
+            reason: errors.join("; "),
+        })
+    }
+}
