@@ -247,21 +247,7 @@ impl LedgerClient {
             .put_json(&ledger_key(id), &meta, Expected::Absent)
             .await?;
         info!(ledger_id = id, ensemble = ?meta.fragments[0].bookies, "ledger created");
-        let (confirmed, _) = watch::channel(Confirmed {
-            lac: -1,
-            failed: None,
-        });
-        Ok(LedgerWriter {
-            inner: Arc::new(WriterInner {
-                id,
-                key: Bytes::from(meta.writer_key.clone().into_bytes()),
-                meta: Mutex::new((meta, version)),
-                next: Mutex::new(0),
-                done: Mutex::new(BTreeSet::new()),
-                confirmed,
-                client: self.clone(),
-            }),
-        })
+        Ok(LedgerWriter::new(self.clone(), id, meta, version))
     }
 
     async fn load(&self, id: u64) -> Result<(LedgerMeta, u64), LedgerError> {
@@ -534,26 +520,71 @@ struct Confirmed {
     failed: Option<LedgerError>,
 }
 
+/// An entry sent but not yet acknowledged by its ack quorum.
+#[derive(Debug)]
+struct PendingAdd {
+    data: Bytes,
+    /// Bookies of the entry's current write set that have it durable.
+    acked: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    meta: LedgerMeta,
+    version: u64,
+    next: u64,
+    pending: std::collections::BTreeMap<u64, PendingAdd>,
+    /// Entries acknowledged by their quorum but waiting on an earlier one.
+    done: BTreeSet<u64>,
+    /// Bookies that failed this writer; never picked again as replacements.
+    bad: BTreeSet<String>,
+}
+
 #[derive(Debug)]
 struct WriterInner {
     id: u64,
     key: Bytes,
-    meta: Mutex<(LedgerMeta, u64)>,
-    next: Mutex<u64>,
-    /// Entries acknowledged by their quorum but waiting on an earlier one.
-    done: Mutex<BTreeSet<u64>>,
+    state: Mutex<WriterState>,
     confirmed: watch::Sender<Confirmed>,
+    /// Serialises ensemble changes.
+    change: tokio::sync::Mutex<()>,
     client: LedgerClient,
 }
 
 /// The one writer of an open ledger. Clone to append from several tasks; entries complete in
-/// id order whatever order their quorums answer in.
+/// id order whatever order their quorums answer in. When a bookie fails, the writer replaces
+/// it (a new fragment from the first unconfirmed entry, recorded by CAS) and re-sends every
+/// pending entry to the replacement, so callers see no error while enough bookies remain.
 #[derive(Debug, Clone)]
 pub struct LedgerWriter {
     inner: Arc<WriterInner>,
 }
 
 impl LedgerWriter {
+    fn new(client: LedgerClient, id: u64, meta: LedgerMeta, version: u64) -> LedgerWriter {
+        let (confirmed, _) = watch::channel(Confirmed {
+            lac: -1,
+            failed: None,
+        });
+        LedgerWriter {
+            inner: Arc::new(WriterInner {
+                id,
+                key: Bytes::from(meta.writer_key.clone().into_bytes()),
+                state: Mutex::new(WriterState {
+                    meta,
+                    version,
+                    next: 0,
+                    pending: std::collections::BTreeMap::new(),
+                    done: BTreeSet::new(),
+                    bad: BTreeSet::new(),
+                }),
+                confirmed,
+                change: tokio::sync::Mutex::new(()),
+                client,
+            }),
+        }
+    }
+
     pub fn id(&self) -> u64 {
         self.inner.id
     }
@@ -563,43 +594,41 @@ impl LedgerWriter {
         self.inner.confirmed.borrow().lac
     }
 
+    /// The ledger's record as this writer last wrote it.
+    pub fn metadata(&self) -> LedgerMeta {
+        self.inner.state.lock().meta.clone()
+    }
+
+    fn fail(&self, e: LedgerError) {
+        self.inner.confirmed.send_modify(|c| {
+            c.failed.get_or_insert(e);
+        });
+    }
+
     /// Appends an entry; returns its id once it and every earlier entry are acknowledged.
     pub async fn append(&self, data: Bytes) -> Result<u64, LedgerError> {
         let inner = &self.inner;
         if let Some(e) = inner.confirmed.borrow().failed.clone() {
             return Err(e);
         }
-        let (entry, set, qa) = {
-            let mut next = inner.next.lock();
-            let entry = *next;
-            *next += 1;
-            let meta = inner.meta.lock();
-            if meta.0.state != LedgerState::Open {
+        let (entry, set) = {
+            let mut st = inner.state.lock();
+            if st.meta.state != LedgerState::Open {
                 return Err(LedgerError::Closed(inner.id));
             }
-            (entry, meta.0.write_set(entry), meta.0.ack_quorum)
+            let entry = st.next;
+            st.next += 1;
+            st.pending.insert(
+                entry,
+                PendingAdd {
+                    data: data.clone(),
+                    acked: BTreeSet::new(),
+                },
+            );
+            (entry, st.meta.write_set(entry))
         };
-        let lac = self.last_confirmed();
-        let result = inner
-            .client
-            .write_to_set(inner.id, entry, &set, &inner.key, lac, &data, false, qa)
-            .await;
-        if let Err(e) = result {
-            // Without an ensemble change a lost quorum ends the writer; everything after this
-            // entry fails too, so nothing is acknowledged out of order.
-            inner.confirmed.send_modify(|c| {
-                c.failed.get_or_insert(e.clone());
-            });
-            return Err(e);
-        }
-        {
-            let mut done = inner.done.lock();
-            done.insert(entry);
-            inner.confirmed.send_modify(|c| {
-                while done.remove(&((c.lac + 1) as u64)) {
-                    c.lac += 1;
-                }
-            });
+        for b in set {
+            self.send(entry, b, data.clone());
         }
         let mut rx = inner.confirmed.subscribe();
         let state = rx
@@ -614,14 +643,163 @@ impl LedgerWriter {
         }
     }
 
+    fn send(&self, entry: u64, bookie: String, data: Bytes) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let lac = me.last_confirmed();
+            let pool = Arc::clone(&me.inner.client.pool);
+            let r = match pool.get(&bookie).await {
+                Ok(c) => {
+                    c.add(me.inner.id, entry, me.inner.key.clone(), lac, data, false)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => me.acked(entry, &bookie),
+                Err(e) if e.status() == Some(Status::Fenced) => {
+                    me.fail(LedgerError::Fenced(me.inner.id))
+                }
+                Err(e) => {
+                    warn!(ledger_id = me.inner.id, entry, bookie = %bookie, error = %e, "add failed; replacing bookie");
+                    if let Err(err) = me.replace(&bookie).await {
+                        me.fail(err);
+                    }
+                }
+            }
+        });
+    }
+
+    fn acked(&self, entry: u64, bookie: &str) {
+        let inner = &self.inner;
+        let mut st = inner.state.lock();
+        let in_set = st.meta.write_set(entry).iter().any(|b| b == bookie);
+        let qa = st.meta.ack_quorum;
+        let Some(p) = st.pending.get_mut(&entry) else {
+            return;
+        };
+        if !in_set {
+            return; // an ack from a bookie replaced since: does not count
+        }
+        p.acked.insert(bookie.to_string());
+        if p.acked.len() < qa {
+            return;
+        }
+        st.pending.remove(&entry);
+        st.done.insert(entry);
+        let done = &mut st.done;
+        inner.confirmed.send_modify(|c| {
+            while done.remove(&((c.lac + 1) as u64)) {
+                c.lac += 1;
+            }
+        });
+    }
+
+    /// Replaces a failed bookie in the current fragment, from the first unconfirmed entry on,
+    /// and re-sends every pending entry whose write set now holds the replacement.
+    async fn replace(&self, failed: &str) -> Result<(), LedgerError> {
+        let inner = &self.inner;
+        let _serial = inner.change.lock().await;
+        let current: Vec<String> = {
+            let st = inner.state.lock();
+            match st.meta.fragments.last() {
+                Some(f) if f.bookies.iter().any(|b| b == failed) => f.bookies.clone(),
+                _ => return Ok(()), // already replaced by an earlier failure
+            }
+        };
+        let available = inner.client.available_bookies().await?;
+        let (candidates, bad) = {
+            let mut st = inner.state.lock();
+            st.bad.insert(failed.to_string());
+            let bad = st.bad.clone();
+            let c: Vec<(String, Option<String>)> = available
+                .into_iter()
+                .filter(|(a, _)| !current.contains(a) && !bad.contains(a))
+                .collect();
+            (c, bad)
+        };
+        let Some(replacement) = LedgerClient::place(candidates, 1).pop() else {
+            return Err(LedgerError::NotEnoughBookies {
+                need: current.len(),
+                have: current.len() - bad.iter().filter(|b| current.contains(b)).count(),
+            });
+        };
+        loop {
+            let (meta, version, first) = {
+                let st = inner.state.lock();
+                let mut meta = st.meta.clone();
+                let first = (self.last_confirmed() + 1) as u64;
+                let mut bookies = current.clone();
+                for b in bookies.iter_mut() {
+                    if b == failed {
+                        *b = replacement.clone();
+                    }
+                }
+                match meta.fragments.last_mut() {
+                    Some(f) if f.first_entry >= first => f.bookies = bookies,
+                    _ => meta.fragments.push(Fragment {
+                        first_entry: first,
+                        bookies,
+                    }),
+                }
+                (meta, st.version, first)
+            };
+            match inner
+                .client
+                .meta
+                .put_json(&ledger_key(inner.id), &meta, Expected::Version(version))
+                .await
+            {
+                Ok(v) => {
+                    info!(ledger_id = inner.id, failed, replacement = %replacement, first_entry = first, "ensemble changed");
+                    let resend: Vec<(u64, Bytes)> = {
+                        let mut st = inner.state.lock();
+                        st.meta = meta;
+                        st.version = v;
+                        let mut out = Vec::new();
+                        let WriterState { meta, pending, .. } = &mut *st;
+                        for (&e, p) in pending.range_mut(first..) {
+                            // The failed bookie's acks no longer count (BookKeeper does the same).
+                            p.acked.remove(failed);
+                            if meta.write_set(e).contains(&replacement)
+                                && !p.acked.contains(&replacement)
+                            {
+                                out.push((e, p.data.clone()));
+                            }
+                        }
+                        out
+                    };
+                    for (e, data) in resend {
+                        self.send(e, replacement.clone(), data);
+                    }
+                    return Ok(());
+                }
+                Err(MetaError::BadVersion { .. }) => {
+                    let (fresh, v) = inner.client.load(inner.id).await?;
+                    if fresh.state != LedgerState::Open {
+                        return Err(LedgerError::Fenced(inner.id));
+                    }
+                    let mut st = inner.state.lock();
+                    st.meta = fresh;
+                    st.version = v;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Waits for pending appends, then seals the ledger at its last acknowledged entry.
     pub async fn close(&self) -> Result<i64, LedgerError> {
         let inner = &self.inner;
-        let issued = *inner.next.lock() as i64 - 1;
+        let issued = inner.state.lock().next as i64 - 1;
         let mut rx = inner.confirmed.subscribe();
         let _ = rx.wait_for(|c| c.lac >= issued || c.failed.is_some()).await;
+        let _serial = inner.change.lock().await;
         let last = self.last_confirmed();
-        let (mut meta, version) = inner.meta.lock().clone();
+        let (mut meta, version) = {
+            let st = inner.state.lock();
+            (st.meta.clone(), st.version)
+        };
         meta.state = LedgerState::Closed;
         meta.last_entry = last;
         match inner
@@ -631,7 +809,9 @@ impl LedgerWriter {
             .await
         {
             Ok(v) => {
-                *inner.meta.lock() = (meta, v);
+                let mut st = inner.state.lock();
+                st.meta = meta;
+                st.version = v;
                 Ok(last)
             }
             // Someone recovered the ledger under us: it is theirs now.

@@ -283,3 +283,76 @@ fn dir_bytes(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let spare = BookieProc::start(
+        Path::new(env!("CARGO_BIN_EXE_magnetar")),
+        &["--meta", &cluster.etcd.url()],
+    )
+    .await?;
+    let client = cluster.client().await?;
+    wait_until(WAIT, "four bookies registered", || {
+        let client = client.clone();
+        async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 4) }
+    })
+    .await?;
+    cluster.bookies.push(spare);
+    let writer = client.create(3, 2, 2).await?;
+    let victim_addr = writer.metadata().fragments[0].bookies[1].clone();
+    const N: u64 = 100_000;
+    let killer = {
+        let writer = writer.clone();
+        async move {
+            wait_until(WAIT, "a third of the entries acknowledged", || {
+                let w = writer.clone();
+                async move { w.last_confirmed() >= (N / 3) as i64 }
+            })
+            .await
+        }
+    };
+    let appends = futures::stream::iter(0..N)
+        .map(|i| {
+            let w = writer.clone();
+            async move { w.append(payload(i)).await }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>();
+    let (results, killed) = tokio::join!(appends, async {
+        killer.await?;
+        let victim = cluster
+            .bookies
+            .iter_mut()
+            .find(|b| b.addr.to_string() == victim_addr)
+            .context("victim bookie")?;
+        victim.kill9();
+        Ok::<_, anyhow::Error>(())
+    });
+    killed?;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.with_context(|| format!("append {i} failed"))?, i as u64);
+    }
+    assert_eq!(writer.close().await?, N as i64 - 1);
+
+    let meta = writer.metadata();
+    assert!(
+        meta.fragments.len() >= 2,
+        "ensemble changed: {:?}",
+        meta.fragments
+    );
+    let last = meta.fragments.last().context("fragment")?;
+    assert!(
+        !last.bookies.contains(&victim_addr),
+        "dead bookie still in the ensemble"
+    );
+    let reader = client.open_closed(writer.id()).await?;
+    for e in 0..N {
+        assert_eq!(reader.read(e).await?, payload(e), "entry {e}");
+    }
+    eprintln!(
+        "ensemble changed at entry {}: {:?}",
+        last.first_entry, meta.fragments
+    );
+    Ok(())
+}
