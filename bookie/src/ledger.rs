@@ -167,6 +167,52 @@ impl LedgerClient {
         }
     }
 
+    pub fn meta_store(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// Reads one entry from one bookie.
+    pub async fn read_from(&self, bookie: &str, id: u64, entry: u64) -> Result<Bytes, LedgerError> {
+        let c = self
+            .pool
+            .get(bookie)
+            .await
+            .map_err(|e| LedgerError::Unreadable {
+                ledger: id,
+                entry,
+                reason: e.to_string(),
+            })?;
+        c.read(id, entry)
+            .await
+            .map_err(|e| LedgerError::Unreadable {
+                ledger: id,
+                entry,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes one entry to one bookie as a recovery write (allowed on fenced ledgers).
+    pub async fn write_to(
+        &self,
+        bookie: &str,
+        id: u64,
+        entry: u64,
+        key: &Bytes,
+        data: Bytes,
+    ) -> Result<(), LedgerError> {
+        let err = |e: ClientError| LedgerError::QuorumFailed {
+            ledger: id,
+            entry,
+            acks: 0,
+            need: 1,
+            errors: format!("{bookie}: {e}"),
+        };
+        let c = self.pool.get(bookie).await.map_err(err)?;
+        c.add(id, entry, key.clone(), entry as i64 - 1, data, true)
+            .await
+            .map_err(err)
+    }
+
     /// Registered bookies with their racks.
     pub async fn available_bookies(&self) -> Result<Vec<(String, Option<String>)>, LedgerError> {
         let mut out = Vec::new();

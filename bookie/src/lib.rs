@@ -6,6 +6,7 @@
 //! bookie records will live in `meta`. It depends on `meta` only and must never import
 //! `broker` or `tiering`.
 
+pub mod autorecovery;
 pub mod client;
 pub mod error;
 pub mod journal;

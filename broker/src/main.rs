@@ -80,6 +80,15 @@ struct BookieArgs {
     /// Go read-only below this many free bytes on the data disk [default: 1073741824].
     #[arg(long, env = "MAGNETAR_MIN_FREE_DISK_BYTES")]
     min_free_disk_bytes: Option<u64>,
+    /// Registration lease: how long after this bookie dies it drops off the list [default: 10].
+    #[arg(long, env = "MAGNETAR_META_SESSION_TTL_SECS")]
+    meta_session_ttl_secs: Option<u64>,
+    /// Also run auto-recovery: re-replicate ledgers off bookies that are gone (needs --meta).
+    #[arg(long, env = "MAGNETAR_AUTORECOVERY")]
+    autorecovery: Option<bool>,
+    /// How long a bookie must be gone before auto-recovery copies its data [default: 60].
+    #[arg(long, env = "MAGNETAR_AUTORECOVERY_GRACE_SECS")]
+    autorecovery_grace_secs: Option<u64>,
 }
 
 impl BookieArgs {
@@ -108,7 +117,10 @@ impl BookieArgs {
             read_cache_bytes,
             flush_interval_ms,
             max_entry_bytes,
-            min_free_disk_bytes
+            min_free_disk_bytes,
+            meta_session_ttl_secs,
+            autorecovery,
+            autorecovery_grace_secs
         );
         Ok(self)
     }
@@ -171,7 +183,22 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
         let store = magnetar_meta::connect(url)
             .await
             .with_context(|| format!("connect to metadata store {url}"))?;
-        tokio::spawn(register(store, advertised.clone(), args.rack.clone()));
+        let ttl = Duration::from_secs(args.meta_session_ttl_secs.unwrap_or(10).max(1));
+        tokio::spawn(register(
+            store.clone(),
+            advertised.clone(),
+            args.rack.clone(),
+            ttl,
+        ));
+        if args.autorecovery.unwrap_or(false) {
+            let grace = Duration::from_secs(args.autorecovery_grace_secs.unwrap_or(60));
+            let client = magnetar_bookie::ledger::LedgerClient::new(store, Duration::from_secs(10));
+            let auto = magnetar_bookie::autorecovery::AutoRecovery::new(client, grace);
+            tokio::spawn(auto.run(Duration::from_secs(5)));
+            info!(grace_secs = grace.as_secs(), "auto-recovery running");
+        }
+    } else if args.autorecovery.unwrap_or(false) {
+        anyhow::bail!("--autorecovery needs --meta");
     }
     info!(%addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 
@@ -204,11 +231,16 @@ struct BookieRecord<'a> {
 
 /// Keeps `/bookies/available/{address}` alive for as long as the process runs, registering
 /// again with a new session whenever one is lost.
-async fn register(store: magnetar_meta::MetaStore, address: String, rack: Option<String>) {
+async fn register(
+    store: magnetar_meta::MetaStore,
+    address: String,
+    rack: Option<String>,
+    ttl: Duration,
+) {
     let key = format!("/bookies/available/{address}");
     loop {
         let attempt = async {
-            let session = store.create_session(Duration::from_secs(10)).await?;
+            let session = store.create_session(ttl).await?;
             let value = magnetar_meta::encode_json(
                 &key,
                 &BookieRecord {

@@ -356,3 +356,79 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let bin = Path::new(env!("CARGO_BIN_EXE_magnetar"));
+    let mut bookies = Vec::new();
+    for _ in 0..4 {
+        bookies.push(
+            BookieProc::start(
+                bin,
+                &["--meta", &etcd.url(), "--meta-session-ttl-secs", "2"],
+            )
+            .await?,
+        );
+    }
+    let cluster = Cluster { etcd, bookies };
+    let client = cluster.client().await?;
+    wait_until(WAIT, "four bookies registered", || {
+        let client = client.clone();
+        async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 4) }
+    })
+    .await?;
+    let writer = client.create(3, 2, 2).await?;
+    for i in 0..1000 {
+        writer.append(payload(i)).await?;
+    }
+    writer.close().await?;
+    let victim = writer.metadata().fragments[0].bookies[0].clone();
+    let mut cluster = cluster;
+    cluster
+        .bookies
+        .iter_mut()
+        .find(|b| b.addr.to_string() == victim)
+        .context("victim")?
+        .kill9();
+    wait_until(WAIT, "the dead bookie's registration to expire", || {
+        let client = client.clone();
+        let victim = victim.clone();
+        async move { matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| *a == victim)) }
+    })
+    .await?;
+
+    let mut auto = magnetar_bookie::autorecovery::AutoRecovery::new(client.clone(), Duration::ZERO);
+    let report = auto.pass().await?;
+    assert_eq!(report.fragments_rereplicated, 1, "{report:?}");
+    assert!(report.entries_copied > 0);
+
+    let reader = client.open_closed(writer.id()).await?;
+    let meta = reader.metadata().clone();
+    assert!(
+        meta.fragments.iter().all(|f| !f.bookies.contains(&victim)),
+        "lost bookie still referenced: {:?}",
+        meta.fragments
+    );
+    let live: Vec<BookieClient> = futures::future::try_join_all(
+        cluster
+            .bookies
+            .iter()
+            .filter(|b| b.addr.to_string() != victim)
+            .map(|b| BookieClient::connect(b.addr, WAIT)),
+    )
+    .await?;
+    for e in 0..1000u64 {
+        let set = meta.write_set(e);
+        let mut holders = 0;
+        for c in &live {
+            if set.contains(&c.addr().to_string()) && c.read(writer.id(), e).await? == payload(e) {
+                holders += 1;
+            }
+        }
+        assert_eq!(holders, 2, "entry {e} has Qw replicas again");
+    }
+    // a second pass finds nothing to do
+    assert_eq!(auto.pass().await?.fragments_rereplicated, 0);
+    Ok(())
+}
