@@ -444,6 +444,11 @@ impl Journal {
         &self.shared.stats
     }
 
+    /// Why the journal stopped accepting appends, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().clone()
+    }
+
     /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
     pub fn close(mut self) {
         self.shutdown();

@@ -9,6 +9,7 @@
 pub mod autorecovery;
 pub mod client;
 pub mod error;
+pub mod http;
 pub mod journal;
 pub mod ledger;
 pub mod protocol;

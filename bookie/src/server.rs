@@ -142,6 +142,15 @@ impl Bookie {
         &self.storage
     }
 
+    pub fn journal_stats(&self) -> &crate::journal::JournalStats {
+        self.journal.stats()
+    }
+
+    /// Why the journal stopped accepting writes, if it did.
+    pub fn journal_failure(&self) -> Option<String> {
+        self.journal.failure()
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.read_only.load(Ordering::Relaxed)
     }

@@ -50,6 +50,9 @@ struct BookieArgs {
     /// Bookie protocol port [default: 3181].
     #[arg(long, env = "MAGNETAR_BOOKIE_PORT")]
     bookie_port: Option<u16>,
+    /// HTTP port for /health and /metrics [default: 8000; 0 picks a free port].
+    #[arg(long, env = "MAGNETAR_HTTP_PORT")]
+    http_port: Option<u16>,
     /// Host others reach this bookie at [default: the bind address].
     #[arg(long, env = "MAGNETAR_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
@@ -108,6 +111,7 @@ impl BookieArgs {
             data_dir,
             bind,
             bookie_port,
+            http_port,
             advertised_address,
             meta,
             rack,
@@ -178,6 +182,17 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
         .await
         .context("open bookie")??;
     let listener = server::bind(addr).await?;
+    let http_addr = SocketAddr::new(bind, args.http_port.unwrap_or(8000));
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("bind http port {http_addr}"))?;
+    let http_addr = http.local_addr().context("http address")?;
+    let app = magnetar_bookie::http::router(Arc::clone(&bookie));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            warn!(error = %e, "http server stopped");
+        }
+    });
     tokio::spawn(Arc::clone(&bookie).run_flusher());
     if let Some(url) = &args.meta {
         let store = magnetar_meta::connect(url)
@@ -200,7 +215,7 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     } else if args.autorecovery.unwrap_or(false) {
         anyhow::bail!("--autorecovery needs --meta");
     }
-    info!(%addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
+    info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 
     let shutdown = async {
         let mut term =

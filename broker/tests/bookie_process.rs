@@ -215,3 +215,35 @@ async fn registers_in_the_metadata_store() -> Result<()> {
     assert!(rec.owner.is_some(), "registration is ephemeral");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_over_http() -> Result<()> {
+    let bookie = start(&[]).await?;
+    let c = connect(&bookie).await?;
+    for e in 0..10 {
+        c.add(
+            5,
+            e,
+            Bytes::from_static(b"w"),
+            e as i64 - 1,
+            payload(5, e),
+            false,
+        )
+        .await?;
+    }
+    let http = bookie.http;
+    let health =
+        tokio::task::spawn_blocking(move || magnetar_testkit::http_get(http, "/health")).await??;
+    assert!(
+        health.starts_with("HTTP/1.") && health.contains(" 200 "),
+        "{health}"
+    );
+    let metrics =
+        tokio::task::spawn_blocking(move || magnetar_testkit::http_get(http, "/metrics")).await??;
+    assert!(metrics.contains("\nbookie_adds_total 10\n"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE bookie_journal_groups_total counter"),
+        "{metrics}"
+    );
+    Ok(())
+}

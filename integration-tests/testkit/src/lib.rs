@@ -301,6 +301,8 @@ impl EtcdCluster {
 pub struct BookieProc {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// The HTTP port (/health, /metrics).
+    pub http: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -311,12 +313,15 @@ impl BookieProc {
             .prefix("magnetar-bookie-")
             .tempdir()?;
         let port = free_port()?;
+        let http_port = free_port()?;
         let mut args: Vec<String> = vec![
             "bookie".into(),
             "--data-dir".into(),
             dir.path().join("data").display().to_string(),
             "--bookie-port".into(),
             port.to_string(),
+            "--http-port".into(),
+            http_port.to_string(),
             // a test machine's disk may be fuller than a production threshold
             "--min-free-disk-bytes".into(),
             "0".into(),
@@ -326,6 +331,7 @@ impl BookieProc {
         let mut b = BookieProc {
             proc: Proc::new(&format!("bookie :{port}"), program, args, log),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             dir,
         };
         b.proc.spawn()?;

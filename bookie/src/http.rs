@@ -1,0 +1,117 @@
+//! The bookie's HTTP port: `/health` and Prometheus `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::server::Bookie;
+
+pub fn router(bookie: Arc<Bookie>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(bookie)
+}
+
+async fn health(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
+    match b.journal_failure() {
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("journal failed: {why}\n"),
+        ),
+        None if b.is_read_only() => (StatusCode::OK, "ok (read-only)\n".to_string()),
+        None => (StatusCode::OK, "ok\n".to_string()),
+    }
+}
+
+async fn metrics(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
+    let s = b.stats();
+    let j = b.journal_stats();
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    metric(
+        "bookie_adds_total",
+        "counter",
+        "Entries added and synced.",
+        c(&s.adds),
+    );
+    metric(
+        "bookie_add_bytes_total",
+        "counter",
+        "Entry bytes added.",
+        c(&s.add_bytes),
+    );
+    metric(
+        "bookie_reads_total",
+        "counter",
+        "Entries read.",
+        c(&s.reads),
+    );
+    metric(
+        "bookie_flushes_total",
+        "counter",
+        "Write cache flushes.",
+        c(&s.flushes),
+    );
+    metric(
+        "bookie_connections",
+        "gauge",
+        "Open client connections.",
+        c(&s.connections),
+    );
+    metric(
+        "bookie_bad_frames_total",
+        "counter",
+        "Connections closed for a malformed frame.",
+        c(&s.bad_frames),
+    );
+    metric(
+        "bookie_journal_records_total",
+        "counter",
+        "Records made durable by the journal.",
+        c(&j.records),
+    );
+    metric(
+        "bookie_journal_groups_total",
+        "counter",
+        "Journal group commits (one fdatasync each).",
+        c(&j.groups),
+    );
+    metric(
+        "bookie_journal_bytes_total",
+        "counter",
+        "Bytes written to the journal.",
+        c(&j.bytes),
+    );
+    metric(
+        "bookie_journal_sync_seconds_total",
+        "counter",
+        "Time spent in journal fdatasync.",
+        c(&j.sync_micros) / 1e6,
+    );
+    metric(
+        "bookie_write_cache_bytes",
+        "gauge",
+        "Bytes waiting in the write cache.",
+        b.storage().write_cache_bytes() as f64,
+    );
+    metric(
+        "bookie_read_only",
+        "gauge",
+        "1 when the disk is nearly full and adds are refused.",
+        f64::from(u8::from(b.is_read_only())),
+    );
+    out
+}
