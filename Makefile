@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run bench-meta clean-data
+.PHONY: help deps build test lint fmt run bench-meta bench-bookie
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,3 +40,7 @@ run: deps ## run Magnetar standalone (not built yet: see README, Status)
 bench-meta: deps ## metadata store put/get/CAS throughput on RocksDB and etcd
 	$(CARGO) build --release -p magnetar-cli --bin magnetar-perf
 	scripts/bench-meta.sh
+
+bench-bookie: deps ## raw disk limit, then ledger appends on 1 and 3 bookies
+	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf
+	scripts/bench-bookie.sh

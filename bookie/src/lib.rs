@@ -1,10 +1,10 @@
-//! The storage node ("bookie") and the ledger client the broker uses to reach it.
-//!
-//! Built so far: the fsync'd journal with group commit (`journal`) and ledger storage (entry
-//! logs with a RocksDB index, caches, GC: `storage`). Still to come: the length-prefixed bookie wire protocol, and the ledger
-//! client (quorum writes, fencing, recovery, ensemble changes, auto-recovery). Ledger and
-//! bookie records will live in `meta`. It depends on `meta` only and must never import
-//! `broker` or `tiering`.
+//! The storage node ("bookie") and what the broker uses to reach it. It owns the fsync'd
+//! journal with group commit (`journal`), ledger storage: entry logs, RocksDB index, caches, GC
+//! (`storage`), the bookie wire protocol and its server (`protocol`, `server`, `http`), one
+//! pipelined connection to a bookie (`client`), the ledger client with quorum writes, fencing,
+//! recovery and ensemble changes (`ledger`), and auto-recovery (`autorecovery`). Ledger and
+//! bookie records live in `meta`. It depends on `meta` only and must never import `broker` or
+//! `tiering`.
 
 pub mod autorecovery;
 pub mod client;
