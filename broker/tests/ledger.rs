@@ -233,11 +233,17 @@ async fn a_corrupt_replica_is_answered_by_another() -> Result<()> {
     writer.close().await?;
     let victim = 0;
     let logs = cluster.bookies[victim].data_dir().join("ledgers/logs");
-    wait_until(WAIT, "entries flushed to the entry log", || {
-        let logs = logs.clone();
-        async move { dir_bytes(&logs) > 50_000 }
+    // Two more completed flushes mean one started after the last write: the entries are in
+    // the entry log and the journal is checkpointed past them, so a restart cannot replay a
+    // clean copy from the journal.
+    let http = cluster.bookies[victim].http;
+    let flushes = move || flushes_total(http);
+    let before = flushes();
+    wait_until(WAIT, "two flushes after the writes", || async move {
+        flushes() >= before + 2
     })
     .await?;
+    assert!(dir_bytes(&logs) > 50_000, "entries are in the entry log");
     // SIGTERM would flush too; kill -9 after the flush shows the on-disk copy is what's read.
     cluster.bookies[victim].kill9();
     for entry in std::fs::read_dir(&logs)? {
@@ -431,4 +437,15 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
     // a second pass finds nothing to do
     assert_eq!(auto.pass().await?.fragments_rereplicated, 0);
     Ok(())
+}
+
+fn flushes_total(http: std::net::SocketAddr) -> u64 {
+    magnetar_testkit::http_get(http, "/metrics")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("bookie_flushes_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
 }
