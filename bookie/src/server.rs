@@ -293,6 +293,11 @@ impl Bookie {
             }
         }
         self.storage.update_lac(ledger, add.lac);
+        // Flush at half the cache so adds keep landing in the other half while it runs,
+        // instead of stalling on a full cache.
+        if self.storage.write_cache_bytes() > self.config.storage.write_cache_bytes / 2 {
+            self.flush_now.notify_one();
+        }
         self.journal_append(KIND_ENTRY, ledger, entry, add.lac, add.data)
             .await?;
         self.stats.adds.fetch_add(1, Ordering::Relaxed);
