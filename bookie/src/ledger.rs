@@ -645,6 +645,15 @@ impl LedgerWriter {
         self.inner.state.lock().meta.clone()
     }
 
+    /// Writes the ledger's record if it is still at `version`.
+    async fn put_meta(&self, meta: &LedgerMeta, version: u64) -> Result<u64, MetaError> {
+        self.inner
+            .client
+            .meta
+            .put_json(&ledger_key(self.inner.id), meta, Expected::Version(version))
+            .await
+    }
+
     fn fail(&self, e: LedgerError) {
         self.inner.confirmed.send_modify(|c| {
             c.failed.get_or_insert(e);
@@ -790,12 +799,7 @@ impl LedgerWriter {
                 }
                 (meta, st.version, first)
             };
-            match inner
-                .client
-                .meta
-                .put_json(&ledger_key(inner.id), &meta, Expected::Version(version))
-                .await
-            {
+            match self.put_meta(&meta, version).await {
                 Ok(v) => {
                     info!(ledger_id = inner.id, failed, replacement = %replacement, first_entry = first, "ensemble changed");
                     let resend: Vec<(u64, Bytes)> = {
@@ -848,12 +852,7 @@ impl LedgerWriter {
         };
         meta.state = LedgerState::Closed;
         meta.last_entry = last;
-        match inner
-            .client
-            .meta
-            .put_json(&ledger_key(inner.id), &meta, Expected::Version(version))
-            .await
-        {
+        match self.put_meta(&meta, version).await {
             Ok(v) => {
                 let mut st = inner.state.lock();
                 st.meta = meta;

@@ -345,6 +345,22 @@ fn writer_loop<B: Backing>(shared: Arc<Shared<B>>, rx: std_mpsc::Receiver<Reques
     }
 }
 
+/// Records a deletion in the group's overlay and its event.
+fn delete_in(
+    overlay: &mut BTreeMap<String, Option<Record>>,
+    events: &mut Vec<WatchEvent>,
+    key: String,
+    revision: Version,
+) {
+    events.push(WatchEvent {
+        kind: EventKind::Deleted,
+        key: key.clone(),
+        value: None,
+        version: revision,
+    });
+    overlay.insert(key, None);
+}
+
 enum Reply {
     Txn(oneshot::Sender<Result<Vec<Version>>>, Result<Vec<Version>>),
     Revoke(Option<oneshot::Sender<Result<()>>>, Result<()>),
@@ -438,13 +454,7 @@ fn commit_group<B: Backing>(shared: &Shared<B>, group: Vec<Request>) {
                                 );
                             }
                             Op::Delete { key, .. } => {
-                                events.push(WatchEvent {
-                                    kind: EventKind::Deleted,
-                                    key: key.clone(),
-                                    value: None,
-                                    version: revision,
-                                });
-                                overlay.insert(key, None);
+                                delete_in(&mut overlay, &mut events, key, revision)
                             }
                         }
                     }
@@ -460,13 +470,7 @@ fn commit_group<B: Backing>(shared: &Shared<B>, group: Vec<Request>) {
                             revision += 1;
                         }
                         for key in session.keys {
-                            events.push(WatchEvent {
-                                kind: EventKind::Deleted,
-                                key: key.clone(),
-                                value: None,
-                                version: revision,
-                            });
-                            overlay.insert(key, None);
+                            delete_in(&mut overlay, &mut events, key, revision);
                         }
                         lost.push(session.state);
                         Ok(())

@@ -331,11 +331,15 @@ async fn ledger(args: LedgerArgs) -> Result<()> {
     let _ = writer.close().await;
     let (hist, errors) = rec.total();
     let summary = Summary::new(&label, &args.meta, args.inflight, &hist, errors, elapsed);
-    let mb = summary.ops_per_sec * args.size as f64 / 1e6;
+    print_throughput(summary, args.size)
+}
+
+fn print_throughput(summary: Summary, bytes_per_op: usize) -> Result<()> {
+    let mb_per_sec = summary.ops_per_sec * bytes_per_op as f64 / 1e6;
     let out = Throughput {
         summary,
-        bytes_per_op: args.size,
-        mb_per_sec: mb,
+        bytes_per_op,
+        mb_per_sec,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
@@ -419,12 +423,5 @@ fn disk(args: DiskArgs) -> Result<()> {
         0,
         elapsed,
     );
-    let mb = summary.ops_per_sec * args.bytes_per_sync as f64 / 1e6;
-    let out = Throughput {
-        summary,
-        bytes_per_op: args.bytes_per_sync,
-        mb_per_sec: mb,
-    };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    print_throughput(summary, args.bytes_per_sync)
 }
