@@ -914,3 +914,60 @@ impl LedgerReader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_over_racks_first() {
+        let bookies: Vec<(String, Option<String>)> = (0..6)
+            .map(|i| (format!("10.0.0.{i}:3181"), Some(format!("rack-{}", i % 3))))
+            .collect();
+        for _ in 0..50 {
+            let chosen = LedgerClient::place(bookies.clone(), 3);
+            let racks: BTreeSet<_> = chosen
+                .iter()
+                .map(|a| {
+                    bookies
+                        .iter()
+                        .find(|(b, _)| b == a)
+                        .and_then(|(_, r)| r.clone())
+                })
+                .collect();
+            assert_eq!(chosen.len(), 3);
+            assert_eq!(racks.len(), 3, "one bookie per rack: {chosen:?}");
+        }
+        // more bookies than racks: still distinct bookies
+        let chosen = LedgerClient::place(bookies.clone(), 5);
+        let distinct: BTreeSet<_> = chosen.iter().collect();
+        assert_eq!(distinct.len(), 5);
+    }
+
+    #[test]
+    fn write_sets_stripe_over_the_fragment() {
+        let meta = LedgerMeta {
+            ensemble_size: 3,
+            write_quorum: 2,
+            ack_quorum: 2,
+            state: LedgerState::Open,
+            last_entry: -1,
+            fragments: vec![
+                Fragment {
+                    first_entry: 0,
+                    bookies: vec!["a".into(), "b".into(), "c".into()],
+                },
+                Fragment {
+                    first_entry: 10,
+                    bookies: vec!["a".into(), "d".into(), "c".into()],
+                },
+            ],
+            writer_key: String::new(),
+        };
+        assert_eq!(meta.write_set(0), vec!["a", "b"]);
+        assert_eq!(meta.write_set(1), vec!["b", "c"]);
+        assert_eq!(meta.write_set(2), vec!["c", "a"]);
+        assert_eq!(meta.write_set(10), vec!["d", "c"]);
+        assert_eq!(meta.write_set(12), vec!["a", "d"]);
+    }
+}

@@ -77,6 +77,10 @@ struct BookieArgs {
     /// Flush the write cache every this many milliseconds [default: 1000].
     #[arg(long, env = "MAGNETAR_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
+    /// Requests one connection may have in flight before the bookie stops reading it
+    /// [default: 10000].
+    #[arg(long, env = "MAGNETAR_MAX_PENDING_PER_CONNECTION")]
+    max_pending_per_connection: Option<usize>,
     /// Largest entry accepted, in bytes [default: 5308416].
     #[arg(long, env = "MAGNETAR_MAX_ENTRY_BYTES")]
     max_entry_bytes: Option<usize>,
@@ -120,6 +124,7 @@ impl BookieArgs {
             write_cache_bytes,
             read_cache_bytes,
             flush_interval_ms,
+            max_pending_per_connection,
             max_entry_bytes,
             min_free_disk_bytes,
             meta_session_ttl_secs,
@@ -162,6 +167,9 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     }
     if let Some(v) = args.flush_interval_ms {
         config.flush_interval = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args.max_pending_per_connection {
+        config.max_pending_per_connection = v.max(1);
     }
     if let Some(v) = args.max_entry_bytes {
         config.max_entry_bytes = v;

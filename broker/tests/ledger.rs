@@ -28,12 +28,12 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// etcd and three bookies whose registrations lapse 2 s after they die.
     async fn start() -> Result<Cluster> {
         let etcd = EtcdServer::start().await?;
         let mut bookies = Vec::new();
         for _ in 0..3 {
-            let bin = Path::new(env!("CARGO_BIN_EXE_magnetar"));
-            bookies.push(BookieProc::start(bin, &["--meta", &etcd.url()]).await?);
+            bookies.push(Self::bookie(&etcd).await?);
         }
         let c = Cluster { etcd, bookies };
         let client = c.client().await?;
@@ -43,6 +43,15 @@ impl Cluster {
         })
         .await?;
         Ok(c)
+    }
+
+    async fn bookie(etcd: &EtcdServer) -> Result<BookieProc> {
+        let bin = Path::new(env!("CARGO_BIN_EXE_magnetar"));
+        BookieProc::start(
+            bin,
+            &["--meta", &etcd.url(), "--meta-session-ttl-secs", "2"],
+        )
+        .await
     }
 
     async fn client(&self) -> Result<LedgerClient> {
@@ -113,9 +122,13 @@ async fn recovery_fences_a_live_writer() -> Result<()> {
     for i in 0..100 {
         writer.append(payload(i)).await?;
     }
-    let new = cluster.client().await?;
-    let reader = new.open_for_recovery(writer.id()).await?;
+    // two recoveries at once agree on where the ledger ends
+    let (a, b) = (cluster.client().await?, cluster.client().await?);
+    let id = writer.id();
+    let (ra, rb) = tokio::join!(a.open_for_recovery(id), b.open_for_recovery(id));
+    let (reader, other) = (ra?, rb?);
     assert_eq!(reader.last_entry(), 99);
+    assert_eq!(other.last_entry(), 99);
     match writer.append(payload(100)).await {
         Err(LedgerError::Fenced(_)) => {}
         other => panic!("the old writer must be fenced, got {other:?}"),
@@ -293,11 +306,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Result<()> {
     let mut cluster = Cluster::start().await?;
-    let spare = BookieProc::start(
-        Path::new(env!("CARGO_BIN_EXE_magnetar")),
-        &["--meta", &cluster.etcd.url()],
-    )
-    .await?;
+    let spare = Cluster::bookie(&cluster.etcd).await?;
     let client = cluster.client().await?;
     wait_until(WAIT, "four bookies registered", || {
         let client = client.clone();
@@ -360,6 +369,42 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
         "ensemble changed at entry {}: {:?}",
         last.first_entry, meta.fragments
     );
+
+    // Entries before the change still count the dead bookie as a replica; auto-recovery
+    // copies them to a live one.
+    wait_until(WAIT, "the dead bookie's registration to lapse", || {
+        let client = client.clone();
+        let victim = victim_addr.clone();
+        async move { matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| *a == victim)) }
+    })
+    .await?;
+    let mut auto = magnetar_bookie::autorecovery::AutoRecovery::new(client.clone(), Duration::ZERO);
+    let report = auto.pass().await?;
+    assert!(report.entries_copied > 0, "{report:?}");
+    let meta = client.open_closed(writer.id()).await?.metadata().clone();
+    assert!(
+        meta.fragments
+            .iter()
+            .all(|f| !f.bookies.contains(&victim_addr))
+    );
+    let live: Vec<BookieClient> = futures::future::try_join_all(
+        cluster
+            .bookies
+            .iter()
+            .filter(|b| b.addr.to_string() != victim_addr)
+            .map(|b| BookieClient::connect(b.addr, WAIT)),
+    )
+    .await?;
+    for e in (0..N).step_by(97) {
+        let set = meta.write_set(e);
+        let mut holders = 0;
+        for c in &live {
+            if set.contains(&c.addr().to_string()) && c.read(writer.id(), e).await? == payload(e) {
+                holders += 1;
+            }
+        }
+        assert_eq!(holders, 2, "entry {e} has Qw replicas after auto-recovery");
+    }
     Ok(())
 }
 
