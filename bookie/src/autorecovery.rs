@@ -93,6 +93,7 @@ impl AutoRecovery {
             return Ok(());
         };
         let (mut meta, version) = (v.value, v.version);
+        meta.validate(id)?;
         let now = Instant::now();
         let mut changed = false;
         let n = meta.fragments.len();

@@ -62,6 +62,41 @@ pub struct LedgerMeta {
 }
 
 impl LedgerMeta {
+    /// Checks what the arithmetic below relies on, so a damaged record is an error and never a
+    /// division by zero or an underflow.
+    pub fn validate(&self, id: u64) -> Result<(), LedgerError> {
+        let bad = |reason: String| {
+            LedgerError::Meta(MetaError::Corrupt {
+                key: ledger_key(id),
+                reason,
+            })
+        };
+        let (e, qw, qa) = (self.ensemble_size, self.write_quorum, self.ack_quorum);
+        if !(e >= qw && qw >= qa && qa >= 1) {
+            return Err(bad(format!("impossible quorums {e}/{qw}/{qa}")));
+        }
+        if self.fragments.is_empty() {
+            return Err(bad("no fragments".into()));
+        }
+        for f in &self.fragments {
+            if f.bookies.len() != e {
+                return Err(bad(format!(
+                    "fragment at entry {} has {} bookies, not {e}",
+                    f.first_entry,
+                    f.bookies.len()
+                )));
+            }
+        }
+        if self
+            .fragments
+            .windows(2)
+            .any(|w| w[0].first_entry >= w[1].first_entry)
+        {
+            return Err(bad("fragments out of order".into()));
+        }
+        Ok(())
+    }
+
     fn fragment_for(&self, entry: u64) -> Option<&Fragment> {
         self.fragments.iter().rev().find(|f| f.first_entry <= entry)
     }
@@ -72,6 +107,9 @@ impl LedgerMeta {
             return Vec::new();
         };
         let e = f.bookies.len() as u64;
+        if e == 0 {
+            return Vec::new();
+        }
         (0..self.write_quorum as u64)
             .map(|i| f.bookies[((entry + i) % e) as usize].clone())
             .collect()
@@ -302,6 +340,7 @@ impl LedgerClient {
             .get_json::<LedgerMeta>(&ledger_key(id))
             .await?
             .ok_or(LedgerError::NoSuchLedger(id))?;
+        v.value.validate(id)?;
         Ok((v.value, v.version))
     }
 
@@ -942,6 +981,33 @@ mod tests {
         let chosen = LedgerClient::place(bookies.clone(), 5);
         let distinct: BTreeSet<_> = chosen.iter().collect();
         assert_eq!(distinct.len(), 5);
+    }
+
+    #[test]
+    fn damaged_records_are_refused() {
+        let good = LedgerMeta {
+            ensemble_size: 2,
+            write_quorum: 2,
+            ack_quorum: 1,
+            state: LedgerState::Open,
+            last_entry: -1,
+            fragments: vec![Fragment {
+                first_entry: 0,
+                bookies: vec!["a".into(), "b".into()],
+            }],
+            writer_key: String::new(),
+        };
+        good.validate(1).unwrap();
+        let mut m = good.clone();
+        m.ack_quorum = 3;
+        assert!(m.validate(1).is_err());
+        let mut m = good.clone();
+        m.fragments[0].bookies.clear();
+        assert!(m.validate(1).is_err());
+        assert!(m.write_set(0).is_empty(), "no division by zero");
+        let mut m = good;
+        m.fragments.clear();
+        assert!(m.validate(1).is_err());
     }
 
     #[test]

@@ -469,8 +469,19 @@ impl LedgerStorage {
     }
 
     fn read_at(&self, loc: Loc, ledger: u64, entry: u64) -> Result<Bytes> {
-        let file = self.reader(loc.log)?;
         let path = || self.logs_dir().join(log_name(loc.log));
+        if loc.len as usize > crate::journal::MAX_RECORD_BYTES {
+            // A damaged index must not make us allocate gigabytes.
+            return Err(BookieError::Corrupt {
+                path: path(),
+                offset: loc.offset,
+                reason: format!(
+                    "index gives entry {ledger}:{entry} an impossible length {}",
+                    loc.len
+                ),
+            });
+        }
+        let file = self.reader(loc.log)?;
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)
             .map_err(|e| BookieError::io("read entry log", path(), e))?;
