@@ -189,7 +189,7 @@ async fn writer_killed_mid_stream_loses_no_acknowledged_entry() -> Result<()> {
     let stdout = child.stdout.take().context("child stdout")?;
     let ledger = Arc::new(AtomicI64::new(-1));
     let acked = Arc::new(AtomicI64::new(-1));
-    {
+    let reader_thread = {
         let (ledger, acked) = (Arc::clone(&ledger), Arc::clone(&acked));
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -201,8 +201,8 @@ async fn writer_killed_mid_stream_loses_no_acknowledged_entry() -> Result<()> {
                     acked.fetch_max(n, Ordering::SeqCst);
                 }
             }
-        });
-    }
+        })
+    };
     let waited = wait_until(WAIT, "the writer to get 2000 entries acknowledged", || {
         let acked = Arc::clone(&acked);
         async move { acked.load(Ordering::SeqCst) >= 2000 }
@@ -215,8 +215,8 @@ async fn writer_killed_mid_stream_loses_no_acknowledged_entry() -> Result<()> {
     if id < 0 {
         bail!("child never reported its ledger");
     }
-    // Lines printed before the kill may still be in flight in the reader thread.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The child's stdout closed with it: once the reader has drained it, every ack is counted.
+    let _ = reader_thread.join();
     let last_acked = acked.load(Ordering::SeqCst);
 
     let reader = cluster.client().await?.open_for_recovery(id as u64).await?;
@@ -387,24 +387,7 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
             .iter()
             .all(|f| !f.bookies.contains(&victim_addr))
     );
-    let live: Vec<BookieClient> = futures::future::try_join_all(
-        cluster
-            .bookies
-            .iter()
-            .filter(|b| b.addr.to_string() != victim_addr)
-            .map(|b| BookieClient::connect(b.addr, WAIT)),
-    )
-    .await?;
-    for e in (0..N).step_by(97) {
-        let set = meta.write_set(e);
-        let mut holders = 0;
-        for c in &live {
-            if set.contains(&c.addr().to_string()) && c.read(writer.id(), e).await? == payload(e) {
-                holders += 1;
-            }
-        }
-        assert_eq!(holders, 2, "entry {e} has Qw replicas after auto-recovery");
-    }
+    assert_full_replication(&cluster, &victim_addr, writer.id(), &meta, 0..N, 97).await?;
     Ok(())
 }
 
@@ -461,24 +444,7 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
         "lost bookie still referenced: {:?}",
         meta.fragments
     );
-    let live: Vec<BookieClient> = futures::future::try_join_all(
-        cluster
-            .bookies
-            .iter()
-            .filter(|b| b.addr.to_string() != victim)
-            .map(|b| BookieClient::connect(b.addr, WAIT)),
-    )
-    .await?;
-    for e in 0..1000u64 {
-        let set = meta.write_set(e);
-        let mut holders = 0;
-        for c in &live {
-            if set.contains(&c.addr().to_string()) && c.read(writer.id(), e).await? == payload(e) {
-                holders += 1;
-            }
-        }
-        assert_eq!(holders, 2, "entry {e} has Qw replicas again");
-    }
+    assert_full_replication(&cluster, &victim, writer.id(), &meta, 0..1000, 1).await?;
     // a second pass finds nothing to do
     assert_eq!(auto.pass().await?.fragments_rereplicated, 0);
     Ok(())
@@ -493,4 +459,35 @@ fn flushes_total(http: std::net::SocketAddr) -> u64 {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
         .map_or(0, |v| v as u64)
+}
+
+/// Asserts that every `step`-th entry is stored, intact, on exactly Qw live bookies of its
+/// write set.
+async fn assert_full_replication(
+    cluster: &Cluster,
+    dead: &str,
+    ledger: u64,
+    meta: &magnetar_bookie::ledger::LedgerMeta,
+    entries: std::ops::Range<u64>,
+    step: usize,
+) -> Result<()> {
+    let live: Vec<BookieClient> = futures::future::try_join_all(
+        cluster
+            .bookies
+            .iter()
+            .filter(|b| b.addr.to_string() != dead)
+            .map(|b| BookieClient::connect(b.addr, WAIT)),
+    )
+    .await?;
+    for e in entries.step_by(step) {
+        let set = meta.write_set(e);
+        let mut holders = 0;
+        for c in &live {
+            if set.contains(&c.addr().to_string()) && c.read(ledger, e).await? == payload(e) {
+                holders += 1;
+            }
+        }
+        assert_eq!(holders, meta.write_quorum, "entry {e} has Qw live replicas");
+    }
+    Ok(())
 }
