@@ -61,9 +61,31 @@ pub struct JournalPos {
     pub offset: u64,
 }
 
+/// The journal's writes and syncs, behind a seam so tests can make the disk fail.
+pub trait JournalIo: Send + Sync + std::fmt::Debug {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    fn sync(&self, file: &File) -> std::io::Result<()>;
+}
+
+/// The real disk.
+#[derive(Debug, Default)]
+pub struct DiskIo;
+
+impl JournalIo for DiskIo {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     pub dir: PathBuf,
+    /// How records reach the disk ([`DiskIo`] but in fault tests).
+    pub io: Arc<dyn JournalIo>,
     /// Start a new file once the current one reaches this size.
     pub max_file_bytes: u64,
     /// Zero-fill this far ahead of the write position.
@@ -81,6 +103,7 @@ impl JournalConfig {
     pub fn new(dir: impl Into<PathBuf>) -> JournalConfig {
         JournalConfig {
             dir: dir.into(),
+            io: Arc::new(DiskIo),
             max_file_bytes: 512 << 20,
             prealloc_bytes: 4 << 20,
             max_group_bytes: 512 << 10,
@@ -551,12 +574,11 @@ impl Writer {
         if self.pos + len > self.allocated {
             self.preallocate(self.pos + len)?;
         }
-        self.file
-            .write_all_at(&self.buf, self.pos)
+        let io = &self.config.io;
+        io.write_at(&self.file, &self.buf, self.pos)
             .map_err(|e| BookieError::io("write journal", &self.path, e))?;
         let t = Instant::now();
-        self.file
-            .sync_data()
+        io.sync(&self.file)
             .map_err(|e| BookieError::io("sync journal", &self.path, e))?;
         let stats = &self.shared.stats;
         stats
@@ -584,8 +606,9 @@ impl Writer {
         let mut at = self.allocated;
         while at < target {
             let n = (target - at).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..n], at)
+            self.config
+                .io
+                .write_at(&self.file, &ZEROS[..n], at)
                 .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
             at += n as u64;
         }

@@ -216,3 +216,58 @@ async fn oversized_record_is_refused() -> Result<()> {
     assert!(j.durable_position() > JournalPos::default());
     Ok(())
 }
+
+/// Passes through to the disk until told to fail every sync, like a disk that went away.
+#[derive(Debug, Default)]
+struct FailingDisk {
+    fail_sync: std::sync::atomic::AtomicBool,
+}
+
+impl magnetar_bookie::journal::JournalIo for FailingDisk {
+    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: device gone"));
+        }
+        file.sync_data()
+    }
+}
+
+#[tokio::test]
+async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk = Arc::new(FailingDisk::default());
+    let mut cfg = JournalConfig::new(dir.path());
+    cfg.io = disk.clone();
+    let (j, _) = replay_all(&cfg)?;
+    for e in 0..5 {
+        j.append(rec(9, e, 200)).await?;
+    }
+    assert!(j.failure().is_none());
+
+    disk.fail_sync.store(true, Ordering::SeqCst);
+    match j.append(rec(9, 5, 200)).await {
+        Err(BookieError::JournalFailed(why)) => assert!(why.contains("injected"), "{why}"),
+        other => panic!("a failed sync must fail the append, got {other:?}"),
+    }
+    // Even once the disk answers again, the journal stays stopped: what reached the platter
+    // after a failed fsync cannot be known.
+    disk.fail_sync.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        j.append(rec(9, 6, 200)).await,
+        Err(BookieError::JournalFailed(_))
+    ));
+    assert!(j.failure().is_some_and(|w| w.contains("sync journal")));
+    drop(j);
+
+    // A restart replays every acknowledged record (the unacknowledged one may or may not be
+    // there; nothing after it is).
+    let (_j, got) = replay_all(&JournalConfig::new(dir.path()))?;
+    let entries: Vec<u64> = got.iter().map(|r| r.entry).collect();
+    assert!(entries.starts_with(&[0, 1, 2, 3, 4]), "{entries:?}");
+    assert!(entries.len() <= 6, "{entries:?}");
+    Ok(())
+}
