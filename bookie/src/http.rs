@@ -108,6 +108,12 @@ async fn metrics(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
         b.storage().write_cache_bytes() as f64,
     );
     metric(
+        "bookie_entry_log_bytes",
+        "gauge",
+        "Bytes of entry log files on disk.",
+        b.storage().disk_usage().unwrap_or(0) as f64,
+    );
+    metric(
         "bookie_read_only",
         "gauge",
         "1 when the disk is nearly full and adds are refused.",

@@ -40,6 +40,9 @@ pub struct BookieConfig {
     pub max_pending_per_connection: usize,
     /// Go read-only when the data disk has less than this many bytes free.
     pub min_free_disk_bytes: u64,
+    /// How often deleted ledgers' space is reclaimed (and, with a metadata store, ledgers
+    /// deleted while this bookie was away are found and dropped).
+    pub gc_interval: Duration,
 }
 
 impl BookieConfig {
@@ -53,6 +56,7 @@ impl BookieConfig {
             flush_interval: Duration::from_secs(1),
             max_pending_per_connection: 10_000,
             min_free_disk_bytes: 1 << 30,
+            gc_interval: Duration::from_secs(300),
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct BookieStats {
 
 pub struct Bookie {
     config: BookieConfig,
+    /// Where ledger records live; lets GC find ledgers deleted while this bookie was down.
+    meta: Option<magnetar_meta::MetaStore>,
     journal: Journal,
     storage: Arc<LedgerStorage>,
     read_only: AtomicBool,
@@ -116,7 +122,10 @@ fn apply(storage: &LedgerStorage, r: &Record) -> Result<()> {
 impl Bookie {
     /// Opens storage, replays the journal into it, and makes the result durable before
     /// serving.
-    pub fn open(config: BookieConfig) -> Result<Arc<Bookie>> {
+    pub fn open(
+        config: BookieConfig,
+        meta: Option<magnetar_meta::MetaStore>,
+    ) -> Result<Arc<Bookie>> {
         let storage = Arc::new(LedgerStorage::open(config.storage.clone())?);
         let journal = Journal::open(config.journal.clone(), |r, _| apply(&storage, &r))?;
         let mark = journal.durable_position();
@@ -125,6 +134,7 @@ impl Bookie {
         let (flushed, _) = watch::channel(0);
         Ok(Arc::new(Bookie {
             config,
+            meta,
             journal,
             storage,
             read_only: AtomicBool::new(false),
@@ -175,6 +185,7 @@ impl Bookie {
     /// bookie is dropped. Also watches free disk space.
     pub async fn run_flusher(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.flush_interval);
+        let mut last_gc = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -184,7 +195,37 @@ impl Bookie {
                 error!(error = %e, "flush failed");
             }
             self.check_disk();
+            if last_gc.elapsed() >= self.config.gc_interval {
+                last_gc = tokio::time::Instant::now();
+                if let Err(e) = self.gc().await {
+                    warn!(error = %e, "garbage collection failed");
+                }
+            }
         }
+    }
+
+    /// Drops ledgers whose record is gone from meta (deleted while this bookie was away),
+    /// then reclaims the space of every deleted ledger. Returns bytes freed.
+    pub async fn gc(self: &Arc<Self>) -> Result<u64> {
+        if let Some(meta) = &self.meta {
+            for ledger in self.storage.ledgers() {
+                // A ledger's record is written before its first entry, so a definite absence
+                // means it was deleted; an error means we do not know, and keep it.
+                if let Ok(None) = meta.get(&format!("/ledgers/{ledger}")).await {
+                    info!(
+                        ledger_id = ledger,
+                        "ledger no longer exists in meta; dropping it"
+                    );
+                    if let Err((_, why)) = self.delete(ledger).await {
+                        warn!(ledger_id = ledger, error = %why, "dropping orphaned ledger failed");
+                    }
+                }
+            }
+        }
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.storage.gc())
+            .await
+            .map_err(|_| BookieError::Closed)?
     }
 
     fn check_disk(&self) {

@@ -391,6 +391,13 @@ impl LedgerStorage {
         }
     }
 
+    /// Every ledger this bookie holds anything of.
+    pub fn ledgers(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.states.read().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn ledger_state(&self, ledger: u64) -> Option<LedgerState> {
         self.states.read().get(&ledger).cloned()
     }

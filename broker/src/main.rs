@@ -87,6 +87,9 @@ struct BookieArgs {
     /// Go read-only below this many free bytes on the data disk [default: 1073741824].
     #[arg(long, env = "MAGNETAR_MIN_FREE_DISK_BYTES")]
     min_free_disk_bytes: Option<u64>,
+    /// Reclaim deleted ledgers' space every this many seconds [default: 300].
+    #[arg(long, env = "MAGNETAR_GC_INTERVAL_SECS")]
+    gc_interval_secs: Option<u64>,
     /// Registration lease: how long after this bookie dies it drops off the list [default: 10].
     #[arg(long, env = "MAGNETAR_META_SESSION_TTL_SECS")]
     meta_session_ttl_secs: Option<u64>,
@@ -127,6 +130,7 @@ impl BookieArgs {
             max_pending_per_connection,
             max_entry_bytes,
             min_free_disk_bytes,
+            gc_interval_secs,
             meta_session_ttl_secs,
             autorecovery,
             autorecovery_grace_secs
@@ -168,6 +172,9 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     if let Some(v) = args.flush_interval_ms {
         config.flush_interval = Duration::from_millis(v.max(1));
     }
+    if let Some(v) = args.gc_interval_secs {
+        config.gc_interval = Duration::from_secs(v.max(1));
+    }
     if let Some(v) = args.max_pending_per_connection {
         config.max_pending_per_connection = v.max(1);
     }
@@ -186,7 +193,17 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     );
 
     let started = std::time::Instant::now();
-    let bookie = tokio::task::spawn_blocking(move || Bookie::open(config))
+    let store = match &args.meta {
+        Some(url) => Some(
+            magnetar_meta::connect(url)
+                .await
+                .with_context(|| format!("connect to metadata store {url}"))?,
+        ),
+        None if args.autorecovery.unwrap_or(false) => anyhow::bail!("--autorecovery needs --meta"),
+        None => None,
+    };
+    let bookie_meta = store.clone();
+    let bookie = tokio::task::spawn_blocking(move || Bookie::open(config, bookie_meta))
         .await
         .context("open bookie")??;
     let listener = server::bind(addr).await?;
@@ -202,10 +219,7 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
         }
     });
     tokio::spawn(Arc::clone(&bookie).run_flusher());
-    if let Some(url) = &args.meta {
-        let store = magnetar_meta::connect(url)
-            .await
-            .with_context(|| format!("connect to metadata store {url}"))?;
+    if let Some(store) = store {
         let ttl = Duration::from_secs(args.meta_session_ttl_secs.unwrap_or(10).max(1));
         tokio::spawn(register(
             store.clone(),
@@ -220,8 +234,6 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
             tokio::spawn(auto.run(Duration::from_secs(5)));
             info!(grace_secs = grace.as_secs(), "auto-recovery running");
         }
-    } else if args.autorecovery.unwrap_or(false) {
-        anyhow::bail!("--autorecovery needs --meta");
     }
     info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 

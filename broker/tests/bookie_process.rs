@@ -247,3 +247,65 @@ async fn health_and_metrics_over_http() -> Result<()> {
     );
     Ok(())
 }
+
+fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    magnetar_testkit::http_get(http, "/metrics")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_deleted_while_the_bookie_was_down_is_reclaimed() -> Result<()> {
+    let etcd = magnetar_testkit::EtcdServer::start().await?;
+    let mut bookie = start(&[
+        "--meta",
+        &etcd.url(),
+        "--gc-interval-secs",
+        "1",
+        "--flush-interval-ms",
+        "100",
+    ])
+    .await?;
+    let store = magnetar_meta::connect(&etcd.url()).await?;
+    let client = magnetar_bookie::ledger::LedgerClient::new(store, WAIT);
+    wait_until(WAIT, "the bookie to register", || {
+        let client = client.clone();
+        async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 1) }
+    })
+    .await?;
+    let writer = client.create(1, 1, 1).await?;
+    let data = Bytes::from(vec![7u8; 4096]);
+    for _ in 0..2000 {
+        writer.append(data.clone()).await?;
+    }
+    writer.close().await?;
+    let http = bookie.http;
+    wait_until(WAIT, "8 MB flushed to entry logs", || async move {
+        metric(http, "bookie_entry_log_bytes") > 8e6
+    })
+    .await?;
+
+    bookie.proc.kill9();
+    // The bookie is down: its copy cannot be deleted now, only the record can.
+    client.delete(writer.id()).await?;
+    bookie.restart().await?;
+    let http = bookie.http;
+    wait_until(
+        WAIT,
+        "the orphaned ledger's space to be reclaimed",
+        || async move {
+            let b = metric(http, "bookie_entry_log_bytes");
+            (0.0..1e6).contains(&b)
+        },
+    )
+    .await?;
+    let c = connect(&bookie).await?;
+    let gone = c.read(writer.id(), 0).await.unwrap_err();
+    assert_eq!(gone.status(), Some(Status::NoSuchLedger));
+    Ok(())
+}
