@@ -157,14 +157,17 @@ pub enum LedgerError {
 /// Connections to bookies, made on first use and replaced when lost.
 #[derive(Debug)]
 struct Pool {
-    conns: tokio::sync::Mutex<HashMap<String, BookieClient>>,
+    conns: Mutex<HashMap<String, BookieClient>>,
     timeout: Duration,
 }
 
 impl Pool {
+    /// The live connection to `addr`, connecting if there is none. The map's lock is never
+    /// held while connecting: a dead bookie's connect timeout must not stall traffic to the
+    /// healthy ones. Two callers racing to connect both succeed; the later one's connection
+    /// replaces the earlier in the map and the earlier closes when its last user drops it.
     async fn get(&self, addr: &str) -> Result<BookieClient, ClientError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr)
+        if let Some(c) = self.conns.lock().get(addr)
             && c.is_connected()
         {
             return Ok(c.clone());
@@ -174,7 +177,7 @@ impl Pool {
             reason: format!("bad bookie address {addr:?}"),
         })?;
         let c = BookieClient::connect(sock, self.timeout).await?;
-        conns.insert(addr.to_string(), c.clone());
+        self.conns.lock().insert(addr.to_string(), c.clone());
         Ok(c)
     }
 }
@@ -199,7 +202,7 @@ impl LedgerClient {
             ids: IdGenerator::new(meta.clone(), LEDGER_ID_KEY),
             meta,
             pool: Arc::new(Pool {
-                conns: tokio::sync::Mutex::default(),
+                conns: Mutex::default(),
                 timeout,
             }),
         }
