@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use magnetar_bookie::client::{BookieClient, ClientError};
 use magnetar_bookie::protocol::Status;
-use magnetar_testkit::{BookieProc, wait_until};
+use magnetar_testkit::{BookieProc, metric_value, wait_until};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -248,17 +248,6 @@ async fn health_and_metrics_over_http() -> Result<()> {
     Ok(())
 }
 
-fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
-    magnetar_testkit::http_get(http, "/metrics")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_deleted_while_the_bookie_was_down_is_reclaimed() -> Result<()> {
     let etcd = magnetar_testkit::EtcdServer::start().await?;
@@ -286,7 +275,7 @@ async fn a_ledger_deleted_while_the_bookie_was_down_is_reclaimed() -> Result<()>
     writer.close().await?;
     let http = bookie.http;
     wait_until(WAIT, "8 MB flushed to entry logs", || async move {
-        metric(http, "bookie_entry_log_bytes") > 8e6
+        metric_value(http, "bookie_entry_log_bytes").is_some_and(|b| b > 8e6)
     })
     .await?;
 
@@ -298,10 +287,7 @@ async fn a_ledger_deleted_while_the_bookie_was_down_is_reclaimed() -> Result<()>
     wait_until(
         WAIT,
         "the orphaned ledger's space to be reclaimed",
-        || async move {
-            let b = metric(http, "bookie_entry_log_bytes");
-            (0.0..1e6).contains(&b)
-        },
+        || async move { metric_value(http, "bookie_entry_log_bytes").is_some_and(|b| b < 1e6) },
     )
     .await?;
     let c = connect(&bookie).await?;

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use magnetar_bookie::client::BookieClient;
 use magnetar_bookie::ledger::{LedgerClient, LedgerError};
 use magnetar_bookie::protocol::Status;
-use magnetar_testkit::{BookieProc, EtcdServer, wait_until};
+use magnetar_testkit::{BookieProc, EtcdServer, metric_value, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "MAGNETAR_LEDGER_WRITER_ETCD";
@@ -37,11 +37,7 @@ impl Cluster {
         }
         let c = Cluster { etcd, bookies };
         let client = c.client().await?;
-        wait_until(WAIT, "three bookies registered", || {
-            let client = client.clone();
-            async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 3) }
-        })
-        .await?;
+        wait_registered(&client, 3).await?;
         Ok(c)
     }
 
@@ -250,7 +246,7 @@ async fn a_corrupt_replica_is_answered_by_another() -> Result<()> {
     // the entry log and the journal is checkpointed past them, so a restart cannot replay a
     // clean copy from the journal.
     let http = cluster.bookies[victim].http;
-    let flushes = move || flushes_total(http);
+    let flushes = move || metric_value(http, "bookie_flushes_total").unwrap_or(0.0) as u64;
     let before = flushes();
     wait_until(WAIT, "two flushes after the writes", || async move {
         flushes() >= before + 2
@@ -308,11 +304,7 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
     let mut cluster = Cluster::start().await?;
     let spare = Cluster::bookie(&cluster.etcd).await?;
     let client = cluster.client().await?;
-    wait_until(WAIT, "four bookies registered", || {
-        let client = client.clone();
-        async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 4) }
-    })
-    .await?;
+    wait_registered(&client, 4).await?;
     cluster.bookies.push(spare);
     let writer = client.create(3, 2, 2).await?;
     let victim_addr = writer.metadata().fragments[0].bookies[1].clone();
@@ -372,12 +364,7 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
 
     // Entries before the change still count the dead bookie as a replica; auto-recovery
     // copies them to a live one.
-    wait_until(WAIT, "the dead bookie's registration to lapse", || {
-        let client = client.clone();
-        let victim = victim_addr.clone();
-        async move { matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| *a == victim)) }
-    })
-    .await?;
+    wait_unregistered(&client, &victim_addr).await?;
     let mut auto = magnetar_bookie::autorecovery::AutoRecovery::new(client.clone(), Duration::ZERO);
     let report = auto.pass().await?;
     assert!(report.entries_copied > 0, "{report:?}");
@@ -407,11 +394,7 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
     }
     let cluster = Cluster { etcd, bookies };
     let client = cluster.client().await?;
-    wait_until(WAIT, "four bookies registered", || {
-        let client = client.clone();
-        async move { matches!(client.available_bookies().await, Ok(b) if b.len() == 4) }
-    })
-    .await?;
+    wait_registered(&client, 4).await?;
     let writer = client.create(3, 2, 2).await?;
     for i in 0..1000 {
         writer.append(payload(i)).await?;
@@ -425,12 +408,7 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
         .find(|b| b.addr.to_string() == victim)
         .context("victim")?
         .kill9();
-    wait_until(WAIT, "the dead bookie's registration to expire", || {
-        let client = client.clone();
-        let victim = victim.clone();
-        async move { matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| *a == victim)) }
-    })
-    .await?;
+    wait_unregistered(&client, &victim).await?;
 
     let mut auto = magnetar_bookie::autorecovery::AutoRecovery::new(client.clone(), Duration::ZERO);
     let report = auto.pass().await?;
@@ -450,15 +428,24 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
     Ok(())
 }
 
-fn flushes_total(http: std::net::SocketAddr) -> u64 {
-    magnetar_testkit::http_get(http, "/metrics")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("bookie_flushes_total "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map_or(0, |v| v as u64)
+/// Waits until exactly `n` bookies are registered.
+async fn wait_registered(client: &LedgerClient, n: usize) -> Result<()> {
+    wait_until(WAIT, &format!("{n} bookies registered"), || async move {
+        matches!(client.available_bookies().await, Ok(b) if b.len() == n)
+    })
+    .await
+}
+
+/// Waits until `addr`'s registration has lapsed (its session expired after a kill -9).
+async fn wait_unregistered(client: &LedgerClient, addr: &str) -> Result<()> {
+    wait_until(
+        WAIT,
+        &format!("{addr}'s registration to lapse"),
+        || async move {
+            matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| a == addr))
+        },
+    )
+    .await
 }
 
 /// Asserts that every `step`-th entry is stored, intact, on exactly Qw live bookies of its

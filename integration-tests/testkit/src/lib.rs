@@ -412,6 +412,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     Ok(out)
 }
 
+/// One sample of a Prometheus metric from a process's `/metrics` (unlabelled series only);
+/// `None` when the page cannot be read or has no such line.
+pub fn metric_value(http: SocketAddr, name: &str) -> Option<f64> {
+    let page = http_get(http, "/metrics").ok()?;
+    let prefix = format!("{name} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Finds a program on PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
