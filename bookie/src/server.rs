@@ -300,7 +300,8 @@ impl Bookie {
                 "bookie is read-only (disk nearly full)".into(),
             ));
         }
-        if let Some(state) = self.storage.ledger_state(ledger) {
+        let state = self.storage.ledger_state(ledger);
+        if let Some(state) = &state {
             if state.fenced && !add.recovery {
                 return Err((Status::Fenced, format!("ledger {ledger} is fenced")));
             }
@@ -311,10 +312,7 @@ impl Bookie {
                 ));
             }
         }
-        let new_key = self
-            .storage
-            .ledger_state(ledger)
-            .is_none_or(|s| s.writer_key.is_empty());
+        let new_key = state.is_none_or(|s| s.writer_key.is_empty());
         if new_key {
             if !self.storage.set_writer_key(ledger, &add.writer_key) {
                 return Err((
