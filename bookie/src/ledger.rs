@@ -704,6 +704,16 @@ impl LedgerWriter {
 
     /// Appends an entry; returns its id once it and every earlier entry are acknowledged.
     pub async fn append(&self, data: Bytes) -> Result<u64, LedgerError> {
+        self.submit(data)?.await
+    }
+
+    /// Assigns the entry its id and sends it now; the returned future completes once it and
+    /// every earlier entry are acknowledged. Entries get ids in the order of `submit` calls,
+    /// which is what lets a caller pipeline appends without losing their order.
+    pub fn submit(
+        &self,
+        data: Bytes,
+    ) -> Result<impl Future<Output = Result<u64, LedgerError>> + Send + 'static, LedgerError> {
         let inner = &self.inner;
         if let Some(e) = inner.confirmed.borrow().failed.clone() {
             return Err(e);
@@ -728,16 +738,26 @@ impl LedgerWriter {
             self.send(entry, b, data.clone());
         }
         let mut rx = inner.confirmed.subscribe();
-        let state = rx
-            .wait_for(|c| c.lac >= entry as i64 || c.failed.is_some())
-            .await
-            .map_err(|_| LedgerError::Closed(inner.id))?
-            .clone();
-        if state.lac >= entry as i64 {
-            Ok(entry)
-        } else {
-            Err(state.failed.unwrap_or(LedgerError::Closed(inner.id)))
-        }
+        let id = inner.id;
+        Ok(async move {
+            let state = rx
+                .wait_for(|c| c.lac >= entry as i64 || c.failed.is_some())
+                .await
+                .map_err(|_| LedgerError::Closed(id))?
+                .clone();
+            if state.lac >= entry as i64 {
+                Ok(entry)
+            } else {
+                Err(state.failed.unwrap_or(LedgerError::Closed(id)))
+            }
+        })
+    }
+
+    /// A reader of the entries acknowledged so far (the ledger stays open for writing).
+    pub fn reader(&self) -> LedgerReader {
+        let mut meta = self.metadata();
+        meta.last_entry = self.last_confirmed();
+        self.inner.client.reader(self.inner.id, meta)
     }
 
     fn send(&self, entry: u64, bookie: String, data: Bytes) {

@@ -13,6 +13,7 @@ pub mod http;
 pub mod journal;
 pub mod ledger;
 pub mod protocol;
+pub mod registration;
 pub mod server;
 pub mod storage;
 

@@ -4,3 +4,13 @@
 //! It is the top of the crate graph: it may use `meta`, `bookie`, `tiering` and the clients,
 //! and nothing below it may use it. It never writes a disk itself: durable state goes to
 //! bookies (entries) and `meta` (records).
+
+pub mod connection;
+pub mod cursor;
+pub mod http;
+pub mod managed_ledger;
+pub mod names;
+pub mod position;
+pub mod service;
+pub mod subscription;
+pub mod topic;

@@ -1,5 +1,5 @@
-//! `magnetar`: the server binary. Today it runs storage nodes (`magnetar bookie`); the broker
-//! and the standalone join it as they land.
+//! `magnetar`: the server binary. `magnetar standalone` runs everything in one process (RocksDB
+//! meta, one bookie, the broker and its HTTP side); `magnetar bookie` runs a storage node.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
-use magnetar_meta::Expected;
 use serde::Deserialize;
 use tracing::{info, warn};
+
+mod standalone;
+use standalone::StandaloneArgs;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run everything in one process: RocksDB metadata, one bookie, the broker, HTTP.
+    Standalone(StandaloneArgs),
     /// Run a storage node (bookie): journal + ledger storage behind the bookie protocol.
     Bookie(BookieArgs),
 }
@@ -149,6 +153,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start runtime")?;
     match cli.cmd {
         Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),
+        Cmd::Standalone(args) => rt.block_on(standalone::run(args.merge_file()?)),
     }
 }
 
@@ -221,7 +226,7 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     tokio::spawn(Arc::clone(&bookie).run_flusher());
     if let Some(store) = store {
         let ttl = Duration::from_secs(args.meta_session_ttl_secs.unwrap_or(10).max(1));
-        tokio::spawn(register(
+        tokio::spawn(magnetar_bookie::registration::register(
             store.clone(),
             advertised.clone(),
             args.rack.clone(),
@@ -256,45 +261,4 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     bookie.flush().await.context("final flush")?;
     info!("bookie stopped");
     Ok(())
-}
-
-#[derive(serde::Serialize)]
-struct BookieRecord<'a> {
-    address: &'a str,
-    rack: Option<&'a str>,
-}
-
-/// Keeps `/bookies/available/{address}` alive for as long as the process runs, registering
-/// again with a new session whenever one is lost.
-async fn register(
-    store: magnetar_meta::MetaStore,
-    address: String,
-    rack: Option<String>,
-    ttl: Duration,
-) {
-    let key = format!("/bookies/available/{address}");
-    loop {
-        let attempt = async {
-            let session = store.create_session(ttl).await?;
-            let value = magnetar_meta::encode_json(
-                &key,
-                &BookieRecord {
-                    address: &address,
-                    rack: rack.as_deref(),
-                },
-            )?;
-            store
-                .put_ephemeral(&session, &key, value, Expected::Any)
-                .await?;
-            info!(key = %key, "registered in metadata store");
-            session.lost().await;
-            Ok::<_, magnetar_meta::MetaError>(())
-        };
-        if let Err(e) = attempt.await {
-            warn!(error = %e, "registration failed; retrying");
-        } else {
-            warn!(key = %key, "registration session lost; registering again");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

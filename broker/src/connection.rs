@@ -1,0 +1,901 @@
+//! One client connection: the Pulsar protocol state machine.
+//!
+//! A reader loop decodes frames and handles commands in order; a writer task owns the socket's
+//! write half and coalesces outgoing frames. Each producer has a receipt task that answers its
+//! SENDs in order as their appends complete, so publishing is pipelined while receipts keep
+//! the order clients require. A malformed frame closes this connection only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use magnetar_protocol::commands::{self, NO_REQUEST};
+use magnetar_protocol::proto::command_ack::AckType;
+use magnetar_protocol::proto::command_subscribe::{InitialPosition, SubType};
+use magnetar_protocol::proto::*;
+use magnetar_protocol::{FRAME_PADDING, PROTOCOL_VERSION, entry as pentry, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::managed_ledger::MlError;
+use crate::names::TopicName;
+use crate::position::Position;
+use crate::service::{BrokerService, ClientError};
+use crate::subscription::{Consumer, SubscribeError, Subscription};
+use crate::topic::{ProducerInfo, SubscribeOpts, Topic};
+
+pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
+
+pub enum Out {
+    Cmd(BaseCommand),
+    Msg(BaseCommand, Bytes),
+    Close,
+}
+
+/// The sending side of a connection, shared with topics and dispatchers.
+#[derive(Clone, Debug)]
+pub struct ConnTx(mpsc::UnboundedSender<Out>);
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Cmd(c) => write!(f, "Cmd({})", commands::type_name(c.r#type)),
+            Out::Msg(..) => f.write_str("Msg"),
+            Out::Close => f.write_str("Close"),
+        }
+    }
+}
+
+impl ConnTx {
+    pub fn send(&self, cmd: BaseCommand) {
+        let _ = self.0.send(Out::Cmd(cmd));
+    }
+
+    pub fn send_message(&self, cmd: BaseCommand, entry: Bytes) {
+        let _ = self.0.send(Out::Msg(cmd, entry));
+    }
+
+    pub fn close(&self) {
+        let _ = self.0.send(Out::Close);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    svc: Arc<BrokerService>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let svc = Arc::clone(&svc);
+                    tokio::spawn(async move { Connection::run(svc, stream, peer).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+struct ReceiptJob {
+    sequence_id: u64,
+    highest_sequence_id: Option<u64>,
+    messages: u32,
+    bytes: usize,
+    wait: std::pin::Pin<Box<dyn Future<Output = Result<Position, MlError>> + Send>>,
+}
+
+enum ProducerJob {
+    Receipt(ReceiptJob),
+    /// CLOSE_PRODUCER: answer once every earlier receipt went out.
+    Close(u64),
+}
+
+struct ProducerState {
+    topic: Arc<Topic>,
+    name: String,
+    jobs: mpsc::UnboundedSender<ProducerJob>,
+}
+
+struct ConsumerState {
+    topic: Arc<Topic>,
+    sub: Arc<Subscription>,
+    consumer: Arc<Consumer>,
+}
+
+struct Connection {
+    svc: Arc<BrokerService>,
+    tx: ConnTx,
+    peer: SocketAddr,
+    protocol: i32,
+    client_version: String,
+    producers: HashMap<u64, ProducerState>,
+    consumers: HashMap<u64, ConsumerState>,
+}
+
+fn pos(id: &MessageIdData) -> Position {
+    Position::new(id.ledger_id, id.entry_id as i64)
+}
+
+impl Connection {
+    async fn run(svc: Arc<BrokerService>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(wr, rx));
+        svc.stats.connections.fetch_add(1, Ordering::Relaxed);
+        svc.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Connection {
+            svc: Arc::clone(&svc),
+            tx: ConnTx(tx),
+            peer,
+            protocol: 0,
+            client_version: String::new(),
+            producers: HashMap::new(),
+            consumers: HashMap::new(),
+        };
+        let reason = conn.read_loop(&mut rd).await;
+        debug!(%peer, reason = %reason, "connection closed");
+        conn.cleanup();
+        conn.tx.close();
+        drop(conn);
+        let _ = writer.await;
+        svc.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn read_loop(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+        let max_frame = self.svc.cfg.max_message_size + FRAME_PADDING;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let keepalive = self.svc.cfg.keepalive;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut heard = true;
+        let mut ping_out = false;
+        let mut connected = false;
+        loop {
+            // drain complete frames first
+            loop {
+                match frame::decode_frame(&mut buf, max_frame) {
+                    Ok(Some(f)) => {
+                        heard = true;
+                        ping_out = false;
+                        if !connected {
+                            match f.command.connect {
+                                Some(c) => {
+                                    self.handle_connect(c);
+                                    connected = true;
+                                }
+                                None => {
+                                    return format!(
+                                        "first command was {}, not CONNECT",
+                                        commands::type_name(f.command.r#type)
+                                    );
+                                }
+                            }
+                            continue;
+                        }
+                        if let Err(reason) = self.handle(f).await {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(peer = %self.peer, error = %e, "malformed frame; closing the connection");
+                        return format!("malformed frame: {e}");
+                    }
+                }
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => return "peer closed".into(),
+                    Ok(_) => {}
+                    Err(e) => return format!("read error: {e}"),
+                },
+                _ = tick.tick() => {
+                    if !heard && ping_out {
+                        warn!(peer = %self.peer, "no answer to keepalive ping; closing");
+                        return "keepalive timeout".into();
+                    }
+                    if !connected {
+                        return "no CONNECT within the keepalive interval".into();
+                    }
+                    if !heard {
+                        self.tx.send(commands::ping());
+                        ping_out = true;
+                    }
+                    heard = false;
+                }
+            }
+        }
+    }
+
+    fn handle_connect(&mut self, c: CommandConnect) {
+        self.protocol = c.protocol_version.unwrap_or(0).min(PROTOCOL_VERSION);
+        self.client_version = c.client_version.clone();
+        debug!(peer = %self.peer, client = %c.client_version, protocol = self.protocol, "connected");
+        let features = FeatureFlags {
+            supports_auth_refresh: Some(false),
+            supports_broker_entry_metadata: Some(false),
+            supports_partial_producer: Some(false),
+            supports_topic_watchers: Some(false),
+            supports_get_partitioned_metadata_without_auto_creation: Some(true),
+        };
+        self.tx.send(commands::connected(
+            SERVER_VERSION,
+            self.protocol,
+            self.svc.cfg.max_message_size as i32,
+            features,
+        ));
+    }
+
+    /// Handles one command; Err closes the connection with that reason.
+    async fn handle(&mut self, f: frame::Frame) -> Result<(), String> {
+        let c = f.command;
+        if let Some(send) = c.send {
+            return self.handle_send(send, f.payload).await;
+        }
+        if let Some(ack) = c.ack {
+            self.handle_ack(ack);
+        } else if let Some(flow) = c.flow {
+            if let Some(cs) = self.consumers.get(&flow.consumer_id) {
+                cs.sub.flow(&cs.consumer, flow.message_permits);
+            }
+        } else if c.ping.is_some() {
+            self.tx.send(commands::pong());
+        } else if c.pong.is_some() {
+        } else if let Some(p) = c.producer {
+            self.handle_producer(p).await;
+        } else if let Some(s) = c.subscribe {
+            self.handle_subscribe(s).await;
+        } else if let Some(l) = c.lookup_topic {
+            self.handle_lookup(l);
+        } else if let Some(p) = c.partition_metadata {
+            self.handle_partitioned_metadata(p).await;
+        } else if let Some(cp) = c.close_producer {
+            self.close_producer(cp.producer_id, cp.request_id);
+        } else if let Some(cc) = c.close_consumer {
+            self.close_consumer(cc.consumer_id);
+            self.tx.send(commands::success(cc.request_id));
+        } else if let Some(r) = c.redeliver_unacknowledged_messages {
+            self.handle_redeliver(r);
+        } else if let Some(u) = c.unsubscribe {
+            self.handle_unsubscribe(u).await;
+        } else if let Some(s) = c.seek {
+            self.handle_seek(s).await;
+        } else if let Some(g) = c.get_last_message_id {
+            self.handle_last_message_id(g).await;
+        } else if let Some(g) = c.get_topics_of_namespace {
+            self.handle_topics_of_namespace(g).await;
+        } else if let Some(g) = c.get_schema {
+            self.tx.send(commands::schema_not_found(g.request_id));
+        } else if let Some(g) = c.get_or_create_schema {
+            self.tx.send(commands::get_or_create_schema_failed(
+                g.request_id,
+                "schemas are not supported yet",
+            ));
+        } else if let Some(s) = c.consumer_stats {
+            self.handle_consumer_stats(s);
+        } else if c.auth_response.is_some() {
+            // no authentication configured: nothing to refresh
+        } else if c.connect.is_some() {
+            return Err("second CONNECT on an established connection".into());
+        } else {
+            warn!(peer = %self.peer, command = %commands::type_name(c.r#type), "unsupported command ignored");
+        }
+        Ok(())
+    }
+
+    fn error(&self, request_id: u64, e: ClientError) {
+        self.tx.send(commands::error(request_id, e.code, e.message));
+    }
+
+    fn parse_topic(&self, name: &str) -> Result<TopicName, ClientError> {
+        TopicName::parse(name)
+            .map_err(|e| ClientError::new(ServerError::InvalidTopicName, e.to_string()))
+    }
+
+    fn handle_lookup(&self, l: CommandLookupTopic) {
+        match self.parse_topic(&l.topic) {
+            Ok(_) => self.tx.send(commands::lookup_connect(
+                l.request_id,
+                &self.svc.cfg.service_url(),
+                None,
+            )),
+            Err(e) => self
+                .tx
+                .send(commands::lookup_failed(l.request_id, e.code, e.message)),
+        }
+    }
+
+    async fn handle_partitioned_metadata(&self, p: CommandPartitionedTopicMetadata) {
+        let reply = async {
+            let t = self.parse_topic(&p.topic)?;
+            if let Some(n) = self.svc.partitions(&t).await? {
+                return Ok(n);
+            }
+            let may_create = p.metadata_auto_creation_enabled.unwrap_or(true)
+                && self.svc.cfg.allow_auto_topic_creation;
+            if !may_create && !self.svc.topic_exists(&t).await? {
+                return Err(ClientError::new(
+                    ServerError::TopicNotFound,
+                    format!("Topic {t} does not exist"),
+                ));
+            }
+            Ok(0)
+        };
+        match reply.await {
+            Ok(n) => self
+                .tx
+                .send(commands::partitioned_metadata_ok(p.request_id, n)),
+            Err(e) => self.tx.send(commands::partitioned_metadata_failed(
+                p.request_id,
+                e.code,
+                e.message,
+            )),
+        }
+    }
+
+    async fn handle_topics_of_namespace(&self, g: CommandGetTopicsOfNamespace) {
+        let Some((tenant, ns)) = g.namespace.split_once('/') else {
+            return self.error(
+                g.request_id,
+                ClientError::new(
+                    ServerError::MetadataError,
+                    "namespace must be tenant/namespace",
+                ),
+            );
+        };
+        match self.svc.namespace_topics(tenant, ns).await {
+            Ok(topics) => self
+                .tx
+                .send(commands::topics_of_namespace_response(g.request_id, topics)),
+            Err(e) => self.error(g.request_id, e),
+        }
+    }
+
+    async fn handle_producer(&mut self, p: CommandProducer) {
+        if let Some(existing) = self.producers.get(&p.producer_id) {
+            // idempotent re-create on the same connection
+            self.tx
+                .send(commands::producer_success(p.request_id, &existing.name, -1));
+            return;
+        }
+        let topic = match self.parse_topic(&p.topic) {
+            Ok(t) => t,
+            Err(e) => return self.error(p.request_id, e),
+        };
+        let topic = match self
+            .svc
+            .topic(&topic, self.svc.cfg.allow_auto_topic_creation)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return self.error(p.request_id, e),
+        };
+        let name = match p.producer_name.as_deref() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => self.svc.producer_name(),
+        };
+        let msg_in = Arc::new(AtomicU64::new(0));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        {
+            let mut producers = topic.producers.lock();
+            if let Some(other) = producers.get(&name)
+                && !other.conn.is_closed()
+            {
+                drop(producers);
+                return self.error(
+                    p.request_id,
+                    ClientError::new(
+                        ServerError::ProducerBusy,
+                        format!("Producer with name '{name}' is already connected to topic"),
+                    ),
+                );
+            }
+            producers.insert(
+                name.clone(),
+                ProducerInfo {
+                    name: name.clone(),
+                    producer_id: p.producer_id,
+                    conn: self.tx.clone(),
+                    address: self.peer.to_string(),
+                    connected_since: crate::managed_ledger::now_ms().to_string(),
+                    msg_in: Arc::clone(&msg_in),
+                    bytes_in: Arc::clone(&bytes_in),
+                },
+            );
+        }
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(receipts(
+            p.producer_id,
+            Arc::clone(&topic),
+            self.tx.clone(),
+            rx,
+            msg_in,
+            bytes_in,
+        ));
+        self.svc.stats.producers.fetch_add(1, Ordering::Relaxed);
+        info!(topic = %topic.full, producer = %name, peer = %self.peer, "producer created");
+        self.tx
+            .send(commands::producer_success(p.request_id, &name, -1));
+        self.producers
+            .insert(p.producer_id, ProducerState { topic, name, jobs });
+    }
+
+    async fn handle_send(&mut self, s: CommandSend, payload: Option<Bytes>) -> Result<(), String> {
+        let Some(ps) = self.producers.get(&s.producer_id) else {
+            return Err(format!("SEND for unknown producer {}", s.producer_id));
+        };
+        let fail = |code: ServerError, msg: String| {
+            self.tx.send(commands::send_error(
+                s.producer_id,
+                s.sequence_id,
+                code,
+                msg,
+            ));
+        };
+        let Some(payload) = payload else {
+            fail(ServerError::UnknownError, "SEND without payload".into());
+            return Ok(());
+        };
+        let entry = match pentry::normalize(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(topic = %ps.topic.full, producer = %ps.name, error = %e, "rejected message");
+                fail(ServerError::ChecksumError, e.to_string());
+                return Ok(());
+            }
+        };
+        let messages = s
+            .num_messages
+            .filter(|n| *n > 0)
+            .map_or_else(|| entry.num_messages(), |n| n as u32);
+        let bytes = entry.raw.len();
+        let wait = match ps.topic.ml.append_start(entry.raw, messages).await {
+            Ok(w) => w,
+            Err(e) => {
+                fail(ServerError::PersistenceError, e.to_string());
+                return Ok(());
+            }
+        };
+        let _ = ps.jobs.send(ProducerJob::Receipt(ReceiptJob {
+            sequence_id: s.sequence_id,
+            highest_sequence_id: s.highest_sequence_id,
+            messages,
+            bytes,
+            wait: Box::pin(wait),
+        }));
+        Ok(())
+    }
+
+    fn close_producer(&mut self, producer_id: u64, request_id: u64) {
+        match self.producers.remove(&producer_id) {
+            Some(ps) => {
+                ps.topic.producers.lock().remove(&ps.name);
+                self.svc.stats.producers.fetch_sub(1, Ordering::Relaxed);
+                // the receipt task answers after the receipts before it
+                if ps.jobs.send(ProducerJob::Close(request_id)).is_err() {
+                    self.tx.send(commands::success(request_id));
+                }
+            }
+            None => self.tx.send(commands::success(request_id)),
+        }
+    }
+
+    async fn handle_subscribe(&mut self, s: CommandSubscribe) {
+        if self.consumers.contains_key(&s.consumer_id) {
+            self.tx.send(commands::success(s.request_id));
+            return;
+        }
+        let r = async {
+            let t = self.parse_topic(&s.topic)?;
+            if s.subscription.is_empty() {
+                return Err(ClientError::new(
+                    ServerError::MetadataError,
+                    "empty subscription name",
+                ));
+            }
+            let create =
+                s.force_topic_creation.unwrap_or(true) && self.svc.cfg.allow_auto_topic_creation;
+            let topic = self.svc.topic(&t, create).await?;
+            let sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
+            let opts = SubscribeOpts {
+                durable: s.durable.unwrap_or(true),
+                initial_earliest: s.initial_position == Some(InitialPosition::Earliest as i32),
+                start: s
+                    .start_message_id
+                    .as_ref()
+                    .map(|m| (m.ledger_id, m.entry_id)),
+            };
+            let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
+            let name = s
+                .consumer_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| format!("consumer-{}", s.consumer_id));
+            let consumer = Consumer::new(
+                s.consumer_id,
+                name,
+                s.priority_level.unwrap_or(0),
+                self.tx.clone(),
+                self.protocol,
+                topic.partition,
+                self.peer.to_string(),
+            );
+            sub.add_consumer(Arc::clone(&consumer), sub_type)
+                .map_err(|e| match e {
+                    SubscribeError::Closed => {
+                        ClientError::new(ServerError::ServiceNotReady, e.to_string())
+                    }
+                    _ => ClientError::new(ServerError::ConsumerBusy, e.to_string()),
+                })?;
+            Ok((topic, sub, consumer))
+        };
+        match r.await {
+            Ok((topic, sub, consumer)) => {
+                info!(topic = %topic.full, subscription = %sub.name, consumer = %consumer.name, "consumer subscribed");
+                self.svc.stats.consumers.fetch_add(1, Ordering::Relaxed);
+                self.consumers.insert(
+                    s.consumer_id,
+                    ConsumerState {
+                        topic,
+                        sub,
+                        consumer,
+                    },
+                );
+                self.tx.send(commands::success(s.request_id));
+            }
+            Err(e) => self.error(s.request_id, e),
+        }
+    }
+
+    fn close_consumer(&mut self, consumer_id: u64) {
+        let Some(cs) = self.consumers.remove(&consumer_id) else {
+            return;
+        };
+        self.svc.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        let left = cs.sub.remove_consumer(cs.consumer.key);
+        if left == 0 && !cs.sub.cursor.is_durable() {
+            let topic = cs.topic;
+            let name = cs.sub.name.clone();
+            tokio::spawn(async move {
+                let _ = topic.remove_subscription(&name).await;
+            });
+        }
+    }
+
+    fn handle_ack(&mut self, a: CommandAck) {
+        let Some(cs) = self.consumers.get(&a.consumer_id) else {
+            return;
+        };
+        let sub = Arc::clone(&cs.sub);
+        let seq = if a.ack_type == AckType::Cumulative as i32 {
+            let Some(id) = a.message_id.first() else {
+                return;
+            };
+            let p = pos(id);
+            let bi = id.batch_index.unwrap_or(-1);
+            let size = id.batch_size.unwrap_or(0);
+            if bi >= 0 && size > 0 && bi < size - 1 {
+                // part of a batch: everything before it, plus indexes 0..=bi of it
+                let prev = cs.topic.ml.previous_position(p);
+                sub.ack_cumulative(prev);
+                let mut unacked = vec![-1i64; (size as usize).div_ceil(64)];
+                for i in 0..=bi as usize {
+                    unacked[i / 64] &= !(1i64 << (i % 64));
+                }
+                sub.ack_batch(p, Some(size as usize), &unacked)
+            } else {
+                sub.ack_cumulative(p)
+            }
+        } else {
+            let mut whole = Vec::new();
+            let mut seq = 0;
+            for id in &a.message_id {
+                let p = pos(id);
+                let bi = id.batch_index.unwrap_or(-1);
+                if !id.ack_set.is_empty() {
+                    seq = sub.ack_batch(p, id.batch_size.map(|s| s as usize), &id.ack_set);
+                } else if bi >= 0 {
+                    let size = id.batch_size.filter(|s| *s > 0).map(|s| s as usize);
+                    let n = size.unwrap_or(64 * 64);
+                    let mut unacked = vec![-1i64; n.div_ceil(64)];
+                    unacked[bi as usize / 64] &= !(1i64 << (bi % 64));
+                    seq = sub.ack_batch(p, size, &unacked);
+                } else {
+                    whole.push(p);
+                }
+            }
+            if !whole.is_empty() {
+                seq = sub.ack_individual(&whole);
+            }
+            seq
+        };
+        if let Some(request_id) = a.request_id {
+            let tx = self.tx.clone();
+            let consumer_id = a.consumer_id;
+            let cursor = Arc::clone(&sub.cursor);
+            tokio::spawn(async move {
+                match cursor.persisted(seq).await {
+                    Ok(()) => tx.send(commands::ack_response(consumer_id, request_id)),
+                    Err(e) => {
+                        let mut r = commands::ack_response(consumer_id, request_id);
+                        if let Some(ar) = r.ack_response.as_mut() {
+                            ar.error = Some(ServerError::MetadataError as i32);
+                            ar.message = Some(e);
+                        }
+                        tx.send(r);
+                    }
+                }
+            });
+        }
+    }
+
+    fn handle_redeliver(&mut self, r: CommandRedeliverUnacknowledgedMessages) {
+        let Some(cs) = self.consumers.get(&r.consumer_id) else {
+            return;
+        };
+        let individual = matches!(cs.sub.sub_type(), SubType::Shared | SubType::KeyShared);
+        if individual && !r.message_ids.is_empty() {
+            let ps: Vec<Position> = r.message_ids.iter().map(pos).collect();
+            cs.sub.redeliver(cs.consumer.key, Some(&ps));
+        } else {
+            cs.sub.redeliver(cs.consumer.key, None);
+        }
+    }
+
+    async fn handle_unsubscribe(&mut self, u: CommandUnsubscribe) {
+        let Some(cs) = self.consumers.get(&u.consumer_id) else {
+            return self.error(
+                u.request_id,
+                ClientError::new(ServerError::MetadataError, "Consumer not found"),
+            );
+        };
+        let others = cs.sub.consumers().iter().any(|c| c.key != cs.consumer.key);
+        if others && !u.force.unwrap_or(false) {
+            return self.error(
+                u.request_id,
+                ClientError::new(
+                    ServerError::ConsumerBusy,
+                    "Subscription has other connected consumers",
+                ),
+            );
+        }
+        let topic = Arc::clone(&cs.topic);
+        let name = cs.sub.name.clone();
+        if let Some(cs) = self.consumers.remove(&u.consumer_id) {
+            cs.sub.remove_consumer(cs.consumer.key);
+            self.svc.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        }
+        match topic.remove_subscription(&name).await {
+            Ok(()) => {
+                info!(topic = %topic.full, subscription = %name, "unsubscribed");
+                self.tx.send(commands::success(u.request_id));
+            }
+            Err(e) => self.error(u.request_id, e.into()),
+        }
+    }
+
+    async fn handle_seek(&mut self, s: CommandSeek) {
+        let Some(cs) = self.consumers.get(&s.consumer_id) else {
+            return self.error(
+                s.request_id,
+                ClientError::new(ServerError::MetadataError, "Consumer not found"),
+            );
+        };
+        let ml = &cs.topic.ml;
+        let md = if let Some(id) = &s.message_id {
+            if id.ledger_id == u64::MAX || id.entry_id == u64::MAX {
+                ml.before_first()
+            } else if id.ledger_id >= i64::MAX as u64 {
+                ml.last_confirmed()
+            } else {
+                match ml.at_or_after(pos(id)) {
+                    Some(p) => ml.previous_position(p),
+                    None => ml.last_confirmed(),
+                }
+            }
+        } else if let Some(ts) = s.message_publish_time {
+            match ml.find_by_publish_time(ts).await {
+                Ok(Some(p)) => ml.previous_position(p),
+                Ok(None) => ml.last_confirmed(),
+                Err(e) => {
+                    return self.error(
+                        s.request_id,
+                        ClientError::new(ServerError::UnknownError, e.to_string()),
+                    );
+                }
+            }
+        } else {
+            return self.error(
+                s.request_id,
+                ClientError::new(
+                    ServerError::MetadataError,
+                    "Message id and message publish time were not present",
+                ),
+            );
+        };
+        let seq = cs.sub.reset(md);
+        if let Err(e) = cs.sub.cursor.persisted(seq).await {
+            return self.error(s.request_id, ClientError::new(ServerError::UnknownError, e));
+        }
+        info!(topic = %cs.topic.full, subscription = %cs.sub.name, mark_delete = %md, "subscription reset");
+        self.tx.send(commands::success(s.request_id));
+    }
+
+    async fn handle_last_message_id(&self, g: CommandGetLastMessageId) {
+        let Some(cs) = self.consumers.get(&g.consumer_id) else {
+            return self.error(
+                g.request_id,
+                ClientError::new(ServerError::ConsumerNotFound, "Consumer not found"),
+            );
+        };
+        let ml = &cs.topic.ml;
+        let last = ml.last_confirmed();
+        let partition = Some(cs.topic.partition);
+        let mut id = if last.entry < 0 {
+            MessageIdData {
+                ledger_id: u64::MAX,
+                entry_id: u64::MAX,
+                ..Default::default()
+            }
+        } else {
+            commands::message_id(last.ledger, last.entry as u64)
+        };
+        id.partition = partition;
+        if last.entry >= 0 {
+            let bi = match ml.read(last).await {
+                Ok(d) => pentry::peek_metadata(&d)
+                    .ok()
+                    .and_then(|m| m.num_messages_in_batch)
+                    .map_or(-1, |n| n - 1),
+                Err(_) => -1,
+            };
+            id.batch_index = Some(bi);
+        }
+        let md = cs.sub.cursor.mark_delete();
+        let mut mdid = commands::message_id(md.ledger, md.entry.max(0) as u64);
+        if md.entry < 0 {
+            mdid.entry_id = u64::MAX;
+        }
+        mdid.partition = partition;
+        self.tx.send(commands::last_message_id_response(
+            g.request_id,
+            id,
+            Some(mdid),
+        ));
+    }
+
+    fn handle_consumer_stats(&self, s: CommandConsumerStats) {
+        let Some(cs) = self.consumers.get(&s.consumer_id) else {
+            return self.tx.send(commands::consumer_stats_error(
+                s.request_id,
+                ServerError::ConsumerNotFound,
+                "Consumer not found",
+            ));
+        };
+        let c = &cs.consumer;
+        let stats = CommandConsumerStatsResponse {
+            request_id: s.request_id,
+            consumer_name: Some(c.name.clone()),
+            available_permits: Some(c.permits.load(Ordering::Relaxed).max(0) as u64),
+            unacked_messages: Some(c.unacked.load(Ordering::Relaxed).max(0) as u64),
+            blocked_consumer_on_unacked_msgs: Some(false),
+            address: Some(c.address.clone()),
+            connected_since: Some(c.connected_since.clone()),
+            r#type: Some(format!("{:?}", cs.sub.sub_type())),
+            msg_rate_out: Some(0.0),
+            msg_throughput_out: Some(0.0),
+            msg_rate_redeliver: Some(0.0),
+            msg_rate_expired: Some(0.0),
+            message_ack_rate: Some(0.0),
+            msg_backlog: Some(0),
+            ..Default::default()
+        };
+        self.tx
+            .send(commands::consumer_stats_response(s.request_id, stats));
+    }
+
+    fn cleanup(&mut self) {
+        let ids: Vec<u64> = self.producers.keys().copied().collect();
+        for id in ids {
+            if let Some(ps) = self.producers.remove(&id) {
+                ps.topic.producers.lock().remove(&ps.name);
+                self.svc.stats.producers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let ids: Vec<u64> = self.consumers.keys().copied().collect();
+        for id in ids {
+            self.close_consumer(id);
+        }
+    }
+}
+
+/// Answers one producer's SENDs in order as their appends complete.
+async fn receipts(
+    producer_id: u64,
+    topic: Arc<Topic>,
+    tx: ConnTx,
+    mut jobs: mpsc::UnboundedReceiver<ProducerJob>,
+    msg_in: Arc<AtomicU64>,
+    bytes_in: Arc<AtomicU64>,
+) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            ProducerJob::Receipt(j) => match j.wait.await {
+                Ok(p) => {
+                    topic.record_publish(j.messages, j.bytes);
+                    msg_in.fetch_add(j.messages as u64, Ordering::Relaxed);
+                    bytes_in.fetch_add(j.bytes as u64, Ordering::Relaxed);
+                    tx.send(commands::send_receipt(
+                        producer_id,
+                        j.sequence_id,
+                        j.highest_sequence_id,
+                        p.ledger,
+                        p.entry as u64,
+                    ));
+                }
+                Err(e) => {
+                    warn!(topic = %topic.full, producer_id, error = %e, "publish failed");
+                    tx.send(commands::send_error(
+                        producer_id,
+                        j.sequence_id,
+                        ServerError::PersistenceError,
+                        e.to_string(),
+                    ));
+                }
+            },
+            ProducerJob::Close(request_id) => {
+                tx.send(commands::success(request_id));
+                return;
+            }
+        }
+    }
+    let _ = NO_REQUEST;
+}
+
+async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut close = false;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Cmd(c) => frame::encode_command(&c, &mut buf),
+                Out::Msg(c, e) => frame::encode_message(&c, &e, &mut buf),
+                Out::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if buf.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = wr.write_all(&buf).await {
+                debug!(error = %e, "write failed");
+                return;
+            }
+            buf.clear();
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The broker's HTTP side: health, Prometheus metrics, topic stats and internal stats at the
+//! Pulsar admin v2 paths, topic listing, partitioned-topic metadata and lookup.
+
+// Handlers return their error response directly; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
+use serde_json::{Value, json};
+
+use crate::names::{TopicName, valid_segment};
+use crate::service::{BrokerService, PartitionedMetadata, partitioned_key};
+use crate::topic::Topic;
+
+type Svc = State<Arc<BrokerService>>;
+
+fn err(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"reason": reason.into()}))).into_response()
+}
+
+fn meta_err(e: MetaError) -> Response {
+    err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+pub fn router(svc: Arc<BrokerService>) -> Router {
+    Router::new()
+        .route("/admin/v2/brokers/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/v2/clusters", get(clusters))
+        .route("/admin/v2/tenants", get(tenants))
+        .route("/admin/v2/persistent/{tenant}/{ns}", get(list_topics))
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/partitions",
+            get(get_partitions)
+                .put(create_partitions)
+                .delete(delete_partitions),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/stats",
+            get(stats),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/internalStats",
+            get(internal_stats),
+        )
+        .route(
+            "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
+            get(lookup),
+        )
+        .with_state(svc)
+}
+
+async fn health(State(svc): Svc) -> Response {
+    if svc.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        err(StatusCode::SERVICE_UNAVAILABLE, "broker is not ready")
+    }
+}
+
+async fn clusters(State(svc): Svc) -> Response {
+    axum::Json(json!([svc.cfg.cluster])).into_response()
+}
+
+async fn tenants(State(svc): Svc) -> Response {
+    match svc.meta.children("/admin/policies").await {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+fn topic_name(tenant: &str, ns: &str, topic: &str) -> Result<TopicName, Response> {
+    TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}"))
+        .map_err(|e| err(StatusCode::PRECONDITION_FAILED, e.to_string()))
+}
+
+async fn list_topics(State(svc): Svc, Path((tenant, ns)): Path<(String, String)>) -> Response {
+    if !valid_segment(&tenant) || !valid_segment(&ns) {
+        return err(StatusCode::PRECONDITION_FAILED, "invalid namespace name");
+    }
+    match svc.namespace_topics(&tenant, &ns).await {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.message),
+    }
+}
+
+async fn get_partitions(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match svc
+        .meta
+        .get_json::<PartitionedMetadata>(&partitioned_key(&t))
+        .await
+    {
+        Ok(Some(v)) => axum::Json(v.value).into_response(),
+        Ok(None) => axum::Json(json!({"partitions": 0, "properties": {}})).into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn create_partitions(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+    body: String,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let meta: PartitionedMetadata = match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Number(n)) => match n.as_u64() {
+            Some(p) => PartitionedMetadata {
+                partitions: p as u32,
+                properties: Default::default(),
+            },
+            None => {
+                return err(
+                    StatusCode::PRECONDITION_FAILED,
+                    "partitions must be positive",
+                );
+            }
+        },
+        Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
+            Ok(m) => m,
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad body: {e}")),
+        },
+        Ok(_) => return err(StatusCode::BAD_REQUEST, "expected a number of partitions"),
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    if meta.partitions == 0 || meta.partitions > 10_000 {
+        return err(
+            StatusCode::PRECONDITION_FAILED,
+            "the number of partitions must be between 1 and 10000",
+        );
+    }
+    if t.partition().is_some() {
+        return err(
+            StatusCode::PRECONDITION_FAILED,
+            "a partitioned topic's name must not end in -partition-N",
+        );
+    }
+    match svc.topic_exists(&t).await {
+        Ok(true) => {
+            return err(
+                StatusCode::CONFLICT,
+                "a non-partitioned topic with this name exists",
+            );
+        }
+        Ok(false) => {}
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.message),
+    }
+    match svc
+        .meta
+        .put_json(&partitioned_key(&t), &meta, Expected::Absent)
+        .await
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(MetaError::BadVersion { .. }) => {
+            err(StatusCode::CONFLICT, "Partitioned topic already exists")
+        }
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn delete_partitions(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match svc.meta.delete(&partitioned_key(&t), Expected::Any).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(MetaError::NotFound(_)) => {
+            err(StatusCode::NOT_FOUND, "Partitioned topic does not exist")
+        }
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn loaded_topic(svc: &BrokerService, t: &TopicName) -> Result<Arc<Topic>, Response> {
+    match svc.topic_exists(t).await {
+        Ok(true) => {}
+        Ok(false) => return Err(err(StatusCode::NOT_FOUND, "Topic not found")),
+        Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
+    }
+    svc.topic(t, false)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))
+}
+
+async fn stats(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let topic = match loaded_topic(&svc, &t).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    axum::Json(topic_stats(&topic).await).into_response()
+}
+
+pub async fn topic_stats(topic: &Topic) -> Value {
+    let (_, storage) = topic.ml.totals();
+    let msg_in = topic.msg_in.load(Ordering::Relaxed);
+    let bytes_in = topic.bytes_in.load(Ordering::Relaxed);
+    let rates = topic.rates();
+    let publishers: Vec<Value> = topic
+        .producers
+        .lock()
+        .values()
+        .map(|p| {
+            json!({
+                "producerName": p.name,
+                "producerId": p.producer_id,
+                "address": p.address,
+                "connectedSince": p.connected_since,
+                "msgInCounter": p.msg_in.load(Ordering::Relaxed),
+                "bytesInCounter": p.bytes_in.load(Ordering::Relaxed),
+                "accessMode": "Shared",
+                "msgRateIn": 0.0,
+                "msgThroughputIn": 0.0,
+            })
+        })
+        .collect();
+    let subs: Vec<_> = topic.subscriptions.lock().values().cloned().collect();
+    let mut subscriptions = serde_json::Map::new();
+    let mut out_msgs = 0;
+    let mut out_bytes = 0;
+    for s in subs {
+        let backlog = s.backlog().await;
+        let msg_out = s.msg_out.load(Ordering::Relaxed);
+        let bytes_out = s.bytes_out.load(Ordering::Relaxed);
+        out_msgs += msg_out;
+        out_bytes += bytes_out;
+        let consumers: Vec<Value> = s
+            .consumers()
+            .iter()
+            .map(|c| {
+                json!({
+                    "consumerName": c.name,
+                    "availablePermits": c.permits.load(Ordering::Relaxed),
+                    "unackedMessages": c.unacked.load(Ordering::Relaxed).max(0),
+                    "msgOutCounter": c.msg_out.load(Ordering::Relaxed),
+                    "bytesOutCounter": c.bytes_out.load(Ordering::Relaxed),
+                    "address": c.address,
+                    "connectedSince": c.connected_since,
+                    "msgRateOut": 0.0,
+                    "msgThroughputOut": 0.0,
+                    "blockedConsumerOnUnackedMsgs": false,
+                })
+            })
+            .collect();
+        subscriptions.insert(
+            s.name.clone(),
+            json!({
+                "msgBacklog": backlog,
+                "type": format!("{:?}", s.sub_type()).replace("KeyShared", "Key_Shared"),
+                "isDurable": s.cursor.is_durable(),
+                "msgOutCounter": msg_out,
+                "bytesOutCounter": bytes_out,
+                "msgRateOut": 0.0,
+                "msgThroughputOut": 0.0,
+                "msgRateRedeliver": 0.0,
+                "unackedMessages": s.pending_entries(),
+                "consumers": consumers,
+            }),
+        );
+    }
+    json!({
+        "msgRateIn": rates.0,
+        "msgThroughputIn": rates.1,
+        "msgRateOut": rates.2,
+        "msgThroughputOut": rates.3,
+        "msgInCounter": msg_in,
+        "bytesInCounter": bytes_in,
+        "msgOutCounter": out_msgs,
+        "bytesOutCounter": out_bytes,
+        "averageMsgSize": if msg_in > 0 { bytes_in as f64 / msg_in as f64 } else { 0.0 },
+        "storageSize": storage,
+        "backlogSize": 0,
+        "publishers": publishers,
+        "subscriptions": subscriptions,
+        "replication": {},
+        "deduplicationStatus": "Disabled",
+    })
+}
+
+async fn internal_stats(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let topic = match loaded_topic(&svc, &t).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let ml = &topic.ml;
+    let (entries, size) = ml.totals();
+    let ledgers = ml.ledgers();
+    let current = ml.current_ledger();
+    let cur = ledgers.iter().find(|l| Some(l.ledger_id) == current);
+    let subs: Vec<_> = topic.subscriptions.lock().values().cloned().collect();
+    let mut cursors = BTreeMap::new();
+    for s in subs {
+        let md = s.cursor.mark_delete();
+        let ranges = s.cursor.individually_acked_ranges();
+        let text: Vec<String> = ranges
+            .iter()
+            .map(|(a, b)| format!("({}:{}..{}:{}]", a.ledger, a.entry - 1, b.ledger, b.entry))
+            .collect();
+        cursors.insert(
+            s.name.clone(),
+            json!({
+                "markDeletePosition": md.to_string(),
+                "readPosition": ml.next_position(md).unwrap_or(md.next_in_ledger()).to_string(),
+                "individuallyDeletedMessages": format!("[{}]", text.join(", ")),
+                "totalNonContiguousDeletedMessagesRange": ranges.len(),
+                "cursorLedger": -1,
+                "state": "Open",
+                "active": !s.consumers().is_empty(),
+            }),
+        );
+    }
+    axum::Json(json!({
+        "entriesAddedCounter": ml.stats().entries_added.load(Ordering::Relaxed),
+        "numberOfEntries": entries,
+        "totalSize": size,
+        "currentLedgerEntries": cur.map_or(0, |l| l.entries),
+        "currentLedgerSize": cur.map_or(0, |l| l.size),
+        "lastLedgerCreatedTimestamp": cur.map_or(0, |l| l.timestamp_ms).to_string(),
+        "lastConfirmedEntry": ml.last_confirmed().to_string(),
+        "state": "LedgerOpened",
+        "ledgers": ledgers.iter().map(|l| json!({
+            "ledgerId": l.ledger_id,
+            "entries": l.entries,
+            "size": l.size,
+            "offloaded": false,
+        })).collect::<Vec<_>>(),
+        "cursors": cursors,
+    }))
+    .into_response()
+}
+
+async fn lookup(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Response {
+    if let Err(r) = topic_name(&tenant, &ns, &topic) {
+        return r;
+    }
+    axum::Json(json!({
+        "brokerUrl": svc.cfg.service_url(),
+        "brokerUrlTls": "",
+        "httpUrl": svc.cfg.web_url(),
+        "httpUrlTls": "",
+    }))
+    .into_response()
+}
+
+async fn metrics(State(svc): Svc) -> Response {
+    let mut out = String::new();
+    let s = &svc.stats;
+    let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    gauge(
+        &mut out,
+        "pulsar_broker_connections",
+        "Open client connections.",
+        s.connections.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "pulsar_broker_producers_count",
+        "Connected producers.",
+        s.producers.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "pulsar_broker_consumers_count",
+        "Connected consumers.",
+        s.consumers.load(Ordering::Relaxed),
+    );
+    let topics = svc.loaded_topics();
+    gauge(
+        &mut out,
+        "pulsar_broker_topics_count",
+        "Topics loaded in this broker.",
+        topics.len() as u64,
+    );
+    let mut lines = String::new();
+    for t in &topics {
+        let (rin, tin, rout, tout) = t.rates();
+        let (_, storage) = t.ml.totals();
+        let subs: Vec<_> = t.subscriptions.lock().values().cloned().collect();
+        let mut backlog = 0;
+        for s in subs {
+            backlog += s.backlog().await;
+        }
+        let l = format!("topic=\"{}\"", t.full.replace('"', "\\\""));
+        let _ = writeln!(lines, "pulsar_rate_in{{{l}}} {rin}");
+        let _ = writeln!(lines, "pulsar_throughput_in{{{l}}} {tin}");
+        let _ = writeln!(lines, "pulsar_rate_out{{{l}}} {rout}");
+        let _ = writeln!(lines, "pulsar_throughput_out{{{l}}} {tout}");
+        let _ = writeln!(lines, "pulsar_msg_backlog{{{l}}} {backlog}");
+        let _ = writeln!(lines, "pulsar_storage_size{{{l}}} {storage}");
+        let _ = writeln!(
+            lines,
+            "pulsar_in_messages_total{{{l}}} {}",
+            t.msg_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            lines,
+            "pulsar_in_bytes_total{{{l}}} {}",
+            t.bytes_in.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help) in [
+        ("pulsar_rate_in", "Messages per second in (topic)."),
+        ("pulsar_throughput_in", "Bytes per second in (topic)."),
+        ("pulsar_rate_out", "Messages per second out (topic)."),
+        ("pulsar_throughput_out", "Bytes per second out (topic)."),
+        (
+            "pulsar_msg_backlog",
+            "Unacknowledged messages over all subscriptions (topic).",
+        ),
+        ("pulsar_storage_size", "Bytes stored (topic)."),
+        ("pulsar_in_messages_total", "Messages published (topic)."),
+        ("pulsar_in_bytes_total", "Bytes published (topic)."),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for line in lines
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+        {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

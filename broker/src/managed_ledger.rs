@@ -1,0 +1,987 @@
+//! The managed ledger: one topic's log as an ordered list of bookie ledgers.
+//!
+//! Only the owning broker writes it. Its record (`/managed-ledgers/{path}`) lists the ledgers
+//! and changes only by compare-and-set, so a broker that lost the topic to another cannot
+//! change it. On open, the last ledger is recovered (fenced and sealed) before anything is
+//! served; appends go through one appender task that pipelines them into the current ledger
+//! and rolls over by entry count, size and age.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use magnetar_bookie::ledger::{LedgerClient, LedgerError, LedgerReader, LedgerWriter};
+use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::position::Position;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MlError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("managed ledger {0} was fenced: another broker owns it now")]
+    Fenced(String),
+    #[error("managed ledger {0} is closed")]
+    Closed(String),
+    #[error("position {0} is not in the log")]
+    NoSuchPosition(Position),
+}
+
+/// How ledgers are created and rolled over.
+#[derive(Debug, Clone)]
+pub struct MlConfig {
+    pub ensemble_size: usize,
+    pub write_quorum: usize,
+    pub ack_quorum: usize,
+    pub max_entries_per_ledger: u64,
+    pub max_ledger_bytes: u64,
+    pub max_ledger_age: Duration,
+    /// Bytes of recent entries kept in memory for tailing readers.
+    pub cache_bytes: usize,
+    /// Keep consumed ledgers this long (0: trim as soon as every cursor is past them).
+    pub retention_time: Duration,
+    /// ... or while they fit in this many bytes (0: no size-based retention).
+    pub retention_bytes: u64,
+}
+
+impl Default for MlConfig {
+    fn default() -> Self {
+        MlConfig {
+            ensemble_size: 1,
+            write_quorum: 1,
+            ack_quorum: 1,
+            max_entries_per_ledger: 50_000,
+            max_ledger_bytes: 2 << 30,
+            max_ledger_age: Duration::from_secs(4 * 3600),
+            cache_bytes: 32 << 20,
+            retention_time: Duration::ZERO,
+            retention_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LedgerInfo {
+    pub ledger_id: u64,
+    pub entries: u64,
+    pub size: u64,
+    /// Messages in the ledger (batches count each message); None until counted.
+    #[serde(default)]
+    pub messages: Option<u64>,
+    /// Creation time, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// Close time, ms since the epoch (None while open).
+    #[serde(default)]
+    pub closed_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MlRecord {
+    ledgers: Vec<LedgerInfo>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct AppendReq {
+    data: Bytes,
+    messages: u32,
+    reply: oneshot::Sender<Result<Position, MlError>>,
+}
+
+/// Bounded FIFO of recent entries.
+#[derive(Default)]
+struct EntryCache {
+    entries: BTreeMap<Position, Bytes>,
+    bytes: usize,
+    max: usize,
+    hits: u64,
+    misses: u64,
+}
+
+impl EntryCache {
+    fn insert(&mut self, p: Position, data: Bytes) {
+        if self.max == 0 || data.len() > self.max {
+            return;
+        }
+        self.bytes += data.len();
+        if let Some(old) = self.entries.insert(p, data) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.max {
+            let Some((_, d)) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= d.len();
+        }
+    }
+}
+
+struct MlState {
+    ledgers: BTreeMap<u64, LedgerInfo>,
+    version: u64,
+    current: Option<LedgerWriter>,
+    readers: HashMap<u64, LedgerReader>,
+    /// Per ledger, cumulative message counts by entry (where known).
+    counts: HashMap<u64, Vec<u64>>,
+    closed: bool,
+    fenced: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct MlStats {
+    pub entries_added: AtomicU64,
+    pub messages_added: AtomicU64,
+    pub bytes_added: AtomicU64,
+}
+
+struct MlInner {
+    name: String,
+    key: String,
+    client: LedgerClient,
+    meta: MetaStore,
+    cfg: MlConfig,
+    state: Mutex<MlState>,
+    cache: Mutex<EntryCache>,
+    last: watch::Sender<Position>,
+    stats: MlStats,
+}
+
+/// A topic's log. Cheap to clone.
+#[derive(Clone)]
+pub struct ManagedLedger {
+    inner: Arc<MlInner>,
+    appends: mpsc::Sender<AppendReq>,
+}
+
+impl std::fmt::Debug for ManagedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedLedger")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl ManagedLedger {
+    /// Opens (creating if needed) the log at `/managed-ledgers/{path}`: recovers its last
+    /// ledger if a previous owner left it open, then starts a fresh ledger for appends.
+    pub async fn open(
+        name: &str,
+        path: &str,
+        client: LedgerClient,
+        cfg: MlConfig,
+    ) -> Result<ManagedLedger, MlError> {
+        let meta = client.meta_store().clone();
+        let key = format!("/managed-ledgers/{path}");
+        let (mut record, mut version) = match meta.get_json::<MlRecord>(&key).await? {
+            Some(v) => (v.value, Some(v.version)),
+            None => (MlRecord::default(), None),
+        };
+        // Seal whatever ledgers a previous owner left open; drop empty ones.
+        let mut changed = false;
+        let mut empty = Vec::new();
+        for info in record.ledgers.iter_mut() {
+            if info.closed_ms.is_some() {
+                continue;
+            }
+            let reader = match client.open_for_recovery(info.ledger_id).await {
+                Ok(r) => r,
+                Err(LedgerError::NoSuchLedger(_)) => {
+                    warn!(
+                        topic = name,
+                        ledger_id = info.ledger_id,
+                        "ledger record missing; dropping it from the log"
+                    );
+                    info.entries = 0;
+                    info.closed_ms = Some(now_ms());
+                    empty.push(info.ledger_id);
+                    changed = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            info.entries = (reader.last_entry() + 1) as u64;
+            info.closed_ms = Some(now_ms());
+            info.messages = None;
+            info.size = 0;
+            if info.entries == 0 {
+                empty.push(info.ledger_id);
+            }
+            changed = true;
+            info!(
+                topic = name,
+                ledger_id = info.ledger_id,
+                entries = info.entries,
+                "recovered ledger"
+            );
+        }
+        record
+            .ledgers
+            .retain(|l| l.entries > 0 || l.closed_ms.is_none());
+        let writer = client
+            .create(cfg.ensemble_size, cfg.write_quorum, cfg.ack_quorum)
+            .await?;
+        record.ledgers.push(LedgerInfo {
+            ledger_id: writer.id(),
+            entries: 0,
+            size: 0,
+            messages: Some(0),
+            timestamp_ms: now_ms(),
+            closed_ms: None,
+        });
+        let expected = version.map_or(Expected::Absent, Expected::Version);
+        match meta.put_json(&key, &record, expected).await {
+            Ok(v) => version = Some(v),
+            Err(MetaError::BadVersion { .. }) => {
+                let _ = client.delete(writer.id()).await;
+                return Err(MlError::Fenced(name.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let _ = changed;
+        for id in empty {
+            if let Err(e) = client.delete(id).await {
+                warn!(topic = name, ledger_id = id, error = %e, "could not delete empty ledger");
+            }
+        }
+        let ledgers: BTreeMap<u64, LedgerInfo> = record
+            .ledgers
+            .into_iter()
+            .map(|l| (l.ledger_id, l))
+            .collect();
+        let last = ledgers
+            .values()
+            .rev()
+            .find(|l| l.entries > 0)
+            .map_or(Position::new(writer.id(), -1), |l| {
+                Position::new(l.ledger_id, l.entries as i64 - 1)
+            });
+        let mut counts = HashMap::new();
+        counts.insert(writer.id(), Vec::new());
+        let (last_tx, _) = watch::channel(last);
+        let inner = Arc::new(MlInner {
+            name: name.to_string(),
+            key,
+            client,
+            meta,
+            cache: Mutex::new(EntryCache {
+                max: cfg.cache_bytes,
+                ..Default::default()
+            }),
+            cfg,
+            state: Mutex::new(MlState {
+                ledgers,
+                version: version.unwrap_or(0),
+                current: Some(writer),
+                readers: HashMap::new(),
+                counts,
+                closed: false,
+                fenced: false,
+            }),
+            last: last_tx,
+            stats: MlStats::default(),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(appender(Arc::clone(&inner), rx));
+        info!(topic = name, last = %last, "managed ledger open");
+        Ok(ManagedLedger { inner, appends: tx })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn stats(&self) -> &MlStats {
+        &self.inner.stats
+    }
+
+    /// Appends one entry holding `messages` messages; resolves once it is durable.
+    pub async fn append(&self, data: Bytes, messages: u32) -> Result<Position, MlError> {
+        self.append_start(data, messages).await?.await
+    }
+
+    /// Queues an append now (fixing its order) and returns the wait for its result.
+    pub async fn append_start(
+        &self,
+        data: Bytes,
+        messages: u32,
+    ) -> Result<impl Future<Output = Result<Position, MlError>> + Send + 'static, MlError> {
+        let (reply, rx) = oneshot::channel();
+        let name = self.inner.name.clone();
+        self.appends
+            .send(AppendReq {
+                data,
+                messages,
+                reply,
+            })
+            .await
+            .map_err(|_| MlError::Closed(name.clone()))?;
+        Ok(async move { rx.await.unwrap_or(Err(MlError::Closed(name))) })
+    }
+
+    /// The last durable entry ((current ledger, -1) when the log is empty).
+    pub fn last_confirmed(&self) -> Position {
+        *self.inner.last.borrow()
+    }
+
+    /// Watches the last durable entry.
+    pub fn subscribe_last(&self) -> watch::Receiver<Position> {
+        self.inner.last.subscribe()
+    }
+
+    /// The position just before the first entry still in the log.
+    pub fn before_first(&self) -> Position {
+        let st = self.inner.state.lock();
+        st.ledgers
+            .values()
+            .find(|l| l.entries > 0 || l.closed_ms.is_none())
+            .map_or(Position::new(0, -1), |l| Position::new(l.ledger_id, -1))
+    }
+
+    fn entries_in(st: &MlState, ledger: u64) -> u64 {
+        st.ledgers.get(&ledger).map_or(0, |l| l.entries)
+    }
+
+    /// The entry after `p`, if it has been written.
+    pub fn next_position(&self, p: Position) -> Option<Position> {
+        let st = self.inner.state.lock();
+        if ((p.entry + 1) as u64) < Self::entries_in(&st, p.ledger) {
+            return Some(p.next_in_ledger());
+        }
+        st.ledgers
+            .range(p.ledger + 1..)
+            .find(|(_, l)| l.entries > 0)
+            .map(|(id, _)| Position::new(*id, 0))
+    }
+
+    /// The first written entry at or after `p`.
+    pub fn at_or_after(&self, p: Position) -> Option<Position> {
+        let p = Position::new(p.ledger, p.entry.max(0));
+        if p.entry > 0 {
+            self.next_position(Position::new(p.ledger, p.entry - 1))
+        } else {
+            let st = self.inner.state.lock();
+            st.ledgers
+                .range(p.ledger..)
+                .find(|(_, l)| l.entries > 0)
+                .map(|(id, _)| Position::new(*id, 0))
+        }
+    }
+
+    /// The entry before `p` (or the "before first" position of p's ledger when p is first).
+    pub fn previous_position(&self, p: Position) -> Position {
+        if p.entry > 0 {
+            return Position::new(p.ledger, p.entry - 1);
+        }
+        let st = self.inner.state.lock();
+        st.ledgers
+            .range(..p.ledger)
+            .rev()
+            .find(|(_, l)| l.entries > 0)
+            .map_or(Position::new(p.ledger, -1), |(id, l)| {
+                Position::new(*id, l.entries as i64 - 1)
+            })
+    }
+
+    /// Total entries and bytes stored.
+    pub fn totals(&self) -> (u64, u64) {
+        let st = self.inner.state.lock();
+        st.ledgers
+            .values()
+            .fold((0, 0), |(e, b), l| (e + l.entries, b + l.size))
+    }
+
+    pub fn ledgers(&self) -> Vec<LedgerInfo> {
+        self.inner.state.lock().ledgers.values().cloned().collect()
+    }
+
+    pub fn current_ledger(&self) -> Option<u64> {
+        self.inner.state.lock().current.as_ref().map(|w| w.id())
+    }
+
+    pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
+        let c = self.inner.cache.lock();
+        (c.entries.len(), c.bytes, c.hits, c.misses)
+    }
+
+    fn reader_for(&self, ledger: u64) -> Option<LedgerReader> {
+        let st = self.inner.state.lock();
+        if let Some(w) = &st.current
+            && w.id() == ledger
+        {
+            return Some(w.reader());
+        }
+        st.readers.get(&ledger).cloned()
+    }
+
+    /// Reads one entry.
+    pub async fn read(&self, p: Position) -> Result<Bytes, MlError> {
+        {
+            let mut c = self.inner.cache.lock();
+            if let Some(d) = c.entries.get(&p).cloned() {
+                c.hits += 1;
+                return Ok(d);
+            }
+            c.misses += 1;
+        }
+        if p.entry < 0 || p > self.last_confirmed() {
+            return Err(MlError::NoSuchPosition(p));
+        }
+        let reader = match self.reader_for(p.ledger) {
+            Some(r) => r,
+            None => {
+                if !self.inner.state.lock().ledgers.contains_key(&p.ledger) {
+                    return Err(MlError::NoSuchPosition(p));
+                }
+                let r = self.inner.client.open_closed(p.ledger).await?;
+                self.inner.state.lock().readers.insert(p.ledger, r.clone());
+                r
+            }
+        };
+        Ok(reader.read(p.entry as u64).await?)
+    }
+
+    /// Reads up to `max` entries from `from` on (inclusive, skipping positions `skip` says
+    /// to), stopping at the last durable entry. Reads run concurrently.
+    pub async fn read_from(
+        &self,
+        from: Position,
+        max: usize,
+        skip: impl Fn(Position) -> bool,
+    ) -> Result<(Vec<(Position, Bytes)>, Option<Position>), MlError> {
+        let last = self.last_confirmed();
+        let mut positions = Vec::with_capacity(max.min(1024));
+        let mut p = self.at_or_after(from);
+        while let Some(pos) = p {
+            if pos > last || positions.len() >= max {
+                break;
+            }
+            if !skip(pos) {
+                positions.push(pos);
+            }
+            p = self.next_position(pos);
+        }
+        let next = p;
+        let reads = futures::stream::iter(positions.into_iter().map(|pos| {
+            let ml = self.clone();
+            async move { ml.read(pos).await.map(|d| (pos, d)) }
+        }))
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await;
+        let mut out = Vec::with_capacity(reads.len());
+        for r in reads {
+            out.push(r?);
+        }
+        Ok((out, next))
+    }
+
+    /// Messages in the entries of `ledger` from `from` to `to` (inclusive).
+    pub async fn messages_in(&self, ledger: u64, from: i64, to: i64) -> Result<u64, MlError> {
+        if to < from || to < 0 {
+            return Ok(0);
+        }
+        let from = from.max(0);
+        let counts = self.counts(ledger).await?;
+        let at = |i: i64| -> u64 {
+            if i < 0 {
+                0
+            } else {
+                counts
+                    .get(i as usize)
+                    .copied()
+                    .unwrap_or_else(|| counts.last().copied().unwrap_or(0))
+            }
+        };
+        Ok(at(to) - at(from - 1))
+    }
+
+    /// Messages in every entry after `after`.
+    pub async fn messages_after(&self, after: Position) -> Result<u64, MlError> {
+        let ledgers: Vec<(u64, u64)> = {
+            let st = self.inner.state.lock();
+            st.ledgers
+                .range(after.ledger..)
+                .map(|(id, l)| (*id, l.entries))
+                .collect()
+        };
+        let mut total = 0;
+        for (id, entries) in ledgers {
+            if entries == 0 {
+                continue;
+            }
+            let from = if id == after.ledger {
+                after.entry + 1
+            } else {
+                0
+            };
+            total += self.messages_in(id, from, entries as i64 - 1).await?;
+        }
+        Ok(total)
+    }
+
+    /// Cumulative message counts of a ledger's entries, counted by reading them once if this
+    /// broker did not write them.
+    async fn counts(&self, ledger: u64) -> Result<Arc<Vec<u64>>, MlError> {
+        if let Some(c) = self.inner.state.lock().counts.get(&ledger) {
+            return Ok(Arc::new(c.clone()));
+        }
+        let entries = {
+            let st = self.inner.state.lock();
+            Self::entries_in(&st, ledger)
+        };
+        let mut counts = Vec::with_capacity(entries as usize);
+        let mut sum = 0u64;
+        let reads = futures::stream::iter((0..entries).map(|e| {
+            let ml = self.clone();
+            async move { ml.read(Position::new(ledger, e as i64)).await }
+        }))
+        .buffered(32);
+        futures::pin_mut!(reads);
+        while let Some(d) = reads.next().await {
+            let d = d?;
+            let n = magnetar_protocol::entry::peek_metadata(&d)
+                .map(|m| magnetar_protocol::entry::message_count(&m))
+                .unwrap_or(1);
+            sum += n as u64;
+            counts.push(sum);
+        }
+        debug!(topic = %self.inner.name, ledger_id = ledger, entries, "counted messages");
+        let mut st = self.inner.state.lock();
+        if let Some(l) = st.ledgers.get_mut(&ledger) {
+            l.messages = Some(sum);
+        }
+        st.counts.insert(ledger, counts.clone());
+        Ok(Arc::new(counts))
+    }
+
+    /// Finds the first entry published at or after `ts_ms` (None: all are older).
+    pub async fn find_by_publish_time(&self, ts_ms: u64) -> Result<Option<Position>, MlError> {
+        let publish_time =
+            |d: &Bytes| magnetar_protocol::entry::peek_metadata(d).map_or(0, |m| m.publish_time);
+        let ledgers: Vec<(u64, u64)> = {
+            let st = self.inner.state.lock();
+            st.ledgers
+                .iter()
+                .filter(|(_, l)| l.entries > 0)
+                .map(|(id, l)| (*id, l.entries))
+                .collect()
+        };
+        let last = self.last_confirmed();
+        for (id, entries) in ledgers {
+            let last_entry = if id == last.ledger {
+                last.entry
+            } else {
+                entries as i64 - 1
+            };
+            if last_entry < 0 {
+                continue;
+            }
+            let tail = self.read(Position::new(id, last_entry)).await?;
+            if publish_time(&tail) < ts_ms {
+                continue;
+            }
+            // binary search for the first entry at or after ts in this ledger
+            let (mut lo, mut hi) = (0i64, last_entry);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let d = self.read(Position::new(id, mid)).await?;
+                if publish_time(&d) >= ts_ms {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            return Ok(Some(Position::new(id, lo)));
+        }
+        Ok(None)
+    }
+
+    /// Deletes ledgers every cursor has consumed, subject to retention. `slowest` is the
+    /// lowest mark-delete position over the durable cursors (None: no cursors).
+    pub async fn trim(&self, slowest: Option<Position>) -> Result<usize, MlError> {
+        let now = now_ms();
+        let (victims, version) = {
+            let st = self.inner.state.lock();
+            if st.fenced || st.closed {
+                return Ok(0);
+            }
+            let current = st.current.as_ref().map(|w| w.id());
+            let mut candidates: Vec<&LedgerInfo> = st
+                .ledgers
+                .values()
+                .filter(|l| Some(l.ledger_id) != current && l.closed_ms.is_some())
+                .filter(|l| match slowest {
+                    None => true,
+                    Some(s) => {
+                        s.ledger > l.ledger_id
+                            || (s.ledger == l.ledger_id && s.entry + 1 >= l.entries as i64)
+                    }
+                })
+                .collect();
+            // retention: keep the newest consumed ledgers within time and size limits
+            let rt = self.inner.cfg.retention_time.as_millis() as u64;
+            let rb = self.inner.cfg.retention_bytes;
+            let mut kept_bytes = 0u64;
+            candidates.reverse();
+            let mut victims = Vec::new();
+            for l in candidates {
+                let young = rt > 0 && now.saturating_sub(l.closed_ms.unwrap_or(now)) < rt;
+                let fits = rb > 0 && kept_bytes + l.size <= rb;
+                if young || fits {
+                    kept_bytes += l.size;
+                    continue;
+                }
+                victims.push(l.ledger_id);
+            }
+            (victims, st.version)
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let record = {
+            let st = self.inner.state.lock();
+            MlRecord {
+                ledgers: st
+                    .ledgers
+                    .values()
+                    .filter(|l| !victims.contains(&l.ledger_id))
+                    .cloned()
+                    .collect(),
+            }
+        };
+        let v = self.put_record(&record, version).await?;
+        {
+            let mut st = self.inner.state.lock();
+            st.version = v;
+            for id in &victims {
+                st.ledgers.remove(id);
+                st.readers.remove(id);
+                st.counts.remove(id);
+            }
+        }
+        {
+            let mut c = self.inner.cache.lock();
+            let keep = c.entries.split_off(&Position::new(
+                victims.iter().max().copied().unwrap_or(0) + 1,
+                -1,
+            ));
+            c.entries = keep;
+            c.bytes = c.entries.values().map(|d| d.len()).sum();
+        }
+        for id in &victims {
+            if let Err(e) = self.inner.client.delete(*id).await {
+                warn!(topic = %self.inner.name, ledger_id = id, error = %e, "ledger trimmed from the log but not deleted");
+            }
+        }
+        info!(topic = %self.inner.name, ledgers = ?victims, "trimmed consumed ledgers");
+        Ok(victims.len())
+    }
+
+    async fn put_record(&self, record: &MlRecord, version: u64) -> Result<u64, MlError> {
+        match self
+            .inner
+            .meta
+            .put_json(&self.inner.key, record, Expected::Version(version))
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(MetaError::BadVersion { .. }) => {
+                self.inner.state.lock().fenced = true;
+                Err(MlError::Fenced(self.inner.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Seals the current ledger and stops accepting appends (pending ones finish first).
+    pub async fn close(&self) -> Result<(), MlError> {
+        let (tx, rx) = oneshot::channel();
+        // an empty append with 0 messages is the close marker
+        if self
+            .appends
+            .send(AppendReq {
+                data: Bytes::new(),
+                messages: u32::MAX,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(Position::new(0, -1))).map(|_| ())
+    }
+
+    /// Deletes the whole log: every ledger and the record.
+    pub async fn delete(&self) -> Result<(), MlError> {
+        let _ = self.close().await;
+        let (ids, version) = {
+            let st = self.inner.state.lock();
+            (st.ledgers.keys().copied().collect::<Vec<_>>(), st.version)
+        };
+        match self
+            .inner
+            .meta
+            .delete(&self.inner.key, Expected::Version(version))
+            .await
+        {
+            Ok(()) | Err(MetaError::NotFound(_)) => {}
+            Err(MetaError::BadVersion { .. }) => {
+                return Err(MlError::Fenced(self.inner.name.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for id in ids {
+            if let Err(e) = self.inner.client.delete(id).await {
+                warn!(topic = %self.inner.name, ledger_id = id, error = %e, "could not delete ledger");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The single writer of a managed ledger: takes appends in order, pipelines them into the
+/// current ledger, and rolls over between them.
+async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
+    type Pending =
+        std::pin::Pin<Box<dyn Future<Output = (Result<u64, LedgerError>, AppendReq, u64)> + Send>>;
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut broken = false;
+    loop {
+        tokio::select! {
+            biased;
+            Some((res, req, ledger)) = pending.next(), if !pending.is_empty() => {
+                match res {
+                    Ok(entry) => completed(&inner, ledger, entry, req),
+                    Err(e) => {
+                        warn!(topic = %inner.name, ledger_id = ledger, error = %e, "append failed");
+                        broken = true;
+                        let _ = req.reply.send(Err(e.into()));
+                    }
+                }
+            }
+            req = rx.recv() => {
+                let Some(req) = req else { break };
+                if req.messages == u32::MAX {
+                    // close: finish what is in flight, then seal
+                    while let Some((res, r, ledger)) = pending.next().await {
+                        match res {
+                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
+                        }
+                    }
+                    let res = seal_current(&inner, broken).await;
+                    inner.state.lock().closed = true;
+                    let _ = req.reply.send(res.map(|_| Position::new(0, -1)));
+                    rx.close();
+                    while let Some(r) = rx.recv().await {
+                        let _ = r.reply.send(Err(MlError::Closed(inner.name.clone())));
+                    }
+                    return;
+                }
+                let roll = {
+                    let st = inner.state.lock();
+                    if st.fenced {
+                        let _ = req.reply.send(Err(MlError::Fenced(inner.name.clone())));
+                        continue;
+                    }
+                    match &st.current {
+                        None => true,
+                        Some(w) => {
+                            let info = st.ledgers.get(&w.id());
+                            let age = info.map_or(0, |l| now_ms().saturating_sub(l.timestamp_ms));
+                            broken
+                                || info.is_some_and(|l| {
+                                    l.entries + pending.len() as u64 >= inner.cfg.max_entries_per_ledger
+                                        || l.size >= inner.cfg.max_ledger_bytes
+                                })
+                                || age >= inner.cfg.max_ledger_age.as_millis() as u64
+                        }
+                    }
+                };
+                if roll {
+                    while let Some((res, r, ledger)) = pending.next().await {
+                        match res {
+                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
+                        }
+                    }
+                    match rollover(&inner, broken).await {
+                        Ok(()) => broken = false,
+                        Err(e) => {
+                            warn!(topic = %inner.name, error = %e, "rollover failed");
+                            let _ = req.reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+                let writer = inner.state.lock().current.clone();
+                let Some(writer) = writer else {
+                    let _ = req.reply.send(Err(MlError::Closed(inner.name.clone())));
+                    continue;
+                };
+                let ledger = writer.id();
+                match writer.submit(req.data.clone()) {
+                    Ok(fut) => pending.push_back(Box::pin(async move { (fut.await, req, ledger) })),
+                    Err(e) => {
+                        broken = true;
+                        let _ = req.reply.send(Err(e.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) {
+    let pos = Position::new(ledger, entry as i64);
+    let len = req.data.len() as u64;
+    {
+        let mut st = inner.state.lock();
+        if let Some(l) = st.ledgers.get_mut(&ledger) {
+            l.entries = l.entries.max(entry + 1);
+            l.size += len;
+            l.messages = Some(l.messages.unwrap_or(0) + req.messages as u64);
+        }
+        let c = st.counts.entry(ledger).or_default();
+        let prev = c.last().copied().unwrap_or(0);
+        c.push(prev + req.messages as u64);
+    }
+    inner.stats.entries_added.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .messages_added
+        .fetch_add(req.messages as u64, Ordering::Relaxed);
+    inner.stats.bytes_added.fetch_add(len, Ordering::Relaxed);
+    inner.cache.lock().insert(pos, req.data.clone());
+    inner.last.send_replace(pos);
+    let _ = req.reply.send(Ok(pos));
+}
+
+/// Closes the current ledger (recovering it if its writer failed) and records that.
+async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
+    let (writer, version) = {
+        let mut st = inner.state.lock();
+        (st.current.take(), st.version)
+    };
+    let Some(writer) = writer else { return Ok(()) };
+    let id = writer.id();
+    let last = if broken {
+        inner.client.open_for_recovery(id).await?.last_entry()
+    } else {
+        match writer.close().await {
+            Ok(l) => l,
+            Err(LedgerError::Fenced(_)) => {
+                inner.state.lock().fenced = true;
+                return Err(MlError::Fenced(inner.name.clone()));
+            }
+            Err(e) => {
+                warn!(topic = %inner.name, ledger_id = id, error = %e, "close failed; recovering the ledger");
+                inner.client.open_for_recovery(id).await?.last_entry()
+            }
+        }
+    };
+    let record = {
+        let mut st = inner.state.lock();
+        if let Some(l) = st.ledgers.get_mut(&id) {
+            l.entries = (last + 1) as u64;
+            l.closed_ms = Some(now_ms());
+            if let Some(c) = st.counts.get(&id) {
+                let n = c.get(last as usize).copied().unwrap_or(0);
+                if let Some(l) = st.ledgers.get_mut(&id) {
+                    l.messages = Some(n);
+                }
+            }
+        }
+        if last < 0 {
+            st.ledgers.remove(&id);
+        }
+        MlRecord {
+            ledgers: st.ledgers.values().cloned().collect(),
+        }
+    };
+    let v = put_record(inner, &record, version).await?;
+    inner.state.lock().version = v;
+    if last < 0 {
+        let _ = inner.client.delete(id).await;
+    }
+    info!(topic = %inner.name, ledger_id = id, last_entry = last, "ledger closed");
+    Ok(())
+}
+
+async fn put_record(inner: &MlInner, record: &MlRecord, version: u64) -> Result<u64, MlError> {
+    match inner
+        .meta
+        .put_json(&inner.key, record, Expected::Version(version))
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(MetaError::BadVersion { .. }) => {
+            inner.state.lock().fenced = true;
+            Err(MlError::Fenced(inner.name.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
+    seal_current(inner, broken).await?;
+    let writer = inner
+        .client
+        .create(
+            inner.cfg.ensemble_size,
+            inner.cfg.write_quorum,
+            inner.cfg.ack_quorum,
+        )
+        .await?;
+    let id = writer.id();
+    let (record, version) = {
+        let mut st = inner.state.lock();
+        st.ledgers.insert(
+            id,
+            LedgerInfo {
+                ledger_id: id,
+                entries: 0,
+                size: 0,
+                messages: Some(0),
+                timestamp_ms: now_ms(),
+                closed_ms: None,
+            },
+        );
+        (
+            MlRecord {
+                ledgers: st.ledgers.values().cloned().collect(),
+            },
+            st.version,
+        )
+    };
+    match put_record(inner, &record, version).await {
+        Ok(v) => {
+            let mut st = inner.state.lock();
+            st.version = v;
+            st.current = Some(writer);
+            st.counts.insert(id, Vec::new());
+            info!(topic = %inner.name, ledger_id = id, "rolled over to a new ledger");
+            Ok(())
+        }
+        Err(e) => {
+            inner.state.lock().ledgers.remove(&id);
+            let _ = inner.client.delete(id).await;
+            Err(e)
+        }
+    }
+}

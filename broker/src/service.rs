@@ -1,0 +1,322 @@
+//! The broker service: configuration, the topics this broker has loaded, and the cluster,
+//! tenant and namespace records it needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use magnetar_bookie::ledger::LedgerClient;
+use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
+use magnetar_protocol::ServerError;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
+use crate::names::{Domain, TopicName};
+use crate::topic::Topic;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub cluster: String,
+    /// Host clients are told to connect to.
+    pub advertised_address: String,
+    pub broker_port: u16,
+    pub web_port: u16,
+    pub max_message_size: usize,
+    pub allow_auto_topic_creation: bool,
+    pub keepalive: Duration,
+    pub ml: MlConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            cluster: "standalone".into(),
+            advertised_address: "127.0.0.1".into(),
+            broker_port: 6650,
+            web_port: 8080,
+            max_message_size: magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE,
+            allow_auto_topic_creation: true,
+            keepalive: Duration::from_secs(30),
+            ml: MlConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn service_url(&self) -> String {
+        format!("pulsar://{}:{}", self.advertised_address, self.broker_port)
+    }
+
+    pub fn web_url(&self) -> String {
+        format!("http://{}:{}", self.advertised_address, self.web_port)
+    }
+}
+
+/// An error for a client: the protocol's code and a message.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub code: ServerError,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(code: ServerError, message: impl Into<String>) -> ClientError {
+        ClientError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MlError> for ClientError {
+    fn from(e: MlError) -> Self {
+        let code = match &e {
+            MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
+            MlError::Meta(_) => ServerError::MetadataError,
+            _ => ServerError::PersistenceError,
+        };
+        ClientError::new(code, e.to_string())
+    }
+}
+
+impl From<MetaError> for ClientError {
+    fn from(e: MetaError) -> Self {
+        ClientError::new(ServerError::MetadataError, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionedMetadata {
+    pub partitions: u32,
+    #[serde(default)]
+    pub properties: HashMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub producers: AtomicU64,
+    pub consumers: AtomicU64,
+}
+
+type TopicCell = Arc<OnceCell<Arc<Topic>>>;
+
+pub struct BrokerService {
+    pub cfg: BrokerConfig,
+    pub meta: MetaStore,
+    pub ledgers: LedgerClient,
+    topics: Mutex<HashMap<String, TopicCell>>,
+    pub stats: BrokerStats,
+    next_producer: AtomicU64,
+    pub ready: AtomicBool,
+    pub started_ms: u64,
+}
+
+impl std::fmt::Debug for BrokerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerService").finish()
+    }
+}
+
+pub fn partitioned_key(t: &TopicName) -> String {
+    format!("/admin/partitioned-topics/{}", t.path())
+}
+
+impl BrokerService {
+    pub fn new(cfg: BrokerConfig, meta: MetaStore, ledgers: LedgerClient) -> Arc<BrokerService> {
+        Arc::new(BrokerService {
+            cfg,
+            meta,
+            ledgers,
+            topics: Mutex::default(),
+            stats: BrokerStats::default(),
+            next_producer: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            started_ms: crate::managed_ledger::now_ms(),
+        })
+    }
+
+    /// Creates cluster, tenant `public` and namespace `public/default` if missing.
+    pub async fn init_cluster(&self) -> Result<(), MetaError> {
+        let c = &self.cfg.cluster;
+        let records = [
+            (
+                format!("/admin/clusters/{c}"),
+                serde_json::json!({
+                    "serviceUrl": self.cfg.web_url(),
+                    "brokerServiceUrl": self.cfg.service_url(),
+                }),
+            ),
+            (
+                "/admin/policies/public".to_string(),
+                serde_json::json!({"adminRoles": [], "allowedClusters": [c]}),
+            ),
+            (
+                "/admin/policies/public/default".to_string(),
+                serde_json::json!({"replication_clusters": [c]}),
+            ),
+        ];
+        for (key, value) in records {
+            match self.meta.put_json(&key, &value, Expected::Absent).await {
+                Ok(_) => info!(key = %key, "created"),
+                Err(MetaError::BadVersion { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn producer_name(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.cfg.cluster,
+            self.started_ms % 100_000,
+            self.next_producer.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub async fn partitions(&self, t: &TopicName) -> Result<Option<u32>, ClientError> {
+        Ok(self
+            .meta
+            .get_json::<PartitionedMetadata>(&partitioned_key(t))
+            .await?
+            .map(|v| v.value.partitions))
+    }
+
+    /// Whether a persistent topic has a log.
+    pub async fn topic_exists(&self, t: &TopicName) -> Result<bool, ClientError> {
+        if self
+            .topics
+            .lock()
+            .get(&t.to_string())
+            .is_some_and(|c| c.initialized())
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .meta
+            .get(&format!("/managed-ledgers/{}", t.path()))
+            .await?
+            .is_some())
+    }
+
+    /// The loaded topic, loading (and creating, if `create`) it first.
+    pub async fn topic(&self, t: &TopicName, create: bool) -> Result<Arc<Topic>, ClientError> {
+        if t.domain == Domain::NonPersistent {
+            return Err(ClientError::new(
+                ServerError::NotAllowedError,
+                "non-persistent topics are not supported yet",
+            ));
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(ClientError::new(
+                ServerError::ServiceNotReady,
+                "broker is starting or stopping",
+            ));
+        }
+        let full = t.to_string();
+        let cell = {
+            let map = self.topics.lock();
+            map.get(&full).cloned()
+        };
+        if let Some(c) = &cell
+            && let Some(topic) = c.get()
+        {
+            return Ok(Arc::clone(topic));
+        }
+        if !create && !self.topic_exists(t).await? {
+            return Err(ClientError::new(
+                ServerError::TopicNotFound,
+                format!("Topic {full} does not exist"),
+            ));
+        }
+        if let Some(p) = self.partitions(t).await?
+            && p > 0
+        {
+            return Err(ClientError::new(
+                ServerError::NotAllowedError,
+                format!("{full} is a partitioned topic; use its partitions"),
+            ));
+        }
+        let cell = Arc::clone(self.topics.lock().entry(full.clone()).or_default());
+        let topic = cell
+            .get_or_try_init(|| async {
+                let ml = ManagedLedger::open(
+                    &full,
+                    &t.path(),
+                    self.ledgers.clone(),
+                    self.cfg.ml.clone(),
+                )
+                .await?;
+                Topic::load(t.clone(), ml, self.meta.clone()).await
+            })
+            .await
+            .map_err(ClientError::from)?;
+        Ok(Arc::clone(topic))
+    }
+
+    /// Topics loaded in this broker.
+    pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .lock()
+            .values()
+            .filter_map(|c| c.get().cloned())
+            .collect()
+    }
+
+    pub fn loaded(&self, full: &str) -> Option<Arc<Topic>> {
+        self.topics.lock().get(full).and_then(|c| c.get().cloned())
+    }
+
+    /// Every persistent topic of a namespace that has a log (partitions listed individually).
+    pub async fn namespace_topics(
+        &self,
+        tenant: &str,
+        ns: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        let names = self
+            .meta
+            .children(&format!("/managed-ledgers/{tenant}/{ns}/persistent"))
+            .await?;
+        Ok(names
+            .into_iter()
+            .map(|n| format!("persistent://{tenant}/{ns}/{n}"))
+            .collect())
+    }
+
+    /// Periodic housekeeping: trims consumed ledgers.
+    pub async fn housekeeping(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for t in self.loaded_topics() {
+                t.update_rates();
+                if let Err(e) = t.ml.trim(t.slowest_cursor()).await {
+                    warn!(topic = %t.full, error = %e, "trim failed");
+                }
+            }
+        }
+    }
+
+    /// Unloads a topic: closes it and forgets it (the next use loads it again).
+    pub async fn unload(&self, full: &str) {
+        let cell = self.topics.lock().remove(full);
+        if let Some(t) = cell.and_then(|c| c.get().cloned()) {
+            t.close().await;
+        }
+    }
+
+    /// Clean shutdown: every topic closed, cursors flushed.
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        let topics: Vec<String> = self.topics.lock().keys().cloned().collect();
+        for t in topics {
+            self.unload(&t).await;
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `magnetar standalone`: RocksDB meta, an in-process bookie (the real journal and ledger
+//! storage, reached through the same ledger client a cluster broker uses), the broker and its
+//! HTTP side, in one process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use magnetar_bookie::ledger::{BOOKIES_PATH, LedgerClient};
+use magnetar_bookie::server::{self, Bookie, BookieConfig};
+use magnetar_broker::managed_ledger::MlConfig;
+use magnetar_broker::service::{BrokerConfig, BrokerService};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+#[derive(Args, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StandaloneArgs {
+    /// TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "MAGNETAR_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Where metadata, journal and ledgers live [default: ./data/standalone].
+    #[arg(long, env = "MAGNETAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "MAGNETAR_BIND")]
+    bind: Option<IpAddr>,
+    /// Host clients are told to connect to [default: the bind address].
+    #[arg(long, env = "MAGNETAR_ADVERTISED_ADDRESS")]
+    advertised_address: Option<String>,
+    /// Pulsar binary protocol port [default: 6650].
+    #[arg(long, env = "MAGNETAR_BROKER_PORT")]
+    broker_port: Option<u16>,
+    /// HTTP port: admin API, health, metrics [default: 8080].
+    #[arg(long, env = "MAGNETAR_WEB_PORT")]
+    web_port: Option<u16>,
+    /// Port of the in-process bookie; keep it stable across restarts, since the bookie's
+    /// address names it in ledger metadata [default: 3181].
+    #[arg(long, env = "MAGNETAR_BOOKIE_PORT")]
+    bookie_port: Option<u16>,
+    /// Cluster name [default: standalone].
+    #[arg(long, env = "MAGNETAR_CLUSTER")]
+    cluster: Option<String>,
+    /// Largest message accepted, in bytes; announced to clients [default: 5242880].
+    #[arg(long, env = "MAGNETAR_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Create topics on first use [default: true].
+    #[arg(long, env = "MAGNETAR_ALLOW_AUTO_TOPIC_CREATION")]
+    allow_auto_topic_creation: Option<bool>,
+    /// Roll a topic's ledger over after this many entries [default: 50000].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER")]
+    managed_ledger_max_entries_per_ledger: Option<u64>,
+    /// Roll a topic's ledger over after this many minutes [default: 240].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_LEDGER_ROLLOVER_TIME_MINUTES")]
+    managed_ledger_max_ledger_rollover_time_minutes: Option<u64>,
+    /// Roll a topic's ledger over at this size in MB [default: 2048].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_SIZE_PER_LEDGER_MBYTES")]
+    managed_ledger_max_size_per_ledger_mbytes: Option<u64>,
+    /// Entry cache per topic, in MB [default: 32].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_CACHE_SIZE_MB")]
+    managed_ledger_cache_size_mb: Option<usize>,
+    /// Keep consumed messages this many minutes [default: 0].
+    #[arg(long, env = "MAGNETAR_DEFAULT_RETENTION_TIME_IN_MINUTES")]
+    default_retention_time_in_minutes: Option<u64>,
+    /// Keep consumed messages up to this many MB [default: 0].
+    #[arg(long, env = "MAGNETAR_DEFAULT_RETENTION_SIZE_IN_MB")]
+    default_retention_size_in_mb: Option<u64>,
+    /// Keepalive interval: PING an idle client, drop it if the next tick hears nothing
+    /// [default: 30].
+    #[arg(long, env = "MAGNETAR_KEEP_ALIVE_INTERVAL_SECONDS")]
+    keep_alive_interval_seconds: Option<u64>,
+    /// Hold a small journal group open this many microseconds for more adds [default: 0].
+    #[arg(long, env = "MAGNETAR_JOURNAL_MAX_GROUP_WAIT_US")]
+    journal_max_group_wait_us: Option<u64>,
+    /// How often consumed ledgers are trimmed and rates computed, in seconds [default: 10].
+    #[arg(long, env = "MAGNETAR_HOUSEKEEPING_INTERVAL_SECS")]
+    housekeeping_interval_secs: Option<u64>,
+}
+
+impl StandaloneArgs {
+    /// Fills every unset flag from the config file.
+    pub fn merge_file(mut self) -> Result<StandaloneArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        let file: StandaloneArgs =
+            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            data_dir,
+            bind,
+            advertised_address,
+            broker_port,
+            web_port,
+            bookie_port,
+            cluster,
+            max_message_size,
+            allow_auto_topic_creation,
+            managed_ledger_max_entries_per_ledger,
+            managed_ledger_max_ledger_rollover_time_minutes,
+            managed_ledger_max_size_per_ledger_mbytes,
+            managed_ledger_cache_size_mb,
+            default_retention_time_in_minutes,
+            default_retention_size_in_mb,
+            keep_alive_interval_seconds,
+            journal_max_group_wait_us,
+            housekeeping_interval_secs
+        );
+        Ok(self)
+    }
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(args: StandaloneArgs) -> Result<()> {
+    let started = Instant::now();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data/standalone"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create data dir {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().context("resolve data dir")?;
+    let bind = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let advertised = args
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| bind.to_string());
+
+    // metadata
+    let meta_url = format!("rocksdb://{}", data_dir.join("meta").display());
+    let meta = magnetar_meta::connect(&meta_url)
+        .await
+        .with_context(|| format!("open metadata store {meta_url}"))?;
+
+    // bookie
+    let mut bcfg = BookieConfig::new(data_dir.join("bookie"));
+    if let Some(us) = args.journal_max_group_wait_us {
+        bcfg.journal.max_group_wait = Duration::from_micros(us);
+    }
+    bcfg.min_free_disk_bytes = 256 << 20;
+    bcfg.max_entry_bytes = args
+        .max_message_size
+        .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE)
+        + magnetar_protocol::FRAME_PADDING
+        + 64 * 1024;
+    let bookie_meta = meta.clone();
+    let bookie = tokio::task::spawn_blocking(move || Bookie::open(bcfg, Some(bookie_meta)))
+        .await
+        .context("open bookie")??;
+    let bookie_addr = SocketAddr::new(bind, args.bookie_port.unwrap_or(3181));
+    let bookie_listener = server::bind(bookie_addr).await?;
+    let (stop_bookie, bookie_stopped) = tokio::sync::oneshot::channel::<()>();
+    let bookie_task = tokio::spawn(server::serve(Arc::clone(&bookie), bookie_listener, async {
+        let _ = bookie_stopped.await;
+    }));
+    tokio::spawn(Arc::clone(&bookie).run_flusher());
+    let bookie_name = format!("{}:{}", bind, bookie_addr.port());
+    tokio::spawn(magnetar_bookie::registration::register(
+        meta.clone(),
+        bookie_name.clone(),
+        None,
+        Duration::from_secs(10),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta
+        .children(BOOKIES_PATH)
+        .await
+        .map(|c| c.contains(&bookie_name))
+        .unwrap_or(false)
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("the in-process bookie did not register within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // broker
+    let defaults = MlConfig::default();
+    let ml = MlConfig {
+        max_entries_per_ledger: args
+            .managed_ledger_max_entries_per_ledger
+            .unwrap_or(defaults.max_entries_per_ledger)
+            .max(1),
+        max_ledger_age: args
+            .managed_ledger_max_ledger_rollover_time_minutes
+            .map_or(defaults.max_ledger_age, |m| Duration::from_secs(m * 60)),
+        max_ledger_bytes: args
+            .managed_ledger_max_size_per_ledger_mbytes
+            .map_or(defaults.max_ledger_bytes, |m| m << 20),
+        cache_bytes: args
+            .managed_ledger_cache_size_mb
+            .map_or(defaults.cache_bytes, |m| m << 20),
+        retention_time: Duration::from_secs(
+            args.default_retention_time_in_minutes.unwrap_or(0) * 60,
+        ),
+        retention_bytes: args.default_retention_size_in_mb.unwrap_or(0) << 20,
+        ..defaults
+    };
+    let broker_addr = SocketAddr::new(bind, args.broker_port.unwrap_or(6650));
+    let web_addr = SocketAddr::new(bind, args.web_port.unwrap_or(8080));
+    let listener = tokio::net::TcpListener::bind(broker_addr)
+        .await
+        .with_context(|| format!("bind broker port {broker_addr}"))?;
+    let web = tokio::net::TcpListener::bind(web_addr)
+        .await
+        .with_context(|| format!("bind web port {web_addr}"))?;
+    let broker_addr = listener.local_addr().context("broker address")?;
+    let web_addr = web.local_addr().context("web address")?;
+    let cfg = BrokerConfig {
+        cluster: args.cluster.clone().unwrap_or_else(|| "standalone".into()),
+        advertised_address: advertised,
+        broker_port: broker_addr.port(),
+        web_port: web_addr.port(),
+        max_message_size: args
+            .max_message_size
+            .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE),
+        allow_auto_topic_creation: args.allow_auto_topic_creation.unwrap_or(true),
+        keepalive: Duration::from_secs(args.keep_alive_interval_seconds.unwrap_or(30).max(1)),
+        ml,
+    };
+    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
+    let svc = BrokerService::new(cfg, meta.clone(), ledgers);
+    svc.init_cluster()
+        .await
+        .context("create cluster, tenant and namespace records")?;
+    let app = magnetar_broker::http::router(Arc::clone(&svc));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(web, app).await {
+            warn!(error = %e, "http server stopped");
+        }
+    });
+    let every = Duration::from_secs(args.housekeeping_interval_secs.unwrap_or(10).max(1));
+    tokio::spawn(Arc::clone(&svc).housekeeping(every));
+    svc.ready.store(true, Ordering::Release);
+    info!(
+        service_url = %svc.cfg.service_url(),
+        web_url = %svc.cfg.web_url(),
+        bookie = %bookie_name,
+        data_dir = %data_dir.display(),
+        ms = started.elapsed().as_millis() as u64,
+        "magnetar standalone ready"
+    );
+
+    magnetar_broker::connection::serve(Arc::clone(&svc), listener, terminated()).await;
+    info!("shutting down: closing topics and flushing cursors");
+    svc.shutdown().await;
+    let _ = stop_bookie.send(());
+    let _ = bookie_task.await;
+    bookie.flush().await.context("final bookie flush")?;
+    info!("standalone stopped");
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! A stored entry: what follows the command in a payload frame, as the broker keeps it.
+//!
+//! Layout: `[0x0e01 u16][crc32c u32][metadata size u32][MessageMetadata][payload]`, the CRC
+//! covering everything after itself. Entries are stored and forwarded exactly in this shape,
+//! so delivering one is a copy of bytes, never a re-encode.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::proto::MessageMetadata;
+
+pub const MAGIC_CRC32C: u16 = 0x0e01;
+pub const MAGIC_BROKER_ENTRY_METADATA: u16 = 0x0e02;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("entry truncated: {0}")]
+    Truncated(&'static str),
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("metadata size {size} exceeds the {available} bytes left")]
+    MetadataSize { size: usize, available: usize },
+    #[error("undecodable message metadata: {0}")]
+    Metadata(String),
+}
+
+/// A decoded entry; `raw` is the whole stored form (magic onwards).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub metadata: MessageMetadata,
+    pub payload: Bytes,
+    pub raw: Bytes,
+}
+
+impl Entry {
+    /// Messages in this entry: a batch counts each of its messages.
+    pub fn num_messages(&self) -> u32 {
+        message_count(&self.metadata)
+    }
+}
+
+/// Messages an entry holds according to its metadata (at least 1).
+pub fn message_count(m: &MessageMetadata) -> u32 {
+    m.num_messages_in_batch.map_or(1, |n| n.max(1) as u32)
+}
+
+/// Builds the stored form of `metadata` + `payload`, checksum included.
+pub fn encode_entry(metadata: &MessageMetadata, payload: &[u8]) -> Bytes {
+    let meta_len = metadata.encoded_len();
+    let mut out = BytesMut::with_capacity(2 + 4 + 4 + meta_len + payload.len());
+    out.put_u16(MAGIC_CRC32C);
+    out.put_u32(0);
+    out.put_u32(meta_len as u32);
+    // encoding into a BytesMut with enough capacity cannot fail
+    let _ = metadata.encode(&mut out);
+    out.put_slice(payload);
+    let crc = crc32c::crc32c(&out[6..]);
+    out[2..6].copy_from_slice(&crc.to_be_bytes());
+    out.freeze()
+}
+
+/// Brings a received payload section (after the command, after any broker-entry-metadata
+/// block) into stored form: verifies the checksum if present, adds one if absent.
+pub fn normalize(section: Bytes) -> Result<Entry, EntryError> {
+    if section.len() >= 2 && section[..2] == MAGIC_CRC32C.to_be_bytes() {
+        return parse_entry(section);
+    }
+    // An old client without checksum: [metadata size][metadata][payload].
+    let (metadata, payload) = split_metadata(section)?;
+    let raw = encode_entry(&metadata, &payload);
+    Ok(Entry {
+        metadata,
+        payload,
+        raw,
+    })
+}
+
+/// Parses and verifies an entry in stored form.
+pub fn parse_entry(raw: Bytes) -> Result<Entry, EntryError> {
+    if raw.len() < 6 {
+        return Err(EntryError::Truncated("magic and checksum"));
+    }
+    let stored = u32::from_be_bytes([raw[2], raw[3], raw[4], raw[5]]);
+    let computed = crc32c::crc32c(&raw[6..]);
+    if stored != computed {
+        return Err(EntryError::Checksum { stored, computed });
+    }
+    let (metadata, payload) = split_metadata(raw.slice(6..))?;
+    Ok(Entry {
+        metadata,
+        payload,
+        raw,
+    })
+}
+
+/// Reads only the metadata of an entry in stored form, without checking the CRC.
+pub fn peek_metadata(raw: &[u8]) -> Result<MessageMetadata, EntryError> {
+    if raw.len() < 10 {
+        return Err(EntryError::Truncated("metadata size"));
+    }
+    let size = u32::from_be_bytes([raw[6], raw[7], raw[8], raw[9]]) as usize;
+    let rest = &raw[10..];
+    if size > rest.len() {
+        return Err(EntryError::MetadataSize {
+            size,
+            available: rest.len(),
+        });
+    }
+    MessageMetadata::decode(&rest[..size]).map_err(|e| EntryError::Metadata(e.to_string()))
+}
+
+fn split_metadata(mut b: Bytes) -> Result<(MessageMetadata, Bytes), EntryError> {
+    if b.len() < 4 {
+        return Err(EntryError::Truncated("metadata size"));
+    }
+    let size = b.get_u32() as usize;
+    if size > b.len() {
+        return Err(EntryError::MetadataSize {
+            size,
+            available: b.len(),
+        });
+    }
+    let meta = b.split_to(size);
+    let metadata =
+        MessageMetadata::decode(meta).map_err(|e| EntryError::Metadata(e.to_string()))?;
+    Ok((metadata, b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn meta() -> MessageMetadata {
+        MessageMetadata {
+            producer_name: "p".into(),
+            sequence_id: 7,
+            publish_time: 1234,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let raw = encode_entry(&meta(), b"hello");
+        let e = parse_entry(raw.clone()).unwrap();
+        assert_eq!(e.metadata.sequence_id, 7);
+        assert_eq!(&e.payload[..], b"hello");
+        assert_eq!(e.num_messages(), 1);
+        let mut bad = raw.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            parse_entry(Bytes::from(bad)),
+            Err(EntryError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn entries_without_checksum_get_one() {
+        let m = meta();
+        let mut section = BytesMut::new();
+        section.put_u32(m.encoded_len() as u32);
+        m.encode(&mut section).unwrap();
+        section.put_slice(b"xyz");
+        let e = normalize(section.freeze()).unwrap();
+        assert_eq!(&e.payload[..], b"xyz");
+        parse_entry(e.raw).unwrap();
+    }
+
+    #[test]
+    fn peek_reads_metadata() {
+        let raw = encode_entry(&meta(), &[0u8; 100_000]);
+        assert_eq!(peek_metadata(&raw).unwrap().publish_time, 1234);
+    }
+}
