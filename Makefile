@@ -32,10 +32,8 @@ lint: deps ## formatting and clippy, as CI runs them
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-run: deps ## run Magnetar standalone (not built yet: see README, Status)
-	@echo "magnetar standalone does not exist yet: the broker lands with issue #4." >&2
-	@echo "Today Magnetar is its metadata store; try: make bench-meta" >&2
-	@exit 2
+run: deps ## run Magnetar standalone on 6650 (binary) and 8080 (HTTP), data in ./data
+	$(CARGO) run --release --bin magnetar -- standalone $(ARGS)
 
 bench-meta: deps ## metadata store put/get/CAS throughput on RocksDB and etcd
 	$(CARGO) build --release -p magnetar-cli --bin magnetar-perf

@@ -15,6 +15,9 @@ command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 # Tests: a real etcd for the cluster metadata backend.
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+# Tests: Python 3 with venv, for the official pulsar-client (C++ core).
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: installing ${need_apt[*]}" >&2
@@ -33,4 +36,13 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1
+fi
+
+# The official Python client for the compatibility tests, in a venv outside the clone.
+VENV="${MAGNETAR_VENV:-$HOME/.cache/magnetar/venv}"
+PULSAR_CLIENT_VERSION="${PULSAR_CLIENT_VERSION:-3.13.0}"
+if ! "$VENV/bin/python" -c "import pulsar" >/dev/null 2>&1; then
+  echo "install-deps: creating $VENV with pulsar-client $PULSAR_CLIENT_VERSION" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "pulsar-client==$PULSAR_CLIENT_VERSION"
 fi

@@ -268,8 +268,21 @@ impl Connection {
         } else if let Some(cp) = c.close_producer {
             self.close_producer(cp.producer_id, cp.request_id);
         } else if let Some(cc) = c.close_consumer {
+            // answer once the acks it sent are durable: a clean close loses nothing
+            let cursor = self
+                .consumers
+                .get(&cc.consumer_id)
+                .map(|cs| Arc::clone(&cs.sub.cursor));
             self.close_consumer(cc.consumer_id);
-            self.tx.send(commands::success(cc.request_id));
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                if let Some(cursor) = cursor
+                    && let Err(e) = cursor.flush().await
+                {
+                    warn!(cursor = %cursor.name, error = %e, "cursor flush on close failed");
+                }
+                tx.send(commands::success(cc.request_id));
+            });
         } else if let Some(r) = c.redeliver_unacknowledged_messages {
             self.handle_redeliver(r);
         } else if let Some(u) = c.unsubscribe {
@@ -497,9 +510,14 @@ impl Connection {
     }
 
     async fn handle_subscribe(&mut self, s: CommandSubscribe) {
-        if self.consumers.contains_key(&s.consumer_id) {
-            self.tx.send(commands::success(s.request_id));
-            return;
+        if let Some(cs) = self.consumers.get(&s.consumer_id) {
+            if !cs.consumer.kicked.load(Ordering::Acquire) {
+                self.tx.send(commands::success(s.request_id));
+                return;
+            }
+            // closed by the broker (seek): this is the client coming back
+            self.consumers.remove(&s.consumer_id);
+            self.svc.stats.consumers.fetch_sub(1, Ordering::Relaxed);
         }
         let r = async {
             let t = self.parse_topic(&s.topic)?;
@@ -568,6 +586,9 @@ impl Connection {
             return;
         };
         self.svc.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        if cs.consumer.kicked.load(Ordering::Acquire) {
+            return;
+        }
         let left = cs.sub.remove_consumer(cs.consumer.key);
         if left == 0 && !cs.sub.cursor.is_durable() {
             let topic = cs.topic;
@@ -582,6 +603,10 @@ impl Connection {
         let Some(cs) = self.consumers.get(&a.consumer_id) else {
             return;
         };
+        if cs.consumer.kicked.load(Ordering::Acquire) {
+            // acks a client flushes after a seek detached it refer to the old position
+            return;
+        }
         let sub = Arc::clone(&cs.sub);
         let seq = if a.ack_type == AckType::Cumulative as i32 {
             let Some(id) = a.message_id.first() else {
@@ -729,12 +754,17 @@ impl Connection {
                 ),
             );
         };
+        let detached = cs.sub.detach_consumers();
         let seq = cs.sub.reset(md);
         if let Err(e) = cs.sub.cursor.persisted(seq).await {
             return self.error(s.request_id, ClientError::new(ServerError::UnknownError, e));
         }
         info!(topic = %cs.topic.full, subscription = %cs.sub.name, mark_delete = %md, "subscription reset");
         self.tx.send(commands::success(s.request_id));
+        // as Pulsar does: consumers reconnect, dropping what they prefetched before the seek
+        for c in detached {
+            c.conn.send(commands::close_consumer(c.consumer_id));
+        }
     }
 
     async fn handle_last_message_id(&self, g: CommandGetLastMessageId) {

@@ -44,6 +44,8 @@ pub struct Consumer {
     pub bytes_out: AtomicU64,
     pub connected_since: String,
     pub address: String,
+    /// Closed by the broker (CLOSE_CONSUMER sent); the client will subscribe again.
+    pub kicked: AtomicBool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -80,6 +82,7 @@ impl Consumer {
             bytes_out: AtomicU64::new(0),
             connected_since: crate::managed_ledger::now_ms().to_string(),
             address,
+            kicked: AtomicBool::new(false),
         })
     }
 }
@@ -351,6 +354,19 @@ impl Subscription {
         drop(st);
         self.wake.notify_one();
         seq
+    }
+
+    /// Detaches every consumer, as Pulsar does on seek: the caller sends them CLOSE_CONSUMER
+    /// (after answering the seek) and the clients subscribe again with fresh permits, having
+    /// dropped what they prefetched. Returns the detached consumers.
+    pub fn detach_consumers(&self) -> Vec<Arc<Consumer>> {
+        let mut st = self.state.lock();
+        let consumers = std::mem::take(&mut st.consumers);
+        for c in &consumers {
+            c.kicked.store(true, Ordering::Release);
+        }
+        st.active = None;
+        consumers
     }
 
     pub fn close(&self) {

@@ -371,6 +371,111 @@ impl BookieProc {
     }
 }
 
+/// A `magnetar standalone` process on free ports with its own data dir.
+pub struct StandaloneProc {
+    pub proc: Proc,
+    /// The Pulsar binary protocol address.
+    pub broker: SocketAddr,
+    /// The HTTP address (admin API, health, metrics).
+    pub web: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl StandaloneProc {
+    /// Starts `program standalone ...` and waits until it logs that it is ready.
+    pub async fn start(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
+        let dir = tempfile::Builder::new()
+            .prefix("magnetar-standalone-")
+            .tempdir()?;
+        let broker = free_port()?;
+        let web = free_port()?;
+        let bookie = free_port()?;
+        let mut args: Vec<String> = vec![
+            "standalone".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--broker-port".into(),
+            broker.to_string(),
+            "--web-port".into(),
+            web.to_string(),
+            "--bookie-port".into(),
+            bookie.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("standalone.log");
+        let mut s = StandaloneProc {
+            proc: Proc::new(&format!("standalone :{broker}"), program, args, log),
+            broker: SocketAddr::from(([127, 0, 0, 1], broker)),
+            web: SocketAddr::from(([127, 0, 0, 1], web)),
+            dir,
+        };
+        s.proc.spawn()?;
+        s.wait_ready(0).await?;
+        Ok(s)
+    }
+
+    pub fn service_url(&self) -> String {
+        format!("pulsar://{}", self.broker)
+    }
+
+    pub fn web_url(&self) -> String {
+        format!("http://{}", self.web)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proc.log_count("magnetar standalone ready") <= starts_before {
+            if self.proc.exited() {
+                bail!(
+                    "standalone exited during start-up:\n{}",
+                    self.proc.log_tail(30)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "standalone not ready after 30 s:\n{}",
+                    self.proc.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again on the same ports and data (kills it first if it still runs).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.kill9();
+        let before = self.proc.log_count("magnetar standalone ready");
+        self.proc.spawn()?;
+        self.wait_ready(before).await
+    }
+}
+
+/// The Python interpreter of the venv `scripts/install-deps.sh` makes (with `pulsar-client`):
+/// `$MAGNETAR_PYTHON`, else `~/.cache/magnetar/venv/bin/python`.
+pub fn python() -> Result<PathBuf> {
+    let p = match std::env::var_os("MAGNETAR_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/magnetar/venv/bin/python"),
+    };
+    if !p.is_file() {
+        bail!(
+            "no Python with pulsar-client at {}: run scripts/install-deps.sh (make test does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// A single-member etcd: what most tests need.
 pub struct EtcdServer(EtcdCluster);
 

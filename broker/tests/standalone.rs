@@ -1,0 +1,177 @@
+//! `magnetar standalone` driven by the official Python client (C++ core) and raw frames:
+//! semantics, kill -9 durability of receipts and acknowledgements, malformed input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use magnetar_protocol::{commands, frame};
+use magnetar_testkit::{StandaloneProc, http_get, python, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_magnetar"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../integration-tests/python")
+        .join(name)
+}
+
+/// Runs a Python script to completion; fails with its output if it fails.
+async fn run_py(name: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(python()?)
+        .arg(script(name))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run python")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+        bail!(
+            "{name} {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            tail[tail.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    Ok(stdout)
+}
+
+#[tokio::test]
+async fn python_client_semantics() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let health = http_get(sa.web, "/admin/v2/brokers/health")?;
+    assert!(
+        health.contains("200 OK") && health.ends_with("ok"),
+        "{health}"
+    );
+    let out = run_py("semantics.py", &[&sa.service_url()]).await?;
+    println!("{out}");
+    let stats = http_get(sa.web, "/metrics")?;
+    assert!(stats.contains("pulsar_broker_topics_count"), "{stats}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &[]).await?;
+    let dir = tempfile::tempdir()?;
+    let receipts = dir.path().join("receipts");
+    let receipts_s = receipts.display().to_string();
+    let url = sa.service_url();
+    let topic = "persistent://public/default/durable-stream";
+    let producer = tokio::process::Command::new(python()?)
+        .arg(script("durability.py"))
+        .args(["produce", &url, topic, &receipts_s, "1000000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let count = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(30), "2000 receipts", || {
+        let n = count(&receipts);
+        async move { n >= 2000 }
+    })
+    .await?;
+    sa.kill9();
+    drop(producer); // kill_on_drop
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked = count(&receipts);
+    sa.restart().await?;
+    let out = run_py("durability.py", &["verify", &url, topic, &receipts_s]).await?;
+    println!("{acked} receipts before kill -9; {out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledgements_survive_kill9() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &[]).await?;
+    let dir = tempfile::tempdir()?;
+    let receipts = dir.path().join("receipts").display().to_string();
+    let url = sa.service_url();
+    let topic = "persistent://public/default/durable-acks";
+    // the subscription must exist before the messages: create it by consuming nothing
+    run_py("durability.py", &["consume", &url, topic, "sub", "0"]).await?;
+    run_py("durability.py", &["produce", &url, topic, &receipts, "100"]).await?;
+    run_py("durability.py", &["consume", &url, topic, "sub", "40"]).await?;
+    sa.kill9();
+    sa.restart().await?;
+    run_py("durability.py", &["rest", &url, topic, "sub", "40", "99"]).await?;
+    // and after a clean restart (SIGTERM) too
+    run_py("durability.py", &["produce", &url, topic, &receipts, "10"]).await?;
+    assert!(
+        sa.proc.terminate(Duration::from_secs(20)),
+        "SIGTERM did not stop it"
+    );
+    sa.restart().await?;
+    run_py("durability.py", &["rest", &url, topic, "sub", "0", "9"]).await?;
+    Ok(())
+}
+
+async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<frame::Frame>> {
+    loop {
+        if let Some(f) = frame::decode_frame(buf, 1 << 24)? {
+            return Ok(Some(f));
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(buf)).await??;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_closes_only_that_connection() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    // a well-behaved connection
+    let mut good = TcpStream::connect(sa.broker).await?;
+    let mut out = BytesMut::new();
+    frame::encode_command(&commands::connect("raw-test", 20), &mut out);
+    good.write_all(&out).await?;
+    let mut gbuf = BytesMut::new();
+    let f = read_frame(&mut good, &mut gbuf).await?.expect("CONNECTED");
+    let connected = f.command.connected.expect("CONNECTED");
+    assert_eq!(connected.protocol_version, Some(20));
+    assert_eq!(connected.max_message_size, Some(5 * 1024 * 1024));
+
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],
+        &[0, 0, 0, 12, 0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4][..],
+    ] {
+        let mut bad = TcpStream::connect(sa.broker).await?;
+        bad.write_all(garbage).await?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut buf))
+            .await
+            .context("garbage connection not closed")?
+            .unwrap_or(0);
+        assert_eq!(n, 0, "expected the connection to close");
+    }
+    // a command other than CONNECT first
+    let mut early = TcpStream::connect(sa.broker).await?;
+    let mut out = BytesMut::new();
+    frame::encode_command(&commands::ping(), &mut out);
+    early.write_all(&out).await?;
+    let mut ebuf = BytesMut::new();
+    assert!(read_frame(&mut early, &mut ebuf).await?.is_none());
+
+    // the good connection still works
+    let mut out = BytesMut::new();
+    frame::encode_command(&commands::ping(), &mut out);
+    good.write_all(&out).await?;
+    let f = read_frame(&mut good, &mut gbuf).await?.expect("PONG");
+    assert!(f.command.pong.is_some());
+    Ok(())
+}

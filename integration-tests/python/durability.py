@@ -1,0 +1,63 @@
+"""Phases of the durability tests; the Rust test kills and restarts the standalone between them.
+
+  durability.py produce URL TOPIC RECEIPTS N   send N messages; append each acknowledged index
+                                              to RECEIPTS as its receipt arrives
+  durability.py verify URL TOPIC RECEIPTS     every index in RECEIPTS is readable
+  durability.py consume URL TOPIC SUB N       receive and ack N messages, close cleanly
+  durability.py rest URL TOPIC SUB FIRST LAST  the subscription delivers exactly FIRST..LAST
+"""
+import sys
+
+import pulsar
+
+cmd, url, topic = sys.argv[1:4]
+client = pulsar.Client(url, operation_timeout_seconds=10)
+
+if cmd == "produce":
+    path, n = sys.argv[4], int(sys.argv[5])
+    out = open(path, "a", buffering=1)
+    p = client.create_producer(topic, batching_enabled=False, max_pending_messages=100,
+                               block_if_queue_full=True, send_timeout_millis=0)
+
+    def done(i):
+        def cb(res, msg_id):
+            if res == pulsar.Result.Ok:
+                out.write("%d\n" % i)
+        return cb
+
+    for i in range(n):
+        p.send_async(b"%d" % i, done(i))
+    p.flush()
+    print("produced", n)
+elif cmd == "verify":
+    acked = {int(l) for l in open(sys.argv[4]) if l.strip()}
+    r = client.create_reader(topic, pulsar.MessageId.earliest)
+    seen = set()
+    while r.has_message_available():
+        seen.add(int(r.read_next(timeout_millis=10000).data()))
+    missing = sorted(acked - seen)
+    assert not missing, "acknowledged but lost: %d, e.g. %s" % (len(missing), missing[:10])
+    print("verified", len(acked), "acknowledged of", len(seen), "stored")
+elif cmd == "consume":
+    sub, n = sys.argv[4], int(sys.argv[5])
+    c = client.subscribe(topic, sub, initial_position=pulsar.InitialPosition.Earliest)
+    for _ in range(n):
+        c.acknowledge(c.receive(timeout_millis=10000))
+    c.close()
+    print("consumed", n)
+elif cmd == "rest":
+    sub, first, last = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    c = client.subscribe(topic, sub)
+    got = []
+    while True:
+        try:
+            m = c.receive(timeout_millis=1500)
+        except Exception:
+            break
+        got.append(int(m.data()))
+        c.acknowledge(m)
+    assert got == list(range(first, last + 1)), "expected %d..%d, got %s" % (first, last, got[:20])
+    print("rest ok", len(got))
+else:
+    raise SystemExit("unknown phase " + cmd)
+client.close()
