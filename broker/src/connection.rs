@@ -674,8 +674,9 @@ impl Connection {
         let Some(cs) = self.consumers.get(&r.consumer_id) else {
             return;
         };
-        let individual = matches!(cs.sub.sub_type(), SubType::Shared | SubType::KeyShared);
-        if individual && !r.message_ids.is_empty() {
+        // Pulsar honours the ids only on Shared/Key_Shared and otherwise rewinds everything;
+        // clients that name ids (the Rust crate on every type) want just those back.
+        if !r.message_ids.is_empty() {
             let ps: Vec<Position> = r.message_ids.iter().map(pos).collect();
             cs.sub.redeliver(cs.consumer.key, Some(&ps));
         } else {
