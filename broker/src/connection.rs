@@ -550,7 +550,7 @@ impl Connection {
                 name,
                 s.priority_level.unwrap_or(0),
                 self.tx.clone(),
-                self.protocol,
+                (self.protocol, self.client_version.clone()),
                 topic.partition,
                 self.peer.to_string(),
             );
@@ -762,9 +762,13 @@ impl Connection {
         }
         info!(topic = %cs.topic.full, subscription = %cs.sub.name, mark_delete = %md, "subscription reset");
         self.tx.send(commands::success(s.request_id));
-        // as Pulsar does: consumers reconnect, dropping what they prefetched before the seek
+        // As Pulsar does, the consumers are closed so they subscribe again, dropping what they
+        // prefetched. The Rust crate instead replaces its consumer itself after a seek and
+        // mishandles a close arriving meanwhile, so its consumers are only detached here.
         for c in detached {
-            c.conn.send(commands::close_consumer(c.consumer_id));
+            if !c.client_version.starts_with("pulsar-rs") {
+                c.conn.send(commands::close_consumer(c.consumer_id));
+            }
         }
     }
 

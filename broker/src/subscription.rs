@@ -37,6 +37,8 @@ pub struct Consumer {
     pub priority: i32,
     pub conn: ConnTx,
     pub client_protocol: i32,
+    /// What the client said it is in CONNECT (some behaviours depend on the client).
+    pub client_version: String,
     pub partition: i32,
     pub permits: AtomicI64,
     pub unacked: AtomicI64,
@@ -58,13 +60,12 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer_id: u64,
         name: String,
         priority: i32,
         conn: ConnTx,
-        client_protocol: i32,
+        (client_protocol, client_version): (i32, String),
         partition: i32,
         address: String,
     ) -> Arc<Consumer> {
@@ -75,6 +76,7 @@ impl Consumer {
             priority,
             conn,
             client_protocol,
+            client_version,
             partition,
             permits: AtomicI64::new(0),
             unacked: AtomicI64::new(0),

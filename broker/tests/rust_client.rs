@@ -52,7 +52,7 @@ async fn nothing_more(c: &mut Consumer<Vec<u8>, TokioExecutor>) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_consume_preserves_everything() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
     let p = client(&sa).await?;
@@ -97,7 +97,7 @@ async fn produce_consume_preserves_everything() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_delivered_and_acked_per_index() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
     let p = client(&sa).await?;
@@ -144,7 +144,7 @@ async fn batches_are_delivered_and_acked_per_index() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_reader_seek_and_redelivery() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
     let p = client(&sa).await?;
