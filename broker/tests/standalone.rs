@@ -52,10 +52,28 @@ async fn python_client_semantics() -> Result<()> {
         health.contains("200 OK") && health.ends_with("ok"),
         "{health}"
     );
-    let out = run_py("semantics.py", &[&sa.service_url()]).await?;
+    let web_port = sa.web.port().to_string();
+    let out = run_py("semantics.py", &[&sa.service_url(), &web_port]).await?;
     println!("{out}");
     let stats = http_get(sa.web, "/metrics")?;
     assert!(stats.contains("pulsar_broker_topics_count"), "{stats}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn consumed_ledgers_are_trimmed() -> Result<()> {
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--managed-ledger-max-entries-per-ledger",
+            "10",
+            "--housekeeping-interval-secs",
+            "1",
+        ],
+    )
+    .await?;
+    let web_port = sa.web.port().to_string();
+    run_py("semantics.py", &[&sa.service_url(), &web_port, "trimming"]).await?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 """Produce/consume semantics against a running Magnetar, with the official Python client.
 
-Usage: semantics.py SERVICE_URL [CHECK ...]   (no checks named: run them all)
+Usage: semantics.py SERVICE_URL WEB_PORT [CHECK ...]   (no checks named: all but trimming)
 Every check uses its own topic; a failed assertion exits non-zero.
 """
 import sys
@@ -10,6 +10,7 @@ import uuid
 import pulsar
 
 URL = sys.argv[1]
+WEB_PORT = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 8080
 client = pulsar.Client(URL, operation_timeout_seconds=15)
 
 
@@ -229,9 +230,61 @@ def check_unsubscribe():
     expect_nothing(c)  # a new subscription starts at the latest message
 
 
+def check_partitioned():
+    import json
+    import urllib.request
+    web = sys.argv[1].replace("pulsar://", "http://").rsplit(":", 1)[0]
+    web_port = WEB_PORT
+    name = "part-%s" % uuid.uuid4().hex[:8]
+    req = urllib.request.Request(
+        "%s:%d/admin/v2/persistent/public/default/%s/partitions" % (web, web_port, name),
+        data=b"3", method="PUT", headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(req).status == 204
+    t = "persistent://public/default/" + name
+    assert client.get_topic_partitions(t) == [t + "-partition-%d" % i for i in range(3)]
+    c = client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+    p = client.create_producer(t, message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution,
+                               batching_enabled=False)
+    for i in range(30):
+        p.send(b"%d" % i)
+    got = receive_all(c, 30)
+    assert sorted(int(m.data()) for m in got) == list(range(30))
+    assert {m.message_id().partition() for m in got} == {0, 1, 2}
+    expect_nothing(c)
+
+
+def check_trimming():
+    """Consumed ledgers go away (run with a small ledger size and a short housekeeping tick)."""
+    import json
+    import urllib.request
+    web = sys.argv[1].replace("pulsar://", "http://").rsplit(":", 1)[0]
+    t = topic("trim")
+    c = client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(50):
+        p.send(b"%d" % i)
+    receive_all(c, 50)
+    stats_url = "%s:%d/admin/v2/persistent/public/default/%s/internalStats" % (
+        web, WEB_PORT, t.rsplit("/", 1)[1])
+    deadline = time.time() + 20
+    while True:
+        s = json.load(urllib.request.urlopen(stats_url))
+        if len(s["ledgers"]) <= 2:
+            break
+        assert time.time() < deadline, "consumed ledgers were not trimmed: %s" % s["ledgers"]
+        time.sleep(0.2)
+    # what was not consumed stays readable
+    for i in range(5):
+        p.send(b"late-%d" % i)
+    r = client.create_reader(t, pulsar.MessageId.earliest)
+    first = r.read_next(timeout_millis=5000).data()
+    assert first.startswith(b"late-") or int(first) >= 40, first
+
+
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
 
-names = sys.argv[2:] or list(CHECKS)
+names = [a for a in sys.argv[2:] if not a.isdigit()] or [
+    n for n in CHECKS if n != "trimming"]
 for name in names:
     started = time.time()
     CHECKS[name]()
