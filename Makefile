@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run bench-meta bench-bookie
+.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,3 +42,7 @@ bench-meta: deps ## metadata store put/get/CAS throughput on RocksDB and etcd
 bench-bookie: deps ## raw disk limit, then ledger appends on 1 and 3 bookies
 	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf
 	scripts/bench-bookie.sh
+
+bench-standalone: deps ## standalone: time to healthy, RSS, produce/tail/catch-up with the Python client
+	$(CARGO) build --release -p magnetar-broker --bin magnetar
+	scripts/bench-standalone.sh

@@ -530,7 +530,19 @@ impl Connection {
             let create =
                 s.force_topic_creation.unwrap_or(true) && self.svc.cfg.allow_auto_topic_creation;
             let topic = self.svc.topic(&t, create).await?;
-            let sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
+            let sub_type = SubType::try_from(s.sub_type).map_err(|_| {
+                ClientError::new(
+                    ServerError::NotAllowedError,
+                    format!("unknown subscription type {}", s.sub_type),
+                )
+            })?;
+            if sub_type == SubType::KeyShared {
+                // refusing beats silently delivering without per-key order
+                return Err(ClientError::new(
+                    ServerError::NotAllowedError,
+                    "Key_Shared subscriptions are not supported yet",
+                ));
+            }
             let opts = SubscribeOpts {
                 durable: s.durable.unwrap_or(true),
                 initial_earliest: s.initial_position == Some(InitialPosition::Earliest as i32),

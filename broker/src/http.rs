@@ -193,26 +193,24 @@ async fn delete_partitions(
     }
 }
 
-async fn loaded_topic(svc: &BrokerService, t: &TopicName) -> Result<Arc<Topic>, Response> {
-    match svc.topic_exists(t).await {
+/// The topic a `{tenant}/{ns}/{topic}` path names, loaded (404 if it has no log).
+async fn path_topic(
+    svc: &BrokerService,
+    (tenant, ns, topic): &(String, String, String),
+) -> Result<Arc<Topic>, Response> {
+    let t = topic_name(tenant, ns, topic)?;
+    match svc.topic_exists(&t).await {
         Ok(true) => {}
         Ok(false) => return Err(err(StatusCode::NOT_FOUND, "Topic not found")),
         Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
     }
-    svc.topic(t, false)
+    svc.topic(&t, false)
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))
 }
 
-async fn stats(
-    State(svc): Svc,
-    Path((tenant, ns, topic)): Path<(String, String, String)>,
-) -> Response {
-    let t = match topic_name(&tenant, &ns, &topic) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let topic = match loaded_topic(&svc, &t).await {
+async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
+    let topic = match path_topic(&svc, &path).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -305,15 +303,8 @@ pub async fn topic_stats(topic: &Topic) -> Value {
     })
 }
 
-async fn internal_stats(
-    State(svc): Svc,
-    Path((tenant, ns, topic)): Path<(String, String, String)>,
-) -> Response {
-    let t = match topic_name(&tenant, &ns, &topic) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let topic = match loaded_topic(&svc, &t).await {
+async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
+    let topic = match path_topic(&svc, &path).await {
         Ok(t) => t,
         Err(r) => return r,
     };

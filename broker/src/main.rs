@@ -108,13 +108,9 @@ struct BookieArgs {
 impl BookieArgs {
     /// Fills every unset flag from the config file.
     fn merge_file(mut self) -> Result<BookieArgs> {
-        let Some(path) = self.config.clone() else {
+        let Some(file) = read_config::<BookieArgs>(self.config.as_deref())? else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("read config {}", path.display()))?;
-        let file: BookieArgs =
-            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
@@ -141,6 +137,17 @@ impl BookieArgs {
         );
         Ok(self)
     }
+}
+
+/// Reads a `--config` TOML file (None: no file given).
+fn read_config<T: serde::de::DeserializeOwned>(
+    path: Option<&std::path::Path>,
+) -> Result<Option<T>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+    let file = toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+    Ok(Some(file))
 }
 
 fn main() -> Result<()> {

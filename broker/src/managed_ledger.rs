@@ -455,7 +455,8 @@ impl ManagedLedger {
     }
 
     /// Reads up to `max` entries from `from` on (inclusive, skipping positions `skip` says
-    /// to), stopping at the last durable entry. Reads run concurrently.
+    /// to), stopping at the last durable entry. Reads run concurrently. Also returns the last
+    /// position examined (read or skipped), where the next read should continue after.
     pub async fn read_from(
         &self,
         from: Position,
@@ -465,6 +466,7 @@ impl ManagedLedger {
         let last = self.last_confirmed();
         let mut positions = Vec::with_capacity(max.min(1024));
         let mut p = self.at_or_after(from);
+        let mut examined = None;
         while let Some(pos) = p {
             if pos > last || positions.len() >= max {
                 break;
@@ -472,9 +474,9 @@ impl ManagedLedger {
             if !skip(pos) {
                 positions.push(pos);
             }
+            examined = Some(pos);
             p = self.next_position(pos);
         }
-        let next = p;
         let reads = futures::stream::iter(positions.into_iter().map(|pos| {
             let ml = self.clone();
             async move { ml.read(pos).await.map(|d| (pos, d)) }
@@ -486,7 +488,7 @@ impl ManagedLedger {
         for r in reads {
             out.push(r?);
         }
-        Ok((out, next))
+        Ok((out, examined))
     }
 
     /// Messages in the entries of `ledger` from `from` to `to` (inclusive).

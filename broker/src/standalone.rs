@@ -85,13 +85,9 @@ pub struct StandaloneArgs {
 impl StandaloneArgs {
     /// Fills every unset flag from the config file.
     pub fn merge_file(mut self) -> Result<StandaloneArgs> {
-        let Some(path) = self.config.clone() else {
+        let Some(file) = crate::read_config::<StandaloneArgs>(self.config.as_deref())? else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("read config {}", path.display()))?;
-        let file: StandaloneArgs =
-            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }

@@ -114,6 +114,8 @@ struct SubState {
     redelivery_counts: HashMap<Position, u32>,
     pending: HashMap<Position, Delivered>,
     rr: usize,
+    /// Bumped by every reset (seek), so a read that raced one is thrown away.
+    epoch: u64,
 }
 
 pub struct Subscription {
@@ -152,6 +154,7 @@ impl Subscription {
                 redelivery_counts: HashMap::new(),
                 pending: HashMap::new(),
                 rr: 0,
+                epoch: 0,
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -347,6 +350,7 @@ impl Subscription {
         let seq = self.cursor.reset(md);
         let mut st = self.state.lock();
         st.read_after = md;
+        st.epoch += 1;
         st.redeliver.clear();
         st.pending.clear();
         st.redelivery_counts.clear();
@@ -478,7 +482,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
         }
         let _ = last_rx.borrow_and_update();
         // what can be sent, and to how many permits
-        let (budget, redeliver, read_after) = {
+        let (budget, redeliver, read_after, epoch) = {
             let mut st = sub.state.lock();
             let budget: i64 = match st.sub_type {
                 SubType::Exclusive | SubType::Failover => st
@@ -515,7 +519,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
             if st.read_after < md {
                 st.read_after = md;
             }
-            (budget, redeliver, st.read_after)
+            (budget, redeliver, st.read_after, st.epoch)
         };
         if budget <= 0 {
             sub.wake.notified().await;
@@ -551,12 +555,16 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 }
             };
             match sub.ml.read_from(start, n, skip).await {
-                Ok((e, next)) => {
-                    let last_examined = match next {
-                        Some(nx) => sub.ml.previous_position(nx),
-                        None => sub.ml.last_confirmed(),
-                    };
-                    sub.state.lock().read_after = last_examined.max(read_after);
+                Ok((e, examined)) => {
+                    // never past what was examined: entries appended meanwhile are next
+                    let mut st = sub.state.lock();
+                    if st.epoch != epoch {
+                        continue; // a seek moved the cursor while we read
+                    }
+                    if let Some(x) = examined {
+                        st.read_after = st.read_after.max(x);
+                    }
+                    drop(st);
                     entries = e;
                     from_log = true;
                 }
@@ -571,6 +579,9 @@ async fn dispatcher(sub: Arc<Subscription>) {
             }
         }
         let mut st = sub.state.lock();
+        if st.epoch != epoch {
+            continue;
+        }
         let mut leftover = Vec::new();
         for (p, d) in entries {
             if sub.cursor.is_acked(p) || (from_log && st.pending.contains_key(&p)) {

@@ -122,6 +122,30 @@ impl Proc {
         false
     }
 
+    /// Waits up to 30 s for `needle` to appear in the log more than `seen_before` times
+    /// (counting earlier runs), failing early with the log tail if the process exits.
+    pub async fn wait_for_log(&mut self, needle: &str, seen_before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log_count(needle) <= seen_before {
+            if self.exited() {
+                bail!(
+                    "{} exited before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: no {needle:?} after 30 s:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }
@@ -345,17 +369,7 @@ impl BookieProc {
 
     /// Waits for the `ready`-th-plus-one "bookie ready" line (0 after the first start).
     async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.proc.log_count("bookie ready") <= starts_before {
-            if self.proc.exited() {
-                bail!("bookie exited during start-up:\n{}", self.proc.log_tail(30));
-            }
-            if Instant::now() >= deadline {
-                bail!("bookie not ready after 30 s:\n{}", self.proc.log_tail(30));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        self.proc.wait_for_log("bookie ready", starts_before).await
     }
 
     pub fn kill9(&mut self) {
@@ -427,23 +441,9 @@ impl StandaloneProc {
     }
 
     async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.proc.log_count("magnetar standalone ready") <= starts_before {
-            if self.proc.exited() {
-                bail!(
-                    "standalone exited during start-up:\n{}",
-                    self.proc.log_tail(30)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "standalone not ready after 30 s:\n{}",
-                    self.proc.log_tail(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        self.proc
+            .wait_for_log("magnetar standalone ready", starts_before)
+            .await
     }
 
     pub fn kill9(&mut self) {
