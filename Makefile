@@ -21,7 +21,7 @@ deps: ## install missing system packages (apt): protoc, libclang, etcd, ...
 build: deps ## debug build of everything
 	$(CARGO) build --workspace --all-targets
 
-test: deps ## run every test (installs what the tests need first)
+test: deps lint ## formatting, clippy and every test, as CI runs them (installs what they need first)
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --all-targets -- --test-threads=$(TEST_THREADS)
 
