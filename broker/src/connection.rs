@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use magnetar_protocol::commands::{self, NO_REQUEST};
+use magnetar_protocol::commands;
 use magnetar_protocol::proto::command_ack::AckType;
 use magnetar_protocol::proto::command_subscribe::{InitialPosition, SubType};
 use magnetar_protocol::proto::*;
@@ -21,11 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::managed_ledger::MlError;
+use crate::managed_ledger::{AppendWait, MlError};
 use crate::names::TopicName;
 use crate::position::Position;
 use crate::service::{BrokerService, ClientError};
-use crate::subscription::{Consumer, SubscribeError, Subscription};
+use crate::subscription::{BatchAck, Consumer, SubscribeError, Subscription};
 use crate::topic::{ProducerInfo, SubscribeOpts, Topic};
 
 pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -97,7 +97,7 @@ struct ReceiptJob {
     highest_sequence_id: Option<u64>,
     messages: u32,
     bytes: usize,
-    wait: std::pin::Pin<Box<dyn Future<Output = Result<Position, MlError>> + Send>>,
+    wait: AppendWait,
 }
 
 enum ProducerJob {
@@ -465,20 +465,20 @@ impl Connection {
             fail(ServerError::UnknownError, "SEND without payload".into());
             return Ok(());
         };
-        let entry = match pentry::normalize(payload) {
-            Ok(e) => e,
+        let raw = match pentry::to_stored(payload) {
+            Ok(r) => r,
             Err(e) => {
                 warn!(topic = %ps.topic.full, producer = %ps.name, error = %e, "rejected message");
                 fail(ServerError::ChecksumError, e.to_string());
                 return Ok(());
             }
         };
-        let messages = s
-            .num_messages
-            .filter(|n| *n > 0)
-            .map_or_else(|| entry.num_messages(), |n| n as u32);
-        let bytes = entry.raw.len();
-        let wait = match ps.topic.ml.append_start(entry.raw, messages).await {
+        let messages = match s.num_messages.filter(|n| *n > 0) {
+            Some(n) => n as u32,
+            None => pentry::peek_message_count(&raw).unwrap_or(1),
+        };
+        let bytes = raw.len();
+        let wait = match ps.topic.ml.append_start(raw, messages).await {
             Ok(w) => w,
             Err(e) => {
                 fail(ServerError::PersistenceError, e.to_string());
@@ -490,7 +490,7 @@ impl Connection {
             highest_sequence_id: s.highest_sequence_id,
             messages,
             bytes,
-            wait: Box::pin(wait),
+            wait,
         }));
         Ok(())
     }
@@ -562,7 +562,7 @@ impl Connection {
                 name,
                 s.priority_level.unwrap_or(0),
                 self.tx.clone(),
-                (self.protocol, self.client_version.clone()),
+                (self.protocol, !self.client_version.starts_with("pulsar-rs")),
                 topic.partition,
                 self.peer.to_string(),
             );
@@ -620,39 +620,21 @@ impl Connection {
             return;
         }
         let sub = Arc::clone(&cs.sub);
+        let index = |id: &MessageIdData| id.batch_index.and_then(|b| usize::try_from(b).ok());
         let seq = if a.ack_type == AckType::Cumulative as i32 {
             let Some(id) = a.message_id.first() else {
                 return;
             };
-            let p = pos(id);
-            let bi = id.batch_index.unwrap_or(-1);
-            let size = id.batch_size.unwrap_or(0);
-            if bi >= 0 && size > 0 && bi < size - 1 {
-                // part of a batch: everything before it, plus indexes 0..=bi of it
-                let prev = cs.topic.ml.previous_position(p);
-                sub.ack_cumulative(prev);
-                let mut unacked = vec![-1i64; (size as usize).div_ceil(64)];
-                for i in 0..=bi as usize {
-                    unacked[i / 64] &= !(1i64 << (i % 64));
-                }
-                sub.ack_batch(p, Some(size as usize), &unacked)
-            } else {
-                sub.ack_cumulative(p)
-            }
+            sub.ack_cumulative_at(pos(id), index(id), id.batch_size)
         } else {
             let mut whole = Vec::new();
             let mut seq = 0;
             for id in &a.message_id {
                 let p = pos(id);
-                let bi = id.batch_index.unwrap_or(-1);
                 if !id.ack_set.is_empty() {
-                    seq = sub.ack_batch(p, id.batch_size.map(|s| s as usize), &id.ack_set);
-                } else if bi >= 0 {
-                    let size = id.batch_size.filter(|s| *s > 0).map(|s| s as usize);
-                    let n = size.unwrap_or(64 * 64);
-                    let mut unacked = vec![-1i64; n.div_ceil(64)];
-                    unacked[bi as usize / 64] &= !(1i64 << (bi % 64));
-                    seq = sub.ack_batch(p, size, &unacked);
+                    seq = sub.ack_batch(p, id.batch_size, BatchAck::Set(&id.ack_set));
+                } else if let Some(i) = index(id) {
+                    seq = sub.ack_batch(p, id.batch_size, BatchAck::Index(i));
                 } else {
                     whole.push(p);
                 }
@@ -778,7 +760,7 @@ impl Connection {
         // prefetched. The Rust crate instead replaces its consumer itself after a seek and
         // mishandles a close arriving meanwhile, so its consumers are only detached here.
         for c in detached {
-            if !c.client_version.starts_with("pulsar-rs") {
+            if c.close_after_seek {
                 c.conn.send(commands::close_consumer(c.consumer_id));
             }
         }
@@ -883,7 +865,11 @@ async fn receipts(
 ) {
     while let Some(job) = jobs.recv().await {
         match job {
-            ProducerJob::Receipt(j) => match j.wait.await {
+            ProducerJob::Receipt(j) => match j
+                .wait
+                .await
+                .unwrap_or_else(|_| Err(MlError::Closed(topic.full.clone())))
+            {
                 Ok(p) => {
                     topic.record_publish(j.messages, j.bytes);
                     msg_in.fetch_add(j.messages as u64, Ordering::Relaxed);
@@ -912,7 +898,6 @@ async fn receipts(
             }
         }
     }
-    let _ = NO_REQUEST;
 }
 
 async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>) {

@@ -122,15 +122,15 @@ async fn create_partitions(
         Err(r) => return r,
     };
     let meta: PartitionedMetadata = match serde_json::from_str::<Value>(&body) {
-        Ok(Value::Number(n)) => match n.as_u64() {
-            Some(p) => PartitionedMetadata {
-                partitions: p as u32,
+        Ok(Value::Number(n)) => match n.as_u64().and_then(|p| u32::try_from(p).ok()) {
+            Some(partitions) => PartitionedMetadata {
+                partitions,
                 properties: Default::default(),
             },
             None => {
                 return err(
                     StatusCode::PRECONDITION_FAILED,
-                    "partitions must be positive",
+                    "the number of partitions must be between 1 and 10000",
                 );
             }
         },

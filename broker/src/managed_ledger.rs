@@ -96,6 +96,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Resolves with an append's position once it is durable (a dropped sender: the log closed).
+pub type AppendWait = oneshot::Receiver<Result<Position, MlError>>;
+
 struct AppendReq {
     data: Bytes,
     messages: u32,
@@ -191,7 +194,6 @@ impl ManagedLedger {
             None => (MlRecord::default(), None),
         };
         // Seal whatever ledgers a previous owner left open; drop empty ones.
-        let mut changed = false;
         let mut empty = Vec::new();
         for info in record.ledgers.iter_mut() {
             if info.closed_ms.is_some() {
@@ -208,7 +210,6 @@ impl ManagedLedger {
                     info.entries = 0;
                     info.closed_ms = Some(now_ms());
                     empty.push(info.ledger_id);
-                    changed = true;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -220,7 +221,6 @@ impl ManagedLedger {
             if info.entries == 0 {
                 empty.push(info.ledger_id);
             }
-            changed = true;
             info!(
                 topic = name,
                 ledger_id = info.ledger_id,
@@ -251,7 +251,6 @@ impl ManagedLedger {
             }
             Err(e) => return Err(e.into()),
         }
-        let _ = changed;
         for id in empty {
             if let Err(e) = client.delete(id).await {
                 warn!(topic = name, ledger_id = id, error = %e, "could not delete empty ledger");
@@ -310,17 +309,15 @@ impl ManagedLedger {
 
     /// Appends one entry holding `messages` messages; resolves once it is durable.
     pub async fn append(&self, data: Bytes, messages: u32) -> Result<Position, MlError> {
-        self.append_start(data, messages).await?.await
+        self.append_start(data, messages)
+            .await?
+            .await
+            .unwrap_or_else(|_| Err(MlError::Closed(self.inner.name.clone())))
     }
 
-    /// Queues an append now (fixing its order) and returns the wait for its result.
-    pub async fn append_start(
-        &self,
-        data: Bytes,
-        messages: u32,
-    ) -> Result<impl Future<Output = Result<Position, MlError>> + Send + 'static, MlError> {
+    /// Queues an append now (fixing its order) and returns the receiver of its result.
+    pub async fn append_start(&self, data: Bytes, messages: u32) -> Result<AppendWait, MlError> {
         let (reply, rx) = oneshot::channel();
-        let name = self.inner.name.clone();
         self.appends
             .send(AppendReq {
                 data,
@@ -328,8 +325,8 @@ impl ManagedLedger {
                 reply,
             })
             .await
-            .map_err(|_| MlError::Closed(name.clone()))?;
-        Ok(async move { rx.await.unwrap_or(Err(MlError::Closed(name))) })
+            .map_err(|_| MlError::Closed(self.inner.name.clone()))?;
+        Ok(rx)
     }
 
     /// The last durable entry ((current ledger, -1) when the log is empty).
@@ -555,9 +552,7 @@ impl ManagedLedger {
         futures::pin_mut!(reads);
         while let Some(d) = reads.next().await {
             let d = d?;
-            let n = magnetar_protocol::entry::peek_metadata(&d)
-                .map(|m| magnetar_protocol::entry::message_count(&m))
-                .unwrap_or(1);
+            let n = magnetar_protocol::entry::peek_message_count(&d).unwrap_or(1);
             sum += n as u64;
             counts.push(sum);
         }
@@ -665,7 +660,7 @@ impl ManagedLedger {
                     .collect(),
             }
         };
-        let v = self.put_record(&record, version).await?;
+        let v = put_record(&self.inner, &record, version).await?;
         {
             let mut st = self.inner.state.lock();
             st.version = v;
@@ -691,22 +686,6 @@ impl ManagedLedger {
         }
         info!(topic = %self.inner.name, ledgers = ?victims, "trimmed consumed ledgers");
         Ok(victims.len())
-    }
-
-    async fn put_record(&self, record: &MlRecord, version: u64) -> Result<u64, MlError> {
-        match self
-            .inner
-            .meta
-            .put_json(&self.inner.key, record, Expected::Version(version))
-            .await
-        {
-            Ok(v) => Ok(v),
-            Err(MetaError::BadVersion { .. }) => {
-                self.inner.state.lock().fenced = true;
-                Err(MlError::Fenced(self.inner.name.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Seals the current ledger and stops accepting appends (pending ones finish first).

@@ -28,6 +28,20 @@ const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
 
 static NEXT_CONSUMER_KEY: AtomicU64 = AtomicU64::new(1);
 
+/// Most messages one entry can hold (each batch record takes at least a few bytes of a 5 MiB
+/// entry); larger claimed batch sizes are refused rather than allocated for.
+const MAX_BATCH: usize = 1 << 20;
+
+/// Which indexes of a batch an ack covers.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchAck<'a> {
+    /// The client's ack set: bit i set = index i still unacknowledged.
+    Set(&'a [i64]),
+    Index(usize),
+    /// Indexes 0 through this one.
+    Through(usize),
+}
+
 pub struct Consumer {
     /// Unique in this broker.
     pub key: u64,
@@ -37,8 +51,9 @@ pub struct Consumer {
     pub priority: i32,
     pub conn: ConnTx,
     pub client_protocol: i32,
-    /// What the client said it is in CONNECT (some behaviours depend on the client).
-    pub client_version: String,
+    /// Whether to send CLOSE_CONSUMER after a seek so the client subscribes again (C++ and
+    /// Java need it; the Rust crate replaces its consumer itself and must not get it).
+    pub close_after_seek: bool,
     pub partition: i32,
     pub permits: AtomicI64,
     pub unacked: AtomicI64,
@@ -65,7 +80,7 @@ impl Consumer {
         name: String,
         priority: i32,
         conn: ConnTx,
-        (client_protocol, client_version): (i32, String),
+        (client_protocol, close_after_seek): (i32, bool),
         partition: i32,
         address: String,
     ) -> Arc<Consumer> {
@@ -76,7 +91,7 @@ impl Consumer {
             priority,
             conn,
             client_protocol,
-            client_version,
+            close_after_seek,
             partition,
             permits: AtomicI64::new(0),
             unacked: AtomicI64::new(0),
@@ -290,24 +305,68 @@ impl Subscription {
         self.cursor.ack_individual(positions)
     }
 
-    /// An ack of some batch indexes; the entry is released once every index is acked.
-    pub fn ack_batch(&self, p: Position, size: Option<usize>, unacked: &[i64]) -> u64 {
-        let size = size.or_else(|| {
-            self.state
-                .lock()
-                .pending
-                .get(&p)
-                .map(|d| d.messages as usize)
-        });
-        let Some(size) = size.filter(|s| *s > 1) else {
+    /// The message count of a batch entry: what we delivered (trusted) before what the
+    /// client claims; None for single messages and for sizes no entry can have.
+    fn batch_size(&self, p: Position, claimed: Option<i32>) -> Option<usize> {
+        let delivered = self
+            .state
+            .lock()
+            .pending
+            .get(&p)
+            .map(|d| d.messages as usize);
+        delivered
+            .or_else(|| claimed.and_then(|s| usize::try_from(s).ok()))
+            .filter(|s| *s > 1 && *s <= MAX_BATCH)
+    }
+
+    /// An ack of some indexes of a batch entry; the entry is released once every index is.
+    /// Indexes outside the batch are ignored (returns change number 0, durable at once).
+    pub fn ack_batch(&self, p: Position, claimed_size: Option<i32>, acked: BatchAck<'_>) -> u64 {
+        let Some(size) = self.batch_size(p, claimed_size) else {
+            // not a batch we can track: the ack covers the entry (as in Pulsar)
             return self.ack_individual(&[p]);
         };
-        let (done, seq) = self.cursor.ack_batch(p, size, unacked);
+        let mut unacked = vec![-1i64; size.div_ceil(64)];
+        match acked {
+            BatchAck::Set(set) => {
+                for (w, c) in unacked
+                    .iter_mut()
+                    .zip(set.iter().chain(std::iter::repeat(&0)))
+                {
+                    *w &= *c;
+                }
+            }
+            BatchAck::Index(i) if i < size => unacked[i / 64] &= !(1i64 << (i % 64)),
+            BatchAck::Through(last) if last < size => {
+                for i in 0..=last {
+                    unacked[i / 64] &= !(1i64 << (i % 64));
+                }
+            }
+            _ => return 0,
+        }
+        let (done, seq) = self.cursor.ack_batch(p, size, &unacked);
         if done {
             let mut st = self.state.lock();
             self.release(&mut st, p);
         }
         seq
+    }
+
+    /// A cumulative ack of message `index` of entry `p`: everything before the entry, and
+    /// the entry itself only if `index` is its last message.
+    pub fn ack_cumulative_at(
+        &self,
+        p: Position,
+        index: Option<usize>,
+        claimed_size: Option<i32>,
+    ) -> u64 {
+        match (index, self.batch_size(p, claimed_size)) {
+            (Some(i), Some(size)) if i + 1 < size => {
+                self.ack_cumulative(self.ml.previous_position(p));
+                self.ack_batch(p, Some(size as i32), BatchAck::Through(i))
+            }
+            _ => self.ack_cumulative(p),
+        }
     }
 
     pub fn ack_cumulative(&self, p: Position) -> u64 {
@@ -392,15 +451,13 @@ impl Subscription {
                 s.mark_delete,
                 s.acked.iter().collect::<Vec<_>>(),
                 s.batch_acks
-                    .values()
-                    .map(|set| {
-                        let unacked: u32 = set.iter().map(|w| w.count_ones()).sum();
-                        unacked as u64
-                    })
-                    .collect::<Vec<u64>>(),
+                    .iter()
+                    .map(|(p, set)| (*p, set.iter().map(|w| w.count_ones() as u64).sum::<u64>()))
+                    .collect::<Vec<(Position, u64)>>(),
             )
         });
-        let mut total = match self.ml.messages_after(md).await {
+        let ml = &self.ml;
+        let mut total = match ml.messages_after(md).await {
             Ok(n) => n,
             Err(e) => {
                 debug!(error = %e, "backlog unavailable");
@@ -409,13 +466,19 @@ impl Subscription {
         };
         for (s, e) in ranges {
             total = total.saturating_sub(
-                self.ml
-                    .messages_in(s.ledger, s.entry, e.entry)
+                ml.messages_in(s.ledger, s.entry, e.entry)
                     .await
                     .unwrap_or(0),
             );
         }
-        let _ = partial;
+        // partly acked batches: their acked indexes are no longer backlog
+        for (p, unacked) in partial {
+            let size = ml
+                .messages_in(p.ledger, p.entry, p.entry)
+                .await
+                .unwrap_or(0);
+            total = total.saturating_sub(size.saturating_sub(unacked));
+        }
         total
     }
 
@@ -446,9 +509,7 @@ impl Subscription {
     }
 
     fn deliver(&self, c: &Consumer, p: Position, data: Bytes, st: &mut SubState) {
-        let messages = pentry::peek_metadata(&data)
-            .map(|m| pentry::message_count(&m))
-            .unwrap_or(1);
+        let messages = pentry::peek_message_count(&data).unwrap_or(1);
         c.permits.fetch_sub(messages as i64, Ordering::AcqRel);
         c.unacked.fetch_add(messages as i64, Ordering::Relaxed);
         c.msg_out.fetch_add(messages as u64, Ordering::Relaxed);

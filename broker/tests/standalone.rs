@@ -85,7 +85,7 @@ async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
     let receipts_s = receipts.display().to_string();
     let url = sa.service_url();
     let topic = "persistent://public/default/durable-stream";
-    let producer = tokio::process::Command::new(python()?)
+    let mut producer = tokio::process::Command::new(python()?)
         .arg(script("durability.py"))
         .args(["produce", &url, topic, &receipts_s, "1000000"])
         .stdout(std::process::Stdio::null())
@@ -103,8 +103,8 @@ async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
     })
     .await?;
     sa.kill9();
-    drop(producer); // kill_on_drop
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the producer may still be writing receipts: stop it and wait for it to be gone
+    producer.kill().await?;
     let acked = count(&receipts);
     sa.restart().await?;
     let out = run_py("durability.py", &["verify", &url, topic, &receipts_s]).await?;

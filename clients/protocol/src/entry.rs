@@ -93,8 +93,46 @@ pub fn parse_entry(raw: Bytes) -> Result<Entry, EntryError> {
     })
 }
 
-/// Reads only the metadata of an entry in stored form, without checking the CRC.
-pub fn peek_metadata(raw: &[u8]) -> Result<MessageMetadata, EntryError> {
+/// Brings a received payload section into stored form without decoding its metadata when
+/// it already carries a checksum (the hot path): verifies the CRC and the metadata size.
+pub fn to_stored(section: Bytes) -> Result<Bytes, EntryError> {
+    if section.len() >= 2 && section[..2] == MAGIC_CRC32C.to_be_bytes() {
+        if section.len() < 10 {
+            return Err(EntryError::Truncated("metadata size"));
+        }
+        let stored = u32::from_be_bytes([section[2], section[3], section[4], section[5]]);
+        let computed = crc32c::crc32c(&section[6..]);
+        if stored != computed {
+            return Err(EntryError::Checksum { stored, computed });
+        }
+        let size = u32::from_be_bytes([section[6], section[7], section[8], section[9]]) as usize;
+        if size > section.len() - 10 {
+            return Err(EntryError::MetadataSize {
+                size,
+                available: section.len() - 10,
+            });
+        }
+        return Ok(section);
+    }
+    normalize(section).map(|e| e.raw)
+}
+
+/// Field 11 of MessageMetadata alone: decoding it skips every other field without
+/// allocating, which is all that counting messages needs.
+#[derive(Clone, PartialEq, Message)]
+struct CountOnly {
+    #[prost(int32, optional, tag = "11")]
+    num_messages_in_batch: Option<i32>,
+}
+
+/// Messages in an entry in stored form (at least 1), without checking the CRC.
+pub fn peek_message_count(raw: &[u8]) -> Result<u32, EntryError> {
+    let meta = metadata_bytes(raw)?;
+    let c = CountOnly::decode(meta).map_err(|e| EntryError::Metadata(e.to_string()))?;
+    Ok(c.num_messages_in_batch.map_or(1, |n| n.max(1) as u32))
+}
+
+fn metadata_bytes(raw: &[u8]) -> Result<&[u8], EntryError> {
     if raw.len() < 10 {
         return Err(EntryError::Truncated("metadata size"));
     }
@@ -106,7 +144,12 @@ pub fn peek_metadata(raw: &[u8]) -> Result<MessageMetadata, EntryError> {
             available: rest.len(),
         });
     }
-    MessageMetadata::decode(&rest[..size]).map_err(|e| EntryError::Metadata(e.to_string()))
+    Ok(&rest[..size])
+}
+
+/// Reads only the metadata of an entry in stored form, without checking the CRC.
+pub fn peek_metadata(raw: &[u8]) -> Result<MessageMetadata, EntryError> {
+    MessageMetadata::decode(metadata_bytes(raw)?).map_err(|e| EntryError::Metadata(e.to_string()))
 }
 
 fn split_metadata(mut b: Bytes) -> Result<(MessageMetadata, Bytes), EntryError> {
@@ -172,5 +215,23 @@ mod tests {
     fn peek_reads_metadata() {
         let raw = encode_entry(&meta(), &[0u8; 100_000]);
         assert_eq!(peek_metadata(&raw).unwrap().publish_time, 1234);
+        assert_eq!(peek_message_count(&raw).unwrap(), 1);
+        let batch = MessageMetadata {
+            num_messages_in_batch: Some(7),
+            ..meta()
+        };
+        assert_eq!(peek_message_count(&encode_entry(&batch, b"")).unwrap(), 7);
+    }
+
+    #[test]
+    fn to_stored_checks_without_decoding() {
+        let raw = encode_entry(&meta(), b"p");
+        assert_eq!(to_stored(raw.clone()).unwrap(), raw);
+        let mut bad = raw.to_vec();
+        bad[12] ^= 1;
+        assert!(matches!(
+            to_stored(Bytes::from(bad)),
+            Err(EntryError::Checksum { .. })
+        ));
     }
 }

@@ -16,6 +16,8 @@ proptest! {
         let _ = entry::parse_entry(Bytes::from(data.clone()));
         let _ = entry::normalize(Bytes::from(data.clone()));
         let _ = entry::peek_metadata(&data);
+        let _ = entry::peek_message_count(&data);
+        let _ = entry::to_stored(Bytes::from(data.clone()));
         let _ = batch::decode_batch(Bytes::from(data), 8);
     }
 

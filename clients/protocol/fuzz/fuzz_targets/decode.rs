@@ -17,5 +17,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = entry::parse_entry(Bytes::copy_from_slice(data));
     let _ = entry::peek_metadata(data);
+    let _ = entry::peek_message_count(data);
+    let _ = entry::to_stored(Bytes::copy_from_slice(data));
     let _ = batch::decode_batch(Bytes::copy_from_slice(data), 16);
 });
