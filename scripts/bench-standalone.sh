@@ -5,7 +5,7 @@
 set -euo pipefail
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release/magnetar"
 PY="${MAGNETAR_PYTHON:-$HOME/.cache/magnetar/venv/bin/python}"
-COUNT="${COUNT:-300000}"
+COUNT="${COUNT:-1000000}"
 SIZE="${SIZE:-1024}"
 DIR="$(mktemp -d /tmp/magnetar-bench-XXXXXX)"
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
