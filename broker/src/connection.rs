@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use magnetar_protocol::commands;
@@ -21,10 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::key_shared::KeySharedSpec;
 use crate::managed_ledger::{AppendWait, MlError};
 use crate::names::TopicName;
 use crate::position::Position;
 use crate::service::{BrokerService, ClientError};
+use crate::stats::Meter;
 use crate::subscription::{BatchAck, Consumer, SubscribeError, Subscription};
 use crate::topic::{ProducerInfo, SubscribeOpts, Topic};
 
@@ -403,8 +405,7 @@ impl Connection {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => self.svc.producer_name(),
         };
-        let msg_in = Arc::new(AtomicU64::new(0));
-        let bytes_in = Arc::new(AtomicU64::new(0));
+        let meter = Arc::new(Meter::default());
         {
             let mut producers = topic.producers.lock();
             if let Some(other) = producers.get(&name)
@@ -427,8 +428,7 @@ impl Connection {
                     conn: self.tx.clone(),
                     address: self.peer.to_string(),
                     connected_since: crate::managed_ledger::now_ms().to_string(),
-                    msg_in: Arc::clone(&msg_in),
-                    bytes_in: Arc::clone(&bytes_in),
+                    meter: Arc::clone(&meter),
                 },
             );
         }
@@ -438,8 +438,7 @@ impl Connection {
             Arc::clone(&topic),
             self.tx.clone(),
             rx,
-            msg_in,
-            bytes_in,
+            meter,
         ));
         self.svc.stats.producers.fetch_add(1, Ordering::Relaxed);
         info!(topic = %topic.full, producer = %name, peer = %self.peer, "producer created");
@@ -536,13 +535,14 @@ impl Connection {
                     format!("unknown subscription type {}", s.sub_type),
                 )
             })?;
-            if sub_type == SubType::KeyShared {
-                // refusing beats silently delivering without per-key order
-                return Err(ClientError::new(
-                    ServerError::NotAllowedError,
-                    "Key_Shared subscriptions are not supported yet",
-                ));
-            }
+            let key_shared = if sub_type == SubType::KeyShared {
+                Some(
+                    KeySharedSpec::from_proto(s.key_shared_meta.as_ref())
+                        .map_err(|m| ClientError::new(ServerError::ConsumerAssignError, m))?,
+                )
+            } else {
+                None
+            };
             let opts = SubscribeOpts {
                 durable: s.durable.unwrap_or(true),
                 initial_earliest: s.initial_position == Some(InitialPosition::Earliest as i32),
@@ -566,10 +566,13 @@ impl Connection {
                 topic.partition,
                 self.peer.to_string(),
             );
-            sub.add_consumer(Arc::clone(&consumer), sub_type)
+            sub.add_consumer(Arc::clone(&consumer), sub_type, key_shared.as_ref())
                 .map_err(|e| match e {
                     SubscribeError::Closed => {
                         ClientError::new(ServerError::ServiceNotReady, e.to_string())
+                    }
+                    SubscribeError::KeySharedAssign(m) => {
+                        ClientError::new(ServerError::ConsumerAssignError, m)
                     }
                     _ => ClientError::new(ServerError::ConsumerBusy, e.to_string()),
                 })?;
@@ -620,6 +623,8 @@ impl Connection {
             return;
         }
         let sub = Arc::clone(&cs.sub);
+        cs.consumer.acks.record(a.message_id.len() as u64, 0);
+        cs.consumer.progressed();
         let index = |id: &MessageIdData| id.batch_index.and_then(|b| usize::try_from(b).ok());
         let seq = if a.ack_type == AckType::Cumulative as i32 {
             let Some(id) = a.message_id.first() else {
@@ -827,16 +832,20 @@ impl Connection {
             address: Some(c.address.clone()),
             connected_since: Some(c.connected_since.clone()),
             r#type: Some(format!("{:?}", cs.sub.sub_type())),
-            msg_rate_out: Some(0.0),
-            msg_throughput_out: Some(0.0),
-            msg_rate_redeliver: Some(0.0),
+            msg_rate_out: Some(c.out.rates().0),
+            msg_throughput_out: Some(c.out.rates().1),
+            msg_rate_redeliver: Some(cs.sub.redelivered.rates().0),
             msg_rate_expired: Some(0.0),
-            message_ack_rate: Some(0.0),
+            message_ack_rate: Some(c.acks.rates().0),
             msg_backlog: Some(0),
             ..Default::default()
         };
-        self.tx
-            .send(commands::consumer_stats_response(s.request_id, stats));
+        let (tx, sub, request_id) = (self.tx.clone(), Arc::clone(&cs.sub), s.request_id);
+        tokio::spawn(async move {
+            let mut stats = stats;
+            stats.msg_backlog = Some(sub.backlog().await);
+            tx.send(commands::consumer_stats_response(request_id, stats));
+        });
     }
 
     fn cleanup(&mut self) {
@@ -860,8 +869,7 @@ async fn receipts(
     topic: Arc<Topic>,
     tx: ConnTx,
     mut jobs: mpsc::UnboundedReceiver<ProducerJob>,
-    msg_in: Arc<AtomicU64>,
-    bytes_in: Arc<AtomicU64>,
+    meter: Arc<Meter>,
 ) {
     while let Some(job) = jobs.recv().await {
         match job {
@@ -872,8 +880,7 @@ async fn receipts(
             {
                 Ok(p) => {
                     topic.record_publish(j.messages, j.bytes);
-                    msg_in.fetch_add(j.messages as u64, Ordering::Relaxed);
-                    bytes_in.fetch_add(j.bytes as u64, Ordering::Relaxed);
+                    meter.record(j.messages as u64, j.bytes as u64);
                     tx.send(commands::send_receipt(
                         producer_id,
                         j.sequence_id,

@@ -217,10 +217,17 @@ async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> R
     axum::Json(topic_stats(&topic).await).into_response()
 }
 
+fn avg((msgs, bytes): (u64, u64)) -> f64 {
+    if msgs > 0 {
+        bytes as f64 / msgs as f64
+    } else {
+        0.0
+    }
+}
+
 pub async fn topic_stats(topic: &Topic) -> Value {
     let (_, storage) = topic.ml.totals();
-    let msg_in = topic.msg_in.load(Ordering::Relaxed);
-    let bytes_in = topic.bytes_in.load(Ordering::Relaxed);
+    let (msg_in, bytes_in) = topic.input.totals();
     let rates = topic.rates();
     let publishers: Vec<Value> = topic
         .producers
@@ -232,11 +239,12 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                 "producerId": p.producer_id,
                 "address": p.address,
                 "connectedSince": p.connected_since,
-                "msgInCounter": p.msg_in.load(Ordering::Relaxed),
-                "bytesInCounter": p.bytes_in.load(Ordering::Relaxed),
+                "msgInCounter": p.meter.totals().0,
+                "bytesInCounter": p.meter.totals().1,
                 "accessMode": "Shared",
-                "msgRateIn": 0.0,
-                "msgThroughputIn": 0.0,
+                "msgRateIn": p.meter.rates().0,
+                "msgThroughputIn": p.meter.rates().1,
+                "averageMsgSize": avg(p.meter.totals()),
             })
         })
         .collect();
@@ -246,8 +254,8 @@ pub async fn topic_stats(topic: &Topic) -> Value {
     let mut out_bytes = 0;
     for s in subs {
         let backlog = s.backlog().await;
-        let msg_out = s.msg_out.load(Ordering::Relaxed);
-        let bytes_out = s.bytes_out.load(Ordering::Relaxed);
+        let (msg_out, bytes_out) = s.out.totals();
+        let (rate_out, throughput_out) = s.out.rates();
         out_msgs += msg_out;
         out_bytes += bytes_out;
         let consumers: Vec<Value> = s
@@ -258,12 +266,13 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                     "consumerName": c.name,
                     "availablePermits": c.permits.load(Ordering::Relaxed),
                     "unackedMessages": c.unacked.load(Ordering::Relaxed).max(0),
-                    "msgOutCounter": c.msg_out.load(Ordering::Relaxed),
-                    "bytesOutCounter": c.bytes_out.load(Ordering::Relaxed),
+                    "msgOutCounter": c.out.totals().0,
+                    "bytesOutCounter": c.out.totals().1,
                     "address": c.address,
                     "connectedSince": c.connected_since,
-                    "msgRateOut": 0.0,
-                    "msgThroughputOut": 0.0,
+                    "msgRateOut": c.out.rates().0,
+                    "msgThroughputOut": c.out.rates().1,
+                    "messageAckRate": c.acks.rates().0,
                     "blockedConsumerOnUnackedMsgs": false,
                 })
             })
@@ -276,9 +285,9 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                 "isDurable": s.cursor.is_durable(),
                 "msgOutCounter": msg_out,
                 "bytesOutCounter": bytes_out,
-                "msgRateOut": 0.0,
-                "msgThroughputOut": 0.0,
-                "msgRateRedeliver": 0.0,
+                "msgRateOut": rate_out,
+                "msgThroughputOut": throughput_out,
+                "msgRateRedeliver": s.redelivered.rates().0,
                 "unackedMessages": s.pending_entries(),
                 "consumers": consumers,
             }),
@@ -293,7 +302,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
         "bytesInCounter": bytes_in,
         "msgOutCounter": out_msgs,
         "bytesOutCounter": out_bytes,
-        "averageMsgSize": if msg_in > 0 { bytes_in as f64 / msg_in as f64 } else { 0.0 },
+        "averageMsgSize": avg((msg_in, bytes_in)),
         "storageSize": storage,
         "backlogSize": 0,
         "publishers": publishers,
@@ -418,16 +427,9 @@ async fn metrics(State(svc): Svc) -> Response {
         let _ = writeln!(lines, "pulsar_throughput_out{{{l}}} {tout}");
         let _ = writeln!(lines, "pulsar_msg_backlog{{{l}}} {backlog}");
         let _ = writeln!(lines, "pulsar_storage_size{{{l}}} {storage}");
-        let _ = writeln!(
-            lines,
-            "pulsar_in_messages_total{{{l}}} {}",
-            t.msg_in.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            lines,
-            "pulsar_in_bytes_total{{{l}}} {}",
-            t.bytes_in.load(Ordering::Relaxed)
-        );
+        let (msgs, bytes) = t.input.totals();
+        let _ = writeln!(lines, "pulsar_in_messages_total{{{l}}} {msgs}");
+        let _ = writeln!(lines, "pulsar_in_bytes_total{{{l}}} {bytes}");
     }
     for (name, help) in [
         ("pulsar_rate_in", "Messages per second in (topic)."),

@@ -8,9 +8,11 @@
 pub mod connection;
 pub mod cursor;
 pub mod http;
+pub mod key_shared;
 pub mod managed_ledger;
 pub mod names;
 pub mod position;
 pub mod service;
+pub mod stats;
 pub mod subscription;
 pub mod topic;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
 use crate::names::{Domain, TopicName};
+use crate::subscription::DispatchConfig;
 use crate::topic::Topic;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,7 @@ pub struct BrokerConfig {
     pub allow_auto_topic_creation: bool,
     pub keepalive: Duration,
     pub ml: MlConfig,
+    pub dispatch: DispatchConfig,
 }
 
 impl Default for BrokerConfig {
@@ -42,6 +44,7 @@ impl Default for BrokerConfig {
             allow_auto_topic_creation: true,
             keepalive: Duration::from_secs(30),
             ml: MlConfig::default(),
+            dispatch: DispatchConfig::default(),
         }
     }
 }
@@ -253,7 +256,7 @@ impl BrokerService {
                     self.cfg.ml.clone(),
                 )
                 .await?;
-                Topic::load(t.clone(), ml, self.meta.clone()).await
+                Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone()).await
             })
             .await
             .map_err(ClientError::from)?;

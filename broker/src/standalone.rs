@@ -14,6 +14,7 @@ use magnetar_bookie::ledger::{BOOKIES_PATH, LedgerClient};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
 use magnetar_broker::managed_ledger::MlConfig;
 use magnetar_broker::service::{BrokerConfig, BrokerService};
+use magnetar_broker::subscription::DispatchConfig;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -80,6 +81,14 @@ pub struct StandaloneArgs {
     /// How often consumed ledgers are trimmed and rates computed, in seconds [default: 10].
     #[arg(long, env = "MAGNETAR_HOUSEKEEPING_INTERVAL_SECS")]
     housekeeping_interval_secs: Option<u64>,
+    /// Key_Shared: move a consumer's hash slots (and its unacknowledged messages of them) to
+    /// other consumers after it has acknowledged nothing for this long, in ms [default: 30000].
+    #[arg(long, env = "MAGNETAR_KEY_SHARED_LEASE_MS")]
+    key_shared_lease_ms: Option<u64>,
+    /// Key_Shared: most entries held back for busy hash slots before read-ahead stops
+    /// [default: 5000].
+    #[arg(long, env = "MAGNETAR_KEY_SHARED_MAX_HELD_ENTRIES")]
+    key_shared_max_held_entries: Option<usize>,
 }
 
 impl StandaloneArgs {
@@ -109,7 +118,9 @@ impl StandaloneArgs {
             default_retention_size_in_mb,
             keep_alive_interval_seconds,
             journal_max_group_wait_us,
-            housekeeping_interval_secs
+            housekeeping_interval_secs,
+            key_shared_lease_ms,
+            key_shared_max_held_entries
         );
         Ok(self)
     }
@@ -235,6 +246,17 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         allow_auto_topic_creation: args.allow_auto_topic_creation.unwrap_or(true),
         keepalive: Duration::from_secs(args.keep_alive_interval_seconds.unwrap_or(30).max(1)),
         ml,
+        dispatch: DispatchConfig {
+            key_shared_lease: args
+                .key_shared_lease_ms
+                .map_or(DispatchConfig::default().key_shared_lease, |ms| {
+                    Duration::from_millis(ms.max(1))
+                }),
+            key_shared_max_held: args
+                .key_shared_max_held_entries
+                .unwrap_or(DispatchConfig::default().key_shared_max_held)
+                .max(1),
+        },
     };
     let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
     let svc = BrokerService::new(cfg, meta.clone(), ledgers);

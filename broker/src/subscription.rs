@@ -3,13 +3,16 @@
 //! One dispatcher task per subscription reads entries after the cursor (or the positions
 //! queued for redelivery, which go first and keep their order), and hands whole entries to
 //! consumers that have permits: the active consumer for Exclusive/Failover, round robin for
-//! Shared. Every delivered entry is remembered with its consumer until acknowledged, so a
+//! Shared, and for Key_Shared the consumer owning the entry's hash slot (see `key_shared`):
+//! an entry whose slot is still locked by another consumer's unacknowledged entries is held,
+//! in order, and later entries of that slot queue behind it. Every delivered entry is remembered with its consumer until acknowledged, so a
 //! consumer that leaves gives its entries back. Redelivery counts are kept for every
 //! subscription type, so client-side dead-letter policies work everywhere.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_protocol::proto::command_subscribe::SubType;
@@ -20,8 +23,11 @@ use tracing::{debug, warn};
 
 use crate::connection::ConnTx;
 use crate::cursor::Cursor;
+use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
 use crate::managed_ledger::ManagedLedger;
+use crate::managed_ledger::now_ms;
 use crate::position::Position;
+use crate::stats::Meter;
 
 /// Protocol version from which clients understand ACTIVE_CONSUMER_CHANGE.
 const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
@@ -31,6 +37,26 @@ static NEXT_CONSUMER_KEY: AtomicU64 = AtomicU64::new(1);
 /// Most messages one entry can hold (each batch record takes at least a few bytes of a 5 MiB
 /// entry); larger claimed batch sizes are refused rather than allocated for.
 const MAX_BATCH: usize = 1 << 20;
+
+/// Dispatch settings shared by a broker's subscriptions.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How long a Key_Shared consumer may sit on unacknowledged messages without acking
+    /// anything before its hash slots move to other consumers (and those messages with them).
+    pub key_shared_lease: Duration,
+    /// Most entries a Key_Shared subscription holds back for busy slots before it stops
+    /// reading ahead.
+    pub key_shared_max_held: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            key_shared_lease: Duration::from_secs(30),
+            key_shared_max_held: 5_000,
+        }
+    }
+}
 
 /// Which indexes of a batch an ack covers.
 #[derive(Debug, Clone, Copy)]
@@ -57,12 +83,17 @@ pub struct Consumer {
     pub partition: i32,
     pub permits: AtomicI64,
     pub unacked: AtomicI64,
-    pub msg_out: AtomicU64,
-    pub bytes_out: AtomicU64,
+    pub out: Meter,
+    /// Messages acknowledged (counted per ack command entry).
+    pub acks: Meter,
     pub connected_since: String,
     pub address: String,
     /// Closed by the broker (CLOSE_CONSUMER sent); the client will subscribe again.
     pub kicked: AtomicBool,
+    /// Last ack, or the delivery that ended an idle spell (ms): how hung consumers are found.
+    pub last_progress_ms: AtomicU64,
+    /// Found hung (Key_Shared): passed over for slots until it acknowledges something.
+    pub hung: AtomicBool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -95,12 +126,35 @@ impl Consumer {
             partition,
             permits: AtomicI64::new(0),
             unacked: AtomicI64::new(0),
-            msg_out: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            out: Meter::default(),
+            acks: Meter::default(),
             connected_since: crate::managed_ledger::now_ms().to_string(),
             address,
             kicked: AtomicBool::new(false),
+            last_progress_ms: AtomicU64::new(now_ms()),
+            hung: AtomicBool::new(false),
         })
+    }
+
+    /// Holds unacknowledged messages and has acked nothing for `lease`; once found so, it
+    /// stays hung until it acknowledges (taking its messages back does not cure it).
+    fn stalled(&self, now: u64, lease: Duration) -> bool {
+        if self.hung.load(Ordering::Relaxed) {
+            return true;
+        }
+        let hung = self.unacked.load(Ordering::Relaxed) > 0
+            && now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+                > lease.as_millis() as u64;
+        if hung {
+            self.hung.store(true, Ordering::Relaxed);
+        }
+        hung
+    }
+
+    /// The consumer acknowledged something.
+    pub fn progressed(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        self.hung.store(false, Ordering::Relaxed);
     }
 }
 
@@ -112,6 +166,8 @@ pub enum SubscribeError {
     TypeMismatch { existing: SubType },
     #[error("Subscription is closed")]
     Closed,
+    #[error("{0}")]
+    KeySharedAssign(String),
 }
 
 struct Delivered {
@@ -131,18 +187,145 @@ struct SubState {
     rr: usize,
     /// Bumped by every reset (seek), so a read that raced one is thrown away.
     epoch: u64,
+    /// Key_Shared: slot owners and per-slot order.
+    selector: Selector,
+    order: OrderLocks,
+}
+
+impl SubState {
+    fn consumer(&self, key: u64) -> Option<&Arc<Consumer>> {
+        self.consumers.iter().find(|c| c.key == key)
+    }
+
+    /// Takes a delivered entry back from its consumer (acked, or to be redelivered).
+    fn take_pending(&mut self, p: Position) -> Option<Delivered> {
+        let d = self.pending.remove(&p)?;
+        if let Some(c) = self.consumer(d.consumer) {
+            c.unacked.fetch_sub(d.messages as i64, Ordering::Relaxed);
+        }
+        self.order.undelivered(p, now_ms());
+        Some(d)
+    }
+
+    /// Queues an entry for (re)delivery ahead of new ones.
+    fn hold(&mut self, p: Position) {
+        if self.redeliver.insert(p) {
+            self.order.held(p);
+        }
+    }
+
+    fn unhold(&mut self, p: Position) {
+        if self.redeliver.remove(&p) {
+            self.order.unheld(p);
+        }
+    }
+
+    /// Takes a delivered entry back and queues it again, counting a redelivery if `count`.
+    fn requeue(&mut self, p: Position, count: bool) {
+        self.take_pending(p);
+        self.hold(p);
+        if count {
+            *self.redelivery_counts.entry(p).or_insert(0) += 1;
+        }
+    }
+
+    /// The entry is acknowledged: forget it everywhere.
+    fn release(&mut self, p: Position) {
+        self.take_pending(p);
+        self.unhold(p);
+        self.redelivery_counts.remove(&p);
+        self.order.forget(p);
+    }
+
+    fn clear(&mut self) {
+        self.redeliver.clear();
+        self.pending.clear();
+        self.redelivery_counts.clear();
+        self.order.clear();
+        for c in &self.consumers {
+            c.unacked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Key_Shared: the consumer for `slot` now, passing over hung consumers.
+    fn slot_target(&self, slot: u32, now: u64, lease: Duration) -> Option<u64> {
+        self.selector.select(slot, |k| {
+            self.consumer(k).is_none_or(|c| c.stalled(now, lease))
+        })
+    }
+
+    /// Key_Shared: where an entry of `slot` may go now, if anywhere. `spent` counts entries
+    /// already promised to consumers in this pass.
+    fn key_shared_route(
+        &self,
+        slot: u32,
+        now: u64,
+        lease: Duration,
+        spent: &HashMap<u64, i64>,
+    ) -> Option<Arc<Consumer>> {
+        let target = self.slot_target(slot, now, lease)?;
+        if !self.selector.allow_out_of_order()
+            && let Some(lock) = self.order.locks.get(&slot)
+            && lock.owner != target
+        {
+            return None;
+        }
+        let c = self.consumer(target)?;
+        let left = c.permits.load(Ordering::Acquire) - spent.get(&target).copied().unwrap_or(0);
+        (left > 0).then(|| Arc::clone(c))
+    }
+
+    /// Key_Shared: takes back the entries of slots whose owner stopped acking (hung, or
+    /// sitting on the slot for a whole lease) while entries of the slot wait for another
+    /// consumer. Returns whether anything moved.
+    fn revoke_expired_locks(&mut self, now: u64, lease: Duration) -> bool {
+        let lease_ms = lease.as_millis() as u64;
+        let expired: Vec<(u32, u64)> = self
+            .order
+            .locks
+            .iter()
+            .filter(|(slot, lock)| {
+                self.order.has_held(**slot)
+                    && self.slot_target(**slot, now, lease) != Some(lock.owner)
+                    && (now.saturating_sub(lock.since_ms) > lease_ms
+                        || self
+                            .consumer(lock.owner)
+                            .is_none_or(|c| c.stalled(now, lease)))
+            })
+            .map(|(slot, lock)| (*slot, lock.owner))
+            .collect();
+        for &(slot, owner) in &expired {
+            let mine: Vec<Position> = self
+                .pending
+                .iter()
+                .filter(|(p, d)| d.consumer == owner && self.order.slot_of(p) == Some(slot))
+                .map(|(p, _)| *p)
+                .collect();
+            warn!(
+                slot,
+                consumer = owner,
+                entries = mine.len(),
+                "Key_Shared consumer stopped acknowledging; its slot moves to another consumer"
+            );
+            for p in mine {
+                self.requeue(p, true);
+            }
+            self.order.locks.remove(&slot);
+        }
+        !expired.is_empty()
+    }
 }
 
 pub struct Subscription {
     pub name: String,
     pub cursor: Arc<Cursor>,
     ml: ManagedLedger,
+    cfg: DispatchConfig,
     state: Mutex<SubState>,
     wake: Notify,
     closed: AtomicBool,
-    pub msg_out: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub redelivered: AtomicU64,
+    pub out: Meter,
+    pub redelivered: Meter,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -154,12 +337,19 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    pub fn new(name: &str, sub_type: SubType, cursor: Arc<Cursor>, ml: ManagedLedger) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        sub_type: SubType,
+        cursor: Arc<Cursor>,
+        ml: ManagedLedger,
+        cfg: DispatchConfig,
+    ) -> Arc<Self> {
         let md = cursor.mark_delete();
         let s = Arc::new(Subscription {
             name: name.to_string(),
             cursor,
             ml,
+            cfg,
             state: Mutex::new(SubState {
                 sub_type,
                 consumers: Vec::new(),
@@ -170,15 +360,26 @@ impl Subscription {
                 pending: HashMap::new(),
                 rr: 0,
                 epoch: 0,
+                selector: Selector::default(),
+                order: OrderLocks::default(),
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
-            msg_out: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            redelivered: AtomicU64::new(0),
+            out: Meter::default(),
+            redelivered: Meter::default(),
         });
         tokio::spawn(dispatcher(Arc::clone(&s)));
         s
+    }
+
+    /// Recomputes this subscription's and its consumers' rates.
+    pub fn tick(&self, now: std::time::Instant) {
+        self.out.tick(now);
+        self.redelivered.tick(now);
+        for c in self.state.lock().consumers.iter() {
+            c.out.tick(now);
+            c.acks.tick(now);
+        }
     }
 
     pub fn sub_type(&self) -> SubType {
@@ -193,7 +394,13 @@ impl Subscription {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub fn add_consumer(&self, c: Arc<Consumer>, sub_type: SubType) -> Result<(), SubscribeError> {
+    /// Adds a consumer; `key_shared` is its Key_Shared spec (for Key_Shared subscriptions).
+    pub fn add_consumer(
+        &self,
+        c: Arc<Consumer>,
+        sub_type: SubType,
+        key_shared: Option<&KeySharedSpec>,
+    ) -> Result<(), SubscribeError> {
         if self.is_closed() {
             return Err(SubscribeError::Closed);
         }
@@ -205,6 +412,15 @@ impl Subscription {
         }
         if sub_type == SubType::Exclusive && !st.consumers.is_empty() {
             return Err(SubscribeError::ExclusiveBusy);
+        }
+        if sub_type == SubType::KeyShared {
+            let spec = match key_shared {
+                Some(s) => s.clone(),
+                None => KeySharedSpec::from_proto(None).map_err(SubscribeError::KeySharedAssign)?,
+            };
+            st.selector
+                .add(c.key, &spec)
+                .map_err(SubscribeError::KeySharedAssign)?;
         }
         st.sub_type = sub_type;
         st.consumers.push(c);
@@ -219,6 +435,7 @@ impl Subscription {
     pub fn remove_consumer(&self, key: u64) -> usize {
         let mut st = self.state.lock();
         st.consumers.retain(|c| c.key != key);
+        st.selector.remove(key);
         let mine: Vec<Position> = st
             .pending
             .iter()
@@ -226,9 +443,7 @@ impl Subscription {
             .map(|(p, _)| *p)
             .collect();
         for p in mine {
-            st.pending.remove(&p);
-            st.redeliver.insert(p);
-            *st.redelivery_counts.entry(p).or_insert(0) += 1;
+            st.requeue(p, true);
         }
         self.elect(&mut st);
         let left = st.consumers.len();
@@ -263,8 +478,7 @@ impl Subscription {
                 .map(|(p, _)| *p)
                 .collect();
             for p in mine {
-                st.pending.remove(&p);
-                st.redeliver.insert(p);
+                st.requeue(p, false);
             }
         }
         if st.sub_type == SubType::Failover {
@@ -284,14 +498,11 @@ impl Subscription {
         self.wake.notify_one();
     }
 
-    fn release(&self, st: &mut SubState, p: Position) {
-        if let Some(d) = st.pending.remove(&p)
-            && let Some(c) = st.consumers.iter().find(|c| c.key == d.consumer)
-        {
-            c.unacked.fetch_sub(d.messages as i64, Ordering::Relaxed);
+    /// After acks: a Key_Shared slot may have been unlocked.
+    fn acked(&self, st: &SubState) {
+        if st.sub_type == SubType::KeyShared {
+            self.wake.notify_one();
         }
-        st.redelivery_counts.remove(&p);
-        st.redeliver.remove(&p);
     }
 
     /// Individual acks of whole entries. Returns the cursor change number.
@@ -299,8 +510,9 @@ impl Subscription {
         {
             let mut st = self.state.lock();
             for p in positions {
-                self.release(&mut st, *p);
+                st.release(*p);
             }
+            self.acked(&st);
         }
         self.cursor.ack_individual(positions)
     }
@@ -347,7 +559,8 @@ impl Subscription {
         let (done, seq) = self.cursor.ack_batch(p, size, &unacked);
         if done {
             let mut st = self.state.lock();
-            self.release(&mut st, p);
+            st.release(p);
+            self.acked(&st);
         }
         seq
     }
@@ -372,11 +585,12 @@ impl Subscription {
     pub fn ack_cumulative(&self, p: Position) -> u64 {
         {
             let mut st = self.state.lock();
-            let done: Vec<Position> = st.pending.keys().filter(|q| **q <= p).copied().collect();
+            let mut done: Vec<Position> = st.pending.keys().filter(|q| **q <= p).copied().collect();
+            done.extend(st.redeliver.range(..=p).copied());
             for q in done {
-                self.release(&mut st, q);
+                st.release(q);
             }
-            st.redeliver.retain(|q| *q > p);
+            self.acked(&st);
         }
         self.cursor.ack_cumulative(p)
     }
@@ -391,14 +605,8 @@ impl Subscription {
             .map(|(p, _)| *p)
             .collect();
         for p in mine {
-            if let Some(d) = st.pending.remove(&p)
-                && let Some(c) = st.consumers.iter().find(|c| c.key == d.consumer)
-            {
-                c.unacked.fetch_sub(d.messages as i64, Ordering::Relaxed);
-            }
-            st.redeliver.insert(p);
-            *st.redelivery_counts.entry(p).or_insert(0) += 1;
-            self.redelivered.fetch_add(1, Ordering::Relaxed);
+            st.requeue(p, true);
+            self.redelivered.record(1, 0);
         }
         drop(st);
         self.wake.notify_one();
@@ -410,12 +618,7 @@ impl Subscription {
         let mut st = self.state.lock();
         st.read_after = md;
         st.epoch += 1;
-        st.redeliver.clear();
-        st.pending.clear();
-        st.redelivery_counts.clear();
-        for c in &st.consumers {
-            c.unacked.store(0, Ordering::Relaxed);
-        }
+        st.clear();
         drop(st);
         self.wake.notify_one();
         seq
@@ -427,6 +630,7 @@ impl Subscription {
     pub fn detach_consumers(&self) -> Vec<Arc<Consumer>> {
         let mut st = self.state.lock();
         let consumers = std::mem::take(&mut st.consumers);
+        st.selector = Selector::default();
         for c in &consumers {
             c.kicked.store(true, Ordering::Release);
         }
@@ -511,12 +715,13 @@ impl Subscription {
     fn deliver(&self, c: &Consumer, p: Position, data: Bytes, st: &mut SubState) {
         let messages = pentry::peek_message_count(&data).unwrap_or(1);
         c.permits.fetch_sub(messages as i64, Ordering::AcqRel);
-        c.unacked.fetch_add(messages as i64, Ordering::Relaxed);
-        c.msg_out.fetch_add(messages as u64, Ordering::Relaxed);
-        c.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.msg_out.fetch_add(messages as u64, Ordering::Relaxed);
-        self.bytes_out
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let now = now_ms();
+        if c.unacked.fetch_add(messages as i64, Ordering::Relaxed) <= 0 {
+            c.last_progress_ms.store(now, Ordering::Relaxed);
+        }
+        st.order.delivered(p, c.key, now);
+        c.out.record(messages as u64, data.len() as u64);
+        self.out.record(messages as u64, data.len() as u64);
         let count = st.redelivery_counts.get(&p).copied().unwrap_or(0);
         st.pending.insert(
             p,
@@ -535,20 +740,133 @@ impl Subscription {
 
 const READ_BATCH: usize = 100;
 
+impl Subscription {
+    /// How often a Key_Shared dispatcher with held entries looks again for expired leases.
+    fn lease_tick(&self) -> Duration {
+        (self.cfg.key_shared_lease / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Waits for a wake-up, or at most one lease tick when Key_Shared entries are held.
+    async fn idle(&self, ticking: bool) {
+        if ticking {
+            let _ = tokio::time::timeout(self.lease_tick(), self.wake.notified()).await;
+        } else {
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Key_Shared: held entries that can go now, in order; a slot whose first held entry cannot
+/// go blocks its later ones, so nothing overtakes within a slot.
+fn key_shared_candidates(st: &SubState, now: u64, lease: Duration, limit: usize) -> Vec<Position> {
+    let mut blocked = HashSet::new();
+    let mut spent: HashMap<u64, i64> = HashMap::new();
+    let mut out = Vec::new();
+    for p in &st.redeliver {
+        if out.len() >= limit {
+            break;
+        }
+        let Some(slot) = st.order.slot_of(p) else {
+            // not read since it was queued: read it, and nothing after it this time
+            out.push(*p);
+            break;
+        };
+        if blocked.contains(&slot) {
+            continue;
+        }
+        match st.key_shared_route(slot, now, lease, &spent) {
+            Some(c) => {
+                *spent.entry(c.key).or_insert(0) += 1;
+                out.push(*p);
+            }
+            None => {
+                blocked.insert(slot);
+            }
+        }
+    }
+    out
+}
+
+impl Subscription {
+    /// Hands read entries to consumers, holding what cannot go now. Returns (entries
+    /// delivered, whether held Key_Shared entries need lease ticks), or None if a seek
+    /// raced the read.
+    fn hand_out(
+        &self,
+        entries: Vec<(Position, Bytes)>,
+        epoch: u64,
+        key_shared: bool,
+    ) -> Option<(usize, bool)> {
+        let lease = self.cfg.key_shared_lease;
+        let mut st = self.state.lock();
+        if st.epoch != epoch {
+            return None;
+        }
+        let now = now_ms();
+        let mut blocked = HashSet::new();
+        let mut delivered = 0usize;
+        let no_spend = HashMap::new();
+        for (p, d) in entries {
+            if self.cursor.is_acked(p) {
+                st.release(p);
+                continue;
+            }
+            if st.pending.contains_key(&p) {
+                st.unhold(p);
+                continue;
+            }
+            let target = if key_shared {
+                let slot = pentry::peek_dispatch(&d).map_or_else(
+                    |_| magnetar_protocol::hash::key_slot(magnetar_protocol::hash::NONE_KEY),
+                    |i| i.key_slot,
+                );
+                let queued = st.redeliver.contains(&p);
+                st.order.learn(p, slot, queued);
+                // a slot's entries go in order: none overtakes one held before it
+                let behind = blocked.contains(&slot) || (!queued && st.order.has_held(slot));
+                let target = if behind {
+                    None
+                } else {
+                    st.key_shared_route(slot, now, lease, &no_spend)
+                };
+                if target.is_none() {
+                    blocked.insert(slot);
+                }
+                target
+            } else {
+                self.pick(&mut st)
+            };
+            match target {
+                Some(c) => {
+                    st.unhold(p);
+                    self.deliver(&c, p, d, &mut st);
+                    delivered += 1;
+                }
+                // read but not sendable now: first in line next time
+                None => st.hold(p),
+            }
+        }
+        let ticking = key_shared && st.order.held_total() > 0;
+        Some((delivered, ticking))
+    }
+}
+
 async fn dispatcher(sub: Arc<Subscription>) {
     let mut last_rx = sub.ml.subscribe_last();
+    let lease = sub.cfg.key_shared_lease;
     loop {
         if sub.is_closed() {
             return;
         }
         let _ = last_rx.borrow_and_update();
         // what can be sent, and to how many permits
-        let (budget, redeliver, read_after, epoch) = {
+        let (budget, redeliver, read_after, epoch, key_shared, may_read, ticking) = {
             let mut st = sub.state.lock();
+            let key_shared = st.sub_type == SubType::KeyShared;
             let budget: i64 = match st.sub_type {
                 SubType::Exclusive | SubType::Failover => st
                     .active
-                    .and_then(|a| st.consumers.iter().find(|c| c.key == a))
+                    .and_then(|a| st.consumer(a))
                     .map_or(0, |c| c.permits.load(Ordering::Acquire)),
                 _ => st
                     .consumers
@@ -556,6 +874,10 @@ async fn dispatcher(sub: Arc<Subscription>) {
                     .map(|c| c.permits.load(Ordering::Acquire).max(0))
                     .sum(),
             };
+            let now = now_ms();
+            if key_shared && st.order.held_total() > 0 {
+                st.revoke_expired_locks(now, lease);
+            }
             let cursor = &sub.cursor;
             let redeliver: Vec<Position> = if budget > 0 {
                 let acked: Vec<Position> = st
@@ -565,13 +887,14 @@ async fn dispatcher(sub: Arc<Subscription>) {
                     .copied()
                     .collect();
                 for p in acked {
-                    st.redeliver.remove(&p);
+                    st.release(p);
                 }
-                st.redeliver
-                    .iter()
-                    .take((budget as usize).min(READ_BATCH))
-                    .copied()
-                    .collect()
+                let limit = (budget as usize).min(READ_BATCH);
+                if key_shared {
+                    key_shared_candidates(&st, now, lease, limit)
+                } else {
+                    st.redeliver.iter().take(limit).copied().collect()
+                }
             } else {
                 Vec::new()
             };
@@ -580,10 +903,19 @@ async fn dispatcher(sub: Arc<Subscription>) {
             if st.read_after < md {
                 st.read_after = md;
             }
-            (budget, redeliver, st.read_after, st.epoch)
+            let held = st.order.held_total();
+            (
+                budget,
+                redeliver,
+                st.read_after,
+                st.epoch,
+                key_shared,
+                !key_shared || held < sub.cfg.key_shared_max_held,
+                key_shared && held > 0,
+            )
         };
         if budget <= 0 {
-            sub.wake.notified().await;
+            sub.idle(ticking).await;
             continue;
         }
         let mut entries = Vec::new();
@@ -594,10 +926,14 @@ async fn dispatcher(sub: Arc<Subscription>) {
                     Ok(d) => entries.push((p, d)),
                     Err(e) => {
                         warn!(subscription = %sub.name, position = %p, error = %e, "cannot read entry for redelivery; skipping it");
-                        sub.state.lock().redeliver.remove(&p);
+                        sub.state.lock().unhold(p);
                     }
                 }
             }
+        } else if !may_read {
+            // read-ahead limit: wait for held entries to drain
+            sub.idle(ticking).await;
+            continue;
         } else {
             let n = (budget as usize).min(READ_BATCH);
             let skip = {
@@ -609,7 +945,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 Some(p) => p,
                 None => {
                     tokio::select! {
-                        _ = sub.wake.notified() => {}
+                        _ = sub.idle(ticking) => {}
                         _ = last_rx.changed() => {}
                     }
                     continue;
@@ -639,31 +975,11 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 continue;
             }
         }
-        let mut st = sub.state.lock();
-        if st.epoch != epoch {
+        let Some((delivered, ticking)) = sub.hand_out(entries, epoch, key_shared) else {
             continue;
-        }
-        let mut leftover = Vec::new();
-        for (p, d) in entries {
-            if sub.cursor.is_acked(p) || (from_log && st.pending.contains_key(&p)) {
-                st.redeliver.remove(&p);
-                continue;
-            }
-            if st.pending.contains_key(&p) {
-                st.redeliver.remove(&p);
-                continue;
-            }
-            match sub.pick(&mut st) {
-                Some(c) => {
-                    st.redeliver.remove(&p);
-                    sub.deliver(&c, p, d, &mut st);
-                }
-                None => leftover.push(p),
-            }
-        }
-        // read but not sendable now: first in line next time
-        for p in leftover {
-            st.redeliver.insert(p);
+        };
+        if key_shared && delivered == 0 && !from_log {
+            sub.idle(ticking).await;
         }
     }
 }

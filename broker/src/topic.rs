@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use magnetar_meta::MetaStore;
 use magnetar_protocol::proto::command_subscribe::SubType;
@@ -14,7 +13,8 @@ use crate::cursor::Cursor;
 use crate::managed_ledger::{ManagedLedger, MlError};
 use crate::names::TopicName;
 use crate::position::Position;
-use crate::subscription::Subscription;
+use crate::stats::Meter;
+use crate::subscription::{DispatchConfig, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct ProducerInfo {
@@ -23,8 +23,7 @@ pub struct ProducerInfo {
     pub conn: ConnTx,
     pub address: String,
     pub connected_since: String,
-    pub msg_in: Arc<AtomicU64>,
-    pub bytes_in: Arc<AtomicU64>,
+    pub meter: Arc<Meter>,
 }
 
 pub struct Topic {
@@ -37,18 +36,10 @@ pub struct Topic {
     pub subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
     /// Serialises subscription creation, which awaits meta.
     sub_lock: tokio::sync::Mutex<()>,
-    pub msg_in: AtomicU64,
-    pub bytes_in: AtomicU64,
+    /// Messages and bytes published.
+    pub input: Meter,
     pub partition: i32,
-    rates: Mutex<Rates>,
-}
-
-/// Counters at the last rate update, and the rates derived from them.
-#[derive(Default)]
-struct Rates {
-    at: Option<std::time::Instant>,
-    counters: [u64; 4],
-    rates: [f64; 4],
+    dispatch: DispatchConfig,
 }
 
 impl std::fmt::Debug for Topic {
@@ -70,6 +61,7 @@ impl Topic {
         name: TopicName,
         ml: ManagedLedger,
         meta: MetaStore,
+        dispatch: DispatchConfig,
     ) -> Result<Arc<Topic>, MlError> {
         let partition = name.partition().map_or(-1, |p| p as i32);
         let t = Arc::new(Topic {
@@ -80,10 +72,9 @@ impl Topic {
             producers: Mutex::default(),
             subscriptions: Mutex::default(),
             sub_lock: tokio::sync::Mutex::new(()),
-            msg_in: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
+            input: Meter::default(),
             partition,
-            rates: Mutex::default(),
+            dispatch,
         });
         let path = t.name.path();
         let names = t
@@ -101,7 +92,13 @@ impl Topic {
             )
             .await
             .map_err(MlError::from)?;
-            let s = Subscription::new(&sub, SubType::Exclusive, cursor, t.ml.clone());
+            let s = Subscription::new(
+                &sub,
+                SubType::Exclusive,
+                cursor,
+                t.ml.clone(),
+                t.dispatch.clone(),
+            );
             t.subscriptions.lock().insert(sub, s);
         }
         Ok(t)
@@ -152,7 +149,13 @@ impl Topic {
             };
             Cursor::non_durable(self.ml.clone(), self.meta.clone(), name, md)
         };
-        let s = Subscription::new(name, sub_type, cursor, self.ml.clone());
+        let s = Subscription::new(
+            name,
+            sub_type,
+            cursor,
+            self.ml.clone(),
+            self.dispatch.clone(),
+        );
         self.subscriptions
             .lock()
             .insert(name.to_string(), Arc::clone(&s));
@@ -181,44 +184,40 @@ impl Topic {
     }
 
     pub fn record_publish(&self, messages: u32, bytes: usize) {
-        self.msg_in.fetch_add(messages as u64, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.input.record(messages as u64, bytes as u64);
     }
 
-    fn counters(&self) -> [u64; 4] {
-        let (mut mo, mut bo) = (0, 0);
-        for s in self.subscriptions.lock().values() {
-            mo += s.msg_out.load(Ordering::Relaxed);
-            bo += s.bytes_out.load(Ordering::Relaxed);
-        }
-        [
-            self.msg_in.load(Ordering::Relaxed),
-            self.bytes_in.load(Ordering::Relaxed),
-            mo,
-            bo,
-        ]
-    }
-
-    /// Recomputes the rates from the counters (called periodically).
+    /// Recomputes every rate of this topic, its producers, subscriptions and consumers.
     pub fn update_rates(&self) {
         let now = std::time::Instant::now();
-        let c = self.counters();
-        let mut r = self.rates.lock();
-        if let Some(at) = r.at {
-            let secs = now.duration_since(at).as_secs_f64().max(0.001);
-            let prev = r.counters;
-            for (rate, (now, before)) in r.rates.iter_mut().zip(c.iter().zip(prev)) {
-                *rate = now.saturating_sub(before) as f64 / secs;
-            }
+        self.input.tick(now);
+        for p in self.producers.lock().values() {
+            p.meter.tick(now);
         }
-        r.at = Some(now);
-        r.counters = c;
+        for s in self.subscriptions.lock().values() {
+            s.tick(now);
+        }
     }
 
     /// (msg/s in, bytes/s in, msg/s out, bytes/s out) over the last interval.
     pub fn rates(&self) -> (f64, f64, f64, f64) {
-        let r = self.rates.lock().rates;
-        (r[0], r[1], r[2], r[3])
+        let (mi, bi) = self.input.rates();
+        let (mut mo, mut bo) = (0.0, 0.0);
+        for s in self.subscriptions.lock().values() {
+            let (m, b) = s.out.rates();
+            mo += m;
+            bo += b;
+        }
+        (mi, bi, mo, bo)
+    }
+
+    /// (messages, bytes) delivered over all subscriptions.
+    pub fn out_totals(&self) -> (u64, u64) {
+        self.subscriptions
+            .lock()
+            .values()
+            .map(|s| s.out.totals())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     /// Flushes cursors and seals the log (clean shutdown or unload).

@@ -245,3 +245,53 @@ async fn shared_reader_seek_and_redelivery() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_shared_routes_each_key_to_one_consumer_in_order() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let p = client(&sa).await?;
+    let topic = "persistent://public/default/rust-key-shared";
+    let mut a = consumer(&p, topic, "ks", SubType::KeyShared).await?;
+    let mut b = consumer(&p, topic, "ks", SubType::KeyShared).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    let (keys, per_key) = (16, 10);
+    for seq in 0..per_key {
+        for k in 0..keys {
+            prod.create_message()
+                .with_content(seq.to_string().as_bytes())
+                .with_key(format!("key-{k}"))
+                .send_non_blocking()
+                .await?
+                .await?;
+        }
+    }
+    // (consumer, key) -> sequence numbers in arrival order
+    let mut got: std::collections::BTreeMap<(char, String), Vec<u32>> = Default::default();
+    let mut total = 0;
+    while total < keys * per_key {
+        let (who, m) = tokio::select! {
+            m = next(&mut a) => ('a', m),
+            m = next(&mut b) => ('b', m),
+        };
+        let seq: u32 = String::from_utf8(m.payload.data.clone())?.parse()?;
+        got.entry((who, m.key().unwrap())).or_default().push(seq);
+        if who == 'a' {
+            a.ack(&m).await?;
+        } else {
+            b.ack(&m).await?;
+        }
+        total += 1;
+    }
+    let mut owners = std::collections::HashMap::new();
+    for ((who, key), seqs) in &got {
+        assert_eq!(seqs, &(0..per_key).collect::<Vec<_>>(), "{key} at {who}");
+        assert!(
+            owners.insert(key.clone(), *who).is_none(),
+            "{key} went to both"
+        );
+    }
+    assert_eq!(owners.len(), keys as usize);
+    let used: std::collections::HashSet<char> = owners.values().copied().collect();
+    assert_eq!(used.len(), 2, "every key went to one consumer");
+    Ok(())
+}

@@ -61,6 +61,22 @@ async fn python_client_semantics() -> Result<()> {
 }
 
 #[tokio::test]
+async fn key_shared_keeps_key_order_through_churn() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &["--key-shared-lease-ms", "1000"]).await?;
+    let out = run_py("key_shared.py", &[&sa.service_url()]).await?;
+    println!("{out}");
+    // the default lease, far longer than the check: only out-of-order delivery passes it
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let out = run_py(
+        "key_shared.py",
+        &[&sa.service_url(), "out_of_order_allowed"],
+    )
+    .await?;
+    println!("{out}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn consumed_ledgers_are_trimmed() -> Result<()> {
     let sa = StandaloneProc::start(
         bin(),

@@ -255,16 +255,6 @@ def check_tail_under_load():
     assert got == list(range(n)), "received %d of %d" % (len(got), n)
 
 
-def check_key_shared_refused():
-    # until Key_Shared keeps per-key order, it is refused rather than served as Shared
-    try:
-        client.subscribe(topic("ks"), "s", consumer_type=pulsar.ConsumerType.KeyShared)
-    except Exception as e:
-        assert "NotAllowed" in str(e) or "NotAllowed" in type(e).__name__, repr(e)
-    else:
-        raise AssertionError("Key_Shared subscription accepted")
-
-
 def check_partitioned():
     import json
     import urllib.request

@@ -117,19 +117,85 @@ pub fn to_stored(section: Bytes) -> Result<Bytes, EntryError> {
     normalize(section).map(|e| e.raw)
 }
 
-/// Field 11 of MessageMetadata alone: decoding it skips every other field without
-/// allocating, which is all that counting messages needs.
+/// The MessageMetadata fields dispatch looks at; decoding into this skips every other field.
+/// Keys are read as bytes so a non-UTF-8 key cannot fail the decode.
 #[derive(Clone, PartialEq, Message)]
-struct CountOnly {
+struct DispatchFields {
+    #[prost(bytes = "bytes", optional, tag = "6")]
+    partition_key: Option<Bytes>,
     #[prost(int32, optional, tag = "11")]
     num_messages_in_batch: Option<i32>,
+    #[prost(bool, optional, tag = "17")]
+    partition_key_b64_encoded: Option<bool>,
+    #[prost(bytes = "bytes", optional, tag = "18")]
+    ordering_key: Option<Bytes>,
+    #[prost(int64, optional, tag = "19")]
+    deliver_at_time: Option<i64>,
+}
+
+/// What a dispatcher needs to know about a stored entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchInfo {
+    /// Messages in the entry (at least 1).
+    pub messages: u32,
+    /// Key_Shared slot of the routing key: ordering key, else partition key, else NONE_KEY.
+    pub key_slot: u32,
+    /// Requested delivery time (epoch ms), if any.
+    pub deliver_at: Option<i64>,
 }
 
 /// Messages in an entry in stored form (at least 1), without checking the CRC.
 pub fn peek_message_count(raw: &[u8]) -> Result<u32, EntryError> {
+    peek_dispatch(raw).map(|d| d.messages)
+}
+
+/// Dispatch facts of an entry in stored form, without checking the CRC.
+pub fn peek_dispatch(raw: &[u8]) -> Result<DispatchInfo, EntryError> {
     let meta = metadata_bytes(raw)?;
-    let c = CountOnly::decode(meta).map_err(|e| EntryError::Metadata(e.to_string()))?;
-    Ok(c.num_messages_in_batch.map_or(1, |n| n.max(1) as u32))
+    let f = DispatchFields::decode(meta).map_err(|e| EntryError::Metadata(e.to_string()))?;
+    let key_slot = match (&f.ordering_key, &f.partition_key) {
+        (Some(k), _) => crate::hash::key_slot(k),
+        (None, Some(k)) if f.partition_key_b64_encoded == Some(true) => {
+            crate::hash::key_slot(&base64_decode(k).unwrap_or_else(|| k.to_vec()))
+        }
+        (None, Some(k)) => crate::hash::key_slot(k),
+        (None, None) => crate::hash::key_slot(crate::hash::NONE_KEY),
+    };
+    Ok(DispatchInfo {
+        messages: f.num_messages_in_batch.map_or(1, |n| n.max(1) as u32),
+        key_slot,
+        deliver_at: f.deliver_at_time,
+    })
+}
+
+/// Standard base64 (with or without padding); None on any invalid character.
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s: Vec<u8> = s.iter().copied().filter(|c| *c != b'=').collect();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&bytes[1..4]),
+            3 => out.extend_from_slice(&bytes[1..3]),
+            2 => out.push(bytes[1]),
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 fn metadata_bytes(raw: &[u8]) -> Result<&[u8], EntryError> {
@@ -181,6 +247,33 @@ mod tests {
             publish_time: 1234,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn dispatch_key_is_ordering_then_partition_then_none() {
+        use crate::hash::{NONE_KEY, key_slot};
+        let mut m = meta();
+        let d = peek_dispatch(&encode_entry(&m, b"x")).unwrap();
+        assert_eq!(d.key_slot, key_slot(NONE_KEY));
+        assert_eq!(d.messages, 1);
+        m.partition_key = Some("user-7".into());
+        m.deliver_at_time = Some(99);
+        let d = peek_dispatch(&encode_entry(&m, b"x")).unwrap();
+        assert_eq!(d.key_slot, key_slot(b"user-7"));
+        assert_eq!(d.deliver_at, Some(99));
+        m.partition_key = Some("dXNlci03".into()); // base64 of user-7
+        m.partition_key_b64_encoded = Some(true);
+        assert_eq!(
+            peek_dispatch(&encode_entry(&m, b"x")).unwrap().key_slot,
+            key_slot(b"user-7")
+        );
+        m.ordering_key = Some(Bytes::from_static(b"ord"));
+        m.num_messages_in_batch = Some(5);
+        let d = peek_dispatch(&encode_entry(&m, b"x")).unwrap();
+        assert_eq!((d.key_slot, d.messages), (key_slot(b"ord"), 5));
+        assert_eq!(base64_decode(b"YQ=="), Some(b"a".to_vec()));
+        assert_eq!(base64_decode(b"YWI"), Some(b"ab".to_vec()));
+        assert_eq!(base64_decode(b"Y!"), None);
     }
 
     #[test]

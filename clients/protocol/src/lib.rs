@@ -7,6 +7,7 @@ pub mod batch;
 pub mod commands;
 pub mod entry;
 pub mod frame;
+pub mod hash;
 
 /// The prost types generated from `proto/pulsar.proto` (package `pulsar.proto`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
