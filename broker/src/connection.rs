@@ -401,6 +401,21 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
+        // dead-letter producers ask for a subscription so nothing they write is missed
+        if let Some(sub) = p
+            .initial_subscription_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        {
+            let opts = SubscribeOpts {
+                durable: true,
+                initial_earliest: true,
+                start: None,
+            };
+            if let Err(e) = topic.subscription(sub, SubType::Shared, &opts).await {
+                return self.error(p.request_id, e.into());
+            }
+        }
         let name = match p.producer_name.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => self.svc.producer_name(),
@@ -472,10 +487,8 @@ impl Connection {
                 return Ok(());
             }
         };
-        let messages = match s.num_messages.filter(|n| *n > 0) {
-            Some(n) => n as u32,
-            None => pentry::peek_message_count(&raw).unwrap_or(1),
-        };
+        // counted from the metadata, not the client's num_messages: chunks count once
+        let messages = pentry::peek_counted(&raw).unwrap_or(1);
         let bytes = raw.len();
         let wait = match ps.topic.ml.append_start(raw, messages).await {
             Ok(w) => w,

@@ -552,7 +552,7 @@ impl ManagedLedger {
         futures::pin_mut!(reads);
         while let Some(d) = reads.next().await {
             let d = d?;
-            let n = magnetar_protocol::entry::peek_message_count(&d).unwrap_or(1);
+            let n = magnetar_protocol::entry::peek_counted(&d).unwrap_or(1);
             sum += n as u64;
             counts.push(sum);
         }

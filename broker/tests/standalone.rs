@@ -77,6 +77,15 @@ async fn key_shared_keeps_key_order_through_churn() -> Result<()> {
 }
 
 #[tokio::test]
+async fn queue_semantics_with_python_client() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &["--max-message-size", "102400"]).await?;
+    let web_port = sa.web.port().to_string();
+    let out = run_py("queues.py", &[&sa.service_url(), &web_port]).await?;
+    println!("{out}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn consumed_ledgers_are_trimmed() -> Result<()> {
     let sa = StandaloneProc::start(
         bin(),

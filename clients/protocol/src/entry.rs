@@ -131,13 +131,20 @@ struct DispatchFields {
     ordering_key: Option<Bytes>,
     #[prost(int64, optional, tag = "19")]
     deliver_at_time: Option<i64>,
+    #[prost(int32, optional, tag = "27")]
+    num_chunks_from_msg: Option<i32>,
+    #[prost(int32, optional, tag = "29")]
+    chunk_id: Option<i32>,
 }
 
 /// What a dispatcher needs to know about a stored entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchInfo {
-    /// Messages in the entry (at least 1).
+    /// Messages in the entry (at least 1): what a consumer's permits are charged.
     pub messages: u32,
+    /// Messages the entry counts as in backlogs and stats: a chunked message counts once,
+    /// at its last chunk, so every other chunk counts 0.
+    pub counted: u32,
     /// Key_Shared slot of the routing key: ordering key, else partition key, else NONE_KEY.
     pub key_slot: u32,
     /// Requested delivery time (epoch ms), if any.
@@ -147,6 +154,11 @@ pub struct DispatchInfo {
 /// Messages in an entry in stored form (at least 1), without checking the CRC.
 pub fn peek_message_count(raw: &[u8]) -> Result<u32, EntryError> {
     peek_dispatch(raw).map(|d| d.messages)
+}
+
+/// Messages an entry counts as in backlogs (see [`DispatchInfo::counted`]).
+pub fn peek_counted(raw: &[u8]) -> Result<u32, EntryError> {
+    peek_dispatch(raw).map(|d| d.counted)
 }
 
 /// Dispatch facts of an entry in stored form, without checking the CRC.
@@ -161,8 +173,14 @@ pub fn peek_dispatch(raw: &[u8]) -> Result<DispatchInfo, EntryError> {
         (None, Some(k)) => crate::hash::key_slot(k),
         (None, None) => crate::hash::key_slot(crate::hash::NONE_KEY),
     };
+    let messages = f.num_messages_in_batch.map_or(1, |n| n.max(1) as u32);
+    let counted = match (f.chunk_id, f.num_chunks_from_msg) {
+        (Some(id), Some(n)) if n > 1 && id != n - 1 => 0,
+        _ => messages,
+    };
     Ok(DispatchInfo {
-        messages: f.num_messages_in_batch.map_or(1, |n| n.max(1) as u32),
+        messages,
+        counted,
         key_slot,
         deliver_at: f.deliver_at_time,
     })
@@ -271,6 +289,13 @@ mod tests {
         m.num_messages_in_batch = Some(5);
         let d = peek_dispatch(&encode_entry(&m, b"x")).unwrap();
         assert_eq!((d.key_slot, d.messages), (key_slot(b"ord"), 5));
+        m.num_messages_in_batch = None;
+        m.num_chunks_from_msg = Some(3);
+        m.chunk_id = Some(1);
+        let d = peek_dispatch(&encode_entry(&m, b"x")).unwrap();
+        assert_eq!((d.messages, d.counted), (1, 0));
+        m.chunk_id = Some(2);
+        assert_eq!(peek_dispatch(&encode_entry(&m, b"x")).unwrap().counted, 1);
         assert_eq!(base64_decode(b"YQ=="), Some(b"a".to_vec()));
         assert_eq!(base64_decode(b"YWI"), Some(b"ab".to_vec()));
         assert_eq!(base64_decode(b"Y!"), None);
