@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use magnetar_protocol::commands;
@@ -27,8 +27,10 @@ use crate::names::TopicName;
 use crate::position::Position;
 use crate::service::{BrokerService, ClientError};
 use crate::stats::Meter;
-use crate::subscription::{BatchAck, Consumer, SubscribeError, Subscription};
-use crate::topic::{ProducerInfo, SubscribeOpts, Topic};
+use crate::subscription::{BatchAck, ClientTraits, Consumer, SubscribeError, Subscription};
+use crate::topic::{
+    Grant, PRODUCER_FENCED, PRODUCER_READY, PRODUCER_WAITING, ProducerInfo, SubscribeOpts, Topic,
+};
 
 pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
 
@@ -111,6 +113,9 @@ enum ProducerJob {
 struct ProducerState {
     topic: Arc<Topic>,
     name: String,
+    key: u64,
+    /// Waiting, ready or fenced (see `topic::PRODUCER_*`).
+    state: Arc<AtomicU8>,
     jobs: mpsc::UnboundedSender<ProducerJob>,
 }
 
@@ -401,6 +406,15 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
+        if topic.ml.terminated().is_some() {
+            return self.error(
+                p.request_id,
+                ClientError::new(
+                    ServerError::TopicTerminatedError,
+                    format!("Topic {} was terminated", topic.full),
+                ),
+            );
+        }
         // dead-letter producers ask for a subscription so nothing they write is missed
         if let Some(sub) = p
             .initial_subscription_name
@@ -421,32 +435,27 @@ impl Connection {
             _ => self.svc.producer_name(),
         };
         let meter = Arc::new(Meter::default());
-        {
-            let mut producers = topic.producers.lock();
-            if let Some(other) = producers.get(&name)
-                && !other.conn.is_closed()
-            {
-                drop(producers);
-                return self.error(
-                    p.request_id,
-                    ClientError::new(
-                        ServerError::ProducerBusy,
-                        format!("Producer with name '{name}' is already connected to topic"),
-                    ),
-                );
-            }
-            producers.insert(
-                name.clone(),
-                ProducerInfo {
-                    name: name.clone(),
-                    producer_id: p.producer_id,
-                    conn: self.tx.clone(),
-                    address: self.peer.to_string(),
-                    connected_since: crate::managed_ledger::now_ms().to_string(),
-                    meter: Arc::clone(&meter),
-                },
-            );
-        }
+        let access_mode = p
+            .producer_access_mode
+            .and_then(|m| ProducerAccessMode::try_from(m).ok())
+            .unwrap_or(ProducerAccessMode::Shared);
+        let key = ProducerInfo::next_key();
+        let state = Arc::new(AtomicU8::new(PRODUCER_WAITING));
+        let info = ProducerInfo {
+            key,
+            name: name.clone(),
+            producer_id: p.producer_id,
+            conn: self.tx.clone(),
+            address: self.peer.to_string(),
+            connected_since: crate::managed_ledger::now_ms().to_string(),
+            meter: Arc::clone(&meter),
+            access_mode,
+            state: Arc::clone(&state),
+        };
+        let grant = match topic.add_producer(info, p.request_id, p.topic_epoch) {
+            Ok(g) => g,
+            Err(e) => return self.error(p.request_id, e),
+        };
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(receipts(
             p.producer_id,
@@ -456,11 +465,28 @@ impl Connection {
             meter,
         ));
         self.svc.stats.producers.fetch_add(1, Ordering::Relaxed);
-        info!(topic = %topic.full, producer = %name, peer = %self.peer, "producer created");
-        self.tx
-            .send(commands::producer_success(p.request_id, &name, -1));
-        self.producers
-            .insert(p.producer_id, ProducerState { topic, name, jobs });
+        info!(topic = %topic.full, producer = %name, peer = %self.peer, mode = ?access_mode, grant = ?grant, "producer created");
+        let (epoch, ready) = match grant {
+            Grant::Ready(epoch) => (epoch, true),
+            Grant::Waiting => (None, false),
+        };
+        self.tx.send(commands::producer_success_with(
+            p.request_id,
+            &name,
+            -1,
+            epoch,
+            ready,
+        ));
+        self.producers.insert(
+            p.producer_id,
+            ProducerState {
+                topic,
+                name,
+                key,
+                state,
+                jobs,
+            },
+        );
     }
 
     async fn handle_send(&mut self, s: CommandSend, payload: Option<Bytes>) -> Result<(), String> {
@@ -475,6 +501,23 @@ impl Connection {
                 msg,
             ));
         };
+        match ps.state.load(Ordering::Acquire) {
+            PRODUCER_READY => {}
+            PRODUCER_FENCED => {
+                fail(
+                    ServerError::ProducerFenced,
+                    "producer was fenced by an exclusive producer".into(),
+                );
+                return Ok(());
+            }
+            _ => {
+                fail(
+                    ServerError::NotAllowedError,
+                    "producer is waiting for exclusive access".into(),
+                );
+                return Ok(());
+            }
+        }
         let Some(payload) = payload else {
             fail(ServerError::UnknownError, "SEND without payload".into());
             return Ok(());
@@ -493,7 +536,8 @@ impl Connection {
         let wait = match ps.topic.ml.append_start(raw, messages).await {
             Ok(w) => w,
             Err(e) => {
-                fail(ServerError::PersistenceError, e.to_string());
+                let e = ClientError::from(e);
+                fail(e.code, e.message);
                 return Ok(());
             }
         };
@@ -510,7 +554,7 @@ impl Connection {
     fn close_producer(&mut self, producer_id: u64, request_id: u64) {
         match self.producers.remove(&producer_id) {
             Some(ps) => {
-                ps.topic.producers.lock().remove(&ps.name);
+                ps.topic.remove_producer(&ps.name, ps.key);
                 self.svc.stats.producers.fetch_sub(1, Ordering::Relaxed);
                 // the receipt task answers after the receipts before it
                 if ps.jobs.send(ProducerJob::Close(request_id)).is_err() {
@@ -575,7 +619,11 @@ impl Connection {
                 name,
                 s.priority_level.unwrap_or(0),
                 self.tx.clone(),
-                (self.protocol, !self.client_version.starts_with("pulsar-rs")),
+                ClientTraits {
+                    protocol: self.protocol,
+                    close_after_seek: !self.client_version.starts_with("pulsar-rs"),
+                    end_of_topic: !self.client_version.starts_with("Pulsar-CPP"),
+                },
                 topic.partition,
                 self.peer.to_string(),
             );
@@ -865,7 +913,7 @@ impl Connection {
         let ids: Vec<u64> = self.producers.keys().copied().collect();
         for id in ids {
             if let Some(ps) = self.producers.remove(&id) {
-                ps.topic.producers.lock().remove(&ps.name);
+                ps.topic.remove_producer(&ps.name, ps.key);
                 self.svc.stats.producers.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -904,11 +952,12 @@ async fn receipts(
                 }
                 Err(e) => {
                     warn!(topic = %topic.full, producer_id, error = %e, "publish failed");
+                    let e = ClientError::from(e);
                     tx.send(commands::send_error(
                         producer_id,
                         j.sequence_id,
-                        ServerError::PersistenceError,
-                        e.to_string(),
+                        e.code,
+                        e.message,
                     ));
                 }
             },

@@ -53,6 +53,10 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             get(internal_stats),
         )
         .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/terminate",
+            axum::routing::post(terminate),
+        )
+        .route(
             "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
             get(lookup),
         )
@@ -217,6 +221,23 @@ async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> R
     axum::Json(topic_stats(&topic).await).into_response()
 }
 
+/// Terminates a topic; answers the id of its last message.
+async fn terminate(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
+    let topic = match path_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match topic.terminate().await {
+        Ok(last) => axum::Json(json!({
+            "ledgerId": last.ledger,
+            "entryId": last.entry,
+            "partitionIndex": topic.partition,
+        }))
+        .into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn avg((msgs, bytes): (u64, u64)) -> f64 {
     if msgs > 0 {
         bytes as f64 / msgs as f64
@@ -232,6 +253,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
     let publishers: Vec<Value> = topic
         .producers
         .lock()
+        .by_name
         .values()
         .map(|p| {
             json!({
@@ -241,7 +263,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                 "connectedSince": p.connected_since,
                 "msgInCounter": p.meter.totals().0,
                 "bytesInCounter": p.meter.totals().1,
-                "accessMode": "Shared",
+                "accessMode": p.access_mode.as_str_name(),
                 "msgRateIn": p.meter.rates().0,
                 "msgThroughputIn": p.meter.rates().1,
                 "averageMsgSize": avg(p.meter.totals()),

@@ -35,6 +35,8 @@ pub enum MlError {
     Closed(String),
     #[error("position {0} is not in the log")]
     NoSuchPosition(Position),
+    #[error("topic {0} was terminated: it takes no more messages")]
+    Terminated(String),
 }
 
 /// How ledgers are created and rolled over.
@@ -88,7 +90,23 @@ pub struct LedgerInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MlRecord {
     ledgers: Vec<LedgerInfo>,
+    /// Set once the topic is terminated: its last entry (ledger, entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    terminated: Option<(u64, i64)>,
 }
+
+impl MlState {
+    fn record(&self) -> MlRecord {
+        MlRecord {
+            ledgers: self.ledgers.values().cloned().collect(),
+            terminated: self.terminated.map(|p| (p.ledger, p.entry)),
+        }
+    }
+}
+
+/// `AppendReq::messages` values that are commands to the appender, not appends.
+const CLOSE_MARKER: u32 = u32::MAX;
+const TERMINATE_MARKER: u32 = u32::MAX - 1;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -142,6 +160,8 @@ struct MlState {
     counts: HashMap<u64, Vec<u64>>,
     closed: bool,
     fenced: bool,
+    /// The last entry of a terminated topic.
+    terminated: Option<Position>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +181,7 @@ struct MlInner {
     cache: Mutex<EntryCache>,
     last: watch::Sender<Position>,
     stats: MlStats,
+    record_writes: tokio::sync::Mutex<()>,
 }
 
 /// A topic's log. Cheap to clone.
@@ -231,22 +252,33 @@ impl ManagedLedger {
         record
             .ledgers
             .retain(|l| l.entries > 0 || l.closed_ms.is_none());
-        let writer = client
-            .create(cfg.ensemble_size, cfg.write_quorum, cfg.ack_quorum)
-            .await?;
-        record.ledgers.push(LedgerInfo {
-            ledger_id: writer.id(),
-            entries: 0,
-            size: 0,
-            messages: Some(0),
-            timestamp_ms: now_ms(),
-            closed_ms: None,
-        });
+        let terminated = record.terminated.map(|(l, e)| Position::new(l, e));
+        // a terminated topic takes no appends, so it gets no ledger to write
+        let writer = match terminated {
+            Some(_) => None,
+            None => Some(
+                client
+                    .create(cfg.ensemble_size, cfg.write_quorum, cfg.ack_quorum)
+                    .await?,
+            ),
+        };
+        if let Some(w) = &writer {
+            record.ledgers.push(LedgerInfo {
+                ledger_id: w.id(),
+                entries: 0,
+                size: 0,
+                messages: Some(0),
+                timestamp_ms: now_ms(),
+                closed_ms: None,
+            });
+        }
         let expected = version.map_or(Expected::Absent, Expected::Version);
         match meta.put_json(&key, &record, expected).await {
             Ok(v) => version = Some(v),
             Err(MetaError::BadVersion { .. }) => {
-                let _ = client.delete(writer.id()).await;
+                if let Some(w) = &writer {
+                    let _ = client.delete(w.id()).await;
+                }
                 return Err(MlError::Fenced(name.to_string()));
             }
             Err(e) => return Err(e.into()),
@@ -261,15 +293,24 @@ impl ManagedLedger {
             .into_iter()
             .map(|l| (l.ledger_id, l))
             .collect();
+        // before the first entry: (first ledger id or the new writer's, -1)
+        let empty_at = writer
+            .as_ref()
+            .map(|w| w.id())
+            .or_else(|| ledgers.keys().next().copied())
+            .or_else(|| terminated.map(|t| t.ledger))
+            .unwrap_or(0);
         let last = ledgers
             .values()
             .rev()
             .find(|l| l.entries > 0)
-            .map_or(Position::new(writer.id(), -1), |l| {
+            .map_or(Position::new(empty_at, -1), |l| {
                 Position::new(l.ledger_id, l.entries as i64 - 1)
             });
         let mut counts = HashMap::new();
-        counts.insert(writer.id(), Vec::new());
+        if let Some(w) = &writer {
+            counts.insert(w.id(), Vec::new());
+        }
         let (last_tx, _) = watch::channel(last);
         let inner = Arc::new(MlInner {
             name: name.to_string(),
@@ -284,14 +325,16 @@ impl ManagedLedger {
             state: Mutex::new(MlState {
                 ledgers,
                 version: version.unwrap_or(0),
-                current: Some(writer),
+                current: writer,
                 readers: HashMap::new(),
                 counts,
                 closed: false,
                 fenced: false,
+                terminated,
             }),
             last: last_tx,
             stats: MlStats::default(),
+            record_writes: tokio::sync::Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(appender(Arc::clone(&inner), rx));
@@ -611,7 +654,7 @@ impl ManagedLedger {
     /// lowest mark-delete position over the durable cursors (None: no cursors).
     pub async fn trim(&self, slowest: Option<Position>) -> Result<usize, MlError> {
         let now = now_ms();
-        let (victims, version) = {
+        let victims = {
             let st = self.inner.state.lock();
             if st.fenced || st.closed {
                 return Ok(0);
@@ -644,32 +687,21 @@ impl ManagedLedger {
                 }
                 victims.push(l.ledger_id);
             }
-            (victims, st.version)
+            victims
         };
         if victims.is_empty() {
             return Ok(0);
         }
-        let record = {
-            let st = self.inner.state.lock();
-            MlRecord {
-                ledgers: st
-                    .ledgers
-                    .values()
-                    .filter(|l| !victims.contains(&l.ledger_id))
-                    .cloned()
-                    .collect(),
-            }
-        };
-        let v = put_record(&self.inner, &record, version).await?;
-        {
-            let mut st = self.inner.state.lock();
-            st.version = v;
+        // dropped from memory with the record write, so no later write brings them back
+        write_record(&self.inner, |st| {
             for id in &victims {
                 st.ledgers.remove(id);
                 st.readers.remove(id);
                 st.counts.remove(id);
             }
-        }
+            st.record()
+        })
+        .await?;
         {
             let mut c = self.inner.cache.lock();
             let keep = c.entries.split_off(&Position::new(
@@ -691,12 +723,11 @@ impl ManagedLedger {
     /// Seals the current ledger and stops accepting appends (pending ones finish first).
     pub async fn close(&self) -> Result<(), MlError> {
         let (tx, rx) = oneshot::channel();
-        // an empty append with 0 messages is the close marker
         if self
             .appends
             .send(AppendReq {
                 data: Bytes::new(),
-                messages: u32::MAX,
+                messages: CLOSE_MARKER,
                 reply: tx,
             })
             .await
@@ -705,6 +736,31 @@ impl ManagedLedger {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(Position::new(0, -1))).map(|_| ())
+    }
+
+    /// Terminates the topic: appends queued before this finish, later ones fail with
+    /// `Terminated`, and the log's last position is recorded durably and returned.
+    /// Terminating twice returns the same position.
+    pub async fn terminate(&self) -> Result<Position, MlError> {
+        if let Some(p) = self.terminated() {
+            return Ok(p);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.appends
+            .send(AppendReq {
+                data: Bytes::new(),
+                messages: TERMINATE_MARKER,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| MlError::Closed(self.inner.name.clone()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(MlError::Closed(self.inner.name.clone())))
+    }
+
+    /// The last position of a terminated topic; None while it takes appends.
+    pub fn terminated(&self) -> Option<Position> {
+        self.inner.state.lock().terminated
     }
 
     /// Deletes the whole log: every ledger and the record.
@@ -757,7 +813,17 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
             }
             req = rx.recv() => {
                 let Some(req) = req else { break };
-                if req.messages == u32::MAX {
+                if req.messages == TERMINATE_MARKER {
+                    while let Some((res, r, ledger)) = pending.next().await {
+                        match res {
+                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
+                        }
+                    }
+                    let _ = req.reply.send(terminate(&inner, broken).await);
+                    continue;
+                }
+                if req.messages == CLOSE_MARKER {
                     // close: finish what is in flight, then seal
                     while let Some((res, r, ledger)) = pending.next().await {
                         match res {
@@ -778,6 +844,10 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                     let st = inner.state.lock();
                     if st.fenced {
                         let _ = req.reply.send(Err(MlError::Fenced(inner.name.clone())));
+                        continue;
+                    }
+                    if st.terminated.is_some() {
+                        let _ = req.reply.send(Err(MlError::Terminated(inner.name.clone())));
                         continue;
                     }
                     match &st.current {
@@ -855,10 +925,7 @@ fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) {
 
 /// Closes the current ledger (recovering it if its writer failed) and records that.
 async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
-    let (writer, version) = {
-        let mut st = inner.state.lock();
-        (st.current.take(), st.version)
-    };
+    let writer = inner.state.lock().current.take();
     let Some(writer) = writer else { return Ok(()) };
     let id = writer.id();
     let last = if broken {
@@ -876,8 +943,7 @@ async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
             }
         }
     };
-    let record = {
-        let mut st = inner.state.lock();
+    write_record(inner, |st| {
         if let Some(l) = st.ledgers.get_mut(&id) {
             l.entries = (last + 1) as u64;
             l.closed_ms = Some(now_ms());
@@ -891,16 +957,53 @@ async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
         if last < 0 {
             st.ledgers.remove(&id);
         }
-        MlRecord {
-            ledgers: st.ledgers.values().cloned().collect(),
-        }
-    };
-    let v = put_record(inner, &record, version).await?;
-    inner.state.lock().version = v;
+        st.record()
+    })
+    .await?;
     if last < 0 {
         let _ = inner.client.delete(id).await;
     }
     info!(topic = %inner.name, ledger_id = id, last_entry = last, "ledger closed");
+    Ok(())
+}
+
+/// Seals the current ledger and records the log's last position as final.
+async fn terminate(inner: &MlInner, broken: bool) -> Result<Position, MlError> {
+    seal_current(inner, broken).await?;
+    let last = *inner.last.borrow();
+    let res = write_record(inner, |st| {
+        st.terminated = Some(last);
+        st.record()
+    })
+    .await;
+    match res {
+        Ok(()) => {
+            info!(topic = %inner.name, last = %last, "topic terminated");
+            Ok(last)
+        }
+        Err(e) => {
+            inner.state.lock().terminated = None;
+            Err(e)
+        }
+    }
+}
+
+/// Changes the in-memory state with `change` and writes the resulting record by CAS. Record
+/// writes of this process are serialised (trims race rollovers otherwise, and the loser of
+/// that CAS would wrongly take itself for fenced), so a version conflict here really means
+/// another owner wrote the record.
+async fn write_record(
+    inner: &MlInner,
+    change: impl FnOnce(&mut MlState) -> MlRecord,
+) -> Result<(), MlError> {
+    let _serial = inner.record_writes.lock().await;
+    let (record, version) = {
+        let mut st = inner.state.lock();
+        let r = change(&mut st);
+        (r, st.version)
+    };
+    let v = put_record(inner, &record, version).await?;
+    inner.state.lock().version = v;
     Ok(())
 }
 
@@ -930,8 +1033,7 @@ async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
         )
         .await?;
     let id = writer.id();
-    let (record, version) = {
-        let mut st = inner.state.lock();
+    let res = write_record(inner, |st| {
         st.ledgers.insert(
             id,
             LedgerInfo {
@@ -943,17 +1045,12 @@ async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
                 closed_ms: None,
             },
         );
-        (
-            MlRecord {
-                ledgers: st.ledgers.values().cloned().collect(),
-            },
-            st.version,
-        )
-    };
-    match put_record(inner, &record, version).await {
-        Ok(v) => {
+        st.record()
+    })
+    .await;
+    match res {
+        Ok(()) => {
             let mut st = inner.state.lock();
-            st.version = v;
             st.current = Some(writer);
             st.counts.insert(id, Vec::new());
             info!(topic = %inner.name, ledger_id = id, "rolled over to a new ledger");

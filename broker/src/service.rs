@@ -80,6 +80,7 @@ impl From<MlError> for ClientError {
         let code = match &e {
             MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
             MlError::Meta(_) => ServerError::MetadataError,
+            MlError::Terminated(_) => ServerError::TopicTerminatedError,
             _ => ServerError::PersistenceError,
         };
         ClientError::new(code, e.to_string())

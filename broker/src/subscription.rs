@@ -94,6 +94,19 @@ pub struct Consumer {
     pub last_progress_ms: AtomicU64,
     /// Found hung (Key_Shared): passed over for slots until it acknowledges something.
     pub hung: AtomicBool,
+    /// Whether the client handles REACHED_END_OF_TOPIC (the C++ client drops the
+    /// connection on it), and whether it was sent.
+    pub end_of_topic_ok: bool,
+    end_of_topic_sent: AtomicBool,
+}
+
+/// What a consumer's client library can take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTraits {
+    pub protocol: i32,
+    /// Send CLOSE_CONSUMER after a seek (see [`Consumer::close_after_seek`]).
+    pub close_after_seek: bool,
+    pub end_of_topic: bool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -111,7 +124,7 @@ impl Consumer {
         name: String,
         priority: i32,
         conn: ConnTx,
-        (client_protocol, close_after_seek): (i32, bool),
+        traits: ClientTraits,
         partition: i32,
         address: String,
     ) -> Arc<Consumer> {
@@ -121,8 +134,8 @@ impl Consumer {
             name,
             priority,
             conn,
-            client_protocol,
-            close_after_seek,
+            client_protocol: traits.protocol,
+            close_after_seek: traits.close_after_seek,
             partition,
             permits: AtomicI64::new(0),
             unacked: AtomicI64::new(0),
@@ -133,6 +146,8 @@ impl Consumer {
             kicked: AtomicBool::new(false),
             last_progress_ms: AtomicU64::new(now_ms()),
             hung: AtomicBool::new(false),
+            end_of_topic_ok: traits.end_of_topic,
+            end_of_topic_sent: AtomicBool::new(false),
         })
     }
 
@@ -638,6 +653,20 @@ impl Subscription {
         consumers
     }
 
+    /// Makes the dispatcher look again (the topic's state changed).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A terminated topic was read to its end: tells each consumer that can take it, once.
+    fn tell_end_of_topic(&self) {
+        for c in self.state.lock().consumers.iter() {
+            if c.end_of_topic_ok && !c.end_of_topic_sent.swap(true, Ordering::AcqRel) {
+                c.conn.send(commands::reached_end_of_topic(c.consumer_id));
+            }
+        }
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -944,6 +973,9 @@ async fn dispatcher(sub: Arc<Subscription>) {
             let start = match sub.ml.next_position(read_after) {
                 Some(p) => p,
                 None => {
+                    if sub.ml.terminated().is_some() {
+                        sub.tell_end_of_topic();
+                    }
                     tokio::select! {
                         _ = sub.idle(ticking) => {}
                         _ = last_rx.changed() => {}

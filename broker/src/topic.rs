@@ -1,9 +1,12 @@
 //! A persistent topic: its managed ledger, producers and subscriptions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use magnetar_meta::MetaStore;
+use magnetar_protocol::ServerError;
+use magnetar_protocol::proto::ProducerAccessMode;
 use magnetar_protocol::proto::command_subscribe::SubType;
 use parking_lot::Mutex;
 use tracing::{info, warn};
@@ -13,17 +16,56 @@ use crate::cursor::Cursor;
 use crate::managed_ledger::{ManagedLedger, MlError};
 use crate::names::TopicName;
 use crate::position::Position;
+use crate::service::ClientError;
 use crate::stats::Meter;
 use crate::subscription::{DispatchConfig, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct ProducerInfo {
+    /// Unique in this broker (names can be reused by a reconnecting client).
+    pub key: u64,
     pub name: String,
     pub producer_id: u64,
     pub conn: ConnTx,
     pub address: String,
     pub connected_since: String,
     pub meter: Arc<Meter>,
+    pub access_mode: ProducerAccessMode,
+    /// Shared with the producer's connection: waiting, ready or fenced.
+    pub state: Arc<AtomicU8>,
+}
+
+/// [`ProducerInfo::state`] values.
+pub const PRODUCER_WAITING: u8 = 0;
+pub const PRODUCER_READY: u8 = 1;
+pub const PRODUCER_FENCED: u8 = 2;
+
+static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
+
+impl ProducerInfo {
+    pub fn next_key() -> u64 {
+        NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A topic's producers and who may write: Shared producers side by side, or one exclusive
+/// producer (with WaitForExclusive producers queued behind it).
+#[derive(Default)]
+pub struct Producers {
+    pub by_name: HashMap<String, ProducerInfo>,
+    exclusive: Option<u64>,
+    /// Bumped whenever an exclusive producer takes the topic (in memory only).
+    epoch: u64,
+    waiting: VecDeque<(ProducerInfo, u64)>,
+}
+
+/// How a producer request ended.
+#[derive(Debug)]
+pub enum Grant {
+    /// Writing now; the topic epoch for exclusive producers.
+    Ready(Option<u64>),
+    /// Queued behind the exclusive producer (WaitForExclusive).
+    Waiting,
 }
 
 pub struct Topic {
@@ -32,7 +74,7 @@ pub struct Topic {
     pub ml: ManagedLedger,
     meta: MetaStore,
     /// Producers by name (a name is connected at most once).
-    pub producers: Mutex<HashMap<String, ProducerInfo>>,
+    pub producers: Mutex<Producers>,
     pub subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
     /// Serialises subscription creation, which awaits meta.
     sub_lock: tokio::sync::Mutex<()>,
@@ -163,6 +205,140 @@ impl Topic {
         Ok(s)
     }
 
+    /// Admits a producer under the access rules (Pulsar's): a Shared producer is refused
+    /// while an exclusive one writes or waits; Exclusive is refused while anyone else
+    /// writes; ExclusiveWithFencing fences everyone else; WaitForExclusive queues.
+    pub fn add_producer(
+        &self,
+        p: ProducerInfo,
+        request_id: u64,
+        client_epoch: Option<u64>,
+    ) -> Result<Grant, ClientError> {
+        use ProducerAccessMode as M;
+        let mut ps = self.producers.lock();
+        if let Some(other) = ps.by_name.get(&p.name)
+            && !other.conn.is_closed()
+        {
+            return Err(ClientError::new(
+                ServerError::ProducerBusy,
+                format!(
+                    "Producer with name '{}' is already connected to topic",
+                    p.name
+                ),
+            ));
+        }
+        let exclusive_name = |ps: &Producers| {
+            ps.by_name
+                .values()
+                .find(|o| Some(o.key) == ps.exclusive)
+                .map_or_else(|| "a waiting producer".to_string(), |o| o.name.clone())
+        };
+        let taken = ps.exclusive.is_some() || !ps.waiting.is_empty();
+        match p.access_mode {
+            M::Shared => {
+                if taken {
+                    return Err(ClientError::new(
+                        ServerError::ProducerBusy,
+                        format!("Topic has an exclusive producer: {}", exclusive_name(&ps)),
+                    ));
+                }
+                p.state.store(PRODUCER_READY, Ordering::Release);
+                ps.by_name.insert(p.name.clone(), p);
+                Ok(Grant::Ready(None))
+            }
+            M::Exclusive | M::WaitForExclusive => {
+                let busy = taken || !ps.by_name.is_empty();
+                if busy && p.access_mode == M::WaitForExclusive {
+                    ps.waiting.push_back((p, request_id));
+                    return Ok(Grant::Waiting);
+                }
+                if busy {
+                    let why = if taken {
+                        format!("Topic has an exclusive producer: {}", exclusive_name(&ps))
+                    } else {
+                        "Topic has shared producers".to_string()
+                    };
+                    return Err(ClientError::new(ServerError::ProducerFenced, why));
+                }
+                if let Some(e) = client_epoch
+                    && e < ps.epoch
+                {
+                    return Err(ClientError::new(
+                        ServerError::ProducerFenced,
+                        format!("Topic epoch moved on to {} (producer has {e})", ps.epoch),
+                    ));
+                }
+                Ok(Grant::Ready(Some(Self::grant_exclusive(&mut ps, p))))
+            }
+            M::ExclusiveWithFencing => {
+                let ps = &mut *ps;
+                let fenced: Vec<ProducerInfo> = ps
+                    .by_name
+                    .drain()
+                    .map(|(_, o)| o)
+                    .chain(ps.waiting.drain(..).map(|(o, _)| o))
+                    .collect();
+                for o in fenced {
+                    o.state.store(PRODUCER_FENCED, Ordering::Release);
+                    o.conn
+                        .send(magnetar_protocol::commands::close_producer(o.producer_id));
+                    info!(topic = %self.full, producer = %o.name, "producer fenced by an exclusive producer");
+                }
+                ps.exclusive = None;
+                Ok(Grant::Ready(Some(Self::grant_exclusive(ps, p))))
+            }
+        }
+    }
+
+    fn grant_exclusive(ps: &mut Producers, p: ProducerInfo) -> u64 {
+        ps.epoch += 1;
+        ps.exclusive = Some(p.key);
+        p.state.store(PRODUCER_READY, Ordering::Release);
+        ps.by_name.insert(p.name.clone(), p);
+        ps.epoch
+    }
+
+    /// Removes a producer (by its unique key) and lets the next waiting exclusive
+    /// producer in once the topic is free.
+    pub fn remove_producer(&self, name: &str, key: u64) {
+        let mut ps = self.producers.lock();
+        if ps.by_name.get(name).is_some_and(|p| p.key == key) {
+            ps.by_name.remove(name);
+        }
+        ps.waiting.retain(|(p, _)| p.key != key);
+        if ps.exclusive == Some(key) {
+            ps.exclusive = None;
+        }
+        while ps.exclusive.is_none() && ps.by_name.is_empty() {
+            let Some((p, request_id)) = ps.waiting.pop_front() else {
+                break;
+            };
+            if p.conn.is_closed() {
+                continue;
+            }
+            let (conn, name) = (p.conn.clone(), p.name.clone());
+            let epoch = Self::grant_exclusive(&mut ps, p);
+            info!(topic = %self.full, producer = %name, epoch, "waiting exclusive producer takes the topic");
+            conn.send(magnetar_protocol::commands::producer_success_with(
+                request_id,
+                &name,
+                -1,
+                Some(epoch),
+                true,
+            ));
+        }
+    }
+
+    /// Terminates the topic (see `ManagedLedger::terminate`) and lets the dispatchers tell
+    /// consumers that have read everything.
+    pub async fn terminate(&self) -> Result<Position, MlError> {
+        let last = self.ml.terminate().await?;
+        for s in self.subscriptions.lock().values() {
+            s.poke();
+        }
+        Ok(last)
+    }
+
     /// Drops a subscription (and its durable cursor).
     pub async fn remove_subscription(&self, name: &str) -> Result<(), MlError> {
         let s = self.subscriptions.lock().remove(name);
@@ -191,7 +367,7 @@ impl Topic {
     pub fn update_rates(&self) {
         let now = std::time::Instant::now();
         self.input.tick(now);
-        for p in self.producers.lock().values() {
+        for p in self.producers.lock().by_name.values() {
             p.meter.tick(now);
         }
         for s in self.subscriptions.lock().values() {
@@ -233,7 +409,7 @@ impl Topic {
             }
             s.close();
         }
-        for p in self.producers.lock().values() {
+        for p in self.producers.lock().by_name.values() {
             p.conn
                 .send(magnetar_protocol::commands::close_producer(p.producer_id));
         }

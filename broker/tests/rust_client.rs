@@ -295,3 +295,63 @@ async fn key_shared_routes_each_key_to_one_consumer_in_order() -> Result<()> {
     assert_eq!(used.len(), 2, "every key went to one consumer");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_topic_ends_the_stream() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &[]).await?;
+    let p = client(&sa).await?;
+    let topic = "persistent://public/default/rust-terminate";
+    let mut c = consumer(&p, topic, "s", SubType::Exclusive).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    for i in 0..3 {
+        prod.send_non_blocking(format!("t-{i}").as_bytes())
+            .await?
+            .await?;
+    }
+    let web = sa.web;
+    let reply = tokio::task::spawn_blocking(move || {
+        magnetar_testkit::http_request(
+            web,
+            "POST",
+            "/admin/v2/persistent/public/default/rust-terminate/terminate",
+            "",
+        )
+    })
+    .await??;
+    assert!(
+        reply.contains("200 OK") && reply.contains("\"entryId\":2"),
+        "{reply}"
+    );
+    for i in 0..3 {
+        let m = next(&mut c).await;
+        assert_eq!(m.payload.data, format!("t-{i}").into_bytes());
+        c.ack(&m).await?;
+    }
+    // REACHED_END_OF_TOPIC: the crate ends the consumer's stream
+    let end = tokio::time::timeout(Duration::from_secs(10), c.next()).await?;
+    assert!(end.is_none(), "stream went on after the end of the topic");
+    // and publishing is refused
+    let sent = async { prod.send_non_blocking(&b"late"[..]).await?.await }.await;
+    assert!(sent.is_err(), "publish to a terminated topic succeeded");
+    // termination is durable
+    drop((c, prod, p));
+    sa.restart().await?;
+    let p = client(&sa).await?;
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        p.producer().with_topic(topic).build(),
+    )
+    .await;
+    assert!(
+        !matches!(again, Ok(Ok(_))),
+        "producer admitted after restart"
+    );
+    let mut c = consumer(&p, topic, "s2", SubType::Exclusive).await?;
+    for i in 0..3 {
+        assert_eq!(
+            next(&mut c).await.payload.data,
+            format!("t-{i}").into_bytes()
+        );
+    }
+    Ok(())
+}

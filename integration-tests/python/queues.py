@@ -1,6 +1,7 @@
 """Work-queue semantics against a running Magnetar, with the official Python client:
 negative acks with growing redelivery counts on every subscription type, the client's
-dead-letter queue, chunked messages, oversized messages.
+dead-letter queue, chunked messages, oversized messages, producer access modes, terminated
+topics.
 
 Usage: queues.py SERVICE_URL WEB_PORT [CHECK ...]   (no checks named: all)
 Run the standalone with --max-message-size 102400 (the chunking checks rely on it).
@@ -146,6 +147,90 @@ def check_oversize():
         raise AssertionError("oversized message accepted")
     p.send(b"fine")
     assert c.receive(timeout_millis=10000).data() == b"fine"
+
+
+def check_access_modes():
+    """Exclusive producers keep others out; WaitForExclusive queues; fencing takes over."""
+    import threading
+    t = topic("access")
+    c = client.subscribe(t, "s")
+    mode = pulsar.ProducerAccessMode
+    first = client.create_producer(t, access_mode=mode.Exclusive, batching_enabled=False)
+    first.send(b"from-first")
+    for m, err in ((mode.Shared, pulsar.ProducerBusy), (mode.Exclusive, pulsar.ProducerFenced)):
+        try:
+            client.create_producer(t, access_mode=m)
+        except err:
+            pass
+        else:
+            raise AssertionError("%s producer admitted beside an exclusive one" % m)
+    waiter = {}
+
+    def wait_for_exclusive():
+        waiter["p"] = client.create_producer(t, access_mode=mode.WaitForExclusive,
+                                             batching_enabled=False)
+
+    th = threading.Thread(target=wait_for_exclusive)
+    th.start()
+    time.sleep(0.5)
+    assert "p" not in waiter, "WaitForExclusive producer admitted while another writes"
+    first.close()
+    th.join(20)
+    assert "p" in waiter, "WaitForExclusive producer never admitted"
+    waiter["p"].send(b"from-waiter")
+    fencer = client.create_producer(t, access_mode=mode.ExclusiveWithFencing,
+                                    batching_enabled=False)
+    fencer.send(b"from-fencer")
+    try:
+        waiter["p"].send(b"after-fencing")
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a fenced producer could still publish")
+    got = [c.receive(timeout_millis=10000).data() for _ in range(3)]
+    assert got == [b"from-first", b"from-waiter", b"from-fencer"], got
+    expect_nothing(c)
+
+
+def check_terminate():
+    """A terminated topic refuses producers and keeps serving what it holds."""
+    t = topic("terminate")
+    c = client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    ids = [p.send(b"t-%d" % i) for i in range(3)]
+    path = t.replace("persistent://", "/admin/v2/persistent/")
+    req = urllib.request.Request(WEB + path + "/terminate", data=b"", method="POST")
+    last = json.load(urllib.request.urlopen(req))
+    assert (last["ledgerId"], last["entryId"]) == (ids[-1].ledger_id(), ids[-1].entry_id()), last
+    again = json.load(urllib.request.urlopen(
+        urllib.request.Request(WEB + path + "/terminate", data=b"", method="POST")))
+    assert again == last, again
+    try:
+        p.send(b"too late")
+    except pulsar.TopicTerminated:
+        pass
+    else:
+        raise AssertionError("send to a terminated topic succeeded")
+    try:
+        client.create_producer(t)
+    except pulsar.TopicTerminated:
+        pass
+    else:
+        raise AssertionError("producer created on a terminated topic")
+    got = [c.receive(timeout_millis=10000).data() for _ in range(3)]
+    assert got == [b"t-0", b"t-1", b"t-2"], got
+    expect_nothing(c)
+    # a new reader still sees everything
+    r = client.create_reader(t, pulsar.MessageId.earliest)
+    assert [r.read_next(timeout_millis=10000).data() for _ in range(3)] == got
+
+
+def expect_nothing(consumer, timeout_ms=500):
+    try:
+        m = consumer.receive(timeout_millis=timeout_ms)
+    except Exception:  # timeout
+        return
+    raise AssertionError("unexpected message %r" % m.data())
 
 
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}

@@ -145,14 +145,26 @@ pub fn lookup_failed(
 }
 
 pub fn producer_success(request_id: u64, name: &str, last_sequence_id: i64) -> BaseCommand {
+    producer_success_with(request_id, name, last_sequence_id, None, true)
+}
+
+/// PRODUCER_SUCCESS with the topic epoch of an exclusive producer, or `ready = false` for a
+/// producer queued behind another (WaitForExclusive; a second reply with `ready` follows).
+pub fn producer_success_with(
+    request_id: u64,
+    name: &str,
+    last_sequence_id: i64,
+    topic_epoch: Option<u64>,
+    ready: bool,
+) -> BaseCommand {
     BaseCommand {
         producer_success: Some(CommandProducerSuccess {
             request_id,
             producer_name: name.into(),
             last_sequence_id: Some(last_sequence_id),
             schema_version: None,
-            topic_epoch: None,
-            producer_ready: Some(true),
+            topic_epoch,
+            producer_ready: Some(ready),
         }),
         ..base(Type::ProducerSuccess)
     }

@@ -509,9 +509,19 @@ impl EtcdServer {
 
 /// A minimal blocking HTTP/1.0 GET, enough for health probes.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    http_request(addr, "GET", path, "")
+}
+
+/// A minimal blocking HTTP/1.0 request with a JSON body; returns the whole response.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
