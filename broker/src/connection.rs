@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::key_shared::KeySharedSpec;
+use crate::managed_ledger::highest_sequence;
 use crate::managed_ledger::{AppendWait, MlError};
 use crate::names::TopicName;
 use crate::position::Position;
@@ -29,7 +30,8 @@ use crate::service::{BrokerService, ClientError};
 use crate::stats::Meter;
 use crate::subscription::{BatchAck, ClientTraits, Consumer, SubscribeError, Subscription};
 use crate::topic::{
-    Grant, PRODUCER_FENCED, PRODUCER_READY, PRODUCER_WAITING, ProducerInfo, SubscribeOpts, Topic,
+    Grant, PRODUCER_FENCED, PRODUCER_READY, PRODUCER_WAITING, ProducerInfo, SendCheck,
+    SubscribeOpts, Topic,
 };
 
 pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -106,6 +108,13 @@ struct ReceiptJob {
 
 enum ProducerJob {
     Receipt(ReceiptJob),
+    /// A resend of something already accepted (deduplication): answered in order, with
+    /// the (-1, -1) receipt once the original is durable.
+    Duplicate {
+        sequence_id: u64,
+        highest_sequence_id: Option<u64>,
+        seq: i64,
+    },
     /// CLOSE_PRODUCER: answer once every earlier receipt went out.
     Close(u64),
 }
@@ -113,6 +122,8 @@ enum ProducerJob {
 struct ProducerState {
     topic: Arc<Topic>,
     name: String,
+    /// The name as the log records it with sequence ids (deduplication).
+    seq_name: Arc<str>,
     key: u64,
     /// Waiting, ready or fenced (see `topic::PRODUCER_*`).
     state: Arc<AtomicU8>,
@@ -458,7 +469,7 @@ impl Connection {
         };
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(receipts(
-            p.producer_id,
+            (p.producer_id, name.clone()),
             Arc::clone(&topic),
             self.tx.clone(),
             rx,
@@ -470,10 +481,11 @@ impl Connection {
             Grant::Ready(epoch) => (epoch, true),
             Grant::Waiting => (None, false),
         };
+        let last_sequence = topic.ml.producer_sequence(&name).unwrap_or(-1);
         self.tx.send(commands::producer_success_with(
             p.request_id,
             &name,
-            -1,
+            last_sequence,
             epoch,
             ready,
         ));
@@ -481,6 +493,7 @@ impl Connection {
             p.producer_id,
             ProducerState {
                 topic,
+                seq_name: Arc::from(name.as_str()),
                 name,
                 key,
                 state,
@@ -533,9 +546,31 @@ impl Connection {
         // counted from the metadata, not the client's num_messages: chunks count once
         let messages = pentry::peek_counted(&raw).unwrap_or(1);
         let bytes = raw.len();
-        let wait = match ps.topic.ml.append_start(raw, messages).await {
+        // chunks before the last share the message's sequence id: only the last is checked
+        let check = if messages == 0 {
+            SendCheck::Unchecked
+        } else {
+            ps.topic.check_send(
+                &ps.name,
+                highest_sequence(s.sequence_id, s.highest_sequence_id, s.num_messages),
+            )
+        };
+        let record = match check {
+            SendCheck::Duplicate(seq) => {
+                let _ = ps.jobs.send(ProducerJob::Duplicate {
+                    sequence_id: s.sequence_id,
+                    highest_sequence_id: s.highest_sequence_id,
+                    seq,
+                });
+                return Ok(());
+            }
+            SendCheck::New(seq) => Some((Arc::clone(&ps.seq_name), seq)),
+            SendCheck::Unchecked => None,
+        };
+        let wait = match ps.topic.ml.append_start(raw, messages, record).await {
             Ok(w) => w,
             Err(e) => {
+                ps.topic.reset_send_check(&ps.name);
                 let e = ClientError::from(e);
                 fail(e.code, e.message);
                 return Ok(());
@@ -926,7 +961,7 @@ impl Connection {
 
 /// Answers one producer's SENDs in order as their appends complete.
 async fn receipts(
-    producer_id: u64,
+    (producer_id, name): (u64, String),
     topic: Arc<Topic>,
     tx: ConnTx,
     mut jobs: mpsc::UnboundedReceiver<ProducerJob>,
@@ -952,6 +987,7 @@ async fn receipts(
                 }
                 Err(e) => {
                     warn!(topic = %topic.full, producer_id, error = %e, "publish failed");
+                    topic.reset_send_check(&name);
                     let e = ClientError::from(e);
                     tx.send(commands::send_error(
                         producer_id,
@@ -961,6 +997,31 @@ async fn receipts(
                     ));
                 }
             },
+            ProducerJob::Duplicate {
+                sequence_id,
+                highest_sequence_id,
+                seq,
+            } => {
+                if topic.ml.producer_sequence(&name).is_some_and(|p| p >= seq) {
+                    debug!(topic = %topic.full, producer = %name, seq, "duplicate dropped");
+                    tx.send(commands::send_receipt(
+                        producer_id,
+                        sequence_id,
+                        highest_sequence_id,
+                        u64::MAX,
+                        u64::MAX,
+                    ));
+                } else {
+                    // the original is still in flight elsewhere (or failed): the client
+                    // resends after this error, and then the outcome is known
+                    tx.send(commands::send_error(
+                        producer_id,
+                        sequence_id,
+                        ServerError::PersistenceError,
+                        "a message with this sequence id is still being stored".to_string(),
+                    ));
+                }
+            }
             ProducerJob::Close(request_id) => {
                 tx.send(commands::success(request_id));
                 return;

@@ -57,6 +57,12 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             axum::routing::post(terminate),
         )
         .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/deduplication",
+            get(get_deduplication)
+                .post(set_deduplication)
+                .delete(remove_deduplication),
+        )
+        .route(
             "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
             get(lookup),
         )
@@ -221,6 +227,95 @@ async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> R
     axum::Json(topic_stats(&topic).await).into_response()
 }
 
+async fn get_deduplication(
+    State(svc): Svc,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc.deduplication_enabled(&tenant, &ns).await {
+        Ok(on) => axum::Json(on).into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn set_deduplication(
+    State(svc): Svc,
+    Path((tenant, ns)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(on) = serde_json::from_slice::<bool>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "the body must be true or false");
+    };
+    update_policies(&svc, &tenant, &ns, |p| {
+        p["deduplicationEnabled"] = Value::Bool(on);
+    })
+    .await
+}
+
+async fn remove_deduplication(
+    State(svc): Svc,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Response {
+    update_policies(&svc, &tenant, &ns, |p| {
+        if let Some(o) = p.as_object_mut() {
+            o.remove("deduplicationEnabled");
+        }
+    })
+    .await
+}
+
+async fn namespace_exists(svc: &BrokerService, tenant: &str, ns: &str) -> Result<(), Response> {
+    if !valid_segment(tenant) || !valid_segment(ns) {
+        return Err(err(
+            StatusCode::PRECONDITION_FAILED,
+            "Invalid namespace name",
+        ));
+    }
+    match svc
+        .meta
+        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
+        .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
+        Err(e) => Err(meta_err(e)),
+    }
+}
+
+/// Read-modify-write of a namespace's policies, by compare-and-set (retried on conflict).
+/// Takes effect for topics loaded afterwards.
+async fn update_policies(
+    svc: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    change: impl Fn(&mut Value),
+) -> Response {
+    if let Err(r) = namespace_exists(svc, tenant, ns).await {
+        return r;
+    }
+    let key = format!("/admin/policies/{tenant}/{ns}");
+    for _ in 0..10 {
+        let (mut value, version) = match svc.meta.get_json::<Value>(&key).await {
+            Ok(Some(v)) => (v.value, v.version),
+            Ok(None) => return err(StatusCode::NOT_FOUND, "Namespace does not exist"),
+            Err(e) => return meta_err(e),
+        };
+        change(&mut value);
+        match svc
+            .meta
+            .put_json(&key, &value, magnetar_meta::Expected::Version(version))
+            .await
+        {
+            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
+            Err(MetaError::BadVersion { .. }) => continue,
+            Err(e) => return meta_err(e),
+        }
+    }
+    err(StatusCode::CONFLICT, "policies kept changing; try again")
+}
+
 /// Terminates a topic; answers the id of its last message.
 async fn terminate(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
     let topic = match path_topic(&svc, &path).await {
@@ -330,7 +425,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
         "publishers": publishers,
         "subscriptions": subscriptions,
         "replication": {},
-        "deduplicationStatus": "Disabled",
+        "deduplicationStatus": if topic.deduplicating() { "Enabled" } else { "Disabled" },
     })
 }
 

@@ -54,6 +54,11 @@ pub struct MlConfig {
     pub retention_time: Duration,
     /// ... or while they fit in this many bytes (0: no size-based retention).
     pub retention_bytes: u64,
+    /// Track each producer's highest persisted sequence id (deduplication), rebuilt on open
+    /// from the snapshot in the log's record plus the entries after it.
+    pub track_producers: bool,
+    /// Entries between snapshots of the producer sequence ids.
+    pub producer_snapshot_every: u64,
 }
 
 impl Default for MlConfig {
@@ -68,6 +73,8 @@ impl Default for MlConfig {
             cache_bytes: 32 << 20,
             retention_time: Duration::ZERO,
             retention_bytes: 0,
+            track_producers: false,
+            producer_snapshot_every: 1000,
         }
     }
 }
@@ -93,6 +100,16 @@ struct MlRecord {
     /// Set once the topic is terminated: its last entry (ledger, entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     terminated: Option<(u64, i64)>,
+    /// Producers' highest sequence ids as of an entry (deduplication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    producers: Option<ProducerSnapshot>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProducerSnapshot {
+    /// Every entry up to this (ledger, entry) is reflected.
+    at: (u64, i64),
+    sequences: BTreeMap<String, i64>,
 }
 
 impl MlState {
@@ -100,7 +117,36 @@ impl MlState {
         MlRecord {
             ledgers: self.ledgers.values().cloned().collect(),
             terminated: self.terminated.map(|p| (p.ledger, p.entry)),
+            producers: self.producers.as_ref().map(|t| ProducerSnapshot {
+                at: (t.at.ledger, t.at.entry),
+                sequences: t
+                    .sequences
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+            }),
         }
+    }
+}
+
+/// Highest persisted sequence id per producer, in log order.
+struct ProducerSeqs {
+    sequences: HashMap<Arc<str>, i64>,
+    /// Last entry reflected.
+    at: Position,
+    since_snapshot: u64,
+}
+
+impl ProducerSeqs {
+    fn note(&mut self, producer: &Arc<str>, seq: i64, at: Position) {
+        match self.sequences.get_mut(producer) {
+            Some(s) => *s = (*s).max(seq),
+            None => {
+                self.sequences.insert(Arc::clone(producer), seq);
+            }
+        }
+        self.at = self.at.max(at);
+        self.since_snapshot += 1;
     }
 }
 
@@ -120,6 +166,8 @@ pub type AppendWait = oneshot::Receiver<Result<Position, MlError>>;
 struct AppendReq {
     data: Bytes,
     messages: u32,
+    /// (producer name, sequence id) to record once durable, when tracking producers.
+    producer: Option<(Arc<str>, i64)>,
     reply: oneshot::Sender<Result<Position, MlError>>,
 }
 
@@ -162,6 +210,8 @@ struct MlState {
     fenced: bool,
     /// The last entry of a terminated topic.
     terminated: Option<Position>,
+    /// Present when tracking producers (deduplication).
+    producers: Option<ProducerSeqs>,
 }
 
 #[derive(Debug, Default)]
@@ -331,6 +381,7 @@ impl ManagedLedger {
                 closed: false,
                 fenced: false,
                 terminated,
+                producers: None,
             }),
             last: last_tx,
             stats: MlStats::default(),
@@ -339,7 +390,70 @@ impl ManagedLedger {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(appender(Arc::clone(&inner), rx));
         info!(topic = name, last = %last, "managed ledger open");
-        Ok(ManagedLedger { inner, appends: tx })
+        let ml = ManagedLedger { inner, appends: tx };
+        if ml.inner.cfg.track_producers {
+            ml.rebuild_producers(record.producers).await?;
+        }
+        Ok(ml)
+    }
+
+    /// Producer sequence ids from the snapshot, brought up to date by the entries after it;
+    /// without a snapshot, from every retained entry, and a first snapshot is written so the
+    /// next open replays only what came after.
+    async fn rebuild_producers(&self, snap: Option<ProducerSnapshot>) -> Result<(), MlError> {
+        let last = self.last_confirmed();
+        let had_snapshot = snap.is_some();
+        let (sequences, from) = match snap {
+            Some(s) => (
+                s.sequences
+                    .into_iter()
+                    .map(|(k, v)| (Arc::from(k.as_str()), v))
+                    .collect(),
+                Position::new(s.at.0, s.at.1),
+            ),
+            None => (HashMap::new(), self.before_first()),
+        };
+        let mut seqs = ProducerSeqs {
+            sequences,
+            at: from,
+            since_snapshot: 0,
+        };
+        let mut replayed = 0u64;
+        let mut p = self.next_position(from);
+        while let Some(pos) = p {
+            if pos > last {
+                break;
+            }
+            let data = self.read(pos).await?;
+            if let Ok(m) = magnetar_protocol::entry::peek_metadata(&data) {
+                let name: Arc<str> = Arc::from(m.producer_name.as_str());
+                seqs.note(&name, sequence_of(&m), pos);
+            }
+            replayed += 1;
+            p = self.next_position(pos);
+        }
+        seqs.at = seqs.at.max(last);
+        seqs.since_snapshot = 0;
+        info!(topic = %self.inner.name, producers = seqs.sequences.len(), replayed, "producer sequence ids rebuilt");
+        self.inner.state.lock().producers = Some(seqs);
+        if !had_snapshot || replayed > 0 {
+            write_record(&self.inner, |st| st.record()).await?;
+        }
+        Ok(())
+    }
+
+    pub fn tracks_producers(&self) -> bool {
+        self.inner.cfg.track_producers
+    }
+
+    /// The highest persisted sequence id of a producer (None: not tracking, or unknown).
+    pub fn producer_sequence(&self, producer: &str) -> Option<i64> {
+        self.inner
+            .state
+            .lock()
+            .producers
+            .as_ref()
+            .and_then(|p| p.sequences.get(producer).copied())
     }
 
     pub fn name(&self) -> &str {
@@ -352,19 +466,26 @@ impl ManagedLedger {
 
     /// Appends one entry holding `messages` messages; resolves once it is durable.
     pub async fn append(&self, data: Bytes, messages: u32) -> Result<Position, MlError> {
-        self.append_start(data, messages)
+        self.append_start(data, messages, None)
             .await?
             .await
             .unwrap_or_else(|_| Err(MlError::Closed(self.inner.name.clone())))
     }
 
     /// Queues an append now (fixing its order) and returns the receiver of its result.
-    pub async fn append_start(&self, data: Bytes, messages: u32) -> Result<AppendWait, MlError> {
+    /// `producer` is the (name, sequence id) to record when tracking producers.
+    pub async fn append_start(
+        &self,
+        data: Bytes,
+        messages: u32,
+        producer: Option<(Arc<str>, i64)>,
+    ) -> Result<AppendWait, MlError> {
         let (reply, rx) = oneshot::channel();
         self.appends
             .send(AppendReq {
                 data,
                 messages,
+                producer,
                 reply,
             })
             .await
@@ -728,6 +849,7 @@ impl ManagedLedger {
             .send(AppendReq {
                 data: Bytes::new(),
                 messages: CLOSE_MARKER,
+                producer: None,
                 reply: tx,
             })
             .await
@@ -750,6 +872,7 @@ impl ManagedLedger {
             .send(AppendReq {
                 data: Bytes::new(),
                 messages: TERMINATE_MARKER,
+                producer: None,
                 reply: tx,
             })
             .await
@@ -803,7 +926,16 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
             biased;
             Some((res, req, ledger)) = pending.next(), if !pending.is_empty() => {
                 match res {
-                    Ok(entry) => completed(&inner, ledger, entry, req),
+                    Ok(entry) => {
+                        if completed(&inner, ledger, entry, req) {
+                            let inner = Arc::clone(&inner);
+                            tokio::spawn(async move {
+                                if let Err(e) = write_record(&inner, |st| st.record()).await {
+                                    warn!(topic = %inner.name, error = %e, "producer snapshot not written");
+                                }
+                            });
+                        }
+                    }
                     Err(e) => {
                         warn!(topic = %inner.name, ledger_id = ledger, error = %e, "append failed");
                         broken = true;
@@ -816,7 +948,9 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                 if req.messages == TERMINATE_MARKER {
                     while let Some((res, r, ledger)) = pending.next().await {
                         match res {
-                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Ok(entry) => {
+                                completed(&inner, ledger, entry, r);
+                            }
                             Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
                         }
                     }
@@ -827,7 +961,9 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                     // close: finish what is in flight, then seal
                     while let Some((res, r, ledger)) = pending.next().await {
                         match res {
-                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Ok(entry) => {
+                                completed(&inner, ledger, entry, r);
+                            }
                             Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
                         }
                     }
@@ -867,7 +1003,9 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                 if roll {
                     while let Some((res, r, ledger)) = pending.next().await {
                         match res {
-                            Ok(entry) => completed(&inner, ledger, entry, r),
+                            Ok(entry) => {
+                                completed(&inner, ledger, entry, r);
+                            }
                             Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
                         }
                     }
@@ -898,9 +1036,11 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
     }
 }
 
-fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) {
+/// Records a durable append; returns whether a producer snapshot is due.
+fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) -> bool {
     let pos = Position::new(ledger, entry as i64);
     let len = req.data.len() as u64;
+    let mut snapshot = false;
     {
         let mut st = inner.state.lock();
         if let Some(l) = st.ledgers.get_mut(&ledger) {
@@ -911,6 +1051,13 @@ fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) {
         let c = st.counts.entry(ledger).or_default();
         let prev = c.last().copied().unwrap_or(0);
         c.push(prev + req.messages as u64);
+        if let (Some(seqs), Some((name, seq))) = (st.producers.as_mut(), &req.producer) {
+            seqs.note(name, *seq, pos);
+            snapshot = seqs.since_snapshot >= inner.cfg.producer_snapshot_every;
+            if snapshot {
+                seqs.since_snapshot = 0;
+            }
+        }
     }
     inner.stats.entries_added.fetch_add(1, Ordering::Relaxed);
     inner
@@ -921,6 +1068,26 @@ fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) {
     inner.cache.lock().insert(pos, req.data.clone());
     inner.last.send_replace(pos);
     let _ = req.reply.send(Ok(pos));
+    snapshot
+}
+
+/// The sequence id an entry stands for: the highest of its batch (given, or the first plus
+/// the batch size, as batch members are numbered consecutively).
+pub fn sequence_of(m: &magnetar_protocol::MessageMetadata) -> i64 {
+    highest_sequence(
+        m.sequence_id,
+        m.highest_sequence_id,
+        m.num_messages_in_batch,
+    )
+}
+
+/// See [`sequence_of`]; the same rule for a SEND's fields.
+pub fn highest_sequence(sequence_id: u64, highest: Option<u64>, messages: Option<i32>) -> i64 {
+    let seq = sequence_id as i64;
+    match highest {
+        Some(h) if h as i64 >= seq && h > 0 => h as i64,
+        _ => seq + (messages.unwrap_or(1).max(1) as i64 - 1),
+    }
 }
 
 /// Closes the current ledger (recovering it if its writer failed) and records that.

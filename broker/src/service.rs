@@ -250,18 +250,31 @@ impl BrokerService {
         let cell = Arc::clone(self.topics.lock().entry(full.clone()).or_default());
         let topic = cell
             .get_or_try_init(|| async {
-                let ml = ManagedLedger::open(
-                    &full,
-                    &t.path(),
-                    self.ledgers.clone(),
-                    self.cfg.ml.clone(),
-                )
-                .await?;
+                let mut cfg = self.cfg.ml.clone();
+                cfg.track_producers = self
+                    .deduplication_enabled(&t.tenant, &t.namespace)
+                    .await
+                    .map_err(MlError::from)?;
+                let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
                 Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone()).await
             })
             .await
             .map_err(ClientError::from)?;
         Ok(Arc::clone(topic))
+    }
+
+    /// Whether a namespace deduplicates producers: its policy, else the broker default.
+    pub async fn deduplication_enabled(&self, tenant: &str, ns: &str) -> Result<bool, MetaError> {
+        let policy = self
+            .meta
+            .get_json::<serde_json::Value>(&format!("/admin/policies/{tenant}/{ns}"))
+            .await?
+            .and_then(|v| {
+                v.value
+                    .get("deduplicationEnabled")
+                    .and_then(|b| b.as_bool())
+            });
+        Ok(policy.unwrap_or(self.cfg.ml.track_producers))
     }
 
     /// Topics loaded in this broker.

@@ -71,6 +71,10 @@ pub struct StandaloneArgs {
     /// Keep consumed messages up to this many MB [default: 0].
     #[arg(long, env = "MAGNETAR_DEFAULT_RETENTION_SIZE_IN_MB")]
     default_retention_size_in_mb: Option<u64>,
+    /// Deduplicate producers (by name and sequence id) in namespaces whose policy does not
+    /// say otherwise [default: false].
+    #[arg(long, env = "MAGNETAR_BROKER_DEDUPLICATION_ENABLED")]
+    broker_deduplication_enabled: Option<bool>,
     /// Keepalive interval: PING an idle client, drop it if the next tick hears nothing
     /// [default: 30].
     #[arg(long, env = "MAGNETAR_KEEP_ALIVE_INTERVAL_SECONDS")]
@@ -116,6 +120,7 @@ impl StandaloneArgs {
             managed_ledger_cache_size_mb,
             default_retention_time_in_minutes,
             default_retention_size_in_mb,
+            broker_deduplication_enabled,
             keep_alive_interval_seconds,
             journal_max_group_wait_us,
             housekeeping_interval_secs,
@@ -223,6 +228,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
             args.default_retention_time_in_minutes.unwrap_or(0) * 60,
         ),
         retention_bytes: args.default_retention_size_in_mb.unwrap_or(0) << 20,
+        track_producers: args.broker_deduplication_enabled.unwrap_or(false),
         ..defaults
     };
     let broker_addr = SocketAddr::new(bind, args.broker_port.unwrap_or(6650));

@@ -82,6 +82,19 @@ pub struct Topic {
     pub input: Meter,
     pub partition: i32,
     dispatch: DispatchConfig,
+    /// Deduplication: the highest sequence id accepted (queued or persisted) per producer.
+    dedup: Option<Mutex<HashMap<String, i64>>>,
+}
+
+/// What deduplication says of a SEND.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendCheck {
+    /// Not deduplicating, or an entry dedup skips (a chunk before the last).
+    Unchecked,
+    /// New: append it and record this sequence id.
+    New(i64),
+    /// Seen before: answer without storing.
+    Duplicate(i64),
 }
 
 impl std::fmt::Debug for Topic {
@@ -106,6 +119,7 @@ impl Topic {
         dispatch: DispatchConfig,
     ) -> Result<Arc<Topic>, MlError> {
         let partition = name.partition().map_or(-1, |p| p as i32);
+        let ml_tracks = ml.tracks_producers();
         let t = Arc::new(Topic {
             full: name.to_string(),
             name,
@@ -117,6 +131,7 @@ impl Topic {
             input: Meter::default(),
             partition,
             dispatch,
+            dedup: ml_tracks.then(Mutex::default),
         });
         let path = t.name.path();
         let names = t
@@ -361,6 +376,37 @@ impl Topic {
 
     pub fn record_publish(&self, messages: u32, bytes: usize) {
         self.input.record(messages as u64, bytes as u64);
+    }
+
+    pub fn deduplicating(&self) -> bool {
+        self.dedup.is_some()
+    }
+
+    /// Deduplication check of a SEND whose entry stands for sequence id `seq`; a new one is
+    /// accepted at once, so a resend racing the original is caught too.
+    pub fn check_send(&self, producer: &str, seq: i64) -> SendCheck {
+        let Some(d) = &self.dedup else {
+            return SendCheck::Unchecked;
+        };
+        let mut pushed = d.lock();
+        let last = match pushed.get(producer) {
+            Some(s) => *s,
+            None => self.ml.producer_sequence(producer).unwrap_or(-1),
+        };
+        if seq <= last {
+            return SendCheck::Duplicate(seq);
+        }
+        pushed.insert(producer.to_string(), seq);
+        SendCheck::New(seq)
+    }
+
+    /// After a failed append: forget what was accepted but not persisted, so the client's
+    /// resend is stored.
+    pub fn reset_send_check(&self, producer: &str) {
+        if let Some(d) = &self.dedup {
+            let persisted = self.ml.producer_sequence(producer).unwrap_or(-1);
+            d.lock().insert(producer.to_string(), persisted);
+        }
     }
 
     /// Recomputes every rate of this topic, its producers, subscriptions and consumers.

@@ -138,6 +138,53 @@ async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
 }
 
 #[tokio::test]
+async fn deduplication_gives_exactly_once_across_kill9() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &["--broker-deduplication-enabled", "true"]).await?;
+    let dir = tempfile::tempdir()?;
+    let receipts = dir.path().join("receipts");
+    let receipts_s = receipts.display().to_string();
+    let url = sa.service_url();
+    let topic = "persistent://public/default/exactly-once";
+    let producer = tokio::process::Command::new(python()?)
+        .arg(script("durability.py"))
+        .args(["exactly-once", &url, topic, &receipts_s, "20000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let count = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "1000 receipts", || {
+        let n = count(&receipts);
+        async move { n >= 1000 }
+    })
+    .await?;
+    sa.kill9();
+    let before = count(&receipts);
+    sa.restart().await?;
+    // the client reconnects by itself and resends what was not acknowledged
+    let out = tokio::time::timeout(Duration::from_secs(180), producer.wait_with_output())
+        .await
+        .context("producer did not finish")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        tail[tail.len().saturating_sub(30)..].join("\n")
+    );
+    println!(
+        "{before} receipts before kill -9; {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn acknowledgements_survive_kill9() -> Result<()> {
     let mut sa = StandaloneProc::start(bin(), &[]).await?;
     let dir = tempfile::tempdir()?;

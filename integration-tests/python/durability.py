@@ -2,6 +2,9 @@
 
   durability.py produce URL TOPIC RECEIPTS N   send N messages; append each acknowledged index
                                               to RECEIPTS as its receipt arrives
+  durability.py exactly-once URL TOPIC RECEIPTS N   like produce, batched and under one
+                                              producer name; then the topic must hold 0..N-1
+                                              exactly once (run with deduplication on)
   durability.py verify URL TOPIC RECEIPTS     every index in RECEIPTS is readable
   durability.py consume URL TOPIC SUB N       receive and ack N messages, close cleanly
   durability.py rest URL TOPIC SUB FIRST LAST  the subscription delivers exactly FIRST..LAST
@@ -29,6 +32,38 @@ if cmd == "produce":
         p.send_async(b"%d" % i, done(i))
     p.flush()
     print("produced", n)
+elif cmd == "exactly-once":
+    # one named producer, batched, retrying forever across a broker kill -9; with
+    # deduplication on, the topic ends up holding each message exactly once, in order
+    import time
+    path, n = sys.argv[4], int(sys.argv[5])
+    out = open(path, "a", buffering=1)
+    p = client.create_producer(topic, producer_name="exactly-once", batching_enabled=True,
+                               batching_max_messages=20, batching_max_publish_delay_ms=1,
+                               max_pending_messages=200, block_if_queue_full=True,
+                               send_timeout_millis=0)
+    failed = []
+
+    def cb(res, msg_id):
+        if res == pulsar.Result.Ok:
+            out.write("x\n")
+        else:
+            failed.append(res)
+
+    for i in range(n):
+        p.send_async(b"%d" % i, cb)
+    p.flush()
+    assert not failed, "sends failed: %s" % failed[:5]
+    r = client.create_reader(topic, pulsar.MessageId.earliest)
+    seen = []
+    while r.has_message_available():
+        seen.append(int(r.read_next(timeout_millis=10000).data()))
+    dups = len(seen) - len(set(seen))
+    missing = sorted(set(range(n)) - set(seen))
+    assert not missing, "lost %d, e.g. %s" % (len(missing), missing[:10])
+    assert dups == 0, "%d duplicates" % dups
+    assert seen == list(range(n)), "out of order"
+    print("exactly once:", n)
 elif cmd == "verify":
     acked = {int(l) for l in open(sys.argv[4]) if l.strip()}
     r = client.create_reader(topic, pulsar.MessageId.earliest)

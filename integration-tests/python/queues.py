@@ -9,6 +9,7 @@ Run the standalone with --max-message-size 102400 (the chunking checks rely on i
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -223,6 +224,47 @@ def check_terminate():
     # a new reader still sees everything
     r = client.create_reader(t, pulsar.MessageId.earliest)
     assert [r.read_next(timeout_millis=10000).data() for _ in range(3)] == got
+
+
+def check_dedup():
+    """With deduplication on, a resent sequence id is answered but not stored again."""
+    ns = WEB + "/admin/v2/namespaces/public/default/deduplication"
+
+    def post(body):
+        req = urllib.request.Request(ns, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req).status == 204
+
+    post(b"true")
+    try:
+        assert json.load(urllib.request.urlopen(ns)) is True
+        t = topic("dedup")
+        p = client.create_producer(t, producer_name="dedup-producer", batching_enabled=False)
+        for i in range(3):
+            p.send(b"m-%d" % i, sequence_id=i)
+        dup = p.send(b"m-1 again", sequence_id=1)
+        assert (dup.ledger_id(), dup.entry_id()) in ((-1, -1), (2**64 - 1, 2**64 - 1)), dup
+        p.send(b"m-3", sequence_id=3)
+        assert stats(t)["deduplicationStatus"] == "Enabled"
+        # a new producer with the same name learns where the sequence stands
+        p.close()
+        p = client.create_producer(t, producer_name="dedup-producer", batching_enabled=False)
+        assert p.last_sequence_id() == 3, p.last_sequence_id()
+        r = client.create_reader(t, pulsar.MessageId.earliest)
+        got = []
+        while r.has_message_available():
+            got.append(r.read_next(timeout_millis=10000).data())
+        assert got == [b"m-0", b"m-1", b"m-2", b"m-3"], got
+    finally:
+        req = urllib.request.Request(ns, method="DELETE")
+        urllib.request.urlopen(req)
+    bad = urllib.request.Request(ns, data=b"maybe", method="POST")
+    try:
+        urllib.request.urlopen(bad)
+    except urllib.error.HTTPError as e:
+        assert e.code == 400, e.code
+    else:
+        raise AssertionError("bad body accepted")
 
 
 def expect_nothing(consumer, timeout_ms=500):
