@@ -358,15 +358,25 @@ impl Connection {
             if let Some(n) = self.svc.partitions(&t).await? {
                 return Ok(n);
             }
-            let may_create = p.metadata_auto_creation_enabled.unwrap_or(true)
-                && self.svc.cfg.allow_auto_topic_creation;
-            if !may_create && !self.svc.topic_exists(&t).await? {
-                return Err(ClientError::new(
+            if self.svc.topic_exists(&t).await? {
+                return Ok(0);
+            }
+            let auto = if p.metadata_auto_creation_enabled.unwrap_or(true) {
+                self.svc.auto_creation(&t).await?
+            } else {
+                None
+            };
+            match auto {
+                None => Err(ClientError::new(
                     ServerError::TopicNotFound,
                     format!("Topic {t} does not exist"),
-                ));
+                )),
+                // a partition's name is never itself partitioned
+                Some(n) if n > 0 && t.partition().is_none() => {
+                    self.svc.create_partitioned(&t, n).await
+                }
+                Some(_) => Ok(0),
             }
-            Ok(0)
         };
         match reply.await {
             Ok(n) => self
@@ -409,14 +419,30 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
-        let topic = match self
-            .svc
-            .topic(&topic, self.svc.cfg.allow_auto_topic_creation)
-            .await
-        {
+        let create = match self.svc.may_auto_create(&topic).await {
+            Ok(c) => c,
+            Err(e) => return self.error(p.request_id, e),
+        };
+        let topic = match self.svc.topic(&topic, create).await {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
+        // over a backlog quota (checked afresh: housekeeping may not have run yet)
+        if let Ok(eff) = self
+            .svc
+            .effective_policies(&topic.name.tenant, &topic.name.namespace)
+            .await
+            && (eff.size_quota.is_some() || eff.age_quota.is_some())
+            && let Err(e) = topic
+                .check_backlog_quota(&eff)
+                .await
+                .map(|s| topic.set_quota(s))
+        {
+            warn!(topic = %topic.full, error = %e, "backlog quota check failed");
+        }
+        if let Some(e) = topic.quota_refusal() {
+            return self.error(p.request_id, e);
+        }
         if topic.ml.terminated().is_some() {
             return self.error(
                 p.request_id,
@@ -619,7 +645,7 @@ impl Connection {
                 ));
             }
             let create =
-                s.force_topic_creation.unwrap_or(true) && self.svc.cfg.allow_auto_topic_creation;
+                s.force_topic_creation.unwrap_or(true) && self.svc.may_auto_create(&t).await?;
             let topic = self.svc.topic(&t, create).await?;
             let sub_type = SubType::try_from(s.sub_type).map_err(|_| {
                 ClientError::new(

@@ -42,6 +42,7 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/partitions",
             get(get_partitions)
                 .put(create_partitions)
+                .post(grow_partitions)
                 .delete(delete_partitions),
         )
         .route(
@@ -55,6 +56,38 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/terminate",
             axum::routing::post(terminate),
+        )
+        .route("/admin/v2/namespaces/{tenant}", get(list_namespaces))
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}",
+            get(get_namespace).put(create_namespace),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/retention",
+            get(|s, p| policy_get(s, p, "retention_policies"))
+                .post(|s, p, b| policy_set(s, p, "retention_policies", b, check_retention))
+                .delete(|s, p| policy_delete(s, p, "retention_policies")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/messageTTL",
+            get(|s, p| policy_get(s, p, "message_ttl_in_seconds"))
+                .post(|s, p, b| policy_set(s, p, "message_ttl_in_seconds", b, check_ttl))
+                .delete(|s, p| policy_delete(s, p, "message_ttl_in_seconds")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/autoTopicCreation",
+            axum::routing::post(|s, p, b| {
+                policy_set(s, p, "autoTopicCreationOverride", b, check_auto_creation)
+            })
+            .delete(|s, p| policy_delete(s, p, "autoTopicCreationOverride")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/backlogQuotaMap",
+            get(|s, p| policy_get(s, p, "backlog_quota_map")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/backlogQuota",
+            axum::routing::post(set_backlog_quota).delete(remove_backlog_quota),
         )
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}/deduplication",
@@ -186,6 +219,56 @@ async fn create_partitions(
     }
 }
 
+/// Adds partitions to a partitioned topic (never removes any).
+async fn grow_partitions(
+    State(svc): Svc,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let t = match topic_name(&tenant, &ns, &topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(wanted) = serde_json::from_slice::<u64>(&body)
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=10_000).contains(n))
+    else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "the body must be a number of partitions in 1..=10000",
+        );
+    };
+    let key = partitioned_key(&t);
+    for _ in 0..10 {
+        let (mut meta, version) = match svc.meta.get_json::<PartitionedMetadata>(&key).await {
+            Ok(Some(v)) => (v.value, v.version),
+            Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
+            Err(e) => return meta_err(e),
+        };
+        if wanted <= meta.partitions {
+            return err(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "the topic has {} partitions; it can only grow",
+                    meta.partitions
+                ),
+            );
+        }
+        meta.partitions = wanted;
+        match svc
+            .meta
+            .put_json(&key, &meta, Expected::Version(version))
+            .await
+        {
+            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
+            Err(MetaError::BadVersion { .. }) => continue,
+            Err(e) => return meta_err(e),
+        }
+    }
+    err(StatusCode::CONFLICT, "the topic kept changing; try again")
+}
+
 async fn delete_partitions(
     State(svc): Svc,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
@@ -225,6 +308,215 @@ async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> R
         Err(r) => return r,
     };
     axum::Json(topic_stats(&topic).await).into_response()
+}
+
+type NsPath = Path<(String, String)>;
+
+async fn list_namespaces(State(svc): Svc, Path(tenant): Path<String>) -> Response {
+    if !valid_segment(&tenant) {
+        return err(StatusCode::PRECONDITION_FAILED, "Invalid tenant name");
+    }
+    match svc.meta.get(&format!("/admin/policies/{tenant}")).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
+        Err(e) => return meta_err(e),
+    }
+    match svc
+        .meta
+        .children(&format!("/admin/policies/{tenant}"))
+        .await
+    {
+        Ok(names) => axum::Json(
+            names
+                .into_iter()
+                .map(|n| format!("{tenant}/{n}"))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn get_namespace(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc
+        .meta
+        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
+        .await
+    {
+        Ok(Some(v)) => axum::Json(v.value).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
+        Err(e) => meta_err(e),
+    }
+}
+
+/// Creates a namespace, with the given policies if a body is sent.
+async fn create_namespace(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    body: axum::body::Bytes,
+) -> Response {
+    if !valid_segment(&tenant) || !valid_segment(&ns) {
+        return err(StatusCode::PRECONDITION_FAILED, "Invalid namespace name");
+    }
+    match svc.meta.get(&format!("/admin/policies/{tenant}")).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
+        Err(e) => return meta_err(e),
+    }
+    let mut policies = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        json!({})
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return err(StatusCode::BAD_REQUEST, "policies must be a JSON object"),
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+        }
+    };
+    if let Err(e) = serde_json::from_value::<crate::policies::NamespacePolicies>(policies.clone()) {
+        return err(StatusCode::BAD_REQUEST, format!("bad policies: {e}"));
+    }
+    if policies.get("replication_clusters").is_none() {
+        policies["replication_clusters"] = json!([svc.cfg.cluster]);
+    }
+    match svc
+        .meta
+        .put_json(
+            &format!("/admin/policies/{tenant}/{ns}"),
+            &policies,
+            Expected::Absent,
+        )
+        .await
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(MetaError::BadVersion { .. }) => err(StatusCode::CONFLICT, "Namespace already exists"),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn policy_get(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc
+        .meta
+        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
+        .await
+    {
+        Ok(Some(v)) => {
+            axum::Json(v.value.get(field).cloned().unwrap_or(Value::Null)).into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
+        Err(e) => meta_err(e),
+    }
+}
+
+/// Sets one policy field from the request body after `check` accepts (and may normalise) it.
+async fn policy_set(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    field: &str,
+    body: axum::body::Bytes,
+    check: fn(Value) -> Result<Value, String>,
+) -> Response {
+    let value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match check(v) {
+            Ok(v) => v,
+            Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
+        },
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    update_policies(&svc, &tenant, &ns, |p| p[field] = value.clone()).await
+}
+
+async fn policy_delete(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
+    update_policies(&svc, &tenant, &ns, |p| {
+        if let Some(o) = p.as_object_mut() {
+            o.remove(field);
+        }
+    })
+    .await
+}
+
+fn check_retention(v: Value) -> Result<Value, String> {
+    let r: crate::policies::RetentionPolicies =
+        serde_json::from_value(v).map_err(|e| format!("bad retention policies: {e}"))?;
+    if r.time_minutes < -1 || r.size_mb < -1 {
+        return Err("retention limits are -1 (forever), 0 or positive".into());
+    }
+    serde_json::to_value(r).map_err(|e| e.to_string())
+}
+
+fn check_ttl(v: Value) -> Result<Value, String> {
+    match v.as_i64() {
+        Some(s) if s >= 0 => Ok(Value::from(s)),
+        _ => Err("the TTL is a number of seconds, 0 or more".into()),
+    }
+}
+
+fn check_auto_creation(v: Value) -> Result<Value, String> {
+    let a: crate::policies::AutoTopicCreation =
+        serde_json::from_value(v).map_err(|e| format!("bad auto topic creation: {e}"))?;
+    match (a.topic_type.as_str(), a.default_partitions) {
+        ("non-partitioned", _) => {}
+        ("partitioned", Some(n)) if (1..=10_000).contains(&n) => {}
+        ("partitioned", _) => {
+            return Err("a partitioned type needs defaultNumPartitions in 1..=10000".into());
+        }
+        (t, _) => return Err(format!("unknown topicType {t:?}")),
+    }
+    serde_json::to_value(a).map_err(|e| e.to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct QuotaType {
+    #[serde(rename = "backlogQuotaType", default = "storage_quota")]
+    kind: String,
+}
+
+fn storage_quota() -> String {
+    "destination_storage".into()
+}
+
+async fn set_backlog_quota(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    axum::extract::Query(q): axum::extract::Query<QuotaType>,
+    body: axum::body::Bytes,
+) -> Response {
+    if q.kind != "destination_storage" && q.kind != "message_age" {
+        return err(
+            StatusCode::PRECONDITION_FAILED,
+            "backlogQuotaType is destination_storage or message_age",
+        );
+    }
+    let quota: crate::policies::BacklogQuota = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")),
+    };
+    let value = json!(quota);
+    update_policies(&svc, &tenant, &ns, |p| {
+        if !p["backlog_quota_map"].is_object() {
+            p["backlog_quota_map"] = json!({});
+        }
+        p["backlog_quota_map"][&q.kind] = value.clone();
+    })
+    .await
+}
+
+async fn remove_backlog_quota(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    axum::extract::Query(q): axum::extract::Query<QuotaType>,
+) -> Response {
+    update_policies(&svc, &tenant, &ns, |p| {
+        if let Some(m) = p["backlog_quota_map"].as_object_mut() {
+            m.remove(&q.kind);
+        }
+    })
+    .await
 }
 
 async fn get_deduplication(

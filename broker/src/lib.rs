@@ -11,6 +11,7 @@ pub mod http;
 pub mod key_shared;
 pub mod managed_ledger;
 pub mod names;
+pub mod policies;
 pub mod position;
 pub mod service;
 pub mod stats;

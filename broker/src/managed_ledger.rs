@@ -731,12 +731,21 @@ impl ManagedLedger {
 
     /// Finds the first entry published at or after `ts_ms` (None: all are older).
     pub async fn find_by_publish_time(&self, ts_ms: u64) -> Result<Option<Position>, MlError> {
+        self.find_by_publish_time_from(ts_ms, 0).await
+    }
+
+    /// [`Self::find_by_publish_time`] looking only at ledgers from `first_ledger` on.
+    pub async fn find_by_publish_time_from(
+        &self,
+        ts_ms: u64,
+        first_ledger: u64,
+    ) -> Result<Option<Position>, MlError> {
         let publish_time =
             |d: &Bytes| magnetar_protocol::entry::peek_metadata(d).map_or(0, |m| m.publish_time);
         let ledgers: Vec<(u64, u64)> = {
             let st = self.inner.state.lock();
             st.ledgers
-                .iter()
+                .range(first_ledger..)
                 .filter(|(_, l)| l.entries > 0)
                 .map(|(id, l)| (*id, l.entries))
                 .collect()
@@ -771,9 +780,54 @@ impl ManagedLedger {
         Ok(None)
     }
 
+    /// Bytes stored after `p` (whole ledgers after it, and its own ledger pro rata; ledgers
+    /// recovered from an earlier owner count 0 until rewritten, their size being unknown).
+    pub fn bytes_after(&self, p: Position) -> u64 {
+        let st = self.inner.state.lock();
+        st.ledgers
+            .range(p.ledger..)
+            .map(|(id, l)| {
+                if *id > p.ledger {
+                    l.size
+                } else if l.entries == 0 {
+                    0
+                } else {
+                    let after = (l.entries as i64 - 1 - p.entry).clamp(0, l.entries as i64) as u64;
+                    l.size / l.entries * after
+                }
+            })
+            .sum()
+    }
+
+    /// The first position after which at most `budget` bytes are stored (for evicting a
+    /// backlog down to a size quota).
+    pub fn position_keeping(&self, budget: u64) -> Position {
+        let st = self.inner.state.lock();
+        let mut kept = 0u64;
+        for (id, l) in st.ledgers.iter().rev() {
+            if l.entries == 0 {
+                continue;
+            }
+            if kept + l.size <= budget {
+                kept += l.size;
+                continue;
+            }
+            // keep as many of this ledger's last entries as fit
+            let per = (l.size / l.entries).max(1);
+            let fit = (budget - kept) / per;
+            return Position::new(*id, l.entries as i64 - 1 - fit as i64);
+        }
+        drop(st);
+        self.before_first()
+    }
+
     /// Deletes ledgers every cursor has consumed, subject to retention. `slowest` is the
     /// lowest mark-delete position over the durable cursors (None: no cursors).
-    pub async fn trim(&self, slowest: Option<Position>) -> Result<usize, MlError> {
+    pub async fn trim(
+        &self,
+        slowest: Option<Position>,
+        retention: crate::policies::Retention,
+    ) -> Result<usize, MlError> {
         let now = now_ms();
         let victims = {
             let st = self.inner.state.lock();
@@ -794,14 +848,17 @@ impl ManagedLedger {
                 })
                 .collect();
             // retention: keep the newest consumed ledgers within time and size limits
-            let rt = self.inner.cfg.retention_time.as_millis() as u64;
-            let rb = self.inner.cfg.retention_bytes;
             let mut kept_bytes = 0u64;
             candidates.reverse();
             let mut victims = Vec::new();
             for l in candidates {
-                let young = rt > 0 && now.saturating_sub(l.closed_ms.unwrap_or(now)) < rt;
-                let fits = rb > 0 && kept_bytes + l.size <= rb;
+                let young = retention.time.is_none_or(|t| {
+                    let rt = t.as_millis() as u64;
+                    rt > 0 && now.saturating_sub(l.closed_ms.unwrap_or(now)) < rt
+                });
+                let fits = retention
+                    .bytes
+                    .is_none_or(|rb| rb > 0 && kept_bytes + l.size <= rb);
                 if young || fits {
                     kept_bytes += l.size;
                     continue;

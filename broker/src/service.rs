@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
 use crate::names::{Domain, TopicName};
+use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, Retention};
 use crate::subscription::DispatchConfig;
 use crate::topic::Topic;
 
@@ -31,6 +32,10 @@ pub struct BrokerConfig {
     pub keepalive: Duration,
     pub ml: MlConfig,
     pub dispatch: DispatchConfig,
+    /// Message TTL for namespaces that set none.
+    pub default_ttl: Option<Duration>,
+    /// Partitions of auto-created topics (0: non-partitioned).
+    pub default_num_partitions: u32,
 }
 
 impl Default for BrokerConfig {
@@ -45,6 +50,8 @@ impl Default for BrokerConfig {
             keepalive: Duration::from_secs(30),
             ml: MlConfig::default(),
             dispatch: DispatchConfig::default(),
+            default_ttl: None,
+            default_num_partitions: 0,
         }
     }
 }
@@ -56,6 +63,19 @@ impl BrokerConfig {
 
     pub fn web_url(&self) -> String {
         format!("http://{}:{}", self.advertised_address, self.web_port)
+    }
+
+    pub fn policy_defaults(&self) -> PolicyDefaults {
+        PolicyDefaults {
+            retention: Retention {
+                time: Some(self.ml.retention_time),
+                bytes: Some(self.ml.retention_bytes),
+            },
+            ttl: self.default_ttl,
+            deduplication: self.ml.track_producers,
+            auto_topic_creation: self.allow_auto_topic_creation,
+            auto_topic_partitions: self.default_num_partitions,
+        }
     }
 }
 
@@ -265,16 +285,60 @@ impl BrokerService {
 
     /// Whether a namespace deduplicates producers: its policy, else the broker default.
     pub async fn deduplication_enabled(&self, tenant: &str, ns: &str) -> Result<bool, MetaError> {
-        let policy = self
+        Ok(self.effective_policies(tenant, ns).await?.deduplication)
+    }
+
+    /// A namespace's policies with the broker's defaults filling the gaps. A stored record
+    /// this broker cannot read is logged and treated as empty.
+    pub async fn effective_policies(&self, tenant: &str, ns: &str) -> Result<Effective, MetaError> {
+        let stored = self
             .meta
             .get_json::<serde_json::Value>(&format!("/admin/policies/{tenant}/{ns}"))
-            .await?
-            .and_then(|v| {
-                v.value
-                    .get("deduplicationEnabled")
-                    .and_then(|b| b.as_bool())
-            });
-        Ok(policy.unwrap_or(self.cfg.ml.track_producers))
+            .await?;
+        let policies = match stored {
+            Some(v) => serde_json::from_value::<NamespacePolicies>(v.value).unwrap_or_else(|e| {
+                warn!(namespace = %format!("{tenant}/{ns}"), error = %e, "unreadable namespace policies; using defaults");
+                NamespacePolicies::default()
+            }),
+            None => NamespacePolicies::default(),
+        };
+        Ok(Effective::resolve(&policies, &self.cfg.policy_defaults()))
+    }
+
+    /// Partitions an auto-created topic gets in this namespace: None if auto-creation is
+    /// off, Some(0) for a non-partitioned topic.
+    pub async fn auto_creation(&self, t: &TopicName) -> Result<Option<u32>, ClientError> {
+        let e = self.effective_policies(&t.tenant, &t.namespace).await?;
+        Ok(e.auto_topic_creation.then_some(e.auto_topic_partitions))
+    }
+
+    /// Whether using `t` may create it (loaded topics need no look at the policies).
+    pub async fn may_auto_create(&self, t: &TopicName) -> Result<bool, ClientError> {
+        if self.loaded(&t.to_string()).is_some() {
+            return Ok(true);
+        }
+        Ok(self.auto_creation(t).await?.is_some())
+    }
+
+    /// Creates the partitioned-topic record for `t` (auto-creation); Ok if it appeared
+    /// meanwhile. Returns the partition count in force.
+    pub async fn create_partitioned(&self, t: &TopicName, n: u32) -> Result<u32, ClientError> {
+        let meta = PartitionedMetadata {
+            partitions: n,
+            properties: HashMap::new(),
+        };
+        match self
+            .meta
+            .put_json(&partitioned_key(t), &meta, Expected::Absent)
+            .await
+        {
+            Ok(_) => {
+                info!(topic = %t, partitions = n, "partitioned topic auto-created");
+                Ok(n)
+            }
+            Err(MetaError::BadVersion { .. }) => Ok(self.partitions(t).await?.unwrap_or(n)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Topics loaded in this broker.
@@ -311,9 +375,27 @@ impl BrokerService {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            let mut policies: HashMap<(String, String), Effective> = HashMap::new();
             for t in self.loaded_topics() {
                 t.update_rates();
-                if let Err(e) = t.ml.trim(t.slowest_cursor()).await {
+                let key = (t.name.tenant.clone(), t.name.namespace.clone());
+                let eff = match policies.get(&key) {
+                    Some(e) => e.clone(),
+                    None => match self.effective_policies(&key.0, &key.1).await {
+                        Ok(e) => {
+                            policies.insert(key, e.clone());
+                            e
+                        }
+                        Err(e) => {
+                            warn!(topic = %t.full, error = %e, "namespace policies unavailable");
+                            continue;
+                        }
+                    },
+                };
+                if let Err(e) = t.enforce_policies(&eff).await {
+                    warn!(topic = %t.full, error = %e, "enforcing policies failed");
+                }
+                if let Err(e) = t.ml.trim(t.slowest_cursor(), eff.retention).await {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
             }

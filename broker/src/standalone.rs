@@ -75,6 +75,16 @@ pub struct StandaloneArgs {
     /// say otherwise [default: false].
     #[arg(long, env = "MAGNETAR_BROKER_DEDUPLICATION_ENABLED")]
     broker_deduplication_enabled: Option<bool>,
+    /// Message TTL in seconds for namespaces that set none (0: none) [default: 0].
+    #[arg(long, env = "MAGNETAR_TTL_DURATION_DEFAULT_IN_SECONDS")]
+    ttl_duration_default_in_seconds: Option<u64>,
+    /// What auto-creation makes: `non-partitioned` or `partitioned`
+    /// [default: non-partitioned].
+    #[arg(long, env = "MAGNETAR_ALLOW_AUTO_TOPIC_CREATION_TYPE")]
+    allow_auto_topic_creation_type: Option<String>,
+    /// Partitions of auto-created partitioned topics [default: 1].
+    #[arg(long, env = "MAGNETAR_DEFAULT_NUM_PARTITIONS")]
+    default_num_partitions: Option<u32>,
     /// Keepalive interval: PING an idle client, drop it if the next tick hears nothing
     /// [default: 30].
     #[arg(long, env = "MAGNETAR_KEEP_ALIVE_INTERVAL_SECONDS")]
@@ -121,6 +131,9 @@ impl StandaloneArgs {
             default_retention_time_in_minutes,
             default_retention_size_in_mb,
             broker_deduplication_enabled,
+            ttl_duration_default_in_seconds,
+            allow_auto_topic_creation_type,
+            default_num_partitions,
             keep_alive_interval_seconds,
             journal_max_group_wait_us,
             housekeeping_interval_secs,
@@ -252,6 +265,17 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         allow_auto_topic_creation: args.allow_auto_topic_creation.unwrap_or(true),
         keepalive: Duration::from_secs(args.keep_alive_interval_seconds.unwrap_or(30).max(1)),
         ml,
+        default_ttl: args
+            .ttl_duration_default_in_seconds
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        default_num_partitions: match args.allow_auto_topic_creation_type.as_deref() {
+            None | Some("non-partitioned") => 0,
+            Some("partitioned") => args.default_num_partitions.unwrap_or(1).clamp(1, 10_000),
+            Some(other) => anyhow::bail!(
+                "--allow-auto-topic-creation-type must be non-partitioned or partitioned, not {other:?}"
+            ),
+        },
         dispatch: DispatchConfig {
             key_shared_lease: args
                 .key_shared_lease_ms

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
 use magnetar_meta::MetaStore;
 use magnetar_protocol::ServerError;
@@ -13,8 +14,9 @@ use tracing::{info, warn};
 
 use crate::connection::ConnTx;
 use crate::cursor::Cursor;
-use crate::managed_ledger::{ManagedLedger, MlError};
+use crate::managed_ledger::{ManagedLedger, MlError, now_ms};
 use crate::names::TopicName;
+use crate::policies::{Effective, QuotaPolicy};
 use crate::position::Position;
 use crate::service::ClientError;
 use crate::stats::Meter;
@@ -84,7 +86,13 @@ pub struct Topic {
     dispatch: DispatchConfig,
     /// Deduplication: the highest sequence id accepted (queued or persisted) per producer.
     dedup: Option<Mutex<HashMap<String, i64>>>,
+    /// Backlog quota state: QUOTA_OK, or the refusal producers get.
+    quota: AtomicU8,
 }
+
+const QUOTA_OK: u8 = 0;
+const QUOTA_HOLD: u8 = 1;
+const QUOTA_EXCEPTION: u8 = 2;
 
 /// What deduplication says of a SEND.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,6 +140,7 @@ impl Topic {
             partition,
             dispatch,
             dedup: ml_tracks.then(Mutex::default),
+            quota: AtomicU8::new(QUOTA_OK),
         });
         let path = t.name.path();
         let names = t
@@ -376,6 +385,129 @@ impl Topic {
 
     pub fn record_publish(&self, messages: u32, bytes: usize) {
         self.input.record(messages as u64, bytes as u64);
+    }
+
+    /// Applies message TTL and backlog quotas (housekeeping); producers are closed when
+    /// the topic goes over a quota that turns them away.
+    pub async fn enforce_policies(&self, eff: &Effective) -> Result<(), MlError> {
+        if let Some(ttl) = eff.ttl {
+            let n = self.expire_older_than(ttl).await?;
+            if n > 0 {
+                info!(topic = %self.full, subscriptions = n, ttl_secs = ttl.as_secs(), "expired messages past their TTL");
+            }
+        }
+        let state = self.check_backlog_quota(eff).await?;
+        let before = self.quota.swap(state, Ordering::AcqRel);
+        if state != QUOTA_OK && before == QUOTA_OK {
+            warn!(topic = %self.full, "backlog quota exceeded; producers are turned away");
+            for p in self.producers.lock().by_name.values() {
+                p.conn
+                    .send(magnetar_protocol::commands::close_producer(p.producer_id));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_quota(&self, state: u8) {
+        self.quota.store(state, Ordering::Release);
+    }
+
+    /// The refusal a new producer gets while the topic is over a backlog quota.
+    pub fn quota_refusal(&self) -> Option<ClientError> {
+        match self.quota.load(Ordering::Acquire) {
+            QUOTA_HOLD => Some(ClientError::new(
+                ServerError::ProducerBlockedQuotaExceededError,
+                format!(
+                    "{}: backlog quota exceeded; waiting for consumers",
+                    self.full
+                ),
+            )),
+            QUOTA_EXCEPTION => Some(ClientError::new(
+                ServerError::ProducerBlockedQuotaExceededException,
+                format!("{}: backlog quota exceeded", self.full),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Moves every durable subscription past messages published longer than `age` ago.
+    /// Returns how many subscriptions moved.
+    pub async fn expire_older_than(&self, age: Duration) -> Result<usize, MlError> {
+        self.evict_through(|ml, slowest| async move {
+            let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+            Ok(
+                match ml.find_by_publish_time_from(cutoff, slowest.ledger).await? {
+                    Some(first_young) => ml.previous_position(first_young),
+                    None => ml.last_confirmed(),
+                },
+            )
+        })
+        .await
+    }
+
+    /// Acknowledges, for every durable subscription behind it, everything through the
+    /// position `through` computes from the log and the slowest mark-delete position.
+    async fn evict_through<F, Fut>(&self, through: F) -> Result<usize, MlError>
+    where
+        F: FnOnce(ManagedLedger, Position) -> Fut,
+        Fut: std::future::Future<Output = Result<Position, MlError>>,
+    {
+        let Some(slowest) = self.slowest_cursor() else {
+            return Ok(0);
+        };
+        let target = through(self.ml.clone(), slowest).await?;
+        let subs: Vec<Arc<Subscription>> = self
+            .subscriptions
+            .lock()
+            .values()
+            .filter(|s| s.cursor.is_durable() && s.cursor.mark_delete() < target)
+            .cloned()
+            .collect();
+        for s in &subs {
+            s.ack_cumulative(target);
+        }
+        Ok(subs.len())
+    }
+
+    /// Checks (and for consumer_backlog_eviction, enforces) the backlog quotas; returns the
+    /// quota state producers see.
+    pub async fn check_backlog_quota(&self, eff: &Effective) -> Result<u8, MlError> {
+        let mut state = QUOTA_OK;
+        let refuse = |p: QuotaPolicy| match p {
+            QuotaPolicy::ProducerException => QUOTA_EXCEPTION,
+            _ => QUOTA_HOLD,
+        };
+        if let Some((limit, policy)) = eff.size_quota
+            && let Some(slowest) = self.slowest_cursor()
+            && self.ml.bytes_after(slowest) > limit
+        {
+            if policy == QuotaPolicy::ConsumerBacklogEviction {
+                let n = self
+                    .evict_through(|ml, _| async move { Ok(ml.position_keeping(limit)) })
+                    .await?;
+                info!(topic = %self.full, subscriptions = n, limit, "backlog evicted down to the size quota");
+            } else {
+                state = state.max(refuse(policy));
+            }
+        }
+        if let Some((age, policy)) = eff.age_quota {
+            if policy == QuotaPolicy::ConsumerBacklogEviction {
+                let n = self.expire_older_than(age).await?;
+                if n > 0 {
+                    info!(topic = %self.full, subscriptions = n, "backlog evicted down to the age quota");
+                }
+            } else if let Some(slowest) = self.slowest_cursor()
+                && let Some(oldest) = self.ml.next_position(slowest)
+            {
+                let d = self.ml.read(oldest).await?;
+                let published =
+                    magnetar_protocol::entry::peek_metadata(&d).map_or(0, |m| m.publish_time);
+                if now_ms().saturating_sub(published) > age.as_millis() as u64 {
+                    state = state.max(refuse(policy));
+                }
+            }
+        }
+        Ok(state)
     }
 
     pub fn deduplicating(&self) -> bool {

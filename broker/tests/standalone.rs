@@ -86,6 +86,24 @@ async fn queue_semantics_with_python_client() -> Result<()> {
 }
 
 #[tokio::test]
+async fn namespace_policies_are_enforced() -> Result<()> {
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--housekeeping-interval-secs",
+            "1",
+            "--managed-ledger-max-entries-per-ledger",
+            "10",
+        ],
+    )
+    .await?;
+    let web_port = sa.web.port().to_string();
+    let out = run_py("policies.py", &[&sa.service_url(), &web_port]).await?;
+    println!("{out}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn consumed_ledgers_are_trimmed() -> Result<()> {
     let sa = StandaloneProc::start(
         bin(),

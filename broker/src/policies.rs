@@ -1,0 +1,203 @@
+//! Namespace policies as stored at `/admin/policies/{tenant}/{ns}` (Pulsar's JSON field
+//! names), and the effective values a topic runs with once broker defaults fill the gaps.
+//! Pure data: reading and writing the records is the service's and the REST layer's job.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The parts of Pulsar's `Policies` this broker acts on; other fields are kept untouched in
+/// the stored JSON.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NamespacePolicies {
+    #[serde(default)]
+    pub message_ttl_in_seconds: Option<i64>,
+    #[serde(default)]
+    pub retention_policies: Option<RetentionPolicies>,
+    /// Keyed by `destination_storage` (size) and `message_age` (time).
+    #[serde(default)]
+    pub backlog_quota_map: HashMap<String, BacklogQuota>,
+    #[serde(default, rename = "deduplicationEnabled")]
+    pub deduplication_enabled: Option<bool>,
+    #[serde(default, rename = "autoTopicCreationOverride")]
+    pub auto_topic_creation: Option<AutoTopicCreation>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionPolicies {
+    /// Minutes; -1 keeps forever.
+    #[serde(rename = "retentionTimeInMinutes")]
+    pub time_minutes: i64,
+    /// MB; -1 keeps forever.
+    #[serde(rename = "retentionSizeInMB")]
+    pub size_mb: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPolicy {
+    /// Producers are turned away (clients retry) until the backlog shrinks.
+    ProducerRequestHold,
+    /// Producers are turned away with an error the client does not retry.
+    ProducerException,
+    /// The slowest subscriptions are moved forward so the backlog fits.
+    ConsumerBacklogEviction,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BacklogQuota {
+    /// Bytes (destination_storage); -1 or absent: no limit.
+    #[serde(rename = "limitSize", default = "no_limit")]
+    pub limit_size: i64,
+    /// Seconds (message_age); -1 or absent: no limit.
+    #[serde(rename = "limitTime", default = "no_limit")]
+    pub limit_time: i64,
+    pub policy: QuotaPolicy,
+}
+
+fn no_limit() -> i64 {
+    -1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AutoTopicCreation {
+    #[serde(rename = "allowAutoTopicCreation")]
+    pub allow: bool,
+    /// `non-partitioned` or `partitioned`.
+    #[serde(rename = "topicType", default = "non_partitioned")]
+    pub topic_type: String,
+    #[serde(rename = "defaultNumPartitions", default)]
+    pub default_partitions: Option<u32>,
+}
+
+fn non_partitioned() -> String {
+    "non-partitioned".into()
+}
+
+/// How consumed ledgers are kept: each limit None = forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub time: Option<Duration>,
+    pub bytes: Option<u64>,
+}
+
+impl Retention {
+    /// From Pulsar's numbers: negative = forever, 0 = not at all.
+    pub fn from_limits(minutes: i64, mb: i64) -> Retention {
+        Retention {
+            time: u64::try_from(minutes)
+                .ok()
+                .map(|m| Duration::from_secs(m * 60)),
+            bytes: u64::try_from(mb).ok().map(|m| m << 20),
+        }
+    }
+}
+
+/// Broker-wide defaults for what namespaces leave unset.
+#[derive(Debug, Clone)]
+pub struct PolicyDefaults {
+    pub retention: Retention,
+    pub ttl: Option<Duration>,
+    pub deduplication: bool,
+    pub auto_topic_creation: bool,
+    /// Partitions of auto-created topics (0: non-partitioned).
+    pub auto_topic_partitions: u32,
+}
+
+impl Default for PolicyDefaults {
+    fn default() -> Self {
+        PolicyDefaults {
+            retention: Retention {
+                time: Some(Duration::ZERO),
+                bytes: Some(0),
+            },
+            ttl: None,
+            deduplication: false,
+            auto_topic_creation: true,
+            auto_topic_partitions: 0,
+        }
+    }
+}
+
+/// What a topic runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub retention: Retention,
+    pub ttl: Option<Duration>,
+    pub size_quota: Option<(u64, QuotaPolicy)>,
+    pub age_quota: Option<(Duration, QuotaPolicy)>,
+    pub deduplication: bool,
+    pub auto_topic_creation: bool,
+    pub auto_topic_partitions: u32,
+}
+
+impl Effective {
+    pub fn resolve(p: &NamespacePolicies, d: &PolicyDefaults) -> Effective {
+        let quota = |key: &str| p.backlog_quota_map.get(key).copied();
+        let auto = p.auto_topic_creation.as_ref();
+        Effective {
+            retention: p.retention_policies.map_or(d.retention, |r| {
+                Retention::from_limits(r.time_minutes, r.size_mb)
+            }),
+            ttl: match p.message_ttl_in_seconds {
+                Some(s) if s > 0 => Some(Duration::from_secs(s as u64)),
+                Some(_) => None,
+                None => d.ttl,
+            },
+            size_quota: quota("destination_storage")
+                .and_then(|q| u64::try_from(q.limit_size).ok().map(|l| (l, q.policy))),
+            age_quota: quota("message_age").and_then(|q| {
+                u64::try_from(q.limit_time)
+                    .ok()
+                    .map(|l| (Duration::from_secs(l), q.policy))
+            }),
+            deduplication: p.deduplication_enabled.unwrap_or(d.deduplication),
+            auto_topic_creation: auto.map_or(d.auto_topic_creation, |a| a.allow),
+            auto_topic_partitions: match auto {
+                Some(a) if a.topic_type == "partitioned" => a.default_partitions.unwrap_or(1),
+                Some(_) => 0,
+                None => d.auto_topic_partitions,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pulsar_json_resolves_over_defaults() {
+        let p: NamespacePolicies = serde_json::from_str(
+            r#"{"message_ttl_in_seconds": 30,
+                "retention_policies": {"retentionTimeInMinutes": -1, "retentionSizeInMB": 10},
+                "backlog_quota_map": {
+                  "destination_storage": {"limitSize": 1000, "policy": "producer_exception"},
+                  "message_age": {"limitTime": 60, "policy": "consumer_backlog_eviction"}},
+                "autoTopicCreationOverride": {"allowAutoTopicCreation": true,
+                  "topicType": "partitioned", "defaultNumPartitions": 4},
+                "replication_clusters": ["standalone"]}"#,
+        )
+        .unwrap();
+        let e = Effective::resolve(&p, &PolicyDefaults::default());
+        assert_eq!(e.ttl, Some(Duration::from_secs(30)));
+        assert_eq!(e.retention.time, None);
+        assert_eq!(e.retention.bytes, Some(10 << 20));
+        assert_eq!(e.size_quota, Some((1000, QuotaPolicy::ProducerException)));
+        assert_eq!(
+            e.age_quota,
+            Some((
+                Duration::from_secs(60),
+                QuotaPolicy::ConsumerBacklogEviction
+            ))
+        );
+        assert_eq!(e.auto_topic_partitions, 4);
+        let empty = Effective::resolve(&NamespacePolicies::default(), &PolicyDefaults::default());
+        assert_eq!(empty.ttl, None);
+        assert_eq!(empty.retention.time, Some(Duration::ZERO));
+        assert!(empty.auto_topic_creation);
+        assert_eq!(empty.auto_topic_partitions, 0);
+    }
+}

@@ -1,0 +1,197 @@
+"""Namespace policies enforced by a running Magnetar, driven over REST and checked with the
+official Python client: message TTL, retention, backlog quotas, auto-creation of
+partitioned topics, growing partitioned topics.
+
+Usage: policies.py SERVICE_URL WEB_PORT [CHECK ...]   (no checks named: all)
+Run the standalone with --housekeeping-interval-secs 1 --managed-ledger-max-entries-per-ledger 10.
+Each check makes its own namespace, so policies never leak between checks.
+"""
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pulsar
+
+URL = sys.argv[1]
+WEB = "http://127.0.0.1:%d" % int(sys.argv[2])
+client = pulsar.Client(URL, operation_timeout_seconds=15)
+
+
+def call(method, path, body=None, expect=(200, 204)):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(WEB + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        r = urllib.request.urlopen(req)
+        status, text = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read()
+    assert status in expect, "%s %s: %d %s" % (method, path, status, text)
+    return json.loads(text) if text else None
+
+
+def namespace(policies=None):
+    ns = "public/ns-%s" % uuid.uuid4().hex[:8]
+    call("PUT", "/admin/v2/namespaces/" + ns, policies)
+    return ns
+
+
+def stats(t):
+    return call("GET", t.replace("persistent://", "/admin/v2/persistent/") + "/stats")
+
+
+def backlog(t, sub="s"):
+    return stats(t)["subscriptions"][sub]["msgBacklog"]
+
+
+def wait_for(cond, what, timeout=20):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out waiting for " + what
+        time.sleep(0.2)
+
+
+def check_namespaces():
+    ns = namespace({"message_ttl_in_seconds": 5})
+    assert ns in call("GET", "/admin/v2/namespaces/public")
+    assert call("GET", "/admin/v2/namespaces/" + ns)["message_ttl_in_seconds"] == 5
+    call("PUT", "/admin/v2/namespaces/" + ns, expect=(409,))
+    call("PUT", "/admin/v2/namespaces/public/bad%20name", expect=(412,))
+    call("PUT", "/admin/v2/namespaces/nosuchtenant/x", expect=(404,))
+    call("GET", "/admin/v2/namespaces/public/nosuchns", expect=(404,))
+    call("POST", "/admin/v2/namespaces/%s/messageTTL" % ns, -3, expect=(412,))
+    call("POST", "/admin/v2/namespaces/%s/retention" % ns, {"retentionTimeInMinutes": "x"},
+         expect=(412,))
+    call("POST", "/admin/v2/namespaces/%s/backlogQuota?backlogQuotaType=nope" % ns,
+         {"limitSize": 1, "policy": "producer_exception"}, expect=(412,))
+
+
+def check_ttl():
+    """Unacknowledged messages older than the TTL are expired from every subscription."""
+    ns = namespace()
+    call("POST", "/admin/v2/namespaces/%s/messageTTL" % ns, 1)
+    assert call("GET", "/admin/v2/namespaces/%s/messageTTL" % ns) == 1
+    t = "persistent://%s/ttl" % ns
+    client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(5):
+        p.send(b"%d" % i)
+    assert backlog(t) == 5
+    wait_for(lambda: backlog(t) == 0, "TTL expiry")
+
+
+def check_retention():
+    """Consumed ledgers stay while retention says so, and go once it allows."""
+    ns = namespace()
+    call("POST", "/admin/v2/namespaces/%s/retention" % ns,
+         {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
+    t = "persistent://%s/retained" % ns
+    c = client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(50):
+        p.send(b"%d" % i)
+    for _ in range(50):
+        c.acknowledge(c.receive(timeout_millis=10000))
+    internal = t.replace("persistent://", "/admin/v2/persistent/") + "/internalStats"
+    ledgers = len(call("GET", internal)["ledgers"])
+    assert ledgers >= 5, ledgers
+    time.sleep(3)  # several housekeeping ticks
+    assert len(call("GET", internal)["ledgers"]) == ledgers, "retained ledgers were trimmed"
+    call("POST", "/admin/v2/namespaces/%s/retention" % ns,
+         {"retentionTimeInMinutes": 0, "retentionSizeInMB": 0})
+    wait_for(lambda: len(call("GET", internal)["ledgers"]) <= 2, "trimming")
+
+
+def check_backlog_quota_exception():
+    """Over a size quota with producer_exception, new producers are refused until consumers
+    catch up."""
+    ns = namespace()
+    call("POST", "/admin/v2/namespaces/%s/backlogQuota?backlogQuotaType=destination_storage" % ns,
+         {"limitSize": 2000, "policy": "producer_exception"})
+    quotas = call("GET", "/admin/v2/namespaces/%s/backlogQuotaMap" % ns)
+    assert quotas["destination_storage"]["limitSize"] == 2000, quotas
+    t = "persistent://%s/quota" % ns
+    c = client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(30):
+        p.send(b"x" * 200)
+    try:
+        client.create_producer(t)
+    except pulsar.ProducerBlockedQuotaExceededException:
+        pass
+    else:
+        raise AssertionError("producer admitted over the backlog quota")
+    for _ in range(30):
+        c.acknowledge(c.receive(timeout_millis=10000))
+    c.close()  # flushes the acks
+
+    def admitted():
+        try:
+            client.create_producer(t).close()
+            return True
+        except pulsar.ProducerBlockedQuotaExceededException:
+            return False
+
+    wait_for(admitted, "producers admitted again")
+
+
+def check_backlog_eviction():
+    """consumer_backlog_eviction by age moves slow subscriptions forward."""
+    ns = namespace()
+    call("POST", "/admin/v2/namespaces/%s/backlogQuota?backlogQuotaType=message_age" % ns,
+         {"limitTime": 1, "policy": "consumer_backlog_eviction"})
+    t = "persistent://%s/evict" % ns
+    client.subscribe(t, "s")
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(10):
+        p.send(b"%d" % i)
+    wait_for(lambda: backlog(t) == 0, "eviction")
+    p.send(b"fresh")
+    assert backlog(t) == 1
+    call("DELETE", "/admin/v2/namespaces/%s/backlogQuota?backlogQuotaType=message_age" % ns)
+    assert call("GET", "/admin/v2/namespaces/%s/backlogQuotaMap" % ns) == {}
+
+
+def check_auto_partitioned():
+    """A namespace that auto-creates partitioned topics; growing a partitioned topic."""
+    ns = namespace()
+    call("POST", "/admin/v2/namespaces/%s/autoTopicCreation" % ns,
+         {"allowAutoTopicCreation": True, "topicType": "partitioned", "defaultNumPartitions": 3})
+    call("POST", "/admin/v2/namespaces/%s/autoTopicCreation" % ns,
+         {"allowAutoTopicCreation": True, "topicType": "partitioned"}, expect=(412,))
+    t = "persistent://%s/auto" % ns
+    p = client.create_producer(t, batching_enabled=False,
+                               message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    assert len(client.get_topic_partitions(t)) == 3
+    path = t.replace("persistent://", "/admin/v2/persistent/") + "/partitions"
+    assert call("GET", path)["partitions"] == 3
+    call("POST", path, 5)
+    call("POST", path, 4, expect=(412,))
+    call("POST", path, "x", expect=(400,))
+    assert call("GET", path)["partitions"] == 5
+    c = client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+    for i in range(6):
+        p.send(b"%d" % i)
+    got = sorted(int(c.receive(timeout_millis=10000).data()) for _ in range(6))
+    assert got == list(range(6)), got
+    # auto-creation off: unknown topics are refused
+    call("POST", "/admin/v2/namespaces/%s/autoTopicCreation" % ns,
+         {"allowAutoTopicCreation": False})
+    try:
+        client.create_producer("persistent://%s/never" % ns)
+    except pulsar.TopicNotFound:
+        pass
+    else:
+        raise AssertionError("topic auto-created against the namespace policy")
+
+
+CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
+
+for name in sys.argv[3:] or list(CHECKS):
+    started = time.time()
+    CHECKS[name]()
+    print("ok %s (%.2f s)" % (name, time.time() - started), flush=True)
+client.close()
