@@ -159,6 +159,17 @@ impl Cursor {
         })
     }
 
+    /// Where a durable subscription keeps its delayed-delivery index.
+    pub fn delayed_prefix(&self) -> Option<String> {
+        self.key
+            .as_ref()
+            .map(|k| k.replacen("/cursors/", "/delayed/", 1))
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
     pub fn is_durable(&self) -> bool {
         self.key.is_some()
     }

@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod cursor;
+pub mod delayed;
 pub mod http;
 pub mod key_shared;
 pub mod managed_ledger;

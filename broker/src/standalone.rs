@@ -103,6 +103,10 @@ pub struct StandaloneArgs {
     /// [default: 5000].
     #[arg(long, env = "MAGNETAR_KEY_SHARED_MAX_HELD_ENTRIES")]
     key_shared_max_held_entries: Option<usize>,
+    /// Delayed delivery: messages due within this many ms wait in memory; later ones are
+    /// persisted in buckets this wide [default: 60000].
+    #[arg(long, env = "MAGNETAR_DELAYED_DELIVERY_BUCKET_MS")]
+    delayed_delivery_bucket_ms: Option<u64>,
 }
 
 impl StandaloneArgs {
@@ -138,7 +142,8 @@ impl StandaloneArgs {
             journal_max_group_wait_us,
             housekeeping_interval_secs,
             key_shared_lease_ms,
-            key_shared_max_held_entries
+            key_shared_max_held_entries,
+            delayed_delivery_bucket_ms
         );
         Ok(self)
     }
@@ -286,6 +291,11 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 .key_shared_max_held_entries
                 .unwrap_or(DispatchConfig::default().key_shared_max_held)
                 .max(1),
+            delayed_horizon: args
+                .delayed_delivery_bucket_ms
+                .map_or(DispatchConfig::default().delayed_horizon, |ms| {
+                    Duration::from_millis(ms.max(1))
+                }),
         },
     };
     let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));

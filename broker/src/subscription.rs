@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::connection::ConnTx;
 use crate::cursor::Cursor;
+use crate::delayed::{self, DelayedIndex};
 use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
 use crate::managed_ledger::ManagedLedger;
 use crate::managed_ledger::now_ms;
@@ -47,6 +48,9 @@ pub struct DispatchConfig {
     /// Most entries a Key_Shared subscription holds back for busy slots before it stops
     /// reading ahead.
     pub key_shared_max_held: usize,
+    /// Delayed delivery: entries due within this are kept in memory; later ones are
+    /// persisted in buckets this wide and loaded as their time nears.
+    pub delayed_horizon: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -54,6 +58,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             key_shared_lease: Duration::from_secs(30),
             key_shared_max_held: 5_000,
+            delayed_horizon: Duration::from_secs(60),
         }
     }
 }
@@ -151,15 +156,18 @@ impl Consumer {
         })
     }
 
-    /// Holds unacknowledged messages and has acked nothing for `lease`; once found so, it
-    /// stays hung until it acknowledges (taking its messages back does not cure it).
+    /// Has acked nothing for `lease` while holding unacknowledged messages or asking for
+    /// none (no permits); once found so, it stays hung until it acknowledges (taking its
+    /// messages back does not cure it: the client still holds them).
     fn stalled(&self, now: u64, lease: Duration) -> bool {
         if self.hung.load(Ordering::Relaxed) {
             return true;
         }
-        let hung = self.unacked.load(Ordering::Relaxed) > 0
-            && now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
-                > lease.as_millis() as u64;
+        let idle = now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+            > lease.as_millis() as u64;
+        let hung = idle
+            && (self.unacked.load(Ordering::Relaxed) > 0
+                || self.permits.load(Ordering::Relaxed) <= 0);
         if hung {
             self.hung.store(true, Ordering::Relaxed);
         }
@@ -205,6 +213,8 @@ struct SubState {
     /// Key_Shared: slot owners and per-slot order.
     selector: Selector,
     order: OrderLocks,
+    /// Shared/Key_Shared: entries waiting for their delivery time.
+    delayed: DelayedIndex,
 }
 
 impl SubState {
@@ -252,14 +262,23 @@ impl SubState {
         self.order.forget(p);
     }
 
-    fn clear(&mut self) {
+    /// Forgets all delivery state; returns persisted delayed-index records to delete.
+    fn clear(&mut self) -> Vec<String> {
         self.redeliver.clear();
         self.pending.clear();
         self.redelivery_counts.clear();
         self.order.clear();
+        let stale = self.delayed.clear();
         for c in &self.consumers {
             c.unacked.store(0, Ordering::Relaxed);
         }
+        stale
+    }
+
+    /// Whether entries are delayed for this subscription type (as in Pulsar, only Shared
+    /// and Key_Shared honour a delivery time).
+    fn delays(&self) -> bool {
+        matches!(self.sub_type, SubType::Shared | SubType::KeyShared)
     }
 
     /// Key_Shared: the consumer for `slot` now, passing over hung consumers.
@@ -322,6 +341,11 @@ impl SubState {
                 entries = mine.len(),
                 "Key_Shared consumer stopped acknowledging; its slot moves to another consumer"
             );
+            // what it holds is gone from our books but not from its queue: until it acks
+            // again it gets no slots, or it would sit on them with no permits
+            if let Some(c) = self.consumer(owner) {
+                c.hung.store(true, Ordering::Relaxed);
+            }
             for p in mine {
                 self.requeue(p, true);
             }
@@ -360,6 +384,8 @@ impl Subscription {
         cfg: DispatchConfig,
     ) -> Arc<Self> {
         let md = cursor.mark_delete();
+        let delayed_prefix = cursor.delayed_prefix();
+        let horizon_ms = cfg.delayed_horizon.as_millis() as u64;
         let s = Arc::new(Subscription {
             name: name.to_string(),
             cursor,
@@ -377,6 +403,7 @@ impl Subscription {
                 epoch: 0,
                 selector: Selector::default(),
                 order: OrderLocks::default(),
+                delayed: DelayedIndex::new(delayed_prefix, horizon_ms),
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -633,8 +660,12 @@ impl Subscription {
         let mut st = self.state.lock();
         st.read_after = md;
         st.epoch += 1;
-        st.clear();
+        let stale = st.clear();
         drop(st);
+        if !stale.is_empty() {
+            let meta = self.cursor.meta().clone();
+            tokio::spawn(async move { delayed::delete(&meta, stale).await });
+        }
         self.wake.notify_one();
         seq
     }
@@ -670,6 +701,30 @@ impl Subscription {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Key_Shared (held entries, slot locks, hung consumers) for stats.
+    pub fn key_shared_stats(&self) -> (usize, usize, Vec<String>) {
+        let st = self.state.lock();
+        (
+            st.order.held_total(),
+            st.order.locks.len(),
+            st.consumers
+                .iter()
+                .filter(|c| c.hung.load(Ordering::Relaxed))
+                .map(|c| c.name.clone())
+                .collect(),
+        )
+    }
+
+    /// Entries queued for (re)delivery ahead of new ones (for stats).
+    pub fn redelivery_queue(&self) -> usize {
+        self.state.lock().redeliver.len()
+    }
+
+    /// Entries waiting for their delivery time (for stats).
+    pub fn delayed_entries(&self) -> usize {
+        self.state.lock().delayed.len()
     }
 
     /// Unacknowledged-and-delivered entry count (for stats).
@@ -775,12 +830,60 @@ impl Subscription {
         (self.cfg.key_shared_lease / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
-    /// Waits for a wake-up, or at most one lease tick when Key_Shared entries are held.
-    async fn idle(&self, ticking: bool) {
-        if ticking {
-            let _ = tokio::time::timeout(self.lease_tick(), self.wake.notified()).await;
-        } else {
-            self.wake.notified().await;
+    /// Waits for a wake-up, or at most `limit`.
+    async fn idle(&self, limit: Option<Duration>) {
+        match limit {
+            Some(d) => {
+                let _ = tokio::time::timeout(d, self.wake.notified()).await;
+            }
+            None => self.wake.notified().await,
+        }
+    }
+
+    /// How long the dispatcher may sleep: until a lease tick when Key_Shared entries are
+    /// held, until the next delayed entry is due (looking again at least every second while
+    /// any wait, for segments to load and buffers to flush).
+    fn idle_limit(&self, st: &SubState, now: u64) -> Option<Duration> {
+        let mut limit = None;
+        if st.sub_type == SubType::KeyShared && st.order.held_total() > 0 {
+            limit = Some(self.lease_tick());
+        }
+        if !st.delayed.is_empty() {
+            let due = st
+                .delayed
+                .next_due()
+                .map_or(1000, |t| t.saturating_sub(now));
+            let d = Duration::from_millis(due.clamp(5, 1000));
+            limit = Some(limit.map_or(d, |l: Duration| l.min(d)));
+        }
+        limit
+    }
+
+    /// Moves due delayed entries to the front of the line; persists and loads index
+    /// segments as needed (without holding the state lock across the I/O).
+    async fn tend_delayed(&self, last_flush: &mut u64) {
+        let now = now_ms();
+        let (flush, load) = {
+            let mut st = self.state.lock();
+            if st.delayed.is_empty() {
+                return;
+            }
+            for p in st.delayed.pop_due(now) {
+                st.hold(p);
+            }
+            let force = now.saturating_sub(*last_flush) >= 1000;
+            (st.delayed.take_flush(now, force), st.delayed.take_load(now))
+        };
+        let meta = self.cursor.meta();
+        if let Some(f) = flush {
+            *last_flush = now;
+            let written = delayed::write(meta, f).await;
+            self.state.lock().delayed.flushed(written);
+        }
+        if let Some(l) = load {
+            let entries = delayed::read(meta, l).await;
+            let mut st = self.state.lock();
+            delayed::add_loaded(&mut st.delayed, entries);
         }
     }
 }
@@ -825,7 +928,7 @@ impl Subscription {
         entries: Vec<(Position, Bytes)>,
         epoch: u64,
         key_shared: bool,
-    ) -> Option<(usize, bool)> {
+    ) -> Option<(usize, Option<Duration>)> {
         let lease = self.cfg.key_shared_lease;
         let mut st = self.state.lock();
         if st.epoch != epoch {
@@ -842,6 +945,16 @@ impl Subscription {
             }
             if st.pending.contains_key(&p) {
                 st.unhold(p);
+                continue;
+            }
+            // first read of an entry with a delivery time still ahead: it waits in the index
+            if st.delays()
+                && !st.redeliver.contains(&p)
+                && let Ok(info) = pentry::peek_dispatch(&d)
+                && let Some(at) = info.deliver_at.and_then(|t| u64::try_from(t).ok())
+                && at > now
+            {
+                st.delayed.add(p, at, now);
                 continue;
             }
             let target = if key_shared {
@@ -875,21 +988,34 @@ impl Subscription {
                 None => st.hold(p),
             }
         }
-        let ticking = key_shared && st.order.held_total() > 0;
-        Some((delivered, ticking))
+        let limit = self.idle_limit(&st, now);
+        Some((delivered, limit))
     }
 }
 
 async fn dispatcher(sub: Arc<Subscription>) {
     let mut last_rx = sub.ml.subscribe_last();
     let lease = sub.cfg.key_shared_lease;
+    // the delayed-delivery index of a durable subscription comes back from its segments
+    let horizon_ms = sub.cfg.delayed_horizon.as_millis() as u64;
+    if let Some(prefix) = sub.cursor.delayed_prefix() {
+        let mut idx = DelayedIndex::new(Some(prefix), horizon_ms);
+        match delayed::restore(sub.cursor.meta(), &mut idx, now_ms()).await {
+            Ok(()) => sub.state.lock().delayed = idx,
+            Err(e) => {
+                warn!(subscription = %sub.name, error = %e, "delayed-delivery index not restored; delayed entries are found again in the log")
+            }
+        }
+    }
+    let mut last_flush = now_ms();
     loop {
         if sub.is_closed() {
             return;
         }
         let _ = last_rx.borrow_and_update();
+        sub.tend_delayed(&mut last_flush).await;
         // what can be sent, and to how many permits
-        let (budget, redeliver, read_after, epoch, key_shared, may_read, ticking) = {
+        let (budget, redeliver, read_after, epoch, key_shared, may_read, idle_limit) = {
             let mut st = sub.state.lock();
             let key_shared = st.sub_type == SubType::KeyShared;
             let budget: i64 = match st.sub_type {
@@ -940,11 +1066,11 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 st.epoch,
                 key_shared,
                 !key_shared || held < sub.cfg.key_shared_max_held,
-                key_shared && held > 0,
+                sub.idle_limit(&st, now),
             )
         };
         if budget <= 0 {
-            sub.idle(ticking).await;
+            sub.idle(idle_limit).await;
             continue;
         }
         let mut entries = Vec::new();
@@ -961,14 +1087,19 @@ async fn dispatcher(sub: Arc<Subscription>) {
             }
         } else if !may_read {
             // read-ahead limit: wait for held entries to drain
-            sub.idle(ticking).await;
+            sub.idle(idle_limit).await;
             continue;
         } else {
             let n = (budget as usize).min(READ_BATCH);
             let skip = {
                 let cursor = Arc::clone(&sub.cursor);
                 let sub2 = Arc::clone(&sub);
-                move |p: Position| cursor.is_acked(p) || sub2.state.lock().pending.contains_key(&p)
+                move |p: Position| {
+                    cursor.is_acked(p) || {
+                        let st = sub2.state.lock();
+                        st.pending.contains_key(&p) || st.delayed.contains(p)
+                    }
+                }
             };
             let start = match sub.ml.next_position(read_after) {
                 Some(p) => p,
@@ -977,7 +1108,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
                         sub.tell_end_of_topic();
                     }
                     tokio::select! {
-                        _ = sub.idle(ticking) => {}
+                        _ = sub.idle(idle_limit) => {}
                         _ = last_rx.changed() => {}
                     }
                     continue;
@@ -1007,11 +1138,11 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 continue;
             }
         }
-        let Some((delivered, ticking)) = sub.hand_out(entries, epoch, key_shared) else {
+        let Some((delivered, idle_limit)) = sub.hand_out(entries, epoch, key_shared) else {
             continue;
         };
         if key_shared && delivered == 0 && !from_log {
-            sub.idle(ticking).await;
+            sub.idle(idle_limit).await;
         }
     }
 }

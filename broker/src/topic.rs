@@ -369,6 +369,9 @@ impl Topic {
         if let Some(s) = s {
             s.close();
             s.cursor.delete().await.map_err(MlError::from)?;
+            if let Some(prefix) = s.cursor.delayed_prefix() {
+                crate::delayed::delete_all(s.cursor.meta(), &prefix).await;
+            }
         }
         Ok(())
     }

@@ -5,6 +5,9 @@
   durability.py exactly-once URL TOPIC RECEIPTS N   like produce, batched and under one
                                               producer name; then the topic must hold 0..N-1
                                               exactly once (run with deduplication on)
+  durability.py delayed-produce URL TOPIC N DELAY_MS   N messages delayed by DELAY_MS on
+                                              Shared subscription s, then one immediate
+  durability.py delayed-consume URL TOPIC N DELAY_MS   all of them arrive, none early
   durability.py verify URL TOPIC RECEIPTS     every index in RECEIPTS is readable
   durability.py consume URL TOPIC SUB N       receive and ack N messages, close cleanly
   durability.py rest URL TOPIC SUB FIRST LAST  the subscription delivers exactly FIRST..LAST
@@ -64,6 +67,38 @@ elif cmd == "exactly-once":
     assert dups == 0, "%d duplicates" % dups
     assert seen == list(range(n)), "out of order"
     print("exactly once:", n)
+elif cmd == "delayed-produce":
+    import datetime
+    n, delay_ms = int(sys.argv[4]), int(sys.argv[5])
+    import time
+    # a connected consumer makes the dispatcher read, and so index, the delayed entries
+    c = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
+    p = client.create_producer(topic, batching_enabled=False)
+    for i in range(n):
+        p.send_async(b"delayed-%d" % i, None,
+                     deliver_after=datetime.timedelta(milliseconds=delay_ms))
+    p.flush()
+    p.send(b"now")
+    time.sleep(2)
+    c.close()  # "now" goes back unacknowledged
+    print("produced", n, "delayed by", delay_ms, "ms")
+elif cmd == "delayed-consume":
+    import time
+    n, delay_ms = int(sys.argv[4]), int(sys.argv[5])
+    c = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
+    got, early = set(), []
+    for _ in range(n + 1):
+        m = c.receive(timeout_millis=30000)
+        now = time.time() * 1000
+        if m.data() != b"now":
+            got.add(m.data())
+            if now + 50 < m.publish_timestamp() + delay_ms:
+                early.append(m.data())
+        c.acknowledge(m)
+    assert not early, "%d delivered early" % len(early)
+    assert len(got) == n, "%d of %d delayed messages" % (len(got), n)
+    c.close()
+    print("delayed delivered", n)
 elif cmd == "verify":
     acked = {int(l) for l in open(sys.argv[4]) if l.strip()}
     r = client.create_reader(topic, pulsar.MessageId.earliest)

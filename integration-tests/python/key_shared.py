@@ -1,6 +1,6 @@
 """Key_Shared semantics against a running Magnetar, with the official Python client.
 
-Usage: key_shared.py SERVICE_URL [CHECK ...]   (no checks named: all but out_of_order_allowed)
+Usage: key_shared.py SERVICE_URL [WEB_PORT] [CHECK ...]   (no checks named: all but out_of_order_allowed)
 Run the standalone with a short --key-shared-lease-ms for the default checks (the hang check
 waits for it) and with the default lease for out_of_order_allowed.
 
@@ -17,11 +17,33 @@ import uuid
 import pulsar
 
 URL = sys.argv[1]
+WEB = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2].isdigit() else None
 client = pulsar.Client(URL, operation_timeout_seconds=15)
+CURRENT_TOPIC = [None]
+
+
+def broker_view():
+    """The subscription as the broker sees it, for failure messages."""
+    if WEB is None or CURRENT_TOPIC[0] is None:
+        return "(no web port given)"
+    import json
+    import urllib.request
+    path = CURRENT_TOPIC[0].replace("persistent://", "/admin/v2/persistent/")
+    try:
+        s = json.load(urllib.request.urlopen("http://127.0.0.1:%s%s/stats" % (WEB, path)))
+        sub = s["subscriptions"].get("ks", {})
+        return json.dumps({k: v for k, v in sub.items() if k != "consumers"}) + "\n" + "\n".join(
+            json.dumps({k: c.get(k) for k in ("consumerName", "availablePermits",
+                                              "unackedMessages", "msgOutCounter")})
+            for c in sub.get("consumers", []))
+    except Exception as e:  # diagnostics only
+        return "(stats unavailable: %r)" % e
 
 
 def topic(name):
-    return "persistent://public/default/%s-%s" % (name, uuid.uuid4().hex[:8])
+    t = "persistent://public/default/%s-%s" % (name, uuid.uuid4().hex[:8])
+    CURRENT_TOPIC[0] = t
+    return t
 
 
 class Recorder:
@@ -125,7 +147,16 @@ def produce(t, keys, per_key, pace=None, batched=True):
 def wait_complete(rec, keys, per_key, timeout=60):
     deadline = time.time() + timeout
     while not rec.complete(keys, per_key):
-        assert time.time() < deadline, "not everything delivered in %d s" % timeout
+        if time.time() > deadline:
+            with rec.lock:
+                seen = {(k, s) for k, s, _ in rec.events}
+            missing = {}
+            for k in keys:
+                m = [s for s in range(per_key) if (k, s) not in seen]
+                if m:
+                    missing[k] = (m[0], len(m))
+            raise AssertionError("not everything delivered in %d s; missing (first, count) per "
+                                 "key: %s\nbroker: %s" % (timeout, missing, broker_view()))
         time.sleep(0.1)
 
 
@@ -244,7 +275,8 @@ def check_out_of_order_allowed():
 
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
 
-for name in sys.argv[2:] or [n for n in CHECKS if n != "out_of_order_allowed"]:
+args = [a for a in sys.argv[2:] if not a.isdigit()]
+for name in args or [n for n in CHECKS if n != "out_of_order_allowed"]:
     started = time.time()
     CHECKS[name]()
     print("ok %s (%.2f s)" % (name, time.time() - started), flush=True)

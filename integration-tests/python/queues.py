@@ -150,6 +150,30 @@ def check_oversize():
     assert c.receive(timeout_millis=10000).data() == b"fine"
 
 
+def check_delayed():
+    """deliver_after / deliver_at on Shared: held back until due, others pass them."""
+    import datetime
+    t = topic("delayed")
+    c = client.subscribe(t, "s", consumer_type=pulsar.ConsumerType.Shared)
+    p = client.create_producer(t, batching_enabled=False)
+    p.send(b"late", deliver_after=datetime.timedelta(seconds=2))
+    p.send(b"later", deliver_at=int(time.time() * 1000) + 3000)
+    p.send(b"now")
+    assert c.receive(timeout_millis=10000).data() == b"now"
+    wait_for(lambda: stats(t)["subscriptions"]["s"]["msgDelayed"] == 2, "2 delayed")
+    expect_nothing(c, 500)
+    got = [c.receive(timeout_millis=10000) for _ in range(2)]
+    assert [m.data() for m in got] == [b"late", b"later"], [m.data() for m in got]
+    for m in got:
+        c.acknowledge(m)
+    # Exclusive subscriptions do not delay (as in Pulsar)
+    t2 = topic("delayed-exclusive")
+    e = client.subscribe(t2, "s")
+    client.create_producer(t2, batching_enabled=False).send(
+        b"x", deliver_after=datetime.timedelta(seconds=60))
+    assert e.receive(timeout_millis=10000).data() == b"x"
+
+
 def check_access_modes():
     """Exclusive producers keep others out; WaitForExclusive queues; fencing takes over."""
     import threading
