@@ -37,6 +37,8 @@ pub enum MlError {
     NoSuchPosition(Position),
     #[error("topic {0} was terminated: it takes no more messages")]
     Terminated(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How ledgers are created and rolled over.
@@ -59,6 +61,9 @@ pub struct MlConfig {
     pub track_producers: bool,
     /// Entries between snapshots of the producer sequence ids.
     pub producer_snapshot_every: u64,
+    /// Non-persistent topics: entries live only in the (bounded) entry cache, nothing is
+    /// written to bookies or the metadata store, and what the cache drops is gone.
+    pub in_memory: bool,
 }
 
 impl Default for MlConfig {
@@ -75,6 +80,7 @@ impl Default for MlConfig {
             retention_bytes: 0,
             track_producers: false,
             producer_snapshot_every: 1000,
+            in_memory: false,
         }
     }
 }
@@ -258,6 +264,9 @@ impl ManagedLedger {
         client: LedgerClient,
         cfg: MlConfig,
     ) -> Result<ManagedLedger, MlError> {
+        if cfg.in_memory {
+            return Ok(Self::open_in_memory(name, path, client, cfg));
+        }
         let meta = client.meta_store().clone();
         let key = format!("/managed-ledgers/{path}");
         let (mut record, mut version) = match meta.get_json::<MlRecord>(&key).await? {
@@ -395,6 +404,60 @@ impl ManagedLedger {
             ml.rebuild_producers(record.producers).await?;
         }
         Ok(ml)
+    }
+
+    /// A log kept only in memory (non-persistent topics): numbered like a real one, in
+    /// in-memory "ledgers" of `max_entries_per_ledger` entries that are dropped once the
+    /// cache has let go of all their entries.
+    fn open_in_memory(
+        name: &str,
+        path: &str,
+        client: LedgerClient,
+        cfg: MlConfig,
+    ) -> ManagedLedger {
+        let meta = client.meta_store().clone();
+        let first = LedgerInfo {
+            ledger_id: 1,
+            entries: 0,
+            size: 0,
+            messages: Some(0),
+            timestamp_ms: now_ms(),
+            closed_ms: None,
+        };
+        let (last_tx, _) = watch::channel(Position::new(1, -1));
+        let inner = Arc::new(MlInner {
+            name: name.to_string(),
+            key: format!("(in memory) {path}"),
+            client,
+            meta,
+            cache: Mutex::new(EntryCache {
+                max: cfg.cache_bytes.max(1 << 20),
+                ..Default::default()
+            }),
+            cfg,
+            state: Mutex::new(MlState {
+                ledgers: BTreeMap::from([(1, first)]),
+                version: 0,
+                current: None,
+                readers: HashMap::new(),
+                counts: HashMap::from([(1, Vec::new())]),
+                closed: false,
+                fenced: false,
+                terminated: None,
+                producers: None,
+            }),
+            last: last_tx,
+            stats: MlStats::default(),
+            record_writes: tokio::sync::Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(memory_appender(Arc::clone(&inner), rx));
+        info!(topic = name, "in-memory log open");
+        ManagedLedger { inner, appends: tx }
+    }
+
+    pub fn in_memory(&self) -> bool {
+        self.inner.cfg.in_memory
     }
 
     /// Producer sequence ids from the snapshot, brought up to date by the entries after it;
@@ -598,7 +661,7 @@ impl ManagedLedger {
             }
             c.misses += 1;
         }
-        if p.entry < 0 || p > self.last_confirmed() {
+        if p.entry < 0 || p > self.last_confirmed() || self.inner.cfg.in_memory {
             return Err(MlError::NoSuchPosition(p));
         }
         let reader = match self.reader_for(p.ledger) {
@@ -632,7 +695,10 @@ impl ManagedLedger {
             if pos > last || positions.len() >= max {
                 break;
             }
-            if !skip(pos) {
+            // in memory, what the cache dropped is gone: passed over like a skip
+            let gone =
+                self.inner.cfg.in_memory && !self.inner.cache.lock().entries.contains_key(&pos);
+            if !gone && !skip(pos) {
                 positions.push(pos);
             }
             examined = Some(pos);
@@ -780,6 +846,20 @@ impl ManagedLedger {
         Ok(None)
     }
 
+    /// Drops in-memory ledgers before the oldest entry the cache still holds.
+    fn trim_in_memory(&self) -> usize {
+        let oldest = self.inner.cache.lock().entries.keys().next().copied();
+        let mut st = self.inner.state.lock();
+        let newest = st.ledgers.keys().next_back().copied().unwrap_or(0);
+        let keep_from = oldest.map_or(newest, |p| p.ledger).min(newest);
+        let gone: Vec<u64> = st.ledgers.range(..keep_from).map(|(id, _)| *id).collect();
+        for id in &gone {
+            st.ledgers.remove(id);
+            st.counts.remove(id);
+        }
+        gone.len()
+    }
+
     /// Bytes stored after `p` (whole ledgers after it, and its own ledger pro rata; ledgers
     /// recovered from an earlier owner count 0 until rewritten, their size being unknown).
     pub fn bytes_after(&self, p: Position) -> u64 {
@@ -828,6 +908,9 @@ impl ManagedLedger {
         slowest: Option<Position>,
         retention: crate::policies::Retention,
     ) -> Result<usize, MlError> {
+        if self.inner.cfg.in_memory {
+            return Ok(self.trim_in_memory());
+        }
         let now = now_ms();
         let victims = {
             let st = self.inner.state.lock();
@@ -1088,6 +1171,61 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                         let _ = req.reply.send(Err(e.into()));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The appender of an in-memory log: numbers entries and puts them in the cache.
+async fn memory_appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
+    while let Some(req) = rx.recv().await {
+        match req.messages {
+            CLOSE_MARKER => {
+                inner.state.lock().closed = true;
+                let _ = req.reply.send(Ok(Position::new(0, -1)));
+                rx.close();
+                while let Some(r) = rx.recv().await {
+                    let _ = r.reply.send(Err(MlError::Closed(inner.name.clone())));
+                }
+                return;
+            }
+            TERMINATE_MARKER => {
+                let _ = req.reply.send(Err(MlError::Unsupported(format!(
+                    "{} is non-persistent; only persistent topics can be terminated",
+                    inner.name
+                ))));
+            }
+            _ => {
+                let (ledger, entry) = {
+                    let mut st = inner.state.lock();
+                    let (id, entries) = st
+                        .ledgers
+                        .iter()
+                        .next_back()
+                        .map_or((1, 0), |(id, l)| (*id, l.entries));
+                    if entries >= inner.cfg.max_entries_per_ledger {
+                        let next = id + 1;
+                        st.ledgers.insert(
+                            next,
+                            LedgerInfo {
+                                ledger_id: next,
+                                entries: 0,
+                                size: 0,
+                                messages: Some(0),
+                                timestamp_ms: now_ms(),
+                                closed_ms: None,
+                            },
+                        );
+                        if let Some(l) = st.ledgers.get_mut(&id) {
+                            l.closed_ms = Some(now_ms());
+                        }
+                        st.counts.insert(next, Vec::new());
+                        (next, 0)
+                    } else {
+                        (id, entries)
+                    }
+                };
+                completed(&inner, ledger, entry, req);
             }
         }
     }

@@ -222,6 +222,9 @@ impl BrokerService {
         {
             return Ok(true);
         }
+        if t.domain == Domain::NonPersistent {
+            return Ok(false); // exists only while loaded
+        }
         Ok(self
             .meta
             .get(&format!("/managed-ledgers/{}", t.path()))
@@ -231,12 +234,6 @@ impl BrokerService {
 
     /// The loaded topic, loading (and creating, if `create`) it first.
     pub async fn topic(&self, t: &TopicName, create: bool) -> Result<Arc<Topic>, ClientError> {
-        if t.domain == Domain::NonPersistent {
-            return Err(ClientError::new(
-                ServerError::NotAllowedError,
-                "non-persistent topics are not supported yet",
-            ));
-        }
         if !self.ready.load(Ordering::Acquire) {
             return Err(ClientError::new(
                 ServerError::ServiceNotReady,
@@ -271,10 +268,14 @@ impl BrokerService {
         let topic = cell
             .get_or_try_init(|| async {
                 let mut cfg = self.cfg.ml.clone();
-                cfg.track_producers = self
-                    .deduplication_enabled(&t.tenant, &t.namespace)
-                    .await
-                    .map_err(MlError::from)?;
+                if t.domain == Domain::NonPersistent {
+                    cfg.in_memory = true;
+                } else {
+                    cfg.track_producers = self
+                        .deduplication_enabled(&t.tenant, &t.namespace)
+                        .await
+                        .map_err(MlError::from)?;
+                }
                 let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
                 Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone()).await
             })

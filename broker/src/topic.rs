@@ -188,7 +188,8 @@ impl Topic {
         } else {
             self.ml.last_confirmed()
         };
-        let cursor = if opts.durable {
+        // a non-persistent topic keeps no cursors: every subscription lives in memory
+        let cursor = if opts.durable && !self.ml.in_memory() {
             Cursor::open_durable(
                 self.ml.clone(),
                 self.meta.clone(),

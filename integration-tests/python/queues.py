@@ -174,6 +174,40 @@ def check_delayed():
     assert e.receive(timeout_millis=10000).data() == b"x"
 
 
+def check_non_persistent():
+    """non-persistent topics fan out in memory to every subscription; nothing is stored."""
+    t = "non-persistent://public/default/np-%s" % uuid.uuid4().hex[:8]
+    ex = client.subscribe(t, "ex")
+    sh1 = client.subscribe(t, "sh", consumer_type=pulsar.ConsumerType.Shared)
+    sh2 = client.subscribe(t, "sh", consumer_type=pulsar.ConsumerType.Shared)
+    p = client.create_producer(t, batching_enabled=False)
+    for i in range(50):
+        p.send(b"%d" % i)
+    got = [int(ex.receive(timeout_millis=10000).data()) for _ in range(50)]
+    assert got == list(range(50)), got
+    shared = []
+    for c in (sh1, sh2):
+        while True:
+            try:
+                m = c.receive(timeout_millis=300)
+            except Exception:
+                break
+            shared.append(int(m.data()))
+            c.acknowledge(m)
+    assert sorted(shared) == list(range(50)), sorted(shared)
+    # a subscription made later sees only what comes after it
+    late = client.subscribe(t, "late")
+    p.send(b"after")
+    assert late.receive(timeout_millis=10000).data() == b"after"
+    expect_nothing(late)
+    listed = call_json("/admin/v2/persistent/public/default")
+    assert not any("np-" in x for x in listed), listed
+
+
+def call_json(path):
+    return json.load(urllib.request.urlopen(WEB + path))
+
+
 def check_access_modes():
     """Exclusive producers keep others out; WaitForExclusive queues; fencing takes over."""
     import threading
