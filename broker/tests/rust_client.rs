@@ -355,3 +355,71 @@ async fn terminated_topic_ends_the_stream() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_exclusive_and_non_persistent_with_the_rust_crate() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let p = client(&sa).await?;
+    // delayed delivery on a Shared subscription: the later message waits, the other passes
+    let topic = "persistent://public/default/rust-delayed";
+    let mut c = consumer(&p, topic, "s", SubType::Shared).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    prod.create_message()
+        .with_content(&b"later"[..])
+        .delay(Duration::from_millis(1500))?
+        .send_non_blocking()
+        .await?
+        .await?;
+    prod.send_non_blocking(&b"now"[..]).await?.await?;
+    let first = next(&mut c).await;
+    assert_eq!(first.payload.data, b"now");
+    c.ack(&first).await?;
+    let second = next(&mut c).await;
+    assert_eq!(second.payload.data, b"later");
+    c.ack(&second).await?;
+
+    // an exclusive producer keeps a second one out
+    let topic = "persistent://public/default/rust-exclusive";
+    let exclusive = || producer::ProducerOptions {
+        access_mode: Some(1),
+        ..Default::default()
+    };
+    let mut first = p
+        .producer()
+        .with_topic(topic)
+        .with_options(exclusive())
+        .build()
+        .await?;
+    first.send_non_blocking(&b"x"[..]).await?.await?;
+    let second = tokio::time::timeout(
+        Duration::from_secs(3),
+        p.producer()
+            .with_topic(topic)
+            .with_options(exclusive())
+            .build(),
+    )
+    .await;
+    assert!(
+        !matches!(second, Ok(Ok(_))),
+        "second exclusive producer admitted"
+    );
+
+    // non-persistent: fan-out in memory
+    let topic = "non-persistent://public/default/rust-np";
+    let mut a = consumer(&p, topic, "a", SubType::Exclusive).await?;
+    let mut b = consumer(&p, topic, "b", SubType::Exclusive).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    for i in 0..10 {
+        prod.send_non_blocking(format!("np-{i}").as_bytes())
+            .await?
+            .await?;
+    }
+    for c in [&mut a, &mut b] {
+        for i in 0..10 {
+            let m = next(c).await;
+            assert_eq!(m.payload.data, format!("np-{i}").into_bytes());
+            c.ack(&m).await?;
+        }
+    }
+    Ok(())
+}
