@@ -688,16 +688,28 @@ impl Connection {
                 topic.partition,
                 self.peer.to_string(),
             );
-            sub.add_consumer(Arc::clone(&consumer), sub_type, key_shared.as_ref())
-                .map_err(|e| match e {
-                    SubscribeError::Closed => {
-                        ClientError::new(ServerError::ServiceNotReady, e.to_string())
-                    }
-                    SubscribeError::KeySharedAssign(m) => {
-                        ClientError::new(ServerError::ConsumerAssignError, m)
-                    }
-                    _ => ClientError::new(ServerError::ConsumerBusy, e.to_string()),
-                })?;
+            let read_compacted = s.read_compacted.unwrap_or(false);
+            if read_compacted && !matches!(sub_type, SubType::Exclusive | SubType::Failover) {
+                return Err(ClientError::new(
+                    ServerError::NotAllowedError,
+                    "reading the compacted view needs an Exclusive or Failover subscription",
+                ));
+            }
+            sub.add_consumer(
+                Arc::clone(&consumer),
+                sub_type,
+                key_shared.as_ref(),
+                read_compacted,
+            )
+            .map_err(|e| match e {
+                SubscribeError::Closed => {
+                    ClientError::new(ServerError::ServiceNotReady, e.to_string())
+                }
+                SubscribeError::KeySharedAssign(m) => {
+                    ClientError::new(ServerError::ConsumerAssignError, m)
+                }
+                _ => ClientError::new(ServerError::ConsumerBusy, e.to_string()),
+            })?;
             Ok((topic, sub, consumer))
         };
         match r.await {

@@ -54,6 +54,16 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             get(internal_stats),
         )
         .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/compaction",
+            get(compaction_status).put(start_compaction),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/compactionThreshold",
+            get(|s, p| policy_get(s, p, "compaction_threshold"))
+                .put(|s, p, b| policy_set(s, p, "compaction_threshold", b, check_threshold))
+                .delete(|s, p| policy_delete(s, p, "compaction_threshold")),
+        )
+        .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/terminate",
             axum::routing::post(terminate),
         )
@@ -606,6 +616,43 @@ async fn update_policies(
         }
     }
     err(StatusCode::CONFLICT, "policies kept changing; try again")
+}
+
+fn check_threshold(v: Value) -> Result<Value, String> {
+    match v.as_i64() {
+        Some(t) if t >= 0 => Ok(Value::from(t)),
+        _ => Err("the threshold is a number of bytes, 0 (off) or more".into()),
+    }
+}
+
+/// Starts compacting a topic (Pulsar answers 204 and compacts in the background).
+async fn start_compaction(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
+    let topic = match path_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if topic.trigger_compaction() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        err(StatusCode::CONFLICT, "Compaction already in progress")
+    }
+}
+
+async fn compaction_status(
+    State(svc): Svc,
+    Path(path): Path<(String, String, String)>,
+) -> Response {
+    let topic = match path_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let (status, error) = match topic.compaction_state() {
+        crate::compaction::CompactionState::NotRun => ("NOT_RUN", String::new()),
+        crate::compaction::CompactionState::Running => ("RUNNING", String::new()),
+        crate::compaction::CompactionState::Success => ("SUCCESS", String::new()),
+        crate::compaction::CompactionState::Error(e) => ("ERROR", e),
+    };
+    axum::Json(json!({"status": status, "lastError": error})).into_response()
 }
 
 /// Terminates a topic; answers the id of its last message.

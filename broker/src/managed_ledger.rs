@@ -456,6 +456,16 @@ impl ManagedLedger {
         ManagedLedger { inner, appends: tx }
     }
 
+    pub fn ledger_client(&self) -> &LedgerClient {
+        &self.inner.client
+    }
+
+    /// (ensemble, write quorum, ack quorum) of new ledgers.
+    pub fn quorum(&self) -> (usize, usize, usize) {
+        let c = &self.inner.cfg;
+        (c.ensemble_size, c.write_quorum, c.ack_quorum)
+    }
+
     pub fn in_memory(&self) -> bool {
         self.inner.cfg.in_memory
     }

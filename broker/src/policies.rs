@@ -22,6 +22,9 @@ pub struct NamespacePolicies {
     pub deduplication_enabled: Option<bool>,
     #[serde(default, rename = "autoTopicCreationOverride")]
     pub auto_topic_creation: Option<AutoTopicCreation>,
+    /// Compact a topic once this many bytes arrived after its last compaction (0: never).
+    #[serde(default)]
+    pub compaction_threshold: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +133,7 @@ pub struct Effective {
     pub deduplication: bool,
     pub auto_topic_creation: bool,
     pub auto_topic_partitions: u32,
+    pub compaction_threshold: Option<u64>,
 }
 
 impl Effective {
@@ -159,6 +163,10 @@ impl Effective {
                 Some(_) => 0,
                 None => d.auto_topic_partitions,
             },
+            compaction_threshold: p
+                .compaction_threshold
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|t| *t > 0),
         }
     }
 }

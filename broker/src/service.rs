@@ -396,7 +396,13 @@ impl BrokerService {
                 if let Err(e) = t.enforce_policies(&eff).await {
                     warn!(topic = %t.full, error = %e, "enforcing policies failed");
                 }
-                if let Err(e) = t.ml.trim(t.slowest_cursor(), eff.retention).await {
+                if let Some(threshold) = eff.compaction_threshold
+                    && t.bytes_since_compaction() > threshold
+                    && t.trigger_compaction()
+                {
+                    info!(topic = %t.full, threshold, "compaction started by the size threshold");
+                }
+                if let Err(e) = t.ml.trim(t.trim_floor(), eff.retention).await {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
             }

@@ -21,12 +21,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::compaction::CompactedView;
 use crate::connection::ConnTx;
 use crate::cursor::Cursor;
 use crate::delayed::{self, DelayedIndex};
 use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
 use crate::managed_ledger::ManagedLedger;
-use crate::managed_ledger::now_ms;
+use crate::managed_ledger::{MlError, now_ms};
 use crate::position::Position;
 use crate::stats::Meter;
 
@@ -355,11 +356,17 @@ impl SubState {
     }
 }
 
+/// A topic's compacted view as its subscriptions see it (replaced by each compaction).
+pub type CompactedHandle = Arc<parking_lot::RwLock<Option<Arc<CompactedView>>>>;
+
 pub struct Subscription {
     pub name: String,
     pub cursor: Arc<Cursor>,
     ml: ManagedLedger,
     cfg: DispatchConfig,
+    compacted: CompactedHandle,
+    /// Its consumer reads the compacted view up to the horizon (Exclusive/Failover).
+    read_compacted: AtomicBool,
     state: Mutex<SubState>,
     wake: Notify,
     closed: AtomicBool,
@@ -382,6 +389,7 @@ impl Subscription {
         cursor: Arc<Cursor>,
         ml: ManagedLedger,
         cfg: DispatchConfig,
+        compacted: CompactedHandle,
     ) -> Arc<Self> {
         let md = cursor.mark_delete();
         let delayed_prefix = cursor.delayed_prefix();
@@ -391,6 +399,8 @@ impl Subscription {
             cursor,
             ml,
             cfg,
+            compacted,
+            read_compacted: AtomicBool::new(false),
             state: Mutex::new(SubState {
                 sub_type,
                 consumers: Vec::new(),
@@ -442,7 +452,9 @@ impl Subscription {
         c: Arc<Consumer>,
         sub_type: SubType,
         key_shared: Option<&KeySharedSpec>,
+        read_compacted: bool,
     ) -> Result<(), SubscribeError> {
+        self.read_compacted.store(read_compacted, Ordering::Release);
         if self.is_closed() {
             return Err(SubscribeError::Closed);
         }
@@ -682,6 +694,63 @@ impl Subscription {
         }
         st.active = None;
         consumers
+    }
+
+    /// The compacted view this subscription reads, if it reads one and one exists.
+    fn view(&self) -> Option<Arc<CompactedView>> {
+        if !self.read_compacted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.compacted.read().clone()
+    }
+
+    /// Reads an entry: from the compacted view at or before its horizon for a compacted
+    /// reader (a position compacted away is gone), else from the log.
+    async fn read_entry(&self, p: Position) -> Result<Bytes, MlError> {
+        if let Some(view) = self.view()
+            && p <= view.horizon
+        {
+            return match view.index_of(p) {
+                Some(i) => view.read(self.ml.ledger_client(), i).await,
+                None => Err(MlError::NoSuchPosition(p)),
+            };
+        }
+        self.ml.read(p).await
+    }
+
+    /// Reads up to `n` compacted entries after `after`; returns them and the position to
+    /// continue after (the horizon once the view is exhausted).
+    async fn read_compacted_after(
+        &self,
+        view: &CompactedView,
+        after: Position,
+        n: usize,
+    ) -> (Vec<(Position, Bytes)>, Position) {
+        let start = view.first_after(after);
+        let end = (start + n).min(view.positions.len());
+        let mut out = Vec::new();
+        let mut last = after;
+        for i in start..end {
+            let p = view.positions[i];
+            last = p;
+            let skip = self.cursor.is_acked(p) || {
+                let st = self.state.lock();
+                st.pending.contains_key(&p) || st.delayed.contains(p)
+            };
+            if skip {
+                continue;
+            }
+            match view.read(self.ml.ledger_client(), i).await {
+                Ok(d) => out.push((p, d)),
+                Err(e) => {
+                    warn!(subscription = %self.name, position = %p, error = %e, "compacted entry unreadable; skipped");
+                }
+            }
+        }
+        if end >= view.positions.len() {
+            last = last.max(view.horizon);
+        }
+        (out, last)
     }
 
     /// Makes the dispatcher look again (the topic's state changed).
@@ -1077,7 +1146,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
         let mut from_log = false;
         if !redeliver.is_empty() {
             for p in redeliver {
-                match sub.ml.read(p).await {
+                match sub.read_entry(p).await {
                     Ok(d) => entries.push((p, d)),
                     Err(e) => {
                         warn!(subscription = %sub.name, position = %p, error = %e, "cannot read entry for redelivery; skipping it");
@@ -1089,6 +1158,22 @@ async fn dispatcher(sub: Arc<Subscription>) {
             // read-ahead limit: wait for held entries to drain
             sub.idle(idle_limit).await;
             continue;
+        } else if let Some(view) = sub.view().filter(|v| read_after < v.horizon) {
+            // a compacted reader short of the horizon reads the compacted view
+            let n = (budget as usize).min(READ_BATCH);
+            let (e, last) = sub.read_compacted_after(&view, read_after, n).await;
+            {
+                let mut st = sub.state.lock();
+                if st.epoch != epoch {
+                    continue;
+                }
+                st.read_after = st.read_after.max(last);
+            }
+            if e.is_empty() {
+                continue;
+            }
+            entries = e;
+            from_log = true;
         } else {
             let n = (budget as usize).min(READ_BATCH);
             let skip = {

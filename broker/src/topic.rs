@@ -12,6 +12,7 @@ use magnetar_protocol::proto::command_subscribe::SubType;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
+use crate::compaction::{self, CompactionState};
 use crate::connection::ConnTx;
 use crate::cursor::Cursor;
 use crate::managed_ledger::{ManagedLedger, MlError, now_ms};
@@ -20,7 +21,7 @@ use crate::policies::{Effective, QuotaPolicy};
 use crate::position::Position;
 use crate::service::ClientError;
 use crate::stats::Meter;
-use crate::subscription::{DispatchConfig, Subscription};
+use crate::subscription::{CompactedHandle, DispatchConfig, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct ProducerInfo {
@@ -88,6 +89,9 @@ pub struct Topic {
     dedup: Option<Mutex<HashMap<String, i64>>>,
     /// Backlog quota state: QUOTA_OK, or the refusal producers get.
     quota: AtomicU8,
+    /// The compacted view (shared with the subscriptions) and how compaction stands.
+    compacted: CompactedHandle,
+    compaction: Mutex<CompactionState>,
 }
 
 const QUOTA_OK: u8 = 0;
@@ -141,8 +145,18 @@ impl Topic {
             dispatch,
             dedup: ml_tracks.then(Mutex::default),
             quota: AtomicU8::new(QUOTA_OK),
+            compacted: CompactedHandle::default(),
+            compaction: Mutex::default(),
         });
         let path = t.name.path();
+        if !t.ml.in_memory() {
+            match compaction::load(&t.meta, t.ml.ledger_client(), &path).await {
+                Ok(view) => *t.compacted.write() = view,
+                Err(e) => {
+                    warn!(topic = %t.full, error = %e, "compacted view not loaded; compacted readers read the log")
+                }
+            }
+        }
         let names = t
             .meta
             .children(&format!("/cursors/{path}"))
@@ -164,6 +178,7 @@ impl Topic {
                 cursor,
                 t.ml.clone(),
                 t.dispatch.clone(),
+                Arc::clone(&t.compacted),
             );
             t.subscriptions.lock().insert(sub, s);
         }
@@ -222,6 +237,7 @@ impl Topic {
             cursor,
             self.ml.clone(),
             self.dispatch.clone(),
+            Arc::clone(&self.compacted),
         );
         self.subscriptions
             .lock()
@@ -389,6 +405,77 @@ impl Topic {
 
     pub fn record_publish(&self, messages: u32, bytes: usize) {
         self.input.record(messages as u64, bytes as u64);
+    }
+
+    pub fn compaction_state(&self) -> CompactionState {
+        self.compaction.lock().clone()
+    }
+
+    /// The lowest position trimming may go to: the slowest durable cursor, and never past
+    /// the compaction horizon (what comes after it is not compacted yet).
+    pub fn trim_floor(&self) -> Option<Position> {
+        let horizon = self.compacted.read().as_ref().map(|v| v.horizon);
+        match (self.slowest_cursor(), horizon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes that arrived after the last compaction (all of them before the first).
+    pub fn bytes_since_compaction(&self) -> u64 {
+        let from = self
+            .compacted
+            .read()
+            .as_ref()
+            .map_or_else(|| self.ml.before_first(), |v| v.horizon);
+        self.ml.bytes_after(from)
+    }
+
+    /// Starts a compaction in the background; false if one is running (or the topic is
+    /// non-persistent).
+    pub fn trigger_compaction(self: &Arc<Self>) -> bool {
+        if self.ml.in_memory() {
+            return false;
+        }
+        {
+            let mut st = self.compaction.lock();
+            if *st == CompactionState::Running {
+                return false;
+            }
+            *st = CompactionState::Running;
+        }
+        let t = Arc::clone(self);
+        tokio::spawn(async move {
+            let res = t.compact().await;
+            let mut st = t.compaction.lock();
+            *st = match res {
+                Ok(()) => CompactionState::Success,
+                Err(e) => {
+                    warn!(topic = %t.full, error = %e, "compaction failed");
+                    CompactionState::Error(e.to_string())
+                }
+            };
+        });
+        true
+    }
+
+    async fn compact(&self) -> Result<(), MlError> {
+        let client = self.ml.ledger_client();
+        let (record, view) = compaction::compact(&self.ml, client, self.ml.quorum()).await?;
+        let old = match compaction::publish(&self.meta, &self.name.path(), &record).await {
+            Ok(old) => old,
+            Err(e) => {
+                let _ = client.delete(record.ledger).await;
+                return Err(e);
+            }
+        };
+        *self.compacted.write() = Some(Arc::new(view));
+        if let Some(old) = old.filter(|o| *o != record.ledger)
+            && let Err(e) = client.delete(old).await
+        {
+            warn!(topic = %self.full, ledger_id = old, error = %e, "superseded compacted ledger not deleted");
+        }
+        Ok(())
     }
 
     /// Applies message TTL and backlog quotas (housekeeping); producers are closed when

@@ -308,6 +308,12 @@ async fn terminated_topic_ends_the_stream() -> Result<()> {
             .await?
             .await?;
     }
+    // consumed before the termination: the crate stops taking acks once the stream ends
+    for i in 0..3 {
+        let m = next(&mut c).await;
+        assert_eq!(m.payload.data, format!("t-{i}").into_bytes());
+        c.ack(&m).await?;
+    }
     let web = sa.web;
     let reply = tokio::task::spawn_blocking(move || {
         magnetar_testkit::http_request(
@@ -322,11 +328,6 @@ async fn terminated_topic_ends_the_stream() -> Result<()> {
         reply.contains("200 OK") && reply.contains("\"entryId\":2"),
         "{reply}"
     );
-    for i in 0..3 {
-        let m = next(&mut c).await;
-        assert_eq!(m.payload.data, format!("t-{i}").into_bytes());
-        c.ack(&m).await?;
-    }
     // REACHED_END_OF_TOPIC: the crate ends the consumer's stream
     let end = tokio::time::timeout(Duration::from_secs(10), c.next()).await?;
     assert!(end.is_none(), "stream went on after the end of the topic");
@@ -421,5 +422,67 @@ async fn delayed_exclusive_and_non_persistent_with_the_rust_crate() -> Result<()
             c.ack(&m).await?;
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_view_with_the_rust_crate_survives_restart() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &[]).await?;
+    let p = client(&sa).await?;
+    let topic = "persistent://public/default/rust-compacted";
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    for v in 0..3 {
+        for k in 0..4 {
+            prod.create_message()
+                .with_content(format!("k{k}-v{v}").as_bytes())
+                .with_key(format!("k{k}"))
+                .send_non_blocking()
+                .await?
+                .await?;
+        }
+    }
+    let web = sa.web;
+    let path = "/admin/v2/persistent/public/default/rust-compacted/compaction";
+    let put =
+        tokio::task::spawn_blocking(move || magnetar_testkit::http_request(web, "PUT", path, ""))
+            .await??;
+    assert!(put.contains("204"), "{put}");
+    magnetar_testkit::wait_until(Duration::from_secs(20), "compaction", || async move {
+        magnetar_testkit::http_get(web, path).is_ok_and(|r| r.contains("SUCCESS"))
+    })
+    .await?;
+    drop((prod, p));
+    // the view is durable: a restarted broker serves it
+    sa.restart().await?;
+    let p = client(&sa).await?;
+    let compacted = |sub: &'static str, kind: SubType| {
+        p.consumer()
+            .with_topic(topic)
+            .with_subscription(sub)
+            .with_subscription_type(kind)
+            .with_options(
+                ConsumerOptions::default()
+                    .with_initial_position(InitialPosition::Earliest)
+                    .read_compacted(true),
+            )
+            .build::<Vec<u8>>()
+    };
+    let mut c = compacted("view", SubType::Exclusive).await?;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = next(&mut c).await;
+        got.push(String::from_utf8(m.payload.data.clone())?);
+        c.ack(&m).await?;
+    }
+    got.sort();
+    assert_eq!(got, ["k0-v2", "k1-v2", "k2-v2", "k3-v2"]);
+    nothing_more(&mut c).await;
+    // the broker refuses a compacted Shared subscription (this client does not check)
+    let shared =
+        tokio::time::timeout(Duration::from_secs(3), compacted("sh", SubType::Shared)).await;
+    assert!(
+        !matches!(shared, Ok(Ok(_))),
+        "compacted Shared subscription accepted"
+    );
     Ok(())
 }
