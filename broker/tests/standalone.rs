@@ -44,6 +44,29 @@ async fn run_py(name: &str, args: &[&str]) -> Result<String> {
     Ok(stdout)
 }
 
+/// Starts a standalone with `flags` and runs a check script against it (service URL, web
+/// port, then `checks`); on failure the standalone's log tail comes with the error.
+async fn checks_against(flags: &[&str], script_name: &str, checks: &[&str]) -> Result<String> {
+    let sa = StandaloneProc::start(bin(), flags).await?;
+    let web_port = sa.web.port().to_string();
+    let url = sa.service_url();
+    let mut args = vec![url.as_str(), web_port.as_str()];
+    args.extend_from_slice(checks);
+    let out = run_py(script_name, &args)
+        .await
+        .map_err(|e| e.context(sa.proc.log_tail(150)))?;
+    println!("{out}");
+    Ok(out)
+}
+
+/// Flags for checks that need housekeeping to come round quickly and ledgers to roll.
+const FAST_HOUSEKEEPING: [&str; 4] = [
+    "--housekeeping-interval-secs",
+    "1",
+    "--managed-ledger-max-entries-per-ledger",
+    "10",
+];
+
 #[tokio::test]
 async fn python_client_semantics() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
@@ -53,7 +76,9 @@ async fn python_client_semantics() -> Result<()> {
         "{health}"
     );
     let web_port = sa.web.port().to_string();
-    let out = run_py("semantics.py", &[&sa.service_url(), &web_port]).await?;
+    let out = run_py("semantics.py", &[&sa.service_url(), &web_port])
+        .await
+        .map_err(|e| e.context(sa.proc.log_tail(150)))?;
     println!("{out}");
     let stats = http_get(sa.web, "/metrics")?;
     assert!(stats.contains("pulsar_broker_topics_count"), "{stats}");
@@ -62,65 +87,27 @@ async fn python_client_semantics() -> Result<()> {
 
 #[tokio::test]
 async fn key_shared_keeps_key_order_through_churn() -> Result<()> {
-    let sa = StandaloneProc::start(bin(), &["--key-shared-lease-ms", "1000"]).await?;
-    let web_port = sa.web.port().to_string();
-    let out = run_py("key_shared.py", &[&sa.service_url(), &web_port])
-        .await
-        .map_err(|e| e.context(sa.proc.log_tail(150)))?;
-    println!("{out}");
+    checks_against(&["--key-shared-lease-ms", "1000"], "key_shared.py", &[]).await?;
     // the default lease, far longer than the check: only out-of-order delivery passes it
-    let sa = StandaloneProc::start(bin(), &[]).await?;
-    let web_port = sa.web.port().to_string();
-    let out = run_py(
-        "key_shared.py",
-        &[&sa.service_url(), &web_port, "out_of_order_allowed"],
-    )
-    .await?;
-    println!("{out}");
+    checks_against(&[], "key_shared.py", &["out_of_order_allowed"]).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn queue_semantics_with_python_client() -> Result<()> {
-    let sa = StandaloneProc::start(bin(), &["--max-message-size", "102400"]).await?;
-    let web_port = sa.web.port().to_string();
-    let out = run_py("queues.py", &[&sa.service_url(), &web_port]).await?;
-    println!("{out}");
+    checks_against(&["--max-message-size", "102400"], "queues.py", &[]).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn namespace_policies_are_enforced() -> Result<()> {
-    let sa = StandaloneProc::start(
-        bin(),
-        &[
-            "--housekeeping-interval-secs",
-            "1",
-            "--managed-ledger-max-entries-per-ledger",
-            "10",
-        ],
-    )
-    .await?;
-    let web_port = sa.web.port().to_string();
-    let out = run_py("policies.py", &[&sa.service_url(), &web_port]).await?;
-    println!("{out}");
+    checks_against(&FAST_HOUSEKEEPING, "policies.py", &[]).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn consumed_ledgers_are_trimmed() -> Result<()> {
-    let sa = StandaloneProc::start(
-        bin(),
-        &[
-            "--managed-ledger-max-entries-per-ledger",
-            "10",
-            "--housekeeping-interval-secs",
-            "1",
-        ],
-    )
-    .await?;
-    let web_port = sa.web.port().to_string();
-    run_py("semantics.py", &[&sa.service_url(), &web_port, "trimming"]).await?;
+    checks_against(&FAST_HOUSEKEEPING, "semantics.py", &["trimming"]).await?;
     Ok(())
 }
 
