@@ -92,6 +92,13 @@ pub struct StandaloneArgs {
     /// Hold a small journal group open this many microseconds for more adds [default: 0].
     #[arg(long, env = "MAGNETAR_JOURNAL_MAX_GROUP_WAIT_US")]
     journal_max_group_wait_us: Option<u64>,
+    /// How often the bookie reclaims the space of deleted ledgers, in seconds [default: 300].
+    #[arg(long, env = "MAGNETAR_BOOKIE_GC_INTERVAL_SECS")]
+    bookie_gc_interval_secs: Option<u64>,
+    /// Size at which the bookie starts a new entry log, in MB; space is reclaimed log by
+    /// log [default: 1024].
+    #[arg(long, env = "MAGNETAR_BOOKIE_ENTRY_LOG_MAX_MBYTES")]
+    bookie_entry_log_max_mbytes: Option<u64>,
     /// How often consumed ledgers are trimmed and rates computed, in seconds [default: 10].
     #[arg(long, env = "MAGNETAR_HOUSEKEEPING_INTERVAL_SECS")]
     housekeeping_interval_secs: Option<u64>,
@@ -140,6 +147,8 @@ impl StandaloneArgs {
             default_num_partitions,
             keep_alive_interval_seconds,
             journal_max_group_wait_us,
+            bookie_gc_interval_secs,
+            bookie_entry_log_max_mbytes,
             housekeeping_interval_secs,
             key_shared_lease_ms,
             key_shared_max_held_entries,
@@ -190,6 +199,12 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         bcfg.journal.max_group_wait = Duration::from_micros(us);
     }
     bcfg.min_free_disk_bytes = 256 << 20;
+    if let Some(s) = args.bookie_gc_interval_secs {
+        bcfg.gc_interval = Duration::from_secs(s.max(1));
+    }
+    if let Some(mb) = args.bookie_entry_log_max_mbytes {
+        bcfg.storage.max_entry_log_bytes = mb.max(1) << 20;
+    }
     bcfg.max_entry_bytes = args
         .max_message_size
         .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE)

@@ -8,6 +8,7 @@
   durability.py delayed-produce URL TOPIC N DELAY_MS   N messages delayed by DELAY_MS on
                                               Shared subscription s, then one immediate
   durability.py delayed-consume URL TOPIC N DELAY_MS   all of them arrive, none early
+  durability.py fill URL TOPIC N SIZE         N messages of SIZE bytes behind subscription s
   durability.py verify URL TOPIC RECEIPTS     every index in RECEIPTS is readable
   durability.py consume URL TOPIC SUB N       receive and ack N messages, close cleanly
   durability.py rest URL TOPIC SUB FIRST LAST  the subscription delivers exactly FIRST..LAST
@@ -99,6 +100,16 @@ elif cmd == "delayed-consume":
     assert len(got) == n, "%d of %d delayed messages" % (len(got), n)
     c.close()
     print("delayed delivered", n)
+elif cmd == "fill":
+    # N messages of SIZE bytes behind subscription s, left unconsumed
+    n, size = int(sys.argv[4]), int(sys.argv[5])
+    client.subscribe(topic, "s").close()
+    p = client.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
+    body = b"x" * size
+    for i in range(n):
+        p.send_async(body, None)
+    p.flush()
+    print("filled", n, "x", size)
 elif cmd == "verify":
     acked = {int(l) for l in open(sys.argv[4]) if l.strip()}
     r = client.create_reader(topic, pulsar.MessageId.earliest)
