@@ -486,3 +486,57 @@ async fn compacted_view_with_the_rust_crate_survives_restart() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_and_auto_partitioning_with_the_rust_crate() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let web = sa.web;
+    let put = |path: &'static str, body: &'static str| async move {
+        tokio::task::spawn_blocking(move || magnetar_testkit::http_request(web, "PUT", path, body))
+            .await?
+    };
+    let reply = put(
+        "/admin/v2/namespaces/public/rust-policies",
+        r#"{"deduplicationEnabled": true,
+            "autoTopicCreationOverride": {"allowAutoTopicCreation": true,
+              "topicType": "partitioned", "defaultNumPartitions": 2}}"#,
+    )
+    .await?;
+    assert!(reply.contains("204"), "{reply}");
+    let p = client(&sa).await?;
+
+    // deduplication: this crate numbers every new producer from 0 again, so a second
+    // producer under the same name repeats ids 0..2; those are answered, not stored
+    let topic = "persistent://public/rust-policies/dedup-partition-0";
+    let send_all = |name: &'static str, bodies: &'static [&'static str]| {
+        let p = p.clone();
+        async move {
+            let mut prod = p
+                .producer()
+                .with_topic(topic)
+                .with_name(name)
+                .build()
+                .await?;
+            for b in bodies {
+                prod.send_non_blocking(b.as_bytes()).await?.await?;
+            }
+            prod.close().await?;
+            anyhow::Ok(())
+        }
+    };
+    send_all("same-name", &["m0", "m1", "m2"]).await?;
+    send_all("same-name", &["again0", "again1", "again2", "m3"]).await?;
+    let mut c = consumer(&p, topic, "s", SubType::Exclusive).await?;
+    for want in ["m0", "m1", "m2", "m3"] {
+        let m = next(&mut c).await;
+        assert_eq!(m.payload.data, want.as_bytes());
+        c.ack(&m).await?;
+    }
+    nothing_more(&mut c).await;
+
+    // auto-creation makes a partitioned topic in this namespace
+    let topic = "persistent://public/rust-policies/auto";
+    let partitions = p.lookup_partitioned_topic(topic).await?;
+    assert_eq!(partitions.len(), 2, "{partitions:?}");
+    Ok(())
+}
