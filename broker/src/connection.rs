@@ -427,12 +427,9 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
-        // over a backlog quota (checked afresh: housekeeping may not have run yet)
-        if let Ok(eff) = self
-            .svc
-            .effective_policies(&topic.name.tenant, &topic.name.namespace)
-            .await
-            && (eff.size_quota.is_some() || eff.age_quota.is_some())
+        // over a backlog quota (checked afresh: housekeeping may not have run yet, and a
+        // quota may have been lifted since)
+        if let Ok(eff) = self.svc.topic_policies(&topic.name).await
             && let Err(e) = topic
                 .check_backlog_quota(&eff)
                 .await

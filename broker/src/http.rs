@@ -18,7 +18,7 @@ use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
 use crate::names::{TopicName, valid_segment};
-use crate::service::{BrokerService, PartitionedMetadata, partitioned_key};
+use crate::service::{BrokerService, PartitionedMetadata, partitioned_key, topic_policies_key};
 use crate::topic::Topic;
 
 type Svc = State<Arc<BrokerService>>;
@@ -62,6 +62,26 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             get(|s, p| policy_get(s, p, "compaction_threshold"))
                 .put(|s, p, b| policy_set(s, p, "compaction_threshold", b, check_threshold))
                 .delete(|s, p| policy_delete(s, p, "compaction_threshold")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/messageTTL",
+            get(|s, p| topic_policy_get(s, p, "message_ttl_in_seconds"))
+                .post(set_topic_ttl)
+                .delete(|s, p| topic_policy_delete(s, p, "message_ttl_in_seconds")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/retention",
+            get(|s, p| topic_policy_get(s, p, "retention_policies"))
+                .post(set_topic_retention)
+                .delete(|s, p| topic_policy_delete(s, p, "retention_policies")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/backlogQuotaMap",
+            get(|s, p| topic_policy_get(s, p, "backlog_quota_map")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/backlogQuota",
+            axum::routing::post(set_topic_backlog_quota).delete(remove_topic_backlog_quota),
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/terminate",
@@ -653,6 +673,153 @@ async fn compaction_status(
         crate::compaction::CompactionState::Error(e) => ("ERROR", e),
     };
     axum::Json(json!({"status": status, "lastError": error})).into_response()
+}
+
+type TopicPath = Path<(String, String, String)>;
+
+/// The topic a path names, which must exist (topic policies are for existing topics).
+async fn existing_topic(
+    svc: &BrokerService,
+    path: &(String, String, String),
+) -> Result<TopicName, Response> {
+    let t = topic_name(&path.0, &path.1, &path.2)?;
+    let partitioned = svc
+        .partitions(&t)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))?;
+    match svc.topic_exists(&t).await {
+        Ok(true) => Ok(t),
+        Ok(false) if partitioned.is_some() => Ok(t),
+        Ok(false) => Err(err(StatusCode::NOT_FOUND, "Topic not found")),
+        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
+    }
+}
+
+async fn topic_policy_get(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
+    let t = match existing_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match svc.meta.get_json::<Value>(&topic_policies_key(&t)).await {
+        Ok(v) => axum::Json(
+            v.and_then(|v| v.value.get(field).cloned())
+                .unwrap_or(Value::Null),
+        )
+        .into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+/// Read-modify-write of a topic's policies, by compare-and-set (created when absent).
+async fn update_topic_policies(
+    svc: &BrokerService,
+    path: &(String, String, String),
+    change: impl Fn(&mut Value),
+) -> Response {
+    let t = match existing_topic(svc, path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let key = topic_policies_key(&t);
+    for _ in 0..10 {
+        let (mut value, expected) = match svc.meta.get_json::<Value>(&key).await {
+            Ok(Some(v)) => (v.value, Expected::Version(v.version)),
+            Ok(None) => (json!({}), Expected::Absent),
+            Err(e) => return meta_err(e),
+        };
+        change(&mut value);
+        match svc.meta.put_json(&key, &value, expected).await {
+            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
+            Err(MetaError::BadVersion { .. }) => continue,
+            Err(e) => return meta_err(e),
+        }
+    }
+    err(StatusCode::CONFLICT, "policies kept changing; try again")
+}
+
+async fn topic_policy_delete(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
+    update_topic_policies(&svc, &path, |p| {
+        if let Some(o) = p.as_object_mut() {
+            o.remove(field);
+        }
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+struct TtlQuery {
+    #[serde(rename = "messageTTL")]
+    ttl: Option<i64>,
+}
+
+/// Pulsar takes the topic TTL as `?messageTTL=`; a JSON number body works too.
+async fn set_topic_ttl(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    axum::extract::Query(q): axum::extract::Query<TtlQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let ttl = q.ttl.or_else(|| serde_json::from_slice::<i64>(&body).ok());
+    let value = match ttl.map(Value::from).map(check_ttl) {
+        Some(Ok(v)) => v,
+        Some(Err(m)) => return err(StatusCode::PRECONDITION_FAILED, m),
+        None => return err(StatusCode::BAD_REQUEST, "give messageTTL (seconds)"),
+    };
+    update_topic_policies(&svc, &path, |p| p["message_ttl_in_seconds"] = value.clone()).await
+}
+
+async fn set_topic_retention(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    body: axum::body::Bytes,
+) -> Response {
+    let value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match check_retention(v) {
+            Ok(v) => v,
+            Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
+        },
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    update_topic_policies(&svc, &path, |p| p["retention_policies"] = value.clone()).await
+}
+
+async fn set_topic_backlog_quota(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    axum::extract::Query(q): axum::extract::Query<QuotaType>,
+    body: axum::body::Bytes,
+) -> Response {
+    if q.kind != "destination_storage" && q.kind != "message_age" {
+        return err(
+            StatusCode::PRECONDITION_FAILED,
+            "backlogQuotaType is destination_storage or message_age",
+        );
+    }
+    let quota: crate::policies::BacklogQuota = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")),
+    };
+    let value = json!(quota);
+    update_topic_policies(&svc, &path, |p| {
+        if !p["backlog_quota_map"].is_object() {
+            p["backlog_quota_map"] = json!({});
+        }
+        p["backlog_quota_map"][&q.kind] = value.clone();
+    })
+    .await
+}
+
+async fn remove_topic_backlog_quota(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    axum::extract::Query(q): axum::extract::Query<QuotaType>,
+) -> Response {
+    update_topic_policies(&svc, &path, |p| {
+        if let Some(m) = p["backlog_quota_map"].as_object_mut() {
+            m.remove(&q.kind);
+        }
+    })
+    .await
 }
 
 /// Terminates a topic; answers the id of its last message.

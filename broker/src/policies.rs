@@ -136,6 +136,34 @@ pub struct Effective {
     pub compaction_threshold: Option<u64>,
 }
 
+/// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
+/// win over the namespace's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopicPolicies {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ttl_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policies: Option<RetentionPolicies>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub backlog_quota_map: HashMap<String, BacklogQuota>,
+}
+
+impl NamespacePolicies {
+    /// These policies with a topic's own laid over them.
+    pub fn with_topic(mut self, t: &TopicPolicies) -> NamespacePolicies {
+        if t.message_ttl_in_seconds.is_some() {
+            self.message_ttl_in_seconds = t.message_ttl_in_seconds;
+        }
+        if t.retention_policies.is_some() {
+            self.retention_policies = t.retention_policies;
+        }
+        for (k, q) in &t.backlog_quota_map {
+            self.backlog_quota_map.insert(k.clone(), *q);
+        }
+        self
+    }
+}
+
 impl Effective {
     pub fn resolve(p: &NamespacePolicies, d: &PolicyDefaults) -> Effective {
         let quota = |key: &str| p.backlog_quota_map.get(key).copied();
@@ -202,6 +230,13 @@ mod tests {
             ))
         );
         assert_eq!(e.auto_topic_partitions, 4);
+        let topic = TopicPolicies {
+            message_ttl_in_seconds: Some(0),
+            ..Default::default()
+        };
+        let over = Effective::resolve(&p.clone().with_topic(&topic), &PolicyDefaults::default());
+        assert_eq!(over.ttl, None, "a topic's 0 switches the namespace TTL off");
+        assert_eq!(over.size_quota, e.size_quota);
         let empty = Effective::resolve(&NamespacePolicies::default(), &PolicyDefaults::default());
         assert_eq!(empty.ttl, None);
         assert_eq!(empty.retention.time, Some(Duration::ZERO));

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
 use crate::names::{Domain, TopicName};
-use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, Retention};
+use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, Retention, TopicPolicies};
 use crate::subscription::DispatchConfig;
 use crate::topic::Topic;
 
@@ -145,6 +145,10 @@ impl std::fmt::Debug for BrokerService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerService").finish()
     }
+}
+
+pub fn topic_policies_key(t: &TopicName) -> String {
+    format!("/admin/topic-policies/{}", t.path())
 }
 
 pub fn partitioned_key(t: &TopicName) -> String {
@@ -292,6 +296,15 @@ impl BrokerService {
     /// A namespace's policies with the broker's defaults filling the gaps. A stored record
     /// this broker cannot read is logged and treated as empty.
     pub async fn effective_policies(&self, tenant: &str, ns: &str) -> Result<Effective, MetaError> {
+        let policies = self.namespace_policies(tenant, ns).await?;
+        Ok(Effective::resolve(&policies, &self.cfg.policy_defaults()))
+    }
+
+    async fn namespace_policies(
+        &self,
+        tenant: &str,
+        ns: &str,
+    ) -> Result<NamespacePolicies, MetaError> {
         let stored = self
             .meta
             .get_json::<serde_json::Value>(&format!("/admin/policies/{tenant}/{ns}"))
@@ -303,7 +316,35 @@ impl BrokerService {
             }),
             None => NamespacePolicies::default(),
         };
-        Ok(Effective::resolve(&policies, &self.cfg.policy_defaults()))
+        Ok(policies)
+    }
+
+    /// A topic's policies: its own over its namespace's over the broker's defaults.
+    pub async fn topic_policies(&self, t: &TopicName) -> Result<Effective, MetaError> {
+        let ns = self.namespace_policies(&t.tenant, &t.namespace).await?;
+        self.topic_policies_over(t, ns).await
+    }
+
+    /// [`Self::topic_policies`] with the namespace's policies already read.
+    async fn topic_policies_over(
+        &self,
+        t: &TopicName,
+        ns: NamespacePolicies,
+    ) -> Result<Effective, MetaError> {
+        let own = self
+            .meta
+            .get_json::<TopicPolicies>(&topic_policies_key(t))
+            .await
+            .unwrap_or_else(|e| {
+                warn!(topic = %t, error = %e, "unreadable topic policies; using the namespace's");
+                None
+            })
+            .map(|v| v.value)
+            .unwrap_or_default();
+        Ok(Effective::resolve(
+            &ns.with_topic(&own),
+            &self.cfg.policy_defaults(),
+        ))
     }
 
     /// Partitions an auto-created topic gets in this namespace: None if auto-creation is
@@ -376,22 +417,29 @@ impl BrokerService {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let mut policies: HashMap<(String, String), Effective> = HashMap::new();
+            let mut namespaces: HashMap<(String, String), NamespacePolicies> = HashMap::new();
             for t in self.loaded_topics() {
                 t.update_rates();
                 let key = (t.name.tenant.clone(), t.name.namespace.clone());
-                let eff = match policies.get(&key) {
-                    Some(e) => e.clone(),
-                    None => match self.effective_policies(&key.0, &key.1).await {
-                        Ok(e) => {
-                            policies.insert(key, e.clone());
-                            e
+                let ns = match namespaces.get(&key) {
+                    Some(p) => p.clone(),
+                    None => match self.namespace_policies(&key.0, &key.1).await {
+                        Ok(p) => {
+                            namespaces.insert(key, p.clone());
+                            p
                         }
                         Err(e) => {
                             warn!(topic = %t.full, error = %e, "namespace policies unavailable");
                             continue;
                         }
                     },
+                };
+                let eff = match self.topic_policies_over(&t.name, ns).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(topic = %t.full, error = %e, "policies unavailable");
+                        continue;
+                    }
                 };
                 if let Err(e) = t.enforce_policies(&eff).await {
                     warn!(topic = %t.full, error = %e, "enforcing policies failed");

@@ -155,6 +155,47 @@ def check_backlog_eviction():
     assert call("GET", "/admin/v2/namespaces/%s/backlogQuotaMap" % ns) == {}
 
 
+def check_topic_policies():
+    """Topic-level TTL and quotas win over the namespace's."""
+    ns = namespace({"message_ttl_in_seconds": 3600})
+    t = "persistent://%s/own-ttl" % ns
+    other = "persistent://%s/namespace-ttl" % ns
+    for x in (t, other):
+        client.subscribe(x, "s")
+    base = t.replace("persistent://", "/admin/v2/persistent/")
+    call("POST", base + "/messageTTL?messageTTL=1")
+    assert call("GET", base + "/messageTTL") == 1
+    call("POST", base + "/messageTTL?messageTTL=-5", expect=(412,))
+    call("POST", "/admin/v2/persistent/%s/nosuchtopic/messageTTL?messageTTL=1" % ns,
+         expect=(404,))
+    p1 = client.create_producer(t, batching_enabled=False)
+    p2 = client.create_producer(other, batching_enabled=False)
+    for i in range(3):
+        p1.send(b"%d" % i)
+        p2.send(b"%d" % i)
+    wait_for(lambda: backlog(t) == 0, "topic TTL expiry")
+    assert backlog(other) == 3, "the namespace's hour-long TTL expired messages"
+    call("DELETE", base + "/messageTTL")
+    assert call("GET", base + "/messageTTL") is None
+    # a topic-level quota with producer_request_hold: new producers are held off (the
+    # client keeps retrying until its operation timeout)
+    call("POST", base + "/backlogQuota?backlogQuotaType=destination_storage",
+         {"limitSize": 10, "policy": "producer_request_hold"})
+    assert call("GET", base + "/backlogQuotaMap")["destination_storage"]["limitSize"] == 10
+    p1.send(b"more")
+    impatient = pulsar.Client(URL, operation_timeout_seconds=2)
+    try:
+        impatient.create_producer(t)
+    except (pulsar.ProducerBlockedQuotaExceededError, pulsar.Timeout):
+        pass
+    else:
+        raise AssertionError("producer admitted over a producer_request_hold quota")
+    finally:
+        impatient.close()
+    call("DELETE", base + "/backlogQuota?backlogQuotaType=destination_storage")
+    client.create_producer(t).close()
+
+
 def check_auto_partitioned():
     """A namespace that auto-creates partitioned topics; growing a partitioned topic."""
     ns = namespace()
