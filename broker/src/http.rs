@@ -76,6 +76,12 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .delete(|s, p| topic_policy_delete(s, p, "retention_policies")),
         )
         .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/deduplicationEnabled",
+            get(|s, p| topic_policy_get(s, p, "deduplicationEnabled"))
+                .post(set_topic_dedup)
+                .delete(|s, p| topic_policy_delete(s, p, "deduplicationEnabled")),
+        )
+        .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/backlogQuotaMap",
             get(|s, p| topic_policy_get(s, p, "backlog_quota_map")),
         )
@@ -766,6 +772,17 @@ async fn set_topic_ttl(
         None => return err(StatusCode::BAD_REQUEST, "give messageTTL (seconds)"),
     };
     update_topic_policies(&svc, &path, |p| p["message_ttl_in_seconds"] = value.clone()).await
+}
+
+async fn set_topic_dedup(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(on) = serde_json::from_slice::<bool>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "the body must be true or false");
+    };
+    update_topic_policies(&svc, &path, |p| p["deduplicationEnabled"] = Value::Bool(on)).await
 }
 
 async fn set_topic_retention(

@@ -472,7 +472,8 @@ impl ManagedLedger {
 
     /// Producer sequence ids from the snapshot, brought up to date by the entries after it;
     /// without a snapshot, from every retained entry, and a first snapshot is written so the
-    /// next open replays only what came after.
+    /// next open replays only what came after. Tracking starts before the replay, so
+    /// appends completing meanwhile are counted too.
     async fn rebuild_producers(&self, snap: Option<ProducerSnapshot>) -> Result<(), MlError> {
         let last = self.last_confirmed();
         let had_snapshot = snap.is_some();
@@ -486,11 +487,11 @@ impl ManagedLedger {
             ),
             None => (HashMap::new(), self.before_first()),
         };
-        let mut seqs = ProducerSeqs {
+        self.inner.state.lock().producers = Some(ProducerSeqs {
             sequences,
             at: from,
             since_snapshot: 0,
-        };
+        });
         let mut replayed = 0u64;
         let mut p = self.next_position(from);
         while let Some(pos) = p {
@@ -500,23 +501,49 @@ impl ManagedLedger {
             let data = self.read(pos).await?;
             if let Ok(m) = magnetar_protocol::entry::peek_metadata(&data) {
                 let name: Arc<str> = Arc::from(m.producer_name.as_str());
-                seqs.note(&name, sequence_of(&m), pos);
+                if let Some(seqs) = self.inner.state.lock().producers.as_mut() {
+                    seqs.note(&name, sequence_of(&m), pos);
+                }
             }
             replayed += 1;
             p = self.next_position(pos);
         }
-        seqs.at = seqs.at.max(last);
-        seqs.since_snapshot = 0;
-        info!(topic = %self.inner.name, producers = seqs.sequences.len(), replayed, "producer sequence ids rebuilt");
-        self.inner.state.lock().producers = Some(seqs);
+        let producers = {
+            let mut st = self.inner.state.lock();
+            st.producers.as_mut().map_or(0, |seqs| {
+                seqs.at = seqs.at.max(last);
+                seqs.since_snapshot = 0;
+                seqs.sequences.len()
+            })
+        };
+        info!(topic = %self.inner.name, producers, replayed, "producer sequence ids rebuilt");
         if !had_snapshot || replayed > 0 {
             write_record(&self.inner, |st| st.record()).await?;
         }
         Ok(())
     }
 
+    /// Starts or stops tracking producer sequence ids (deduplication switched at runtime);
+    /// starting replays the log from the last snapshot.
+    pub async fn set_producer_tracking(&self, on: bool) -> Result<(), MlError> {
+        if on == self.tracks_producers() || self.inner.cfg.in_memory {
+            return Ok(());
+        }
+        if !on {
+            self.inner.state.lock().producers = None;
+            return Ok(());
+        }
+        let snap = self
+            .inner
+            .meta
+            .get_json::<MlRecord>(&self.inner.key)
+            .await?
+            .and_then(|v| v.value.producers);
+        self.rebuild_producers(snap).await
+    }
+
     pub fn tracks_producers(&self) -> bool {
-        self.inner.cfg.track_producers
+        self.inner.state.lock().producers.is_some()
     }
 
     /// The highest persisted sequence id of a producer (None: not tracking, or unknown).

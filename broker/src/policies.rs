@@ -146,6 +146,12 @@ pub struct TopicPolicies {
     pub retention_policies: Option<RetentionPolicies>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub backlog_quota_map: HashMap<String, BacklogQuota>,
+    #[serde(
+        default,
+        rename = "deduplicationEnabled",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deduplication_enabled: Option<bool>,
 }
 
 impl NamespacePolicies {
@@ -159,6 +165,9 @@ impl NamespacePolicies {
         }
         for (k, q) in &t.backlog_quota_map {
             self.backlog_quota_map.insert(k.clone(), *q);
+        }
+        if t.deduplication_enabled.is_some() {
+            self.deduplication_enabled = t.deduplication_enabled;
         }
         self
     }

@@ -276,9 +276,10 @@ impl BrokerService {
                     cfg.in_memory = true;
                 } else {
                     cfg.track_producers = self
-                        .deduplication_enabled(&t.tenant, &t.namespace)
+                        .topic_policies(t)
                         .await
-                        .map_err(MlError::from)?;
+                        .map_err(MlError::from)?
+                        .deduplication;
                 }
                 let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
                 Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone()).await

@@ -86,7 +86,7 @@ pub struct Topic {
     pub partition: i32,
     dispatch: DispatchConfig,
     /// Deduplication: the highest sequence id accepted (queued or persisted) per producer.
-    dedup: Option<Mutex<HashMap<String, i64>>>,
+    dedup: Mutex<Option<HashMap<String, i64>>>,
     /// Backlog quota state: QUOTA_OK, or the refusal producers get.
     quota: AtomicU8,
     /// The compacted view (shared with the subscriptions) and how compaction stands.
@@ -143,7 +143,7 @@ impl Topic {
             input: Meter::default(),
             partition,
             dispatch,
-            dedup: ml_tracks.then(Mutex::default),
+            dedup: Mutex::new(ml_tracks.then(HashMap::new)),
             quota: AtomicU8::new(QUOTA_OK),
             compacted: CompactedHandle::default(),
             compaction: Mutex::default(),
@@ -481,6 +481,9 @@ impl Topic {
     /// Applies message TTL and backlog quotas (housekeeping); producers are closed when
     /// the topic goes over a quota that turns them away.
     pub async fn enforce_policies(&self, eff: &Effective) -> Result<(), MlError> {
+        if !self.ml.in_memory() {
+            self.set_deduplication(eff.deduplication).await?;
+        }
         if let Some(ttl) = eff.ttl {
             let n = self.expire_older_than(ttl).await?;
             if n > 0 {
@@ -601,17 +604,33 @@ impl Topic {
         Ok(state)
     }
 
+    /// Switches deduplication as the policies now say (the log replays what it needs).
+    pub async fn set_deduplication(&self, on: bool) -> Result<(), MlError> {
+        if on == self.deduplicating() {
+            return Ok(());
+        }
+        if on {
+            self.ml.set_producer_tracking(true).await?;
+            *self.dedup.lock() = Some(HashMap::new());
+        } else {
+            *self.dedup.lock() = None;
+            self.ml.set_producer_tracking(false).await?;
+        }
+        info!(topic = %self.full, on, "deduplication switched");
+        Ok(())
+    }
+
     pub fn deduplicating(&self) -> bool {
-        self.dedup.is_some()
+        self.dedup.lock().is_some()
     }
 
     /// Deduplication check of a SEND whose entry stands for sequence id `seq`; a new one is
     /// accepted at once, so a resend racing the original is caught too.
     pub fn check_send(&self, producer: &str, seq: i64) -> SendCheck {
-        let Some(d) = &self.dedup else {
+        let mut guard = self.dedup.lock();
+        let Some(pushed) = guard.as_mut() else {
             return SendCheck::Unchecked;
         };
-        let mut pushed = d.lock();
         let last = match pushed.get(producer) {
             Some(s) => *s,
             None => self.ml.producer_sequence(producer).unwrap_or(-1),
@@ -626,9 +645,9 @@ impl Topic {
     /// After a failed append: forget what was accepted but not persisted, so the client's
     /// resend is stored.
     pub fn reset_send_check(&self, producer: &str) {
-        if let Some(d) = &self.dedup {
-            let persisted = self.ml.producer_sequence(producer).unwrap_or(-1);
-            d.lock().insert(producer.to_string(), persisted);
+        let persisted = self.ml.producer_sequence(producer).unwrap_or(-1);
+        if let Some(pushed) = self.dedup.lock().as_mut() {
+            pushed.insert(producer.to_string(), persisted);
         }
     }
 

@@ -196,6 +196,25 @@ def check_topic_policies():
     client.create_producer(t).close()
 
 
+def check_topic_dedup_switched_on():
+    """Deduplication switched on for a loaded topic takes effect without a reload, and
+    knows what was written before."""
+    t = "persistent://%s/dedup-later" % namespace()
+    p = client.create_producer(t, producer_name="later", batching_enabled=False)
+    for i in range(3):
+        p.send(b"m-%d" % i, sequence_id=i)
+    base = t.replace("persistent://", "/admin/v2/persistent/")
+    call("POST", base + "/deduplicationEnabled", True)
+    assert call("GET", base + "/deduplicationEnabled") is True
+    wait_for(lambda: stats(t)["deduplicationStatus"] == "Enabled", "deduplication on")
+    p.send(b"m-1 again", sequence_id=1)
+    p.send(b"m-3", sequence_id=3)
+    got = [d for _, d in read_all(t, False)]
+    assert got == [b"m-0", b"m-1", b"m-2", b"m-3"], got
+    call("DELETE", base + "/deduplicationEnabled")
+    wait_for(lambda: stats(t)["deduplicationStatus"] == "Disabled", "deduplication off")
+
+
 def check_auto_partitioned():
     """A namespace that auto-creates partitioned topics; growing a partitioned topic."""
     ns = namespace()

@@ -204,6 +204,20 @@ def call_json(path):
     return json.load(urllib.request.urlopen(WEB + path))
 
 
+def check_ack_timeout():
+    """Unacknowledged messages come back after the ack timeout (10 s is the C++ minimum)."""
+    t = topic("ack-timeout")
+    c = client.subscribe(t, "s", consumer_type=pulsar.ConsumerType.Shared,
+                         unacked_messages_timeout_ms=10000)
+    p = client.create_producer(t, batching_enabled=False)
+    p.send(b"forgotten")
+    first = c.receive(timeout_millis=10000)
+    again = c.receive(timeout_millis=30000)
+    assert again.data() == b"forgotten" and again.redelivery_count() == 1, again
+    c.acknowledge(again)
+    expect_nothing(c)
+
+
 def check_access_modes():
     """Exclusive producers keep others out; WaitForExclusive queues; fencing takes over."""
     import threading
