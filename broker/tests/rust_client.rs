@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::StreamExt;
-use magnetar_testkit::StandaloneProc;
+use magnetar_testkit::{StandaloneProc, wait_until};
 use pulsar::consumer::InitialPosition;
 use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor, producer};
 
@@ -447,7 +447,7 @@ async fn compacted_view_with_the_rust_crate_survives_restart() -> Result<()> {
         tokio::task::spawn_blocking(move || magnetar_testkit::http_request(web, "PUT", path, ""))
             .await??;
     assert!(put.contains("204"), "{put}");
-    magnetar_testkit::wait_until(Duration::from_secs(20), "compaction", || async move {
+    wait_until(Duration::from_secs(20), "compaction", || async move {
         magnetar_testkit::http_get(web, path).is_ok_and(|r| r.contains("SUCCESS"))
     })
     .await?;
@@ -538,5 +538,58 @@ async fn dedup_and_auto_partitioning_with_the_rust_crate() -> Result<()> {
     let topic = "persistent://public/rust-policies/auto";
     let partitions = p.lookup_partitioned_topic(topic).await?;
     assert_eq!(partitions.len(), 2, "{partitions:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_and_backlog_quota_with_the_rust_crate() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &["--housekeeping-interval-secs", "1"]).await?;
+    let web = sa.web;
+    let reply = tokio::task::spawn_blocking(move || {
+        magnetar_testkit::http_request(
+            web,
+            "PUT",
+            "/admin/v2/namespaces/public/rust-limits",
+            r#"{"message_ttl_in_seconds": 1,
+                "backlog_quota_map": {"destination_storage":
+                  {"limitSize": 4000, "policy": "producer_exception"}}}"#,
+        )
+    })
+    .await??;
+    assert!(reply.contains("204"), "{reply}");
+    let p = client(&sa).await?;
+    let topic = "persistent://public/rust-limits/t";
+    let c = consumer(&p, topic, "s", SubType::Exclusive).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    for _ in 0..20 {
+        prod.send_non_blocking(&[7u8; 500][..]).await?.await?;
+    }
+    drop(c);
+    // over the size quota: a new producer is refused (the crate gives up or keeps trying)
+    let refused = tokio::time::timeout(
+        Duration::from_secs(3),
+        p.producer().with_topic(topic).with_name("second").build(),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "producer admitted over the quota"
+    );
+    // the TTL expires the backlog, which lifts the quota
+    let stats = "/admin/v2/persistent/public/rust-limits/t/stats";
+    wait_until(Duration::from_secs(20), "backlog expired", || async move {
+        magnetar_testkit::http_get(web, stats).is_ok_and(|s| s.contains("\"msgBacklog\":0"))
+    })
+    .await?;
+    let admitted = p
+        .producer()
+        .with_topic(topic)
+        .with_name("third")
+        .build()
+        .await;
+    assert!(
+        admitted.is_ok(),
+        "producer still refused after the backlog expired"
+    );
     Ok(())
 }
