@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use magnetar_protocol::commands;
+use magnetar_protocol::frame::FrameError;
 use magnetar_protocol::proto::command_ack::AckType;
 use magnetar_protocol::proto::command_subscribe::{InitialPosition, SubType};
 use magnetar_protocol::proto::*;
@@ -184,9 +185,19 @@ impl Connection {
         let mut heard = true;
         let mut ping_out = false;
         let mut connected = false;
+        // bytes of an oversized SEND still to be skipped
+        let mut discard = 0usize;
         loop {
             // drain complete frames first
             loop {
+                if discard > 0 {
+                    let n = discard.min(buf.len());
+                    buf.advance(n);
+                    discard -= n;
+                    if discard > 0 {
+                        break;
+                    }
+                }
                 match frame::decode_frame(&mut buf, max_frame) {
                     Ok(Some(f)) => {
                         heard = true;
@@ -211,6 +222,35 @@ impl Connection {
                         }
                     }
                     Ok(None) => break,
+                    // an oversized SEND is refused and skipped; the connection and the
+                    // producer stay usable (Pulsar closes the connection)
+                    Err(FrameError::TooLarge { size, .. }) if connected => {
+                        match frame::peek_command(&buf) {
+                            Ok(None) => break, // the command has not all arrived yet
+                            Ok(Some(c)) if c.send.is_some() => {
+                                if let Some(s) = c.send {
+                                    warn!(peer = %self.peer, producer_id = s.producer_id, size, "message over the size limit refused");
+                                    self.tx.send(commands::send_error(
+                                        s.producer_id,
+                                        s.sequence_id,
+                                        ServerError::NotAllowedError,
+                                        format!(
+                                            "message of {size} bytes exceeds the limit of {} bytes",
+                                            self.svc.cfg.max_message_size
+                                        ),
+                                    ));
+                                }
+                                discard = 4 + size;
+                            }
+                            Ok(Some(c)) => {
+                                return format!(
+                                    "{} frame of {size} bytes is over the limit",
+                                    commands::type_name(c.r#type)
+                                );
+                            }
+                            Err(e) => return format!("malformed frame: {e}"),
+                        }
+                    }
                     Err(e) => {
                         warn!(peer = %self.peer, error = %e, "malformed frame; closing the connection");
                         return format!("malformed frame: {e}");

@@ -381,5 +381,52 @@ async fn garbage_closes_only_that_connection() -> Result<()> {
     good.write_all(&out).await?;
     let f = read_frame(&mut good, &mut gbuf).await?.expect("PONG");
     assert!(f.command.pong.is_some());
+
+    // a SEND over the size limit is refused; the connection and the producer stay usable
+    use magnetar_protocol::proto::{CommandProducer, base_command::Type};
+    let producer = magnetar_protocol::BaseCommand {
+        r#type: Type::Producer as i32,
+        producer: Some(CommandProducer {
+            topic: "persistent://public/default/raw-oversize".into(),
+            producer_id: 1,
+            request_id: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    frame::encode_command(&producer, &mut out);
+    good.write_all(&out).await?;
+    let f = read_frame(&mut good, &mut gbuf)
+        .await?
+        .expect("PRODUCER_SUCCESS");
+    assert!(f.command.producer_success.is_some(), "{:?}", f.command);
+    let meta = |seq: u64| magnetar_protocol::MessageMetadata {
+        producer_name: "raw".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        ..Default::default()
+    };
+    for (seq, size) in [(0u64, 6 << 20), (1, 10)] {
+        let entry = magnetar_protocol::entry::encode_entry(&meta(seq), &vec![7u8; size]);
+        let mut out = BytesMut::new();
+        frame::encode_message(&commands::send(1, seq, 1), &entry, &mut out);
+        good.write_all(&out).await?;
+    }
+    let f = read_frame(&mut good, &mut gbuf).await?.expect("SEND_ERROR");
+    let e = f
+        .command
+        .send_error
+        .expect("SEND_ERROR for the oversized message");
+    assert_eq!(e.sequence_id, 0);
+    assert!(e.message.contains("exceeds the limit"), "{}", e.message);
+    let f = read_frame(&mut good, &mut gbuf)
+        .await?
+        .expect("SEND_RECEIPT");
+    let r = f
+        .command
+        .send_receipt
+        .expect("receipt for the next message");
+    assert_eq!(r.sequence_id, 1);
     Ok(())
 }

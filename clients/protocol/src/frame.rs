@@ -51,6 +51,30 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame
     decode_body(&mut frame).map(Some)
 }
 
+/// Most bytes a command may take in a frame too large to accept, for reading which command
+/// it was.
+pub const MAX_COMMAND_SIZE: usize = 64 * 1024;
+
+/// The command at the front of a frame that is too large to take whole (so its sender can
+/// be told why): `Ok(None)` until enough of the frame has arrived.
+pub fn peek_command(buf: &[u8]) -> Result<Option<BaseCommand>, FrameError> {
+    if buf.len() < 8 {
+        return Ok(None);
+    }
+    let cmd_size = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if cmd_size > MAX_COMMAND_SIZE {
+        return Err(FrameError::Malformed(format!(
+            "command of {cmd_size} bytes"
+        )));
+    }
+    if buf.len() < 8 + cmd_size {
+        return Ok(None);
+    }
+    BaseCommand::decode(&buf[8..8 + cmd_size])
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(format!("undecodable command: {e}")))
+}
+
 /// Decodes a frame body (everything after the total-size prefix).
 pub fn decode_body(frame: &mut Bytes) -> Result<Frame, FrameError> {
     if frame.len() < 4 {

@@ -17,6 +17,8 @@ proptest! {
         let _ = entry::normalize(Bytes::from(data.clone()));
         let _ = entry::peek_metadata(&data);
         let _ = entry::peek_message_count(&data);
+        let _ = entry::peek_dispatch(&data);
+        let _ = frame::peek_command(&data);
         let _ = entry::to_stored(Bytes::from(data.clone()));
         let _ = batch::decode_batch(Bytes::from(data), 8);
     }
