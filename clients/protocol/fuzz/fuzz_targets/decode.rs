@@ -11,13 +11,15 @@ fuzz_target!(|data: &[u8]| {
         if let Some(payload) = f.payload {
             if let Ok(e) = entry::normalize(payload) {
                 let n = e.num_messages() as usize;
-            let _ = batch::decode_batch(e.payload, n);
+                let _ = batch::decode_batch(e.payload, n);
             }
         }
     }
     let _ = entry::parse_entry(Bytes::copy_from_slice(data));
     let _ = entry::peek_metadata(data);
     let _ = entry::peek_message_count(data);
+    let _ = entry::peek_dispatch(data);
+    let _ = frame::peek_command(data);
     let _ = entry::to_stored(Bytes::copy_from_slice(data));
     let _ = batch::decode_batch(Bytes::copy_from_slice(data), 16);
 });
