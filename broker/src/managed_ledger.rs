@@ -761,18 +761,25 @@ impl ManagedLedger {
             return Ok(0);
         }
         let from = from.max(0);
-        let counts = self.counts(ledger).await?;
-        let at = |i: i64| -> u64 {
-            if i < 0 {
-                0
-            } else {
-                counts
-                    .get(i as usize)
-                    .copied()
-                    .unwrap_or_else(|| counts.last().copied().unwrap_or(0))
-            }
+        // counted in place: a full ledger's counts are 400 KB, not to be copied per call
+        let span = |counts: &Vec<u64>| {
+            let at = |i: i64| -> u64 {
+                if i < 0 {
+                    0
+                } else {
+                    counts
+                        .get(i as usize)
+                        .copied()
+                        .unwrap_or_else(|| counts.last().copied().unwrap_or(0))
+                }
+            };
+            at(to) - at(from - 1)
         };
-        Ok(at(to) - at(from - 1))
+        if let Some(c) = self.inner.state.lock().counts.get(&ledger) {
+            return Ok(span(c));
+        }
+        self.count_ledger(ledger).await?;
+        Ok(self.inner.state.lock().counts.get(&ledger).map_or(0, span))
     }
 
     /// Messages in every entry after `after`.
@@ -799,12 +806,9 @@ impl ManagedLedger {
         Ok(total)
     }
 
-    /// Cumulative message counts of a ledger's entries, counted by reading them once if this
-    /// broker did not write them.
-    async fn counts(&self, ledger: u64) -> Result<Arc<Vec<u64>>, MlError> {
-        if let Some(c) = self.inner.state.lock().counts.get(&ledger) {
-            return Ok(Arc::new(c.clone()));
-        }
+    /// Counts the messages of a ledger this broker did not write, by reading it once, and
+    /// keeps the cumulative counts by entry.
+    async fn count_ledger(&self, ledger: u64) -> Result<(), MlError> {
         let entries = {
             let st = self.inner.state.lock();
             Self::entries_in(&st, ledger)
@@ -828,8 +832,8 @@ impl ManagedLedger {
         if let Some(l) = st.ledgers.get_mut(&ledger) {
             l.messages = Some(sum);
         }
-        st.counts.insert(ledger, counts.clone());
-        Ok(Arc::new(counts))
+        st.counts.insert(ledger, counts);
+        Ok(())
     }
 
     /// Finds the first entry published at or after `ts_ms` (None: all are older).
