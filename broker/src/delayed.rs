@@ -20,6 +20,10 @@ use crate::position::Position;
 /// Most entries in one persisted segment.
 pub const SEGMENT_ENTRIES: usize = 1000;
 
+/// Entry ids beyond this are not indexed (delivered at once instead), so a stray id cannot
+/// make the per-ledger bitset huge; real ledgers roll over long before.
+const MAX_INDEXED_ENTRY: usize = 1 << 24;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Segment {
     /// (deliver at ms, ledger, entry)
@@ -93,7 +97,10 @@ impl DelayedIndex {
     }
 
     fn mark(&mut self, p: Position, on: bool) -> bool {
-        let Ok(e) = usize::try_from(p.entry) else {
+        let Some(e) = usize::try_from(p.entry)
+            .ok()
+            .filter(|e| *e < MAX_INDEXED_ENTRY)
+        else {
             return false;
         };
         let (bits, n) = self.members.entry(p.ledger).or_default();
@@ -122,10 +129,11 @@ impl DelayedIndex {
         at - at % self.horizon_ms
     }
 
-    /// Indexes an entry to be delivered at `at` (epoch ms).
-    pub fn add(&mut self, p: Position, at: u64, now: u64) {
+    /// Indexes an entry to be delivered at `at` (epoch ms); false if it cannot be indexed
+    /// (it should then go at once).
+    pub fn add(&mut self, p: Position, at: u64, now: u64) -> bool {
         if !self.mark(p, true) {
-            return;
+            return self.contains(p);
         }
         self.count += 1;
         if at <= now + self.horizon_ms || self.prefix.is_none() {
@@ -135,6 +143,7 @@ impl DelayedIndex {
             self.buffer.entry(b).or_default().push((at, p));
             self.buffered += 1;
         }
+        true
     }
 
     /// Takes out the entries due by `now`, in delivery-time order.

@@ -1022,8 +1022,8 @@ impl Subscription {
                 && let Ok(info) = pentry::peek_dispatch(&d)
                 && let Some(at) = info.deliver_at.and_then(|t| u64::try_from(t).ok())
                 && at > now
+                && st.delayed.add(p, at, now)
             {
-                st.delayed.add(p, at, now);
                 continue;
             }
             let target = if key_shared {
