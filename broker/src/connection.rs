@@ -440,12 +440,23 @@ impl Connection {
                 ),
             );
         };
-        match self.svc.namespace_topics(tenant, ns).await {
-            Ok(topics) => self
-                .tx
-                .send(commands::topics_of_namespace_response(g.request_id, topics)),
-            Err(e) => self.error(g.request_id, e),
+        use magnetar_protocol::proto::command_get_topics_of_namespace::Mode;
+        let mode = g
+            .mode
+            .and_then(|m| Mode::try_from(m).ok())
+            .unwrap_or(Mode::Persistent);
+        let mut topics = match mode {
+            Mode::NonPersistent => Vec::new(),
+            _ => match self.svc.namespace_topics(tenant, ns).await {
+                Ok(t) => t,
+                Err(e) => return self.error(g.request_id, e),
+            },
+        };
+        if mode != Mode::Persistent {
+            topics.extend(self.svc.namespace_non_persistent_topics(tenant, ns));
         }
+        self.tx
+            .send(commands::topics_of_namespace_response(g.request_id, topics));
     }
 
     async fn handle_producer(&mut self, p: CommandProducer) {

@@ -413,6 +413,20 @@ impl BrokerService {
             .collect())
     }
 
+    /// Loaded non-persistent topics of a namespace (they exist only while loaded).
+    pub fn namespace_non_persistent_topics(&self, tenant: &str, ns: &str) -> Vec<String> {
+        let prefix = format!("non-persistent://{tenant}/{ns}/");
+        let mut v: Vec<String> = self
+            .topics
+            .lock()
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Periodic housekeeping: trims consumed ledgers.
     pub async fn housekeeping(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);

@@ -255,6 +255,26 @@ def check_tail_under_load():
     assert got == list(range(n)), "received %d of %d" % (len(got), n)
 
 
+def check_regex_subscription():
+    """Pattern subscriptions find topics through GET_TOPICS_OF_NAMESPACE, by domain."""
+    import re
+    tag = uuid.uuid4().hex[:8]
+    names = ["persistent://public/default/rx-%s-%s" % (tag, s) for s in "ab"]
+    for n in names:
+        client.create_producer(n, batching_enabled=False).send(n.encode())
+    c = client.subscribe(re.compile("persistent://public/default/rx-%s-.*" % tag), "s",
+                         initial_position=pulsar.InitialPosition.Earliest)
+    got = sorted(receive_all(c, 2), key=lambda m: m.data())
+    assert [m.data() for m in got] == [n.encode() for n in names], [m.data() for m in got]
+    # non-persistent topics are listed only when asked for
+    np_name = "non-persistent://public/default/rx-%s-np" % tag
+    npp = client.create_producer(np_name, batching_enabled=False)
+    npc = client.subscribe(re.compile("non-persistent://public/default/rx-%s-.*" % tag), "s",
+                           regex_subscription_mode=pulsar.RegexSubscriptionMode.NonPersistentOnly)
+    npp.send(b"np")
+    assert npc.receive(timeout_millis=10000).data() == b"np"
+
+
 def check_partitioned():
     import json
     import urllib.request
