@@ -5,6 +5,7 @@
 //! and nothing below it may use it. It never writes a disk itself: durable state goes to
 //! bookies (entries) and `meta` (records).
 
+pub mod auth;
 pub mod compaction;
 pub mod connection;
 pub mod cursor;

@@ -36,6 +36,103 @@ enum Cmd {
     Standalone(StandaloneArgs),
     /// Run a storage node (bookie): journal + ledger storage behind the bookie protocol.
     Bookie(BookieArgs),
+    /// Make keys and JWT tokens for token authentication (as `pulsar tokens` does).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// A new random secret key for HS256 tokens.
+    CreateSecretKey {
+        /// Write the key here (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Write it base64-encoded rather than as raw bytes.
+        #[arg(long)]
+        base64: bool,
+    },
+    /// A new RSA key pair for RS256 tokens (PEM files).
+    CreateKeyPair {
+        #[arg(long)]
+        output_private_key: PathBuf,
+        #[arg(long)]
+        output_public_key: PathBuf,
+    },
+    /// A token naming a role, signed with a secret key or a private key.
+    Create {
+        /// Secret key file (raw, base64, or `data:;base64,...`).
+        #[arg(
+            long,
+            conflicts_with = "private_key",
+            required_unless_present = "private_key"
+        )]
+        secret_key: Option<PathBuf>,
+        /// Private key PEM file (RS256).
+        #[arg(long)]
+        private_key: Option<PathBuf>,
+        /// The role (the `sub` claim).
+        #[arg(long)]
+        subject: String,
+        /// Expire after this many seconds (default: never).
+        #[arg(long)]
+        expiry_secs: Option<u64>,
+    },
+}
+
+fn run_tokens(cmd: TokensCmd) -> Result<()> {
+    use magnetar_broker::auth;
+    use std::io::Write;
+    match cmd {
+        TokensCmd::CreateSecretKey { output, base64 } => {
+            let key = auth::create_secret_key();
+            let bytes = if base64 {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .encode(&key)
+                    .into_bytes()
+            } else {
+                key
+            };
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, &bytes).with_context(|| format!("write {}", p.display()))?
+                }
+                None => std::io::stdout().write_all(&bytes)?,
+            }
+        }
+        TokensCmd::CreateKeyPair {
+            output_private_key,
+            output_public_key,
+        } => {
+            let (private, public) = auth::create_key_pair()?;
+            std::fs::write(&output_private_key, private)
+                .with_context(|| format!("write {}", output_private_key.display()))?;
+            std::fs::write(&output_public_key, public)
+                .with_context(|| format!("write {}", output_public_key.display()))?;
+        }
+        TokensCmd::Create {
+            secret_key,
+            private_key,
+            subject,
+            expiry_secs,
+        } => {
+            let token = match (secret_key, private_key) {
+                (Some(p), _) => {
+                    let raw = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+                    let secret = auth::decode_secret(&raw);
+                    auth::create_token(auth::TokenKey::Secret(&secret), &subject, expiry_secs)?
+                }
+                (None, Some(p)) => {
+                    let pem = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+                    auth::create_token(auth::TokenKey::PrivatePem(&pem), &subject, expiry_secs)?
+                }
+                (None, None) => anyhow::bail!("give --secret-key or --private-key"),
+            };
+            println!("{token}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Default, Deserialize)]
@@ -161,6 +258,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),
         Cmd::Standalone(args) => rt.block_on(standalone::run(args.merge_file()?)),
+        Cmd::Tokens(cmd) => run_tokens(cmd),
     }
 }
 
