@@ -1,8 +1,9 @@
 //! Token authentication as Pulsar does it: JWTs signed with a shared secret (HS256) or an
 //! RSA key pair (RS256), the role taken from a configurable claim (`sub` by default), expiry
 //! enforced when the token has one. Also the helpers behind `magnetar tokens`.
-//! Pure: keys come in as bytes; reading files and flags is the caller's job. Not yet wired
-//! into CONNECT or HTTP (issue 6).
+//! Pure: keys come in as bytes; reading files and flags is the caller's job. The broker
+//! checks CONNECT and HTTP requests with it; authorization (who may do what) is not built
+//! yet.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};

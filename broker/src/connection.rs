@@ -143,6 +143,8 @@ struct Connection {
     peer: SocketAddr,
     protocol: i32,
     client_version: String,
+    /// The authenticated role (None: authentication is off).
+    role: Option<String>,
     producers: HashMap<u64, ProducerState>,
     consumers: HashMap<u64, ConsumerState>,
 }
@@ -165,6 +167,7 @@ impl Connection {
             peer,
             protocol: 0,
             client_version: String::new(),
+            role: None,
             producers: HashMap::new(),
             consumers: HashMap::new(),
         };
@@ -205,7 +208,9 @@ impl Connection {
                         if !connected {
                             match f.command.connect {
                                 Some(c) => {
-                                    self.handle_connect(c);
+                                    if let Err(reason) = self.handle_connect(c) {
+                                        return reason;
+                                    }
                                     connected = true;
                                 }
                                 None => {
@@ -281,7 +286,37 @@ impl Connection {
         }
     }
 
-    fn handle_connect(&mut self, c: CommandConnect) {
+    /// Answers CONNECT; Err (authentication failed) closes the connection after an ERROR.
+    fn handle_connect(&mut self, c: CommandConnect) -> Result<(), String> {
+        if self.svc.cfg.auth.is_some() {
+            let token = match c.auth_method_name.as_deref() {
+                None | Some("") => None,
+                Some("token") => Some(
+                    String::from_utf8_lossy(c.auth_data.as_deref().unwrap_or_default()).to_string(),
+                ),
+                Some(other) => {
+                    let e = crate::auth::AuthError::Method(other.to_string());
+                    self.tx.send(commands::error(
+                        commands::NO_REQUEST,
+                        ServerError::AuthenticationError,
+                        e.to_string(),
+                    ));
+                    return Err(e.to_string());
+                }
+            };
+            match self.svc.cfg.authenticate(token.as_deref()) {
+                Ok(role) => self.role = role,
+                Err(e) => {
+                    warn!(peer = %self.peer, error = %e, "authentication failed");
+                    self.tx.send(commands::error(
+                        commands::NO_REQUEST,
+                        ServerError::AuthenticationError,
+                        format!("Failed to authenticate: {e}"),
+                    ));
+                    return Err(format!("authentication failed: {e}"));
+                }
+            }
+        }
         self.protocol = c.protocol_version.unwrap_or(0).min(PROTOCOL_VERSION);
         self.client_version = c.client_version.clone();
         debug!(peer = %self.peer, client = %c.client_version, protocol = self.protocol, "connected");
@@ -298,6 +333,7 @@ impl Connection {
             self.svc.cfg.max_message_size as i32,
             features,
         ));
+        Ok(())
     }
 
     /// Handles one command; Err closes the connection with that reason.

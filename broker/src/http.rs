@@ -135,7 +135,37 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
             get(lookup),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&svc),
+            require_token,
+        ))
         .with_state(svc)
+}
+
+/// With authentication on, every request but health and metrics needs
+/// `Authorization: Bearer <token>` (or an anonymous role): 401 otherwise.
+async fn require_token(
+    State(svc): Svc,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if svc.cfg.auth.is_none() || path == "/metrics" || path == "/admin/v2/brokers/health" {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    match svc.cfg.authenticate(token.as_deref()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => err(
+            StatusCode::UNAUTHORIZED,
+            format!("Authentication required: {e}"),
+        ),
+    }
 }
 
 async fn health(State(svc): Svc) -> Response {

@@ -36,6 +36,11 @@ pub struct BrokerConfig {
     pub default_ttl: Option<Duration>,
     /// Partitions of auto-created topics (0: non-partitioned).
     pub default_num_partitions: u32,
+    /// Token authentication (None: off).
+    pub auth: Option<crate::auth::TokenAuth>,
+    /// The role of clients that present no credentials when authentication is on (None:
+    /// they are refused).
+    pub anonymous_role: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -52,11 +57,31 @@ impl Default for BrokerConfig {
             dispatch: DispatchConfig::default(),
             default_ttl: None,
             default_num_partitions: 0,
+            auth: None,
+            anonymous_role: None,
         }
     }
 }
 
 impl BrokerConfig {
+    /// The role behind a token (or behind none), when authentication is on.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+    ) -> Result<Option<String>, crate::auth::AuthError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => auth.role(t).map(Some),
+            None => self
+                .anonymous_role
+                .clone()
+                .map(Some)
+                .ok_or(crate::auth::AuthError::Missing),
+        }
+    }
+
     pub fn service_url(&self) -> String {
         format!("pulsar://{}:{}", self.advertised_address, self.broker_port)
     }

@@ -114,6 +114,23 @@ pub struct StandaloneArgs {
     /// persisted in buckets this wide [default: 60000].
     #[arg(long, env = "MAGNETAR_DELAYED_DELIVERY_BUCKET_MS")]
     delayed_delivery_bucket_ms: Option<u64>,
+    /// Require a token (JWT) from every client, on the binary protocol and HTTP (health and
+    /// /metrics stay open) [default: false].
+    #[arg(long, env = "MAGNETAR_AUTHENTICATION_ENABLED")]
+    authentication_enabled: Option<bool>,
+    /// HS256 secret key file (raw, base64 or `data:;base64,...`), as made by
+    /// `magnetar tokens create-secret-key`.
+    #[arg(long, env = "MAGNETAR_TOKEN_SECRET_KEY")]
+    token_secret_key: Option<PathBuf>,
+    /// RS256 public key file (PEM), as made by `magnetar tokens create-key-pair`.
+    #[arg(long, env = "MAGNETAR_TOKEN_PUBLIC_KEY")]
+    token_public_key: Option<PathBuf>,
+    /// The claim naming the role [default: sub].
+    #[arg(long, env = "MAGNETAR_TOKEN_AUTH_CLAIM")]
+    token_auth_claim: Option<String>,
+    /// Role of clients without credentials (default: they are refused).
+    #[arg(long, env = "MAGNETAR_ANONYMOUS_USER_ROLE")]
+    anonymous_user_role: Option<String>,
 }
 
 impl StandaloneArgs {
@@ -152,7 +169,12 @@ impl StandaloneArgs {
             housekeeping_interval_secs,
             key_shared_lease_ms,
             key_shared_max_held_entries,
-            delayed_delivery_bucket_ms
+            delayed_delivery_bucket_ms,
+            authentication_enabled,
+            token_secret_key,
+            token_public_key,
+            token_auth_claim,
+            anonymous_user_role
         );
         Ok(self)
     }
@@ -169,6 +191,28 @@ async fn terminated() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The token checker the flags describe (None: authentication off).
+fn token_auth(args: &StandaloneArgs) -> Result<Option<magnetar_broker::auth::TokenAuth>> {
+    use magnetar_broker::auth::{TokenAuth, decode_secret};
+    if !args.authentication_enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    let claim = args.token_auth_claim.as_deref().unwrap_or("sub");
+    match (&args.token_secret_key, &args.token_public_key) {
+        (Some(p), None) => {
+            let raw = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            Ok(Some(TokenAuth::with_secret(&decode_secret(&raw), claim)))
+        }
+        (None, Some(p)) => {
+            let pem = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            Ok(Some(TokenAuth::with_public_key(&pem, claim)?))
+        }
+        _ => anyhow::bail!(
+            "--authentication-enabled needs exactly one of --token-secret-key and --token-public-key"
+        ),
     }
 }
 
@@ -285,6 +329,8 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         allow_auto_topic_creation: args.allow_auto_topic_creation.unwrap_or(true),
         keepalive: Duration::from_secs(args.keep_alive_interval_seconds.unwrap_or(30).max(1)),
         ml,
+        auth: token_auth(&args)?,
+        anonymous_role: args.anonymous_user_role.clone(),
         default_ttl: args
             .ttl_duration_default_in_seconds
             .filter(|s| *s > 0)

@@ -593,3 +593,47 @@ async fn ttl_and_backlog_quota_with_the_rust_crate() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_authentication_with_the_rust_crate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key");
+    let secret = magnetar_broker::auth::create_secret_key();
+    std::fs::write(&key, &secret)?;
+    let token = magnetar_broker::auth::create_token(
+        magnetar_broker::auth::TokenKey::Secret(&secret),
+        "rust-app",
+        Some(600),
+    )?;
+    let key = key.display().to_string();
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &key,
+        ],
+    )
+    .await?;
+    let p = Pulsar::builder(sa.service_url(), TokioExecutor)
+        .with_auth(pulsar::Authentication {
+            name: "token".into(),
+            data: token.into_bytes(),
+        })
+        .build()
+        .await?;
+    let topic = "persistent://public/default/rust-auth";
+    let mut c = consumer(&p, topic, "s", SubType::Exclusive).await?;
+    let mut prod = p.producer().with_topic(topic).build().await?;
+    prod.send_non_blocking(&b"authenticated"[..]).await?.await?;
+    assert_eq!(next(&mut c).await.payload.data, b"authenticated");
+    // without a token the broker refuses the connection
+    let anonymous = tokio::time::timeout(
+        Duration::from_secs(5),
+        Pulsar::builder(sa.service_url(), TokioExecutor).build(),
+    )
+    .await;
+    assert!(!matches!(anonymous, Ok(Ok(_))), "connected without a token");
+    Ok(())
+}

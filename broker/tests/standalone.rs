@@ -67,6 +67,50 @@ const FAST_HOUSEKEEPING: [&str; 4] = [
     "10",
 ];
 
+/// Runs `magnetar ARGS` to completion; its standard output.
+fn magnetar_cli(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(bin()).args(args).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+#[tokio::test]
+async fn token_authentication_with_python_client() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key").display().to_string();
+    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
+    let good = magnetar_cli(&["tokens", "create", "--secret-key", &key, "--subject", "app"])?;
+    let expired = magnetar_cli(&[
+        "tokens",
+        "create",
+        "--secret-key",
+        &key,
+        "--subject",
+        "app",
+        "--expiry-secs",
+        "1",
+    ])?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &key,
+        ],
+    )
+    .await?;
+    let web_port = sa.web.port().to_string();
+    let out = run_py("auth.py", &[&sa.service_url(), &web_port, &good, &expired])
+        .await
+        .map_err(|e| e.context(sa.proc.log_tail(60)))?;
+    println!("{out}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn python_client_semantics() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
