@@ -546,30 +546,45 @@ fn storage_quota() -> String {
     "destination_storage".into()
 }
 
+/// The change a backlog-quota POST makes to a policies record (namespace or topic), after
+/// checking the type and the body.
+fn quota_change(kind: &str, body: &[u8]) -> Result<impl Fn(&mut Value) + use<>, Response> {
+    if kind != "destination_storage" && kind != "message_age" {
+        return Err(err(
+            StatusCode::PRECONDITION_FAILED,
+            "backlogQuotaType is destination_storage or message_age",
+        ));
+    }
+    let quota: crate::policies::BacklogQuota = serde_json::from_slice(body)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")))?;
+    let (kind, value) = (kind.to_string(), json!(quota));
+    Ok(move |p: &mut Value| {
+        if !p["backlog_quota_map"].is_object() {
+            p["backlog_quota_map"] = json!({});
+        }
+        p["backlog_quota_map"][&kind] = value.clone();
+    })
+}
+
+/// The change a backlog-quota DELETE makes to a policies record.
+fn quota_removal(kind: String) -> impl Fn(&mut Value) {
+    move |p: &mut Value| {
+        if let Some(m) = p["backlog_quota_map"].as_object_mut() {
+            m.remove(&kind);
+        }
+    }
+}
+
 async fn set_backlog_quota(
     State(svc): Svc,
     Path((tenant, ns)): NsPath,
     axum::extract::Query(q): axum::extract::Query<QuotaType>,
     body: axum::body::Bytes,
 ) -> Response {
-    if q.kind != "destination_storage" && q.kind != "message_age" {
-        return err(
-            StatusCode::PRECONDITION_FAILED,
-            "backlogQuotaType is destination_storage or message_age",
-        );
+    match quota_change(&q.kind, &body) {
+        Ok(change) => update_policies(&svc, &tenant, &ns, change).await,
+        Err(r) => r,
     }
-    let quota: crate::policies::BacklogQuota = match serde_json::from_slice(&body) {
-        Ok(q) => q,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")),
-    };
-    let value = json!(quota);
-    update_policies(&svc, &tenant, &ns, |p| {
-        if !p["backlog_quota_map"].is_object() {
-            p["backlog_quota_map"] = json!({});
-        }
-        p["backlog_quota_map"][&q.kind] = value.clone();
-    })
-    .await
 }
 
 async fn remove_backlog_quota(
@@ -577,12 +592,7 @@ async fn remove_backlog_quota(
     Path((tenant, ns)): NsPath,
     axum::extract::Query(q): axum::extract::Query<QuotaType>,
 ) -> Response {
-    update_policies(&svc, &tenant, &ns, |p| {
-        if let Some(m) = p["backlog_quota_map"].as_object_mut() {
-            m.remove(&q.kind);
-        }
-    })
-    .await
+    update_policies(&svc, &tenant, &ns, quota_removal(q.kind)).await
 }
 
 async fn get_deduplication(
@@ -836,24 +846,10 @@ async fn set_topic_backlog_quota(
     axum::extract::Query(q): axum::extract::Query<QuotaType>,
     body: axum::body::Bytes,
 ) -> Response {
-    if q.kind != "destination_storage" && q.kind != "message_age" {
-        return err(
-            StatusCode::PRECONDITION_FAILED,
-            "backlogQuotaType is destination_storage or message_age",
-        );
+    match quota_change(&q.kind, &body) {
+        Ok(change) => update_topic_policies(&svc, &path, change).await,
+        Err(r) => r,
     }
-    let quota: crate::policies::BacklogQuota = match serde_json::from_slice(&body) {
-        Ok(q) => q,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")),
-    };
-    let value = json!(quota);
-    update_topic_policies(&svc, &path, |p| {
-        if !p["backlog_quota_map"].is_object() {
-            p["backlog_quota_map"] = json!({});
-        }
-        p["backlog_quota_map"][&q.kind] = value.clone();
-    })
-    .await
 }
 
 async fn remove_topic_backlog_quota(
@@ -861,12 +857,7 @@ async fn remove_topic_backlog_quota(
     Path(path): TopicPath,
     axum::extract::Query(q): axum::extract::Query<QuotaType>,
 ) -> Response {
-    update_topic_policies(&svc, &path, |p| {
-        if let Some(m) = p["backlog_quota_map"].as_object_mut() {
-            m.remove(&q.kind);
-        }
-    })
-    .await
+    update_topic_policies(&svc, &path, quota_removal(q.kind)).await
 }
 
 /// Terminates a topic; answers the id of its last message.
