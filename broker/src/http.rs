@@ -305,34 +305,33 @@ async fn grow_partitions(
             "the body must be a number of partitions in 1..=10000",
         );
     };
-    let key = partitioned_key(&t);
-    for _ in 0..10 {
-        let (mut meta, version) = match svc.meta.get_json::<PartitionedMetadata>(&key).await {
-            Ok(Some(v)) => (v.value, v.version),
-            Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
-            Err(e) => return meta_err(e),
-        };
-        if wanted <= meta.partitions {
-            return err(
-                StatusCode::PRECONDITION_FAILED,
-                format!(
-                    "the topic has {} partitions; it can only grow",
-                    meta.partitions
-                ),
-            );
-        }
-        meta.partitions = wanted;
-        match svc
-            .meta
-            .put_json(&key, &meta, Expected::Version(version))
-            .await
-        {
-            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
-            Err(MetaError::BadVersion { .. }) => continue,
-            Err(e) => return meta_err(e),
-        }
+    let res = svc
+        .meta
+        .update_json::<PartitionedMetadata, _, Stop>(&partitioned_key(&t), |current| {
+            let Some(mut meta) = current else {
+                return Err(Stop::Reply(err(
+                    StatusCode::NOT_FOUND,
+                    "Partitioned topic does not exist",
+                )));
+            };
+            if wanted <= meta.partitions {
+                return Err(Stop::Reply(err(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "the topic has {} partitions; it can only grow",
+                        meta.partitions
+                    ),
+                )));
+            }
+            meta.partitions = wanted;
+            Ok(meta)
+        })
+        .await;
+    match res {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(Stop::Reply(r)) => r,
+        Err(Stop::Meta(e)) => meta_err(e),
     }
-    err(StatusCode::CONFLICT, "the topic kept changing; try again")
 }
 
 async fn delete_partitions(
@@ -658,30 +657,63 @@ async fn update_policies(
     svc: &BrokerService,
     tenant: &str,
     ns: &str,
-    change: impl Fn(&mut Value),
+    change: impl Fn(&mut Value) + Send + Sync,
 ) -> Response {
     if let Err(r) = namespace_exists(svc, tenant, ns).await {
         return r;
     }
     let key = format!("/admin/policies/{tenant}/{ns}");
-    for _ in 0..10 {
-        let (mut value, version) = match svc.meta.get_json::<Value>(&key).await {
-            Ok(Some(v)) => (v.value, v.version),
-            Ok(None) => return err(StatusCode::NOT_FOUND, "Namespace does not exist"),
-            Err(e) => return meta_err(e),
-        };
-        change(&mut value);
-        match svc
-            .meta
-            .put_json(&key, &value, magnetar_meta::Expected::Version(version))
-            .await
-        {
-            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
-            Err(MetaError::BadVersion { .. }) => continue,
-            Err(e) => return meta_err(e),
-        }
+    update_record(svc, &key, None, change).await
+}
+
+/// Why a read-modify-write of a record stopped: the store failed, or there is an answer.
+enum Stop {
+    Meta(MetaError),
+    Reply(Response),
+}
+
+impl From<MetaError> for Stop {
+    fn from(e: MetaError) -> Self {
+        Stop::Meta(e)
     }
-    err(StatusCode::CONFLICT, "policies kept changing; try again")
+}
+
+/// Changes a JSON policies record by the store's compare-and-set loop. An absent record
+/// starts as `absent` (None: 404); a stored value that is not an object is reported, not
+/// indexed into.
+async fn update_record(
+    svc: &BrokerService,
+    key: &str,
+    absent: Option<Value>,
+    change: impl Fn(&mut Value) + Send + Sync,
+) -> Response {
+    let res = svc
+        .meta
+        .update_json::<Value, _, Stop>(key, |current| {
+            let mut v = match current.or_else(|| absent.clone()) {
+                Some(v) => v,
+                None => {
+                    return Err(Stop::Reply(err(
+                        StatusCode::NOT_FOUND,
+                        "Namespace does not exist",
+                    )));
+                }
+            };
+            if !v.is_object() {
+                return Err(Stop::Reply(err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the record at {key} is not a JSON object"),
+                )));
+            }
+            change(&mut v);
+            Ok(v)
+        })
+        .await;
+    match res {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(Stop::Reply(r)) => r,
+        Err(Stop::Meta(e)) => meta_err(e),
+    }
 }
 
 fn check_threshold(v: Value) -> Result<Value, String> {
@@ -760,27 +792,13 @@ async fn topic_policy_get(State(svc): Svc, Path(path): TopicPath, field: &str) -
 async fn update_topic_policies(
     svc: &BrokerService,
     path: &(String, String, String),
-    change: impl Fn(&mut Value),
+    change: impl Fn(&mut Value) + Send + Sync,
 ) -> Response {
     let t = match existing_topic(svc, path).await {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let key = topic_policies_key(&t);
-    for _ in 0..10 {
-        let (mut value, expected) = match svc.meta.get_json::<Value>(&key).await {
-            Ok(Some(v)) => (v.value, Expected::Version(v.version)),
-            Ok(None) => (json!({}), Expected::Absent),
-            Err(e) => return meta_err(e),
-        };
-        change(&mut value);
-        match svc.meta.put_json(&key, &value, expected).await {
-            Ok(_) => return StatusCode::NO_CONTENT.into_response(),
-            Err(MetaError::BadVersion { .. }) => continue,
-            Err(e) => return meta_err(e),
-        }
-    }
-    err(StatusCode::CONFLICT, "policies kept changing; try again")
+    update_record(svc, &topic_policies_key(&t), Some(json!({})), change).await
 }
 
 async fn topic_policy_delete(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
@@ -916,6 +934,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
     for s in subs {
         let backlog = s.backlog().await;
         let (msg_out, bytes_out) = s.out.totals();
+        let (held, locked, hung) = s.key_shared_stats();
         let (rate_out, throughput_out) = s.out.rates();
         out_msgs += msg_out;
         out_bytes += bytes_out;
@@ -950,9 +969,9 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                 "msgThroughputOut": throughput_out,
                 "msgRateRedeliver": s.redelivered.rates().0,
                 "msgDelayed": s.delayed_entries(),
-                "keySharedHeldEntries": s.key_shared_stats().0,
-                "keySharedLockedSlots": s.key_shared_stats().1,
-                "keySharedHungConsumers": s.key_shared_stats().2,
+                "keySharedHeldEntries": held,
+                "keySharedLockedSlots": locked,
+                "keySharedHungConsumers": hung,
                 "redeliveryQueue": s.redelivery_queue(),
                 "unackedMessages": s.pending_entries(),
                 "consumers": consumers,
