@@ -865,8 +865,7 @@ impl Subscription {
         }
     }
 
-    fn deliver(&self, c: &Consumer, p: Position, data: Bytes, st: &mut SubState) {
-        let messages = pentry::peek_message_count(&data).unwrap_or(1);
+    fn deliver(&self, c: &Consumer, p: Position, data: Bytes, messages: u32, st: &mut SubState) {
         c.permits.fetch_sub(messages as i64, Ordering::AcqRel);
         let now = now_ms();
         if c.unacked.fetch_add(messages as i64, Ordering::Relaxed) <= 0 {
@@ -1016,19 +1015,24 @@ impl Subscription {
                 st.unhold(p);
                 continue;
             }
+            // one look at the metadata serves delay, key and permits; an entry whose
+            // metadata cannot be read goes as one message under the no-key slot
+            let info = pentry::peek_dispatch(&d).ok();
             // first read of an entry with a delivery time still ahead: it waits in the index
             if st.delays()
                 && !st.redeliver.contains(&p)
-                && let Ok(info) = pentry::peek_dispatch(&d)
-                && let Some(at) = info.deliver_at.and_then(|t| u64::try_from(t).ok())
+                && let Some(at) = info
+                    .and_then(|i| i.deliver_at)
+                    .and_then(|t| u64::try_from(t).ok())
                 && at > now
                 && st.delayed.add(p, at, now)
             {
                 continue;
             }
+            let messages = info.map_or(1, |i| i.messages);
             let target = if key_shared {
-                let slot = pentry::peek_dispatch(&d).map_or_else(
-                    |_| magnetar_protocol::hash::key_slot(magnetar_protocol::hash::NONE_KEY),
+                let slot = info.map_or_else(
+                    || magnetar_protocol::hash::key_slot(magnetar_protocol::hash::NONE_KEY),
                     |i| i.key_slot,
                 );
                 let queued = st.redeliver.contains(&p);
@@ -1050,7 +1054,7 @@ impl Subscription {
             match target {
                 Some(c) => {
                     st.unhold(p);
-                    self.deliver(&c, p, d, &mut st);
+                    self.deliver(&c, p, d, messages, &mut st);
                     delivered += 1;
                 }
                 // read but not sendable now: first in line next time
