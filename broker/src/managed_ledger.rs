@@ -119,6 +119,26 @@ struct ProducerSnapshot {
 }
 
 impl MlState {
+    fn new(
+        ledgers: BTreeMap<u64, LedgerInfo>,
+        version: u64,
+        current: Option<LedgerWriter>,
+        counts: HashMap<u64, Vec<u64>>,
+        terminated: Option<Position>,
+    ) -> MlState {
+        MlState {
+            ledgers,
+            version,
+            current,
+            readers: HashMap::new(),
+            counts,
+            closed: false,
+            fenced: false,
+            terminated,
+            producers: None,
+        }
+    }
+
     fn record(&self) -> MlRecord {
         MlRecord {
             ledgers: self.ledgers.values().cloned().collect(),
@@ -238,6 +258,34 @@ struct MlInner {
     last: watch::Sender<Position>,
     stats: MlStats,
     record_writes: tokio::sync::Mutex<()>,
+}
+
+impl MlInner {
+    fn new(
+        name: &str,
+        key: String,
+        (client, meta): (LedgerClient, MetaStore),
+        cfg: MlConfig,
+        state: MlState,
+        last: Position,
+    ) -> Arc<MlInner> {
+        let (last_tx, _) = watch::channel(last);
+        Arc::new(MlInner {
+            name: name.to_string(),
+            key,
+            client,
+            meta,
+            cache: Mutex::new(EntryCache {
+                max: cfg.cache_bytes,
+                ..Default::default()
+            }),
+            cfg,
+            state: Mutex::new(state),
+            last: last_tx,
+            stats: MlStats::default(),
+            record_writes: tokio::sync::Mutex::new(()),
+        })
+    }
 }
 
 /// A topic's log. Cheap to clone.
@@ -370,32 +418,14 @@ impl ManagedLedger {
         if let Some(w) = &writer {
             counts.insert(w.id(), Vec::new());
         }
-        let (last_tx, _) = watch::channel(last);
-        let inner = Arc::new(MlInner {
-            name: name.to_string(),
+        let inner = MlInner::new(
+            name,
             key,
-            client,
-            meta,
-            cache: Mutex::new(EntryCache {
-                max: cfg.cache_bytes,
-                ..Default::default()
-            }),
+            (client, meta),
             cfg,
-            state: Mutex::new(MlState {
-                ledgers,
-                version: version.unwrap_or(0),
-                current: writer,
-                readers: HashMap::new(),
-                counts,
-                closed: false,
-                fenced: false,
-                terminated,
-                producers: None,
-            }),
-            last: last_tx,
-            stats: MlStats::default(),
-            record_writes: tokio::sync::Mutex::new(()),
-        });
+            MlState::new(ledgers, version.unwrap_or(0), writer, counts, terminated),
+            last,
+        );
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(appender(Arc::clone(&inner), rx));
         info!(topic = name, last = %last, "managed ledger open");
@@ -424,32 +454,22 @@ impl ManagedLedger {
             timestamp_ms: now_ms(),
             closed_ms: None,
         };
-        let (last_tx, _) = watch::channel(Position::new(1, -1));
-        let inner = Arc::new(MlInner {
-            name: name.to_string(),
-            key: format!("(in memory) {path}"),
-            client,
-            meta,
-            cache: Mutex::new(EntryCache {
-                max: cfg.cache_bytes.max(1 << 20),
-                ..Default::default()
-            }),
+        let mut cfg = cfg;
+        cfg.cache_bytes = cfg.cache_bytes.max(1 << 20); // the cache is all there is
+        let inner = MlInner::new(
+            name,
+            format!("(in memory) {path}"),
+            (client, meta),
             cfg,
-            state: Mutex::new(MlState {
-                ledgers: BTreeMap::from([(1, first)]),
-                version: 0,
-                current: None,
-                readers: HashMap::new(),
-                counts: HashMap::from([(1, Vec::new())]),
-                closed: false,
-                fenced: false,
-                terminated: None,
-                producers: None,
-            }),
-            last: last_tx,
-            stats: MlStats::default(),
-            record_writes: tokio::sync::Mutex::new(()),
-        });
+            MlState::new(
+                BTreeMap::from([(1, first)]),
+                0,
+                None,
+                HashMap::from([(1, Vec::new())]),
+                None,
+            ),
+            Position::new(1, -1),
+        );
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(memory_appender(Arc::clone(&inner), rx));
         info!(topic = name, "in-memory log open");
