@@ -86,6 +86,11 @@ impl DelayedIndex {
         self.count == 0
     }
 
+    /// Segments written to the metadata store and not loaded yet.
+    pub fn persisted_segments(&self) -> usize {
+        self.segments.len()
+    }
+
     pub fn contains(&self, p: Position) -> bool {
         let Ok(e) = usize::try_from(p.entry) else {
             return false;

@@ -935,6 +935,7 @@ pub async fn topic_stats(topic: &Topic) -> Value {
         let backlog = s.backlog().await;
         let (msg_out, bytes_out) = s.out.totals();
         let (held, locked, hung) = s.key_shared_stats();
+        let (delayed, delayed_segments) = s.delayed_entries();
         let (rate_out, throughput_out) = s.out.rates();
         out_msgs += msg_out;
         out_bytes += bytes_out;
@@ -968,7 +969,8 @@ pub async fn topic_stats(topic: &Topic) -> Value {
                 "msgRateOut": rate_out,
                 "msgThroughputOut": throughput_out,
                 "msgRateRedeliver": s.redelivered.rates().0,
-                "msgDelayed": s.delayed_entries(),
+                "msgDelayed": delayed,
+                "delayedIndexSegments": delayed_segments,
                 "keySharedHeldEntries": held,
                 "keySharedLockedSlots": locked,
                 "keySharedHungConsumers": hung,
@@ -1088,6 +1090,13 @@ async fn metrics(State(svc): Svc) -> Response {
         "pulsar_broker_consumers_count",
         "Connected consumers.",
         s.consumers.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP magnetar_housekeeping_runs_total Housekeeping passes completed.\n\
+         # TYPE magnetar_housekeeping_runs_total counter\n\
+         magnetar_housekeeping_runs_total {}",
+        s.housekeeping_runs.load(Ordering::Relaxed)
     );
     let topics = svc.loaded_topics();
     gauge(

@@ -151,6 +151,8 @@ pub struct BrokerStats {
     pub connections_total: AtomicU64,
     pub producers: AtomicU64,
     pub consumers: AtomicU64,
+    /// Housekeeping passes completed (policies applied, ledgers trimmed).
+    pub housekeeping_runs: AtomicU64,
 }
 
 type TopicCell = Arc<OnceCell<Arc<Topic>>>;
@@ -494,6 +496,7 @@ impl BrokerService {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
             }
+            self.stats.housekeeping_runs.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -792,8 +792,9 @@ impl Subscription {
     }
 
     /// Entries waiting for their delivery time (for stats).
-    pub fn delayed_entries(&self) -> usize {
-        self.state.lock().delayed.len()
+    pub fn delayed_entries(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.delayed.len(), st.delayed.persisted_segments())
     }
 
     /// Unacknowledged-and-delivered entry count (for stats).

@@ -82,17 +82,17 @@ async fn token_authentication_with_python_client() -> Result<()> {
     let key = dir.path().join("secret.key").display().to_string();
     magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
     let good = magnetar_cli(&["tokens", "create", "--secret-key", &key, "--subject", "app"])?;
-    let expired = magnetar_cli(&[
-        "tokens",
-        "create",
-        "--secret-key",
-        &key,
-        "--subject",
-        "app",
-        "--expiry-secs",
-        "1",
-    ])?;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // expired a minute ago, signed with the same key
+    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        - 60;
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "app", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )?;
     let sa = StandaloneProc::start(
         bin(),
         &[
@@ -155,6 +155,32 @@ async fn consumed_ledgers_are_trimmed() -> Result<()> {
     Ok(())
 }
 
+/// Starts a durability.py phase in the background (output kept for the caller).
+fn spawn_phase(args: &[&str]) -> Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(python()?)
+        .arg(script("durability.py"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Receipts a producing phase has written to its file so far.
+fn receipts_in(p: &Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_for_receipts(p: &Path, n: usize, within: Duration) -> Result<()> {
+    wait_until(within, &format!("{n} receipts"), || {
+        let got = receipts_in(p);
+        async move { got >= n }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
     let mut sa = StandaloneProc::start(bin(), &[]).await?;
@@ -163,27 +189,12 @@ async fn acknowledged_messages_survive_kill9_mid_stream() -> Result<()> {
     let receipts_s = receipts.display().to_string();
     let url = sa.service_url();
     let topic = "persistent://public/default/durable-stream";
-    let mut producer = tokio::process::Command::new(python()?)
-        .arg(script("durability.py"))
-        .args(["produce", &url, topic, &receipts_s, "1000000"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let count = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
-    wait_until(Duration::from_secs(30), "2000 receipts", || {
-        let n = count(&receipts);
-        async move { n >= 2000 }
-    })
-    .await?;
+    let mut producer = spawn_phase(&["produce", &url, topic, &receipts_s, "1000000"])?;
+    wait_for_receipts(&receipts, 2000, Duration::from_secs(30)).await?;
     sa.kill9();
     // the producer may still be writing receipts: stop it and wait for it to be gone
     producer.kill().await?;
-    let acked = count(&receipts);
+    let acked = receipts_in(&receipts);
     sa.restart().await?;
     let out = run_py("durability.py", &["verify", &url, topic, &receipts_s]).await?;
     println!("{acked} receipts before kill -9; {out}");
@@ -198,25 +209,10 @@ async fn deduplication_gives_exactly_once_across_kill9() -> Result<()> {
     let receipts_s = receipts.display().to_string();
     let url = sa.service_url();
     let topic = "persistent://public/default/exactly-once";
-    let producer = tokio::process::Command::new(python()?)
-        .arg(script("durability.py"))
-        .args(["exactly-once", &url, topic, &receipts_s, "20000"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let count = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
-    wait_until(Duration::from_secs(60), "1000 receipts", || {
-        let n = count(&receipts);
-        async move { n >= 1000 }
-    })
-    .await?;
+    let producer = spawn_phase(&["exactly-once", &url, topic, &receipts_s, "20000"])?;
+    wait_for_receipts(&receipts, 1000, Duration::from_secs(60)).await?;
     sa.kill9();
-    let before = count(&receipts);
+    let before = receipts_in(&receipts);
     sa.restart().await?;
     // the client reconnects by itself and resends what was not acknowledged
     let out = tokio::time::timeout(Duration::from_secs(180), producer.wait_with_output())
@@ -249,28 +245,30 @@ async fn delayed_index_survives_kill9() -> Result<()> {
     )
     .await?;
     let stats_path = "/admin/v2/persistent/public/default/delayed-restart/stats";
-    let delayed = |web| {
+    // a field of subscription s in the topic's stats (0 while unreadable)
+    let stat = |web, field: &'static str| {
         let page = http_get(web, stats_path).unwrap_or_default();
-        page.split("\"msgDelayed\":")
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse::<u64>().ok())
+        let body = page.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["subscriptions"]["s"][field].as_u64())
             .unwrap_or(0)
     };
     // the far entries are persisted in segments within a second or so
     let web = sa.web;
-    wait_until(Duration::from_secs(5), "200 delayed", || async move {
-        delayed(web) == 200
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "200 delayed, persisted",
+        || async move { stat(web, "msgDelayed") == 200 && stat(web, "delayedIndexSegments") > 0 },
+    )
     .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     sa.kill9();
     sa.restart().await?;
     // with no consumer the dispatcher reads nothing from the log: the count can only come
     // from the restored index
     let web = sa.web;
     wait_until(Duration::from_secs(8), "index restored", || async move {
-        delayed(web) == 200
+        stat(web, "msgDelayed") == 200
     })
     .await?;
     let out = run_py(

@@ -54,6 +54,20 @@ def wait_for(cond, what, timeout=20):
         time.sleep(0.2)
 
 
+def housekeeping_runs():
+    page = urllib.request.urlopen(WEB + "/metrics").read().decode()
+    for line in page.splitlines():
+        if line.startswith("magnetar_housekeeping_runs_total "):
+            return int(line.split()[1])
+    raise AssertionError("no housekeeping counter in /metrics")
+
+
+def wait_housekeeping(n):
+    """Waits until n more housekeeping passes have completed."""
+    target = housekeeping_runs() + n
+    wait_for(lambda: housekeeping_runs() >= target, "%d housekeeping passes" % n)
+
+
 def check_namespaces():
     ns = namespace({"message_ttl_in_seconds": 5})
     assert ns in call("GET", "/admin/v2/namespaces/public")
@@ -98,7 +112,7 @@ def check_retention():
     internal = t.replace("persistent://", "/admin/v2/persistent/") + "/internalStats"
     ledgers = len(call("GET", internal)["ledgers"])
     assert ledgers >= 5, ledgers
-    time.sleep(3)  # several housekeeping ticks
+    wait_housekeeping(3)  # retention was applied at least three times
     assert len(call("GET", internal)["ledgers"]) == ledgers, "retained ledgers were trimmed"
     call("POST", "/admin/v2/namespaces/%s/retention" % ns,
          {"retentionTimeInMinutes": 0, "retentionSizeInMB": 0})
