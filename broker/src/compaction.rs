@@ -245,6 +245,23 @@ pub async fn publish(
     }
 }
 
+/// Deletes a topic's compacted view: its record, then its ledger (a ledger left behind by a
+/// failure here is only wasted space, never served).
+pub async fn delete(meta: &MetaStore, client: &LedgerClient, path: &str) -> Result<(), MlError> {
+    let key = record_key(path);
+    let Some(rec) = meta.get_json::<CompactionRecord>(&key).await? else {
+        return Ok(());
+    };
+    match meta.delete(&key, Expected::Version(rec.version)).await {
+        Ok(()) | Err(MetaError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = client.delete(rec.value.ledger).await {
+        warn!(ledger_id = rec.value.ledger, error = %e, "compacted ledger not deleted");
+    }
+    Ok(())
+}
+
 /// Loads a topic's compacted view, if it has one.
 pub async fn load(
     meta: &MetaStore,

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::authz::TopicOp;
 use crate::key_shared::KeySharedSpec;
 use crate::managed_ledger::highest_sequence;
 use crate::managed_ledger::{AppendWait, MlError};
@@ -356,7 +357,7 @@ impl Connection {
         } else if let Some(s) = c.subscribe {
             self.handle_subscribe(s).await;
         } else if let Some(l) = c.lookup_topic {
-            self.handle_lookup(l);
+            self.handle_lookup(l).await;
         } else if let Some(p) = c.partition_metadata {
             self.handle_partitioned_metadata(p).await;
         } else if let Some(cp) = c.close_producer {
@@ -415,9 +416,15 @@ impl Connection {
             .map_err(|e| ClientError::new(ServerError::InvalidTopicName, e.to_string()))
     }
 
-    fn handle_lookup(&self, l: CommandLookupTopic) {
-        match self.parse_topic(&l.topic) {
-            Ok(_) => self.tx.send(commands::lookup_connect(
+    async fn handle_lookup(&self, l: CommandLookupTopic) {
+        let checked = async {
+            let t = self.parse_topic(&l.topic)?;
+            self.svc
+                .authorize_topic(self.role.as_deref(), &t, TopicOp::Lookup)
+                .await
+        };
+        match checked.await {
+            Ok(()) => self.tx.send(commands::lookup_connect(
                 l.request_id,
                 &self.svc.cfg.service_url(),
                 None,
@@ -431,6 +438,9 @@ impl Connection {
     async fn handle_partitioned_metadata(&self, p: CommandPartitionedTopicMetadata) {
         let reply = async {
             let t = self.parse_topic(&p.topic)?;
+            self.svc
+                .authorize_topic(self.role.as_deref(), &t, TopicOp::Lookup)
+                .await?;
             if let Some(n) = self.svc.partitions(&t).await? {
                 return Ok(n);
             }
@@ -476,6 +486,13 @@ impl Connection {
                 ),
             );
         };
+        if let Err(e) = self
+            .svc
+            .authorize_namespace_topics(self.role.as_deref(), tenant, ns)
+            .await
+        {
+            return self.error(g.request_id, e);
+        }
         use magnetar_protocol::proto::command_get_topics_of_namespace::Mode;
         let mode = g
             .mode
@@ -506,6 +523,24 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
+        let role = self.role.as_deref();
+        let mut allowed = self
+            .svc
+            .authorize_topic(role, &topic, TopicOp::Produce)
+            .await;
+        if allowed.is_ok()
+            && let Some(sub) = p.initial_subscription_name.as_deref()
+            && !sub.is_empty()
+        {
+            allowed = self
+                .svc
+                .authorize_topic(role, &topic, TopicOp::Consume(Some(sub)))
+                .await;
+        }
+        if let Err(e) = allowed {
+            warn!(peer = %self.peer, topic = %topic, error = %e.message, "producer refused");
+            return self.error(p.request_id, e);
+        }
         let create = match self.svc.may_auto_create(&topic).await {
             Ok(c) => c,
             Err(e) => return self.error(p.request_id, e),
@@ -516,13 +551,25 @@ impl Connection {
         };
         // over a backlog quota (checked afresh: housekeeping may not have run yet, and a
         // quota may have been lifted since)
-        if let Ok(eff) = self.svc.topic_policies(&topic.name).await
-            && let Err(e) = topic
+        if let Ok(eff) = self.svc.topic_policies(&topic.name).await {
+            if let Err(e) = topic
                 .check_backlog_quota(&eff)
                 .await
                 .map(|s| topic.set_quota(s))
-        {
-            warn!(topic = %topic.full, error = %e, "backlog quota check failed");
+            {
+                warn!(topic = %topic.full, error = %e, "backlog quota check failed");
+            }
+            if let Some(max) = eff.max_producers
+                && topic.producers.lock().by_name.len() >= max
+            {
+                return self.error(
+                    p.request_id,
+                    ClientError::new(
+                        ServerError::ProducerBusy,
+                        format!("Topic reached max producers limit ({max})"),
+                    ),
+                );
+            }
         }
         if let Some(e) = topic.quota_refusal() {
             return self.error(p.request_id, e);
@@ -728,6 +775,13 @@ impl Connection {
                     "empty subscription name",
                 ));
             }
+            self.svc
+                .authorize_topic(
+                    self.role.as_deref(),
+                    &t,
+                    TopicOp::Consume(Some(&s.subscription)),
+                )
+                .await?;
             let create =
                 s.force_topic_creation.unwrap_or(true) && self.svc.may_auto_create(&t).await?;
             let topic = self.svc.topic(&t, create).await?;
@@ -754,6 +808,29 @@ impl Connection {
                     .map(|m| (m.ledger_id, m.entry_id)),
             };
             let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
+            let eff = self.svc.topic_policies(&topic.name).await?;
+            if let Some(max) = eff.max_consumers {
+                let on_topic: usize = topic
+                    .subscriptions
+                    .lock()
+                    .values()
+                    .map(|s| s.consumers().len())
+                    .sum();
+                if on_topic >= max {
+                    return Err(ClientError::new(
+                        ServerError::ConsumerBusy,
+                        format!("Topic reached max consumers limit ({max})"),
+                    ));
+                }
+            }
+            if let Some(max) = eff.max_consumers_per_subscription
+                && sub.consumers().len() >= max
+            {
+                return Err(ClientError::new(
+                    ServerError::ConsumerBusy,
+                    format!("Subscription reached max consumers limit ({max})"),
+                ));
+            }
             let name = s
                 .consumer_name
                 .clone()

@@ -6,6 +6,7 @@
 //! bookies (entries) and `meta` (records).
 
 pub mod auth;
+pub mod authz;
 pub mod compaction;
 pub mod connection;
 pub mod cursor;

@@ -33,9 +33,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run everything in one process: RocksDB metadata, one bookie, the broker, HTTP.
-    Standalone(StandaloneArgs),
+    Standalone(Box<StandaloneArgs>),
     /// Run a storage node (bookie): journal + ledger storage behind the bookie protocol.
-    Bookie(BookieArgs),
+    Bookie(Box<BookieArgs>),
     /// Make keys and JWT tokens for token authentication (as `pulsar tokens` does).
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -257,7 +257,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start runtime")?;
     match cli.cmd {
         Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),
-        Cmd::Standalone(args) => rt.block_on(standalone::run(args.merge_file()?)),
+        Cmd::Standalone(args) => rt.block_on(standalone::run((*args).merge_file()?)),
         Cmd::Tokens(cmd) => run_tokens(cmd),
     }
 }

@@ -25,6 +25,13 @@ pub struct NamespacePolicies {
     /// Compact a topic once this many bytes arrived after its last compaction (0: never).
     #[serde(default)]
     pub compaction_threshold: Option<i64>,
+    /// Connection limits per topic and subscription (0 or absent: none).
+    #[serde(default)]
+    pub max_producers_per_topic: Option<i64>,
+    #[serde(default)]
+    pub max_consumers_per_topic: Option<i64>,
+    #[serde(default)]
+    pub max_consumers_per_subscription: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,6 +141,9 @@ pub struct Effective {
     pub auto_topic_creation: bool,
     pub auto_topic_partitions: u32,
     pub compaction_threshold: Option<u64>,
+    pub max_producers: Option<usize>,
+    pub max_consumers: Option<usize>,
+    pub max_consumers_per_subscription: Option<usize>,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -204,8 +214,16 @@ impl Effective {
                 .compaction_threshold
                 .and_then(|t| u64::try_from(t).ok())
                 .filter(|t| *t > 0),
+            max_producers: limit(p.max_producers_per_topic),
+            max_consumers: limit(p.max_consumers_per_topic),
+            max_consumers_per_subscription: limit(p.max_consumers_per_subscription),
         }
     }
+}
+
+/// A stored connection limit: positive numbers only (0 and negatives mean none).
+fn limit(v: Option<i64>) -> Option<usize> {
+    v.and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0)
 }
 
 #[cfg(test)]

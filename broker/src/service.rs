@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
+use crate::authz::{AuthPolicies, Authorizer, TenantInfo, TopicOp};
 use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
 use crate::names::{Domain, TopicName};
 use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, Retention, TopicPolicies};
@@ -41,6 +42,8 @@ pub struct BrokerConfig {
     /// The role of clients that present no credentials when authentication is on (None:
     /// they are refused).
     pub anonymous_role: Option<String>,
+    /// Who may do what (off unless authorization is enabled).
+    pub authz: Authorizer,
 }
 
 impl Default for BrokerConfig {
@@ -59,6 +62,7 @@ impl Default for BrokerConfig {
             default_num_partitions: 0,
             auth: None,
             anonymous_role: None,
+            authz: Authorizer::default(),
         }
     }
 }
@@ -411,6 +415,68 @@ impl BrokerService {
         }
     }
 
+    /// A tenant's record (None: no such tenant). An unreadable record is an error, never
+    /// taken as empty: authorization must not fail open.
+    pub async fn tenant_info(&self, tenant: &str) -> Result<Option<TenantInfo>, MetaError> {
+        Ok(self
+            .meta
+            .get_json::<TenantInfo>(&format!("/admin/policies/{tenant}"))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// A namespace's grants (empty if the namespace has none or does not exist).
+    pub async fn auth_policies(&self, tenant: &str, ns: &str) -> Result<AuthPolicies, MetaError> {
+        let key = format!("/admin/policies/{tenant}/{ns}");
+        let Some(v) = self.meta.get_json::<serde_json::Value>(&key).await? else {
+            return Ok(AuthPolicies::default());
+        };
+        match v.value.get("auth_policies") {
+            None | Some(serde_json::Value::Null) => Ok(AuthPolicies::default()),
+            Some(a) => serde_json::from_value(a.clone()).map_err(|e| MetaError::Corrupt {
+                key,
+                reason: format!("auth_policies: {e}"),
+            }),
+        }
+    }
+
+    /// Refuses (AuthorizationError) what `role` may not do with topic `t`.
+    pub async fn authorize_topic(
+        &self,
+        role: Option<&str>,
+        t: &TopicName,
+        op: TopicOp<'_>,
+    ) -> Result<(), ClientError> {
+        let authz = &self.cfg.authz;
+        if authz.is_super_user(role) {
+            return Ok(());
+        }
+        let tenant = self.tenant_info(&t.tenant).await?;
+        let auth = self.auth_policies(&t.tenant, &t.namespace).await?;
+        let judged = t.partitioned_parent().unwrap_or_else(|| t.clone());
+        authz
+            .allow_topic(role, &judged.to_string(), tenant.as_ref(), &auth, op)
+            .map_err(|d| ClientError::new(ServerError::AuthorizationError, d.0))
+    }
+
+    /// Refuses (AuthorizationError) listing a namespace's topics to roles with no grant there.
+    pub async fn authorize_namespace_topics(
+        &self,
+        role: Option<&str>,
+        tenant: &str,
+        ns: &str,
+    ) -> Result<(), ClientError> {
+        let authz = &self.cfg.authz;
+        if authz.is_super_user(role) {
+            return Ok(());
+        }
+        let info = self.tenant_info(tenant).await?;
+        let auth = self.auth_policies(tenant, ns).await?;
+        authz
+            .allow_namespace_topics(role, &format!("{tenant}/{ns}"), info.as_ref(), &auth)
+            .map_err(|d| ClientError::new(ServerError::AuthorizationError, d.0))
+    }
+
     /// Topics loaded in this broker.
     pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
         self.topics
@@ -498,6 +564,41 @@ impl BrokerService {
             }
             self.stats.housekeeping_runs.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Deletes a topic: its subscriptions, compacted view, log and policies. Refused
+    /// (NotAllowedError) while clients are connected, unless `force`, which disconnects them.
+    pub async fn delete_topic(&self, t: &TopicName, force: bool) -> Result<(), ClientError> {
+        let topic = self.topic(t, false).await?;
+        if !force && topic.in_use() {
+            return Err(ClientError::new(
+                ServerError::NotAllowedError,
+                "Topic has active producers/subscriptions",
+            ));
+        }
+        // forgotten first, so nothing new attaches to the topic being deleted
+        self.topics.lock().remove(&topic.full);
+        topic.close().await;
+        if t.domain == Domain::NonPersistent {
+            info!(topic = %t, "topic deleted");
+            return Ok(());
+        }
+        let subs: Vec<String> = topic.subscriptions.lock().keys().cloned().collect();
+        for s in subs {
+            topic.remove_subscription(&s).await?;
+        }
+        crate::compaction::delete(&self.meta, &self.ledgers, &t.path()).await?;
+        topic.ml.delete().await?;
+        match self
+            .meta
+            .delete(&topic_policies_key(t), Expected::Any)
+            .await
+        {
+            Ok(()) | Err(MetaError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(topic = %t, "topic deleted");
+        Ok(())
     }
 
     /// Unloads a topic: closes it and forgets it (the next use loads it again).

@@ -131,6 +131,13 @@ pub struct StandaloneArgs {
     /// Role of clients without credentials (default: they are refused).
     #[arg(long, env = "MAGNETAR_ANONYMOUS_USER_ROLE")]
     anonymous_user_role: Option<String>,
+    /// Check every request against grants: super-users, tenant admins, namespace and topic
+    /// permissions (needs --authentication-enabled) [default: false].
+    #[arg(long, env = "MAGNETAR_AUTHORIZATION_ENABLED")]
+    authorization_enabled: Option<bool>,
+    /// Roles that may do everything, comma separated.
+    #[arg(long, env = "MAGNETAR_SUPER_USER_ROLES", value_delimiter = ',')]
+    super_user_roles: Option<Vec<String>>,
 }
 
 impl StandaloneArgs {
@@ -174,7 +181,9 @@ impl StandaloneArgs {
             token_secret_key,
             token_public_key,
             token_auth_claim,
-            anonymous_user_role
+            anonymous_user_role,
+            authorization_enabled,
+            super_user_roles
         );
         Ok(self)
     }
@@ -192,6 +201,25 @@ async fn terminated() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Who may do what, as the flags say. Authorization without authentication would judge
+/// every caller as nobody, so that combination is refused.
+fn authorizer(args: &StandaloneArgs) -> Result<magnetar_broker::authz::Authorizer> {
+    let enabled = args.authorization_enabled.unwrap_or(false);
+    if enabled && !args.authentication_enabled.unwrap_or(false) {
+        anyhow::bail!("--authorization-enabled needs --authentication-enabled");
+    }
+    Ok(magnetar_broker::authz::Authorizer {
+        enabled,
+        super_users: args
+            .super_user_roles
+            .iter()
+            .flatten()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
+    })
 }
 
 /// The token checker the flags describe (None: authentication off).
@@ -331,6 +359,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         ml,
         auth: token_auth(&args)?,
         anonymous_role: args.anonymous_user_role.clone(),
+        authz: authorizer(&args)?,
         default_ttl: args
             .ttl_duration_default_in_seconds
             .filter(|s| *s > 0)

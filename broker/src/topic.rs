@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use magnetar_meta::MetaStore;
 use magnetar_protocol::ServerError;
 use magnetar_protocol::proto::ProducerAccessMode;
@@ -682,6 +683,86 @@ impl Topic {
             .values()
             .map(|s| s.out.totals())
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// The next `n` entries (at most) a subscription has not acknowledged, in log order.
+    pub fn unacked_positions(&self, s: &Subscription, n: usize) -> Vec<Position> {
+        let last = self.ml.last_confirmed();
+        let mut out = Vec::new();
+        let mut p = s.cursor.mark_delete();
+        while out.len() < n
+            && let Some(next) = self.ml.next_position(p)
+            && next <= last
+        {
+            if !s.cursor.is_acked(next) {
+                out.push(next);
+            }
+            p = next;
+        }
+        out
+    }
+
+    /// The `n`th (from 1) entry a subscription has not acknowledged, with its position.
+    pub async fn peek(
+        &self,
+        s: &Subscription,
+        n: usize,
+    ) -> Result<Option<(Position, Bytes)>, MlError> {
+        let Some(p) = self.unacked_positions(s, n).get(n.wrapping_sub(1)).copied() else {
+            return Ok(None);
+        };
+        Ok(Some((p, self.ml.read(p).await?)))
+    }
+
+    /// Acknowledges a subscription's next `n` unacknowledged entries; returns how many.
+    pub fn skip(&self, s: &Subscription, n: usize) -> usize {
+        let positions = self.unacked_positions(s, n);
+        s.ack_individual(&positions);
+        positions.len()
+    }
+
+    /// Acknowledges, for one subscription, every message published longer than `age` ago.
+    pub async fn expire_subscription(
+        &self,
+        s: &Subscription,
+        age: Duration,
+    ) -> Result<bool, MlError> {
+        let md = s.cursor.mark_delete();
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        let target = match self.ml.find_by_publish_time_from(cutoff, md.ledger).await? {
+            Some(first_young) => self.ml.previous_position(first_young),
+            None => self.ml.last_confirmed(),
+        };
+        if target > md {
+            s.ack_cumulative(target);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Moves a subscription so delivery restarts after `md`, as an operator's reset does:
+    /// its consumers are closed (they subscribe again and drop what they prefetched).
+    pub async fn reset_subscription(&self, s: &Subscription, md: Position) -> Result<(), String> {
+        let detached = s.detach_consumers();
+        let seq = s.reset(md);
+        let flushed = s.cursor.persisted(seq).await;
+        for c in detached {
+            c.conn
+                .send(magnetar_protocol::commands::close_consumer(c.consumer_id));
+        }
+        info!(topic = %self.full, subscription = %s.name, mark_delete = %md, "subscription reset by an operator");
+        flushed
+    }
+
+    /// Whether anyone is connected: producers, or consumers on any subscription.
+    pub fn in_use(&self) -> bool {
+        !self.producers.lock().by_name.is_empty()
+            || self
+                .subscriptions
+                .lock()
+                .values()
+                .any(|s| !s.consumers().is_empty())
     }
 
     /// Flushes cursors and seals the log (clean shutdown or unload).

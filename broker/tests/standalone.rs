@@ -112,6 +112,62 @@ async fn token_authentication_with_python_client() -> Result<()> {
 }
 
 #[tokio::test]
+async fn admin_rest_conformance() -> Result<()> {
+    checks_against(&[], "admin.py", &[]).await?;
+    Ok(())
+}
+
+/// Every role of the matrix gets a token signed with the broker's key; `expired` is the
+/// writer's, a minute past its expiry.
+#[tokio::test]
+async fn authorization_matrix() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key").display().to_string();
+    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
+    let mut tokens = serde_json::Map::new();
+    for role in [
+        "root",
+        "boss",
+        "writer",
+        "reader",
+        "other",
+        "topicwriter",
+        "stranger",
+    ] {
+        let t = magnetar_cli(&["tokens", "create", "--secret-key", &key, "--subject", role])?;
+        tokens.insert(role.into(), t.into());
+    }
+    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        - 60;
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "writer", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )?;
+    tokens.insert("expired".into(), expired.into());
+    let tokens = serde_json::Value::Object(tokens).to_string();
+    checks_against(
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &key,
+            "--authorization-enabled",
+            "true",
+            "--super-user-roles",
+            "root",
+        ],
+        "authz.py",
+        &[&tokens],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn python_client_semantics() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
     let health = http_get(sa.web, "/admin/v2/brokers/health")?;

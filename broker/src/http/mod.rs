@@ -21,6 +21,11 @@ use crate::names::{TopicName, valid_segment};
 use crate::service::{BrokerService, PartitionedMetadata, partitioned_key, topic_policies_key};
 use crate::topic::Topic;
 
+mod gate;
+mod namespaces;
+mod tenants;
+mod topics;
+
 type Svc = State<Arc<BrokerService>>;
 
 fn err(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -96,7 +101,9 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .route("/admin/v2/namespaces/{tenant}", get(list_namespaces))
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}",
-            get(get_namespace).put(create_namespace),
+            get(get_namespace)
+                .put(create_namespace)
+                .delete(namespaces::delete_namespace),
         )
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}/retention",
@@ -132,40 +139,46 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .delete(remove_deduplication),
         )
         .route(
-            "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
+            "/lookup/v2/topic/{domain}/{tenant}/{ns}/{topic}",
             get(lookup),
         )
+        .route(
+            "/lookup/v2/topic/{domain}/{tenant}/{ns}/{topic}/bundle",
+            get(lookup_bundle),
+        )
+        .merge(topics::routes())
+        .merge(namespaces::routes())
+        .merge(tenants::routes())
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/maxProducersPerTopic",
+            get(|s, p| policy_get(s, p, "max_producers_per_topic"))
+                .post(|s, p, b| policy_set(s, p, "max_producers_per_topic", b, check_limit))
+                .delete(|s, p| policy_delete(s, p, "max_producers_per_topic")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/maxConsumersPerTopic",
+            get(|s, p| policy_get(s, p, "max_consumers_per_topic"))
+                .post(|s, p, b| policy_set(s, p, "max_consumers_per_topic", b, check_limit))
+                .delete(|s, p| policy_delete(s, p, "max_consumers_per_topic")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/maxConsumersPerSubscription",
+            get(|s, p| policy_get(s, p, "max_consumers_per_subscription"))
+                .post(|s, p, b| policy_set(s, p, "max_consumers_per_subscription", b, check_limit))
+                .delete(|s, p| policy_delete(s, p, "max_consumers_per_subscription")),
+        )
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "No such admin path") })
+        .method_not_allowed_fallback(|| async {
+            err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed on this path",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&svc),
-            require_token,
+            gate::gate,
         ))
         .with_state(svc)
-}
-
-/// With authentication on, every request but health and metrics needs
-/// `Authorization: Bearer <token>` (or an anonymous role): 401 otherwise.
-async fn require_token(
-    State(svc): Svc,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path();
-    if svc.cfg.auth.is_none() || path == "/metrics" || path == "/admin/v2/brokers/health" {
-        return next.run(req).await;
-    }
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    match svc.cfg.authenticate(token.as_deref()) {
-        Ok(_) => next.run(req).await,
-        Err(e) => err(
-            StatusCode::UNAUTHORIZED,
-            format!("Authentication required: {e}"),
-        ),
-    }
 }
 
 async fn health(State(svc): Svc) -> Response {
@@ -334,14 +347,34 @@ async fn grow_partitions(
     }
 }
 
+/// Deletes a partitioned topic: its partitions (refused while clients use them, unless
+/// `force`), then its metadata.
 async fn delete_partitions(
     State(svc): Svc,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<namespaces::Force>,
 ) -> Response {
     let t = match topic_name(&tenant, &ns, &topic) {
         Ok(t) => t,
         Err(r) => return r,
     };
+    let n = match svc.partitions(&t).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
+        Err(e) => return topics::client_err(e),
+    };
+    for i in 0..n {
+        let pt = t.partition_name(i);
+        match svc.topic_exists(&pt).await {
+            Ok(true) => {
+                if let Err(e) = svc.delete_topic(&pt, q.force).await {
+                    return topics::client_err(e);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return topics::client_err(e),
+        }
+    }
     match svc.meta.delete(&partitioned_key(&t), Expected::Any).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(MetaError::NotFound(_)) => {
@@ -445,6 +478,16 @@ async fn create_namespace(
     }
     if policies.get("replication_clusters").is_none() {
         policies["replication_clusters"] = json!([svc.cfg.cluster]);
+    }
+    match policies.get("bundles") {
+        None | Some(Value::Null) => {
+            policies["bundles"] = json!(namespaces::Bundles::even(namespaces::DEFAULT_BUNDLES));
+        }
+        Some(b) => {
+            if serde_json::from_value::<namespaces::Bundles>(b.clone()).is_err() {
+                return err(StatusCode::PRECONDITION_FAILED, "bad bundles");
+            }
+        }
     }
     match svc
         .meta
@@ -1053,10 +1096,10 @@ async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, Strin
 
 async fn lookup(
     State(svc): Svc,
-    Path((tenant, ns, topic)): Path<(String, String, String)>,
+    Path((domain, tenant, ns, topic)): Path<(String, String, String, String)>,
 ) -> Response {
-    if let Err(r) = topic_name(&tenant, &ns, &topic) {
-        return r;
+    if let Err(r) = TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}")) {
+        return err(StatusCode::PRECONDITION_FAILED, r.to_string());
     }
     axum::Json(json!({
         "brokerUrl": svc.cfg.service_url(),
@@ -1065,6 +1108,35 @@ async fn lookup(
         "httpUrlTls": "",
     }))
     .into_response()
+}
+
+/// The namespace bundle (hash range) a topic belongs to.
+async fn lookup_bundle(
+    State(svc): Svc,
+    Path((domain, tenant, ns, topic)): Path<(String, String, String, String)>,
+) -> Response {
+    let t = match TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}")) {
+        Ok(t) => t,
+        Err(e) => return err(StatusCode::PRECONDITION_FAILED, e.to_string()),
+    };
+    let bundles = match namespaces::bundles_of(&svc, &tenant, &ns).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match bundles.bundle_of(namespaces::topic_hash(&t)) {
+        Some(b) => axum::Json(b).into_response(),
+        None => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stored bundles are invalid",
+        ),
+    }
+}
+
+fn check_limit(v: Value) -> Result<Value, String> {
+    match v.as_i64() {
+        Some(n) if n >= 0 => Ok(Value::from(n)),
+        _ => Err("the limit is a number, 0 (no limit) or more".into()),
+    }
 }
 
 async fn metrics(State(svc): Svc) -> Response {

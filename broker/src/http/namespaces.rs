@@ -1,0 +1,518 @@
+//! Namespace administration beyond single policy fields: delete, topic listing, grants
+//! (namespace and subscription), bundles (list, split, unload) and namespace unload.
+//! Bundles are Pulsar's: hash ranges over the 32-bit CRC32 of a topic's full name, kept in
+//! the namespace's policies as `bundles.boundaries`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::topics::client_err;
+use super::{NsPath, Stop, Svc, err, meta_err, namespace_exists, update_policies};
+use crate::authz::check_actions;
+use crate::names::TopicName;
+use crate::service::{BrokerService, partitioned_key};
+
+/// Bundles a namespace starts with (Pulsar's `defaultNumberOfNamespaceBundles`).
+pub const DEFAULT_BUNDLES: u32 = 4;
+
+pub(super) fn routes() -> Router<Arc<BrokerService>> {
+    let ns = "/admin/v2/namespaces/{tenant}/{ns}";
+    Router::new()
+        .route(&format!("{ns}/topics"), get(topics))
+        .route(&format!("{ns}/permissions"), get(permissions))
+        .route(
+            &format!("{ns}/permissions/{{role}}"),
+            post(grant).delete(revoke),
+        )
+        .route(
+            &format!("{ns}/permissions/subscription"),
+            get(subscription_permissions),
+        )
+        .route(
+            &format!("{ns}/permissions/subscription/{{sub}}"),
+            post(grant_subscription),
+        )
+        .route(
+            &format!("{ns}/permissions/subscription/{{sub}}/{{role}}"),
+            axum::routing::delete(revoke_subscription),
+        )
+        .route(&format!("{ns}/bundles"), get(bundles))
+        .route(&format!("{ns}/unload"), put(unload_namespace))
+        .route(&format!("{ns}/{{bundle}}/unload"), put(unload_bundle))
+        .route(&format!("{ns}/{{bundle}}/split"), put(split_bundle))
+}
+
+/// A namespace's bundles as Pulsar writes them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bundles {
+    pub boundaries: Vec<String>,
+    #[serde(rename = "numBundles")]
+    pub num_bundles: u32,
+}
+
+impl Bundles {
+    /// `n` equal ranges over the hash space.
+    pub fn even(n: u32) -> Bundles {
+        let n = n.clamp(1, 1 << 16);
+        let step = (1u64 << 32) / n as u64;
+        let mut b: Vec<u64> = (0..n as u64).map(|i| i * step).collect();
+        b.push(0xffff_ffff);
+        Bundles::from_bounds(&b)
+    }
+
+    fn from_bounds(b: &[u64]) -> Bundles {
+        Bundles {
+            boundaries: b.iter().map(|x| format!("0x{x:08x}")).collect(),
+            num_bundles: b.len().saturating_sub(1) as u32,
+        }
+    }
+
+    /// The boundaries as numbers; None if they are not increasing hex values.
+    fn bounds(&self) -> Option<Vec<u64>> {
+        let b: Vec<u64> = self
+            .boundaries
+            .iter()
+            .map(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+            .collect::<Option<_>>()?;
+        (b.len() >= 2 && b.windows(2).all(|w| w[0] < w[1]) && b[b.len() - 1] <= 0xffff_ffff)
+            .then_some(b)
+    }
+
+    /// Bundle names, `0xLOWER_0xUPPER`.
+    pub fn ranges(&self) -> Vec<String> {
+        self.boundaries
+            .windows(2)
+            .map(|w| format!("{}_{}", w[0], w[1]))
+            .collect()
+    }
+
+    /// The bundle a hash falls in (the last range includes its upper bound).
+    pub fn bundle_of(&self, hash: u32) -> Option<String> {
+        let b = self.bounds()?;
+        let h = hash as u64;
+        let i = b
+            .windows(2)
+            .position(|w| w[0] <= h && (h < w[1] || w[1] == 0xffff_ffff))?;
+        Some(format!("0x{:08x}_0x{:08x}", b[i], b[i + 1]))
+    }
+
+    /// These bundles with `name` cut in two at its midpoint.
+    pub fn split(&self, name: &str) -> Result<Bundles, String> {
+        let b = self
+            .bounds()
+            .ok_or("the stored bundle boundaries are invalid")?;
+        let (lo, hi) =
+            parse_range(name).ok_or_else(|| format!("{name:?} is not a bundle range"))?;
+        let i = b
+            .windows(2)
+            .position(|w| w[0] == lo && w[1] == hi)
+            .ok_or_else(|| format!("bundle {name} does not exist"))?;
+        if hi - lo < 2 {
+            return Err(format!("bundle {name} is too small to split"));
+        }
+        let mut nb = b.clone();
+        nb.insert(i + 1, lo + (hi - lo) / 2);
+        Ok(Bundles::from_bounds(&nb))
+    }
+}
+
+fn parse_range(name: &str) -> Option<(u64, u64)> {
+    let (a, b) = name.split_once('_')?;
+    let p = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    Some((p(a)?, p(b)?))
+}
+
+/// The bundle hash of a topic: CRC32 (IEEE) of its full name, as Pulsar's default.
+pub fn topic_hash(t: &TopicName) -> u32 {
+    crc32fast::hash(t.to_string().as_bytes())
+}
+
+/// A namespace's bundles; a namespace created before bundles were recorded has the default.
+pub async fn bundles_of(svc: &BrokerService, tenant: &str, ns: &str) -> Result<Bundles, Response> {
+    match svc
+        .meta
+        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
+        .await
+    {
+        Ok(Some(v)) => match v.value.get("bundles") {
+            None | Some(Value::Null) => Ok(Bundles::even(DEFAULT_BUNDLES)),
+            Some(b) => serde_json::from_value::<Bundles>(b.clone())
+                .ok()
+                .filter(|b| b.bounds().is_some())
+                .ok_or_else(|| {
+                    err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "stored bundles are invalid",
+                    )
+                }),
+        },
+        Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
+        Err(e) => Err(meta_err(e)),
+    }
+}
+
+async fn bundles(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match bundles_of(&svc, &tenant, &ns).await {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn split_bundle(
+    State(svc): Svc,
+    Path((tenant, ns, bundle)): Path<(String, String, String)>,
+) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    let key = format!("/admin/policies/{tenant}/{ns}");
+    let res = svc
+        .meta
+        .update_json::<Value, _, Stop>(&key, |cur| {
+            let Some(mut p) = cur.filter(Value::is_object) else {
+                return Err(Stop::Reply(err(
+                    StatusCode::NOT_FOUND,
+                    "Namespace does not exist",
+                )));
+            };
+            let current = match p.get("bundles") {
+                None | Some(Value::Null) => Bundles::even(DEFAULT_BUNDLES),
+                Some(b) => serde_json::from_value(b.clone()).map_err(|e| {
+                    Stop::Reply(err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("stored bundles are invalid: {e}"),
+                    ))
+                })?,
+            };
+            let split = current
+                .split(&bundle)
+                .map_err(|m| Stop::Reply(err(StatusCode::PRECONDITION_FAILED, m)))?;
+            p["bundles"] = json!(split);
+            Ok(p)
+        })
+        .await;
+    match res {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(Stop::Reply(r)) => r,
+        Err(Stop::Meta(e)) => meta_err(e),
+    }
+}
+
+/// Unloads the loaded topics of a namespace whose hash passes `keep`.
+async fn unload_where(
+    svc: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    keep: impl Fn(&TopicName) -> bool,
+) {
+    let prefix = format!("{tenant}/{ns}");
+    for t in svc.loaded_topics() {
+        if t.name.namespace() == prefix && keep(&t.name) {
+            svc.unload(&t.full).await;
+        }
+    }
+}
+
+async fn unload_namespace(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    unload_where(&svc, &tenant, &ns, |_| true).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn unload_bundle(
+    State(svc): Svc,
+    Path((tenant, ns, bundle)): Path<(String, String, String)>,
+) -> Response {
+    let bundles = match bundles_of(&svc, &tenant, &ns).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !bundles.ranges().contains(&bundle) {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("bundle {bundle} does not exist"),
+        );
+    }
+    unload_where(&svc, &tenant, &ns, |t| {
+        bundles.bundle_of(topic_hash(t)).as_deref() == Some(bundle.as_str())
+    })
+    .await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct ModeQuery {
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Every topic of a namespace: `mode` PERSISTENT (default), NON_PERSISTENT or ALL.
+async fn topics(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    Query(q): Query<ModeQuery>,
+) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    let mode = q.mode.as_deref().unwrap_or("PERSISTENT");
+    let mut out = Vec::new();
+    if mode == "PERSISTENT" || mode == "ALL" {
+        match svc.namespace_topics(&tenant, &ns).await {
+            Ok(t) => out.extend(t),
+            Err(e) => return client_err(e),
+        }
+    }
+    if mode == "NON_PERSISTENT" || mode == "ALL" {
+        out.extend(svc.namespace_non_persistent_topics(&tenant, &ns));
+    } else if mode != "PERSISTENT" {
+        return err(
+            StatusCode::PRECONDITION_FAILED,
+            "mode is PERSISTENT, NON_PERSISTENT or ALL",
+        );
+    }
+    axum::Json(out).into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct Force {
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Deletes a namespace: 409 while it has topics, unless `force`, which deletes them first.
+pub(super) async fn delete_namespace(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    Query(q): Query<Force>,
+) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    let topics = match svc.namespace_topics(&tenant, &ns).await {
+        Ok(t) => t,
+        Err(e) => return client_err(e),
+    };
+    let partitioned = match svc
+        .meta
+        .children(&format!(
+            "/admin/partitioned-topics/{tenant}/{ns}/persistent"
+        ))
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return meta_err(e),
+    };
+    let non_persistent = svc.namespace_non_persistent_topics(&tenant, &ns);
+    if !q.force && (!topics.is_empty() || !partitioned.is_empty() || !non_persistent.is_empty()) {
+        return err(StatusCode::CONFLICT, "Cannot delete non empty namespace");
+    }
+    for name in topics.iter().chain(non_persistent.iter()) {
+        let Ok(t) = TopicName::parse(name) else {
+            continue;
+        };
+        if let Err(e) = svc.delete_topic(&t, true).await {
+            return client_err(e);
+        }
+    }
+    for p in partitioned {
+        if let Ok(t) = TopicName::parse(&format!("persistent://{tenant}/{ns}/{p}")) {
+            match svc.meta.delete(&partitioned_key(&t), Expected::Any).await {
+                Ok(()) | Err(MetaError::NotFound(_)) => {}
+                Err(e) => return meta_err(e),
+            }
+        }
+    }
+    match svc
+        .meta
+        .delete(&format!("/admin/policies/{tenant}/{ns}"), Expected::Any)
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(MetaError::NotFound(_)) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn permissions(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc.auth_policies(&tenant, &ns).await {
+        Ok(a) => axum::Json(a.namespace_auth).into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn subscription_permissions(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc.auth_policies(&tenant, &ns).await {
+        Ok(a) => axum::Json(a.subscription_auth_roles).into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+/// Changes one map inside `auth_policies` by compare-and-set. Pulsar answers 501 when
+/// authorization is off; so do we.
+async fn change_auth(
+    svc: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    change: impl Fn(&mut serde_json::Map<String, Value>) + Send + Sync,
+) -> Response {
+    if !svc.cfg.authz.enabled {
+        return err(StatusCode::NOT_IMPLEMENTED, "Authorization is not enabled");
+    }
+    update_policies(svc, tenant, ns, |p| {
+        let auth = &mut p["auth_policies"];
+        if !auth.is_object() {
+            *auth = json!({});
+        }
+        if let Some(m) = auth.as_object_mut() {
+            change(m);
+        }
+    })
+    .await
+}
+
+/// The object at `m[key]`, made one if it is not.
+fn object<'a>(
+    m: &'a mut serde_json::Map<String, Value>,
+    key: &str,
+) -> &'a mut serde_json::Map<String, Value> {
+    let v = m.entry(key.to_string()).or_insert_with(|| json!({}));
+    if !v.is_object() {
+        *v = json!({});
+    }
+    match v {
+        Value::Object(o) => o,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+async fn grant(
+    State(svc): Svc,
+    Path((tenant, ns, role)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let actions = match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(a) => match check_actions(&a) {
+            Ok(a) => a,
+            Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
+        },
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be a list of actions: {e}"),
+            );
+        }
+    };
+    change_auth(&svc, &tenant, &ns, |m| {
+        object(m, "namespace_auth").insert(role.clone(), json!(actions));
+    })
+    .await
+}
+
+async fn revoke(
+    State(svc): Svc,
+    Path((tenant, ns, role)): Path<(String, String, String)>,
+) -> Response {
+    change_auth(&svc, &tenant, &ns, |m| {
+        object(m, "namespace_auth").remove(&role);
+    })
+    .await
+}
+
+async fn grant_subscription(
+    State(svc): Svc,
+    Path((tenant, ns, sub)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let roles = match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(r) if !r.is_empty() && r.iter().all(|r| !r.is_empty()) => r,
+        Ok(_) => return err(StatusCode::PRECONDITION_FAILED, "name at least one role"),
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be a list of roles: {e}"),
+            );
+        }
+    };
+    change_auth(&svc, &tenant, &ns, |m| {
+        let subs = object(m, "subscription_auth_roles");
+        let mut all: std::collections::BTreeSet<String> = subs
+            .get(&sub)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        all.extend(roles.iter().cloned());
+        subs.insert(sub.clone(), json!(all));
+    })
+    .await
+}
+
+async fn revoke_subscription(
+    State(svc): Svc,
+    Path((tenant, ns, sub, role)): Path<(String, String, String, String)>,
+) -> Response {
+    change_auth(&svc, &tenant, &ns, |m| {
+        let subs = object(m, "subscription_auth_roles");
+        let mut all: std::collections::BTreeSet<String> = subs
+            .get(&sub)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        all.remove(&role);
+        if all.is_empty() {
+            subs.remove(&sub);
+        } else {
+            subs.insert(sub.clone(), json!(all));
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bundles_cover_and_split() {
+        let b = Bundles::even(4);
+        assert_eq!(
+            b.boundaries,
+            [
+                "0x00000000",
+                "0x40000000",
+                "0x80000000",
+                "0xc0000000",
+                "0xffffffff"
+            ]
+        );
+        assert_eq!(b.bundle_of(0).unwrap(), "0x00000000_0x40000000");
+        assert_eq!(b.bundle_of(u32::MAX).unwrap(), "0xc0000000_0xffffffff");
+        assert_eq!(b.bundle_of(0x4000_0000).unwrap(), "0x40000000_0x80000000");
+        let s = b.split("0x40000000_0x80000000").unwrap();
+        assert_eq!(s.num_bundles, 5);
+        assert_eq!(s.bundle_of(0x6000_0000).unwrap(), "0x60000000_0x80000000");
+        assert!(b.split("0x40000000_0x90000000").is_err());
+        assert!(b.split("junk").is_err());
+        let one = Bundles::even(1);
+        assert_eq!(one.ranges(), ["0x00000000_0xffffffff"]);
+        assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926, "CRC32 IEEE");
+    }
+}
