@@ -167,6 +167,149 @@ async fn authorization_matrix() -> Result<()> {
     Ok(())
 }
 
+/// The `magnetar-admin` binary (package magnetar-cli), built on demand when this test runs
+/// without the rest of the workspace.
+fn admin_bin() -> Result<PathBuf> {
+    let path = bin().with_file_name("magnetar-admin");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", "magnetar-cli", "--bin", "magnetar-admin"])
+            .status()?;
+        if !st.success() || !path.exists() {
+            bail!("could not build magnetar-admin");
+        }
+    }
+    Ok(path)
+}
+
+#[tokio::test]
+async fn magnetar_admin_cli() -> Result<()> {
+    let admin = admin_bin()?;
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key").display().to_string();
+    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
+    let root = magnetar_cli(&[
+        "tokens",
+        "create",
+        "--secret-key",
+        &key,
+        "--subject",
+        "root",
+    ])?;
+    let token_file = dir.path().join("root.token");
+    std::fs::write(&token_file, &root)?;
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &key,
+            "--authorization-enabled",
+            "true",
+            "--super-user-roles",
+            "root",
+        ],
+    )
+    .await?;
+    let url = format!("http://{}", sa.web);
+    let run = |args: &[&str], token: bool| -> Result<(i32, String, String)> {
+        let mut c = std::process::Command::new(&admin);
+        c.arg("--admin-url").arg(&url);
+        if token {
+            c.arg("--token-file").arg(&token_file);
+        }
+        let out = c.args(args).output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    };
+    let ok = |args: &[&str]| -> Result<String> {
+        let (code, out, err) = run(args, true)?;
+        if code != 0 {
+            bail!("magnetar-admin {args:?}: exit {code}: {err}");
+        }
+        Ok(out)
+    };
+    ok(&["tenants", "create", "acme", "--admin-roles", "boss"])?;
+    assert!(ok(&["tenants", "list"])?.lines().any(|l| l == "acme"));
+    ok(&["namespaces", "create", "acme/ns", "--bundles", "2"])?;
+    let bundles: serde_json::Value =
+        serde_json::from_str(&ok(&["-o", "json", "namespaces", "bundles", "acme/ns"])?)?;
+    assert_eq!(bundles["numBundles"], 2, "{bundles}");
+    ok(&[
+        "namespaces",
+        "grant-permission",
+        "acme/ns",
+        "--role",
+        "app",
+        "--actions",
+        "produce,consume",
+    ])?;
+    let perms: serde_json::Value = serde_json::from_str(&ok(&[
+        "-o",
+        "json",
+        "namespaces",
+        "permissions",
+        "acme/ns",
+    ])?)?;
+    assert_eq!(perms["app"], serde_json::json!(["consume", "produce"]));
+    ok(&["topics", "create", "acme/ns/t"])?;
+    ok(&[
+        "subscriptions",
+        "create",
+        "acme/ns/t",
+        "-s",
+        "s1",
+        "-m",
+        "earliest",
+    ])?;
+    assert_eq!(ok(&["subscriptions", "list", "acme/ns/t"])?, "s1");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&["-o", "json", "topics", "stats", "acme/ns/t"])?)?;
+    assert_eq!(stats["subscriptions"]["s1"]["msgBacklog"], 0, "{stats}");
+    ok(&[
+        "namespaces",
+        "policy",
+        "set-retention",
+        "acme/ns",
+        "--time-minutes",
+        "-1",
+        "--size-mb",
+        "10",
+    ])?;
+    assert!(ok(&["namespaces", "policy", "get", "acme/ns", "retention"])?.contains("10"));
+    // refusals: the server's reason, exit 1; no token is a 401
+    let (code, _, err) = run(&["tenants", "list"], false)?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run(&["topics", "delete", "acme/ns/absent"], true)?;
+    assert_eq!((code, err.contains("404")), (1, true), "{err}");
+    // bad usage: exit 2
+    let (code, _, err) = run(&["topics", "stats", "bad://x/y/z"], true)?;
+    assert_eq!(code, 2, "{err}");
+    ok(&["topics", "delete", "acme/ns/t", "--force"])?;
+    ok(&["namespaces", "delete", "acme/ns"])?;
+    ok(&["tenants", "delete", "acme"])?;
+    // every verb is documented
+    for group in [
+        "clusters",
+        "tenants",
+        "namespaces",
+        "topics",
+        "subscriptions",
+        "brokers",
+    ] {
+        let (code, help, _) = run(&[group, "--help"], false)?;
+        assert_eq!(code, 0);
+        assert!(help.contains("Commands:"), "{help}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn python_client_semantics() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;

@@ -1,8 +1,9 @@
-//! Magnetar's command-line tools: `magnetar-perf` today; `magnetar-admin` and
-//! `magnetar-client` join it with the broker. Shared pieces (duration parsing, latency
+//! Magnetar's command-line tools: `magnetar-perf` and `magnetar-admin`; `magnetar-client`
+//! joins them later. Shared pieces (duration parsing, latency
 //! recording and reports) live here. Tools talk to Magnetar through its public crates and
 //! never reach into a server's internals.
 
+pub mod admin;
 pub mod report;
 
 use std::time::Duration;
