@@ -17,8 +17,8 @@ use magnetar_protocol::proto::command_ack::AckType;
 use magnetar_protocol::proto::command_subscribe::{InitialPosition, SubType};
 use magnetar_protocol::proto::*;
 use magnetar_protocol::{FRAME_PADDING, PROTOCOL_VERSION, entry as pentry, frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -89,12 +89,36 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let svc = Arc::clone(&svc);
-                    tokio::spawn(async move { Connection::run(svc, stream, peer).await });
+                    let _ = stream.set_nodelay(true);
+                    let (rd, wr) = stream.into_split();
+                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
+            }
+        }
+    }
+}
+
+/// Serves `pulsar+ssl://` connections from a TLS listener until `shutdown` resolves.
+pub async fn serve_tls(
+    svc: Arc<BrokerService>,
+    mut listener: crate::tls::TlsListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            next = listener.next() => match next {
+                Some((stream, peer)) => {
+                    let svc = Arc::clone(&svc);
+                    let (rd, wr) = tokio::io::split(stream);
+                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
+                }
+                None => return,
             }
         }
     }
@@ -155,9 +179,11 @@ fn pos(id: &MessageIdData) -> Position {
 }
 
 impl Connection {
-    async fn run(svc: Arc<BrokerService>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, wr) = stream.into_split();
+    async fn run<R, W>(svc: Arc<BrokerService>, mut rd: R, wr: W, peer: SocketAddr)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx));
         svc.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +207,7 @@ impl Connection {
         svc.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn read_loop(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+    async fn read_loop(&mut self, rd: &mut (impl AsyncRead + Unpin)) -> String {
         let max_frame = self.svc.cfg.max_message_size + FRAME_PADDING;
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let keepalive = self.svc.cfg.keepalive;
@@ -427,7 +453,7 @@ impl Connection {
             Ok(()) => self.tx.send(commands::lookup_connect(
                 l.request_id,
                 &self.svc.cfg.service_url(),
-                None,
+                self.svc.cfg.service_url_tls().as_deref(),
             )),
             Err(e) => self
                 .tx
@@ -1229,7 +1255,7 @@ async fn receipts(
     }
 }
 
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);

@@ -20,4 +20,5 @@ pub mod position;
 pub mod service;
 pub mod stats;
 pub mod subscription;
+pub mod tls;
 pub mod topic;

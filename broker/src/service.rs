@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     pub advertised_address: String,
     pub broker_port: u16,
     pub web_port: u16,
+    /// `pulsar+ssl://` and HTTPS ports, when TLS is on.
+    pub broker_port_tls: Option<u16>,
+    pub web_port_tls: Option<u16>,
     pub max_message_size: usize,
     pub allow_auto_topic_creation: bool,
     pub keepalive: Duration,
@@ -53,6 +56,8 @@ impl Default for BrokerConfig {
             advertised_address: "127.0.0.1".into(),
             broker_port: 6650,
             web_port: 8080,
+            broker_port_tls: None,
+            web_port_tls: None,
             max_message_size: magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE,
             allow_auto_topic_creation: true,
             keepalive: Duration::from_secs(30),
@@ -92,6 +97,16 @@ impl BrokerConfig {
 
     pub fn web_url(&self) -> String {
         format!("http://{}:{}", self.advertised_address, self.web_port)
+    }
+
+    pub fn service_url_tls(&self) -> Option<String> {
+        self.broker_port_tls
+            .map(|p| format!("pulsar+ssl://{}:{p}", self.advertised_address))
+    }
+
+    pub fn web_url_tls(&self) -> Option<String> {
+        self.web_port_tls
+            .map(|p| format!("https://{}:{p}", self.advertised_address))
     }
 
     pub fn policy_defaults(&self) -> PolicyDefaults {
@@ -209,6 +224,8 @@ impl BrokerService {
                 serde_json::json!({
                     "serviceUrl": self.cfg.web_url(),
                     "brokerServiceUrl": self.cfg.service_url(),
+                    "serviceUrlTls": self.cfg.web_url_tls(),
+                    "brokerServiceUrlTls": self.cfg.service_url_tls(),
                 }),
             ),
             (

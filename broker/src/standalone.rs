@@ -138,6 +138,18 @@ pub struct StandaloneArgs {
     /// Roles that may do everything, comma separated.
     #[arg(long, env = "MAGNETAR_SUPER_USER_ROLES", value_delimiter = ',')]
     super_user_roles: Option<Vec<String>>,
+    /// PEM certificate chain: with --tls-key-file, serves `pulsar+ssl://` and HTTPS too.
+    #[arg(long, env = "MAGNETAR_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "MAGNETAR_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// Binary protocol TLS port [default: 6651].
+    #[arg(long, env = "MAGNETAR_BROKER_PORT_TLS")]
+    broker_port_tls: Option<u16>,
+    /// HTTPS port [default: 8443].
+    #[arg(long, env = "MAGNETAR_WEB_PORT_TLS")]
+    web_port_tls: Option<u16>,
 }
 
 impl StandaloneArgs {
@@ -183,7 +195,11 @@ impl StandaloneArgs {
             token_auth_claim,
             anonymous_user_role,
             authorization_enabled,
-            super_user_roles
+            super_user_roles,
+            tls_cert_file,
+            tls_key_file,
+            broker_port_tls,
+            web_port_tls
         );
         Ok(self)
     }
@@ -346,11 +362,39 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         .with_context(|| format!("bind web port {web_addr}"))?;
     let broker_addr = listener.local_addr().context("broker address")?;
     let web_addr = web.local_addr().context("web address")?;
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cfg = magnetar_broker::tls::server_config(cert, key)?;
+            let b = SocketAddr::new(bind, args.broker_port_tls.unwrap_or(6651));
+            let w = SocketAddr::new(bind, args.web_port_tls.unwrap_or(8443));
+            let b = tokio::net::TcpListener::bind(b)
+                .await
+                .with_context(|| format!("bind broker TLS port {b}"))?;
+            let w = tokio::net::TcpListener::bind(w)
+                .await
+                .with_context(|| format!("bind web TLS port {w}"))?;
+            Some((
+                magnetar_broker::tls::TlsListener::new(b, Arc::clone(&cfg))?,
+                magnetar_broker::tls::TlsListener::new(w, cfg)?,
+            ))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert-file and --tls-key-file"),
+    };
+    let tls_ports = match &tls {
+        Some((b, w)) => {
+            use axum::serve::Listener;
+            (Some(b.local_addr()?.port()), Some(w.local_addr()?.port()))
+        }
+        None => (None, None),
+    };
     let cfg = BrokerConfig {
         cluster: args.cluster.clone().unwrap_or_else(|| "standalone".into()),
         advertised_address: advertised,
         broker_port: broker_addr.port(),
         web_port: web_addr.port(),
+        broker_port_tls: tls_ports.0,
+        web_port_tls: tls_ports.1,
         max_message_size: args
             .max_message_size
             .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE),
@@ -394,6 +438,19 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         .await
         .context("create cluster, tenant and namespace records")?;
     let app = magnetar_broker::http::router(Arc::clone(&svc));
+    if let Some((broker_tls, web_tls)) = tls {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(web_tls, app).await {
+                warn!(error = %e, "https server stopped");
+            }
+        });
+        tokio::spawn(magnetar_broker::connection::serve_tls(
+            Arc::clone(&svc),
+            broker_tls,
+            std::future::pending(),
+        ));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(web, app).await {
             warn!(error = %e, "http server stopped");
@@ -405,6 +462,8 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     info!(
         service_url = %svc.cfg.service_url(),
         web_url = %svc.cfg.web_url(),
+        service_url_tls = %svc.cfg.service_url_tls().unwrap_or_default(),
+        web_url_tls = %svc.cfg.web_url_tls().unwrap_or_default(),
         bookie = %bookie_name,
         data_dir = %data_dir.display(),
         ms = started.elapsed().as_millis() as u64,

@@ -310,6 +310,57 @@ async fn magnetar_admin_cli() -> Result<()> {
     Ok(())
 }
 
+/// TLS on both client ports, with a certificate made for the test.
+#[tokio::test]
+async fn tls_with_python_client_and_admin_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    let (bp, wp) = (
+        magnetar_testkit::free_port()?.to_string(),
+        magnetar_testkit::free_port()?.to_string(),
+    );
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--tls-cert-file",
+            &cert_s,
+            "--tls-key-file",
+            &key_s,
+            "--broker-port-tls",
+            &bp,
+            "--web-port-tls",
+            &wp,
+        ],
+    )
+    .await?;
+    let tls_url = format!("pulsar+ssl://127.0.0.1:{bp}");
+    let web_port = sa.web.port().to_string();
+    let out = run_py(
+        "tls.py",
+        &[&sa.service_url(), &web_port, &tls_url, &wp, &cert_s],
+    )
+    .await
+    .map_err(|e| e.context(sa.proc.log_tail(80)))?;
+    println!("{out}");
+    // the admin CLI over HTTPS, trusting the same certificate
+    let out = std::process::Command::new(admin_bin()?)
+        .args(["--admin-url", &format!("https://localhost:{wp}")])
+        .args(["--tls-trust-cert", &cert_s, "tenants", "list"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("public"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn python_client_semantics() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;

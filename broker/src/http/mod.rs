@@ -1103,9 +1103,9 @@ async fn lookup(
     }
     axum::Json(json!({
         "brokerUrl": svc.cfg.service_url(),
-        "brokerUrlTls": "",
+        "brokerUrlTls": svc.cfg.service_url_tls().unwrap_or_default(),
         "httpUrl": svc.cfg.web_url(),
-        "httpUrlTls": "",
+        "httpUrlTls": svc.cfg.web_url_tls().unwrap_or_default(),
     }))
     .into_response()
 }
