@@ -73,6 +73,11 @@ impl TokenAuth {
 
     /// The role a token grants.
     pub fn role(&self, token: &str) -> Result<String, AuthError> {
+        self.identify(token).map(|i| i.role)
+    }
+
+    /// The role a token grants and when the token expires.
+    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -84,12 +89,33 @@ impl TokenAuth {
         v.leeway = 0;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &v)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        data.claims
-            .get(&self.role_claim)
-            .and_then(|r| r.as_str())
-            .filter(|r| !r.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| AuthError::NoRole(self.role_claim.clone()))
+        // a list claim names its first string, as Pulsar reads it
+        let role = match data.claims.get(&self.role_claim) {
+            Some(serde_json::Value::String(r)) => Some(r.clone()),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().find_map(|r| r.as_str().map(str::to_string))
+            }
+            _ => None,
+        }
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| AuthError::NoRole(self.role_claim.clone()))?;
+        Ok(Identity {
+            role,
+            expires: data.claims.get("exp").and_then(serde_json::Value::as_u64),
+        })
+    }
+}
+
+/// Who a caller is, and until when (seconds since the epoch; None: no expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: String,
+    pub expires: Option<u64>,
+}
+
+impl Identity {
+    pub fn expired(&self) -> bool {
+        self.expires.is_some_and(|e| e <= now_secs())
     }
 }
 

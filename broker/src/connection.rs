@@ -170,6 +170,12 @@ struct Connection {
     client_version: String,
     /// The authenticated role (None: authentication is off).
     role: Option<String>,
+    /// When the credentials expire (seconds since the epoch).
+    expires: Option<u64>,
+    /// The client said it answers AUTH_CHALLENGE.
+    refresh_ok: bool,
+    /// An AUTH_CHALLENGE is out, unanswered.
+    challenged: bool,
     producers: HashMap<u64, ProducerState>,
     consumers: HashMap<u64, ConsumerState>,
 }
@@ -195,6 +201,9 @@ impl Connection {
             protocol: 0,
             client_version: String::new(),
             role: None,
+            expires: None,
+            refresh_ok: false,
+            challenged: false,
             producers: HashMap::new(),
             consumers: HashMap::new(),
         };
@@ -214,6 +223,12 @@ impl Connection {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut heard = true;
         let mut ping_out = false;
+        let check = self
+            .svc
+            .cfg
+            .auth_refresh_check
+            .max(std::time::Duration::from_millis(100));
+        let mut auth_tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
         let mut connected = false;
         // bytes of an oversized SEND still to be skipped
         let mut discard = 0usize;
@@ -295,6 +310,12 @@ impl Connection {
                     Ok(_) => {}
                     Err(e) => return format!("read error: {e}"),
                 },
+                _ = auth_tick.tick(), if self.expires.is_some() => {
+                    if let Err(reason) = self.check_credentials() {
+                        warn!(peer = %self.peer, role = ?self.role, reason = %reason, "closing the connection");
+                        return reason;
+                    }
+                }
                 _ = tick.tick() => {
                     if !heard && ping_out {
                         warn!(peer = %self.peer, "no answer to keepalive ping; closing");
@@ -332,7 +353,15 @@ impl Connection {
                 }
             };
             match self.svc.cfg.authenticate(token.as_deref()) {
-                Ok(role) => self.role = role,
+                Ok(id) => {
+                    self.role = id.as_ref().map(|i| i.role.clone());
+                    self.expires = id.and_then(|i| i.expires);
+                    self.refresh_ok = c
+                        .feature_flags
+                        .as_ref()
+                        .and_then(|f| f.supports_auth_refresh)
+                        .unwrap_or(false);
+                }
                 Err(e) => {
                     warn!(peer = %self.peer, error = %e, "authentication failed");
                     self.tx.send(commands::error(
@@ -348,7 +377,7 @@ impl Connection {
         self.client_version = c.client_version.clone();
         debug!(peer = %self.peer, client = %c.client_version, protocol = self.protocol, "connected");
         let features = FeatureFlags {
-            supports_auth_refresh: Some(false),
+            supports_auth_refresh: Some(self.svc.cfg.auth.is_some()),
             supports_broker_entry_metadata: Some(false),
             supports_partial_producer: Some(false),
             supports_topic_watchers: Some(false),
@@ -423,14 +452,84 @@ impl Connection {
             ));
         } else if let Some(s) = c.consumer_stats {
             self.handle_consumer_stats(s);
-        } else if c.auth_response.is_some() {
-            // no authentication configured: nothing to refresh
+        } else if let Some(r) = c.auth_response {
+            self.handle_auth_response(r)?;
         } else if c.connect.is_some() {
             return Err("second CONNECT on an established connection".into());
         } else {
             warn!(peer = %self.peer, command = %commands::type_name(c.r#type), "unsupported command ignored");
         }
         Ok(())
+    }
+
+    /// Expired credentials: challenged once if the client can refresh, else (or if the
+    /// challenge went unanswered until the next check) the connection closes.
+    fn check_credentials(&mut self) -> Result<(), String> {
+        let expired = self
+            .expires
+            .is_some_and(|e| e <= crate::managed_ledger::now_ms() / 1000);
+        if !expired {
+            return Ok(());
+        }
+        if self.challenged {
+            return Err("credentials expired and the refresh challenge went unanswered".into());
+        }
+        if !self.refresh_ok {
+            return Err("credentials expired (the client cannot refresh them)".into());
+        }
+        debug!(peer = %self.peer, "credentials expired; challenging the client");
+        self.challenged = true;
+        self.tx
+            .send(commands::auth_challenge(SERVER_VERSION, self.protocol));
+        Ok(())
+    }
+
+    /// AUTH_RESPONSE: fresh credentials, which must name the same role.
+    fn handle_auth_response(
+        &mut self,
+        r: magnetar_protocol::proto::CommandAuthResponse,
+    ) -> Result<(), String> {
+        if self.svc.cfg.auth.is_none() {
+            return Ok(()); // nothing to refresh
+        }
+        let data = r.response.unwrap_or_default();
+        if data
+            .auth_method_name
+            .as_deref()
+            .is_some_and(|m| m != "token")
+        {
+            return Err("auth response with a method other than token".into());
+        }
+        let token =
+            String::from_utf8_lossy(data.auth_data.as_deref().unwrap_or_default()).to_string();
+        match self.svc.cfg.authenticate(Some(&token)) {
+            Ok(Some(id)) if Some(&id.role) == self.role.as_ref() => {
+                self.expires = id.expires;
+                self.challenged = false;
+                debug!(peer = %self.peer, role = %id.role, "credentials refreshed");
+                Ok(())
+            }
+            Ok(other) => {
+                self.tx.send(commands::error(
+                    commands::NO_REQUEST,
+                    ServerError::AuthenticationError,
+                    "the role changed during a credentials refresh",
+                ));
+                Err(format!(
+                    "refresh changed the role from {:?} to {:?}",
+                    self.role,
+                    other.map(|i| i.role)
+                ))
+            }
+            Err(e) => {
+                self.tx.send(commands::error(
+                    commands::NO_REQUEST,
+                    ServerError::AuthenticationError,
+                    format!("Failed to refresh credentials: {e}"),
+                ));
+                Err(format!("credentials refresh failed: {e}"))
+            }
+        }
     }
 
     fn error(&self, request_id: u64, e: ClientError) {

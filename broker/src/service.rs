@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     pub anonymous_role: Option<String>,
     /// Who may do what (off unless authorization is enabled).
     pub authz: Authorizer,
+    /// How often connections are checked for expired credentials (Pulsar's
+    /// authenticationRefreshCheckSeconds).
+    pub auth_refresh_check: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +71,7 @@ impl Default for BrokerConfig {
             auth: None,
             anonymous_role: None,
             authz: Authorizer::default(),
+            auth_refresh_check: Duration::from_secs(60),
         }
     }
 }
@@ -77,16 +81,21 @@ impl BrokerConfig {
     pub fn authenticate(
         &self,
         token: Option<&str>,
-    ) -> Result<Option<String>, crate::auth::AuthError> {
+    ) -> Result<Option<crate::auth::Identity>, crate::auth::AuthError> {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
         match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => auth.role(t).map(Some),
+            Some(t) => auth.identify(t).map(Some),
             None => self
                 .anonymous_role
                 .clone()
-                .map(Some)
+                .map(|role| {
+                    Some(crate::auth::Identity {
+                        role,
+                        expires: None,
+                    })
+                })
                 .ok_or(crate::auth::AuthError::Missing),
         }
     }

@@ -150,6 +150,10 @@ pub struct StandaloneArgs {
     /// HTTPS port [default: 8443].
     #[arg(long, env = "MAGNETAR_WEB_PORT_TLS")]
     web_port_tls: Option<u16>,
+    /// How often connections are checked for expired tokens; a client that can refresh
+    /// is challenged, others are disconnected [default: 60].
+    #[arg(long, env = "MAGNETAR_AUTHENTICATION_REFRESH_CHECK_SECONDS")]
+    authentication_refresh_check_seconds: Option<u64>,
 }
 
 impl StandaloneArgs {
@@ -199,7 +203,8 @@ impl StandaloneArgs {
             tls_cert_file,
             tls_key_file,
             broker_port_tls,
-            web_port_tls
+            web_port_tls,
+            authentication_refresh_check_seconds
         );
         Ok(self)
     }
@@ -404,6 +409,11 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         auth: token_auth(&args)?,
         anonymous_role: args.anonymous_user_role.clone(),
         authz: authorizer(&args)?,
+        auth_refresh_check: Duration::from_secs(
+            args.authentication_refresh_check_seconds
+                .unwrap_or(60)
+                .max(1),
+        ),
         default_ttl: args
             .ttl_duration_default_in_seconds
             .filter(|s| *s > 0)

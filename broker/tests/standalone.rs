@@ -631,6 +631,138 @@ async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<fram
     }
 }
 
+/// A raw connection authenticated with `token`; CONNECTED already read.
+async fn raw_authenticated(
+    sa: &StandaloneProc,
+    token: &str,
+    refresh: bool,
+) -> Result<(TcpStream, BytesMut)> {
+    let mut s = TcpStream::connect(sa.broker).await?;
+    let mut connect = commands::connect("raw-test", 20);
+    if let Some(c) = connect.connect.as_mut() {
+        c.auth_method_name = Some("token".into());
+        c.auth_data = Some(bytes::Bytes::copy_from_slice(token.as_bytes()));
+        c.feature_flags = Some(magnetar_protocol::proto::FeatureFlags {
+            supports_auth_refresh: Some(refresh),
+            ..Default::default()
+        });
+    }
+    let mut out = BytesMut::new();
+    frame::encode_command(&connect, &mut out);
+    s.write_all(&out).await?;
+    let mut buf = BytesMut::new();
+    let f = read_frame(&mut s, &mut buf)
+        .await?
+        .context("no answer to CONNECT")?;
+    assert!(f.command.connected.is_some(), "{:?}", f.command);
+    Ok((s, buf))
+}
+
+/// The frames a connection gets until it closes (None if still open at `deadline`).
+async fn frames_until_closed(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    within: Duration,
+) -> Result<Option<Vec<String>>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        if let Some(f) = frame::decode_frame(buf, 1 << 24)? {
+            seen.push(commands::type_name(f.command.r#type).to_string());
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(buf)).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(seen)),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refreshed_or_disconnected() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key").display().to_string();
+    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
+    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
+    let sign = |role: &str, ttl: u64| -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": role, "exp": now + ttl}),
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )?)
+    };
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &key,
+            "--authentication-refresh-check-seconds",
+            "1",
+        ],
+    )
+    .await?;
+    let within = Duration::from_secs(15);
+    // a client that cannot refresh is disconnected once its token expires
+    let (mut s, mut buf) = raw_authenticated(&sa, &sign("app", 2)?, false).await?;
+    let seen = frames_until_closed(&mut s, &mut buf, within).await?;
+    assert_eq!(seen, Some(vec![]), "closed without a challenge");
+    // one that can but never answers: challenged, then disconnected
+    let (mut s, mut buf) = raw_authenticated(&sa, &sign("app", 2)?, true).await?;
+    let seen = frames_until_closed(&mut s, &mut buf, within).await?;
+    assert_eq!(seen, Some(vec!["AUTH_CHALLENGE".to_string()]));
+    // one that answers with another role: refused
+    let (mut s, mut buf) = raw_authenticated(&sa, &sign("app", 2)?, true).await?;
+    let f = read_frame(&mut s, &mut buf).await?.context("closed")?;
+    let challenge = f.command.auth_challenge.context("AUTH_CHALLENGE")?;
+    assert_eq!(
+        challenge.challenge.and_then(|c| c.auth_data).as_deref(),
+        Some(&b"PulsarAuthRefresh"[..])
+    );
+    let mut out = BytesMut::new();
+    let other = sign("intruder", 3600)?;
+    frame::encode_command(
+        &commands::auth_response("token", other.as_bytes()),
+        &mut out,
+    );
+    s.write_all(&out).await?;
+    let seen = frames_until_closed(&mut s, &mut buf, within).await?;
+    assert_eq!(seen, Some(vec!["ERROR".to_string()]));
+    // one that answers with a fresh token for the same role stays
+    let (mut s, mut buf) = raw_authenticated(&sa, &sign("app", 2)?, true).await?;
+    let f = read_frame(&mut s, &mut buf).await?.context("closed")?;
+    assert!(f.command.auth_challenge.is_some());
+    out.clear();
+    let fresh = sign("app", 3600)?;
+    frame::encode_command(
+        &commands::auth_response("token", fresh.as_bytes()),
+        &mut out,
+    );
+    s.write_all(&out).await?;
+    let seen = frames_until_closed(&mut s, &mut buf, Duration::from_secs(4)).await?;
+    assert_eq!(seen, None, "refreshed connection closed");
+    // the Python client answers challenges from its token supplier
+    let web_port = sa.web.port().to_string();
+    let out = run_py(
+        "refresh.py",
+        &[
+            &sa.service_url(),
+            &web_port,
+            &sign("app", 2)?,
+            &sign("app", 3600)?,
+        ],
+    )
+    .await
+    .map_err(|e| e.context(sa.proc.log_tail(60)))?;
+    println!("{out}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn garbage_closes_only_that_connection() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;

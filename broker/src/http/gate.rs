@@ -159,7 +159,7 @@ pub(super) async fn gate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let role = match svc.cfg.authenticate(token.as_deref()) {
-        Ok(r) => r,
+        Ok(id) => id.map(|i| i.role),
         Err(e) => {
             return err(
                 StatusCode::UNAUTHORIZED,

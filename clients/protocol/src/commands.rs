@@ -49,6 +49,36 @@ pub fn ping() -> BaseCommand {
     }
 }
 
+/// Asks the client for fresh credentials (Pulsar's refresh sentinel as the challenge).
+pub fn auth_challenge(server_version: &str, protocol_version: i32) -> BaseCommand {
+    BaseCommand {
+        auth_challenge: Some(CommandAuthChallenge {
+            server_version: Some(server_version.into()),
+            challenge: Some(AuthData {
+                auth_method_name: Some("token".into()),
+                auth_data: Some(bytes::Bytes::from_static(b"PulsarAuthRefresh")),
+            }),
+            protocol_version: Some(protocol_version),
+        }),
+        ..base(Type::AuthChallenge)
+    }
+}
+
+/// A client's answer to AUTH_CHALLENGE.
+pub fn auth_response(method: &str, data: &[u8]) -> BaseCommand {
+    BaseCommand {
+        auth_response: Some(CommandAuthResponse {
+            client_version: Some("magnetar".into()),
+            response: Some(AuthData {
+                auth_method_name: Some(method.into()),
+                auth_data: Some(bytes::Bytes::copy_from_slice(data)),
+            }),
+            protocol_version: Some(crate::PROTOCOL_VERSION),
+        }),
+        ..base(Type::AuthResponse)
+    }
+}
+
 pub fn pong() -> BaseCommand {
     BaseCommand {
         pong: Some(CommandPong {}),
