@@ -865,6 +865,12 @@ impl Connection {
             bytes,
             wait,
         }));
+        // over the topic's publish rate: stop reading this connection for the debt (as
+        // Pulsar pauses the channel), so its producers slow down instead of failing; one
+        // pause is at most a second, so keepalives still get through
+        if let Some(pause) = ps.topic.publish_limit.charge(messages as u64, bytes as u64) {
+            tokio::time::sleep(pause.min(std::time::Duration::from_secs(1))).await;
+        }
         Ok(())
     }
 

@@ -17,6 +17,7 @@ pub mod managed_ledger;
 pub mod names;
 pub mod policies;
 pub mod position;
+pub mod ratelimit;
 pub mod service;
 pub mod stats;
 pub mod subscription;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::Rate;
+
 /// The parts of Pulsar's `Policies` this broker acts on; other fields are kept untouched in
 /// the stored JSON.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -32,6 +34,64 @@ pub struct NamespacePolicies {
     pub max_consumers_per_topic: Option<i64>,
     #[serde(default)]
     pub max_consumers_per_subscription: Option<i64>,
+    /// Rate limits, keyed by cluster as Pulsar keeps them ("" from a topic's own policy:
+    /// any cluster).
+    #[serde(default, rename = "publishMaxMessageRate")]
+    pub publish_rate: HashMap<String, PublishRate>,
+    #[serde(default, rename = "topicDispatchRate")]
+    pub dispatch_rate: HashMap<String, DispatchRate>,
+    #[serde(default, rename = "subscriptionDispatchRate")]
+    pub subscription_dispatch_rate: HashMap<String, DispatchRate>,
+}
+
+/// Pulsar's `PublishRate`: -1 (or 0) is no limit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishRate {
+    #[serde(rename = "publishThrottlingRateInMsg", default = "no_limit")]
+    pub msgs: i64,
+    #[serde(rename = "publishThrottlingRateInByte", default = "no_limit")]
+    pub bytes: i64,
+}
+
+/// Pulsar's `DispatchRate`: per `ratePeriodInSecond`; -1 (or 0) is no limit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DispatchRate {
+    #[serde(rename = "dispatchThrottlingRateInMsg", default = "no_limit")]
+    pub msgs: i64,
+    #[serde(rename = "dispatchThrottlingRateInByte", default = "no_limit")]
+    pub bytes: i64,
+    #[serde(rename = "ratePeriodInSecond", default = "one")]
+    pub period_secs: i64,
+    #[serde(rename = "relativeToPublishRate", default)]
+    pub relative_to_publish_rate: bool,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl PublishRate {
+    pub fn rate(&self) -> Rate {
+        Rate {
+            msgs: positive(self.msgs),
+            bytes: positive(self.bytes),
+        }
+    }
+}
+
+impl DispatchRate {
+    /// Per second, whatever the period.
+    pub fn rate(&self) -> Rate {
+        let period = self.period_secs.max(1) as u64;
+        Rate {
+            msgs: positive(self.msgs).map(|m| (m / period).max(1)),
+            bytes: positive(self.bytes).map(|b| (b / period).max(1)),
+        }
+    }
+}
+
+fn positive(v: i64) -> Option<u64> {
+    u64::try_from(v).ok().filter(|v| *v > 0)
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +173,8 @@ pub struct PolicyDefaults {
     pub auto_topic_creation: bool,
     /// Partitions of auto-created topics (0: non-partitioned).
     pub auto_topic_partitions: u32,
+    /// The cluster whose entry of per-cluster policies (rates) applies.
+    pub cluster: String,
 }
 
 impl Default for PolicyDefaults {
@@ -126,6 +188,7 @@ impl Default for PolicyDefaults {
             deduplication: false,
             auto_topic_creation: true,
             auto_topic_partitions: 0,
+            cluster: "standalone".into(),
         }
     }
 }
@@ -144,6 +207,9 @@ pub struct Effective {
     pub max_producers: Option<usize>,
     pub max_consumers: Option<usize>,
     pub max_consumers_per_subscription: Option<usize>,
+    pub publish_rate: Rate,
+    pub dispatch_rate: Rate,
+    pub subscription_dispatch_rate: Rate,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -162,6 +228,24 @@ pub struct TopicPolicies {
         skip_serializing_if = "Option::is_none"
     )]
     pub deduplication_enabled: Option<bool>,
+    #[serde(
+        default,
+        rename = "publishRate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub publish_rate: Option<PublishRate>,
+    #[serde(
+        default,
+        rename = "dispatchRate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dispatch_rate: Option<DispatchRate>,
+    #[serde(
+        default,
+        rename = "subscriptionDispatchRate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subscription_dispatch_rate: Option<DispatchRate>,
 }
 
 impl NamespacePolicies {
@@ -179,6 +263,15 @@ impl NamespacePolicies {
         if t.deduplication_enabled.is_some() {
             self.deduplication_enabled = t.deduplication_enabled;
         }
+        if let Some(r) = t.publish_rate {
+            self.publish_rate = HashMap::from([(String::new(), r)]);
+        }
+        if let Some(r) = t.dispatch_rate {
+            self.dispatch_rate = HashMap::from([(String::new(), r)]);
+        }
+        if let Some(r) = t.subscription_dispatch_rate {
+            self.subscription_dispatch_rate = HashMap::from([(String::new(), r)]);
+        }
         self
     }
 }
@@ -186,6 +279,11 @@ impl NamespacePolicies {
 impl Effective {
     pub fn resolve(p: &NamespacePolicies, d: &PolicyDefaults) -> Effective {
         let quota = |key: &str| p.backlog_quota_map.get(key).copied();
+        let for_cluster = |m: &HashMap<String, DispatchRate>| {
+            m.get(&d.cluster)
+                .or_else(|| m.get(""))
+                .map_or(Rate::default(), DispatchRate::rate)
+        };
         let auto = p.auto_topic_creation.as_ref();
         Effective {
             retention: p.retention_policies.map_or(d.retention, |r| {
@@ -217,6 +315,13 @@ impl Effective {
             max_producers: limit(p.max_producers_per_topic),
             max_consumers: limit(p.max_consumers_per_topic),
             max_consumers_per_subscription: limit(p.max_consumers_per_subscription),
+            publish_rate: p
+                .publish_rate
+                .get(&d.cluster)
+                .or_else(|| p.publish_rate.get(""))
+                .map_or(Rate::default(), PublishRate::rate),
+            dispatch_rate: for_cluster(&p.dispatch_rate),
+            subscription_dispatch_rate: for_cluster(&p.subscription_dispatch_rate),
         }
     }
 }

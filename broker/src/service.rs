@@ -128,6 +128,7 @@ impl BrokerConfig {
             deduplication: self.ml.track_producers,
             auto_topic_creation: self.allow_auto_topic_creation,
             auto_topic_partitions: self.default_num_partitions,
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -339,7 +340,14 @@ impl BrokerService {
                         .deduplication;
                 }
                 let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
-                Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone()).await
+                let topic =
+                    Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone())
+                        .await?;
+                match self.topic_policies(t).await {
+                    Ok(eff) => topic.apply_rates(&eff),
+                    Err(e) => warn!(topic = %t, error = %e, "rate limits not read; housekeeping applies them"),
+                }
+                Ok::<_, MlError>(topic)
             })
             .await
             .map_err(ClientError::from)?;
@@ -575,6 +583,7 @@ impl BrokerService {
                         continue;
                     }
                 };
+                t.apply_rates(&eff);
                 if let Err(e) = t.enforce_policies(&eff).await {
                     warn!(topic = %t.full, error = %e, "enforcing policies failed");
                 }

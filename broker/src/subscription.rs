@@ -29,6 +29,7 @@ use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
 use crate::managed_ledger::ManagedLedger;
 use crate::managed_ledger::{MlError, now_ms};
 use crate::position::Position;
+use crate::ratelimit::RateLimiter;
 use crate::stats::Meter;
 
 /// Protocol version from which clients understand ACTIVE_CONSUMER_CHANGE.
@@ -372,6 +373,9 @@ pub struct Subscription {
     closed: AtomicBool,
     pub out: Meter,
     pub redelivered: Meter,
+    /// Dispatch limits: the topic's (shared by its subscriptions) and this one's own.
+    pub topic_limit: Arc<RateLimiter>,
+    pub limit: RateLimiter,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -390,6 +394,7 @@ impl Subscription {
         ml: ManagedLedger,
         cfg: DispatchConfig,
         compacted: CompactedHandle,
+        topic_limit: Arc<RateLimiter>,
     ) -> Arc<Self> {
         let md = cursor.mark_delete();
         let delayed_prefix = cursor.delayed_prefix();
@@ -419,6 +424,8 @@ impl Subscription {
             closed: AtomicBool::new(false),
             out: Meter::default(),
             redelivered: Meter::default(),
+            topic_limit,
+            limit: RateLimiter::default(),
         });
         tokio::spawn(dispatcher(Arc::clone(&s)));
         s
@@ -875,6 +882,8 @@ impl Subscription {
         st.order.delivered(p, c.key, now);
         c.out.record(messages as u64, data.len() as u64);
         self.out.record(messages as u64, data.len() as u64);
+        self.topic_limit.charge(messages as u64, data.len() as u64);
+        self.limit.charge(messages as u64, data.len() as u64);
         let count = st.redelivery_counts.get(&p).copied().unwrap_or(0);
         st.pending.insert(
             p,
@@ -1085,6 +1094,11 @@ async fn dispatcher(sub: Arc<Subscription>) {
     loop {
         if sub.is_closed() {
             return;
+        }
+        // over a dispatch rate: wait out the debt (permits and reads resume after)
+        if let Some(wait) = sub.topic_limit.wait().max(sub.limit.wait()) {
+            tokio::time::sleep(wait).await;
+            continue;
         }
         let _ = last_rx.borrow_and_update();
         sub.tend_delayed(&mut last_flush).await;

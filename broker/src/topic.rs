@@ -20,6 +20,7 @@ use crate::managed_ledger::{ManagedLedger, MlError, now_ms};
 use crate::names::TopicName;
 use crate::policies::{Effective, QuotaPolicy};
 use crate::position::Position;
+use crate::ratelimit::{Rate, RateLimiter};
 use crate::service::ClientError;
 use crate::stats::Meter;
 use crate::subscription::{CompactedHandle, DispatchConfig, Subscription};
@@ -93,6 +94,12 @@ pub struct Topic {
     /// The compacted view (shared with the subscriptions) and how compaction stands.
     compacted: CompactedHandle,
     compaction: Mutex<CompactionState>,
+    /// Publish rate limit (the connection pauses reading while over it).
+    pub publish_limit: RateLimiter,
+    /// Dispatch rate limit shared by the topic's subscriptions, and the limit each
+    /// subscription gets on its own.
+    pub dispatch_limit: Arc<RateLimiter>,
+    subscription_rate: Mutex<Rate>,
 }
 
 const QUOTA_OK: u8 = 0;
@@ -148,6 +155,9 @@ impl Topic {
             quota: AtomicU8::new(QUOTA_OK),
             compacted: CompactedHandle::default(),
             compaction: Mutex::default(),
+            publish_limit: RateLimiter::default(),
+            dispatch_limit: Arc::new(RateLimiter::default()),
+            subscription_rate: Mutex::default(),
         });
         let path = t.name.path();
         if !t.ml.in_memory() {
@@ -180,6 +190,7 @@ impl Topic {
                 t.ml.clone(),
                 t.dispatch.clone(),
                 Arc::clone(&t.compacted),
+                Arc::clone(&t.dispatch_limit),
             );
             t.subscriptions.lock().insert(sub, s);
         }
@@ -239,7 +250,9 @@ impl Topic {
             self.ml.clone(),
             self.dispatch.clone(),
             Arc::clone(&self.compacted),
+            Arc::clone(&self.dispatch_limit),
         );
+        s.limit.set(*self.subscription_rate.lock());
         self.subscriptions
             .lock()
             .insert(name.to_string(), Arc::clone(&s));
@@ -753,6 +766,16 @@ impl Topic {
         }
         info!(topic = %self.full, subscription = %s.name, mark_delete = %md, "subscription reset by an operator");
         flushed
+    }
+
+    /// Applies the rate limits policies give (publish, topic dispatch, per subscription).
+    pub fn apply_rates(&self, eff: &Effective) {
+        self.publish_limit.set(eff.publish_rate);
+        self.dispatch_limit.set(eff.dispatch_rate);
+        *self.subscription_rate.lock() = eff.subscription_dispatch_rate;
+        for s in self.subscriptions.lock().values() {
+            s.limit.set(eff.subscription_dispatch_rate);
+        }
     }
 
     /// Whether anyone is connected: producers, or consumers on any subscription.

@@ -112,6 +112,12 @@ async fn token_authentication_with_python_client() -> Result<()> {
 }
 
 #[tokio::test]
+async fn publish_and_dispatch_rates_throttle() -> Result<()> {
+    checks_against(&["--housekeeping-interval-secs", "1"], "rates.py", &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn admin_rest_conformance() -> Result<()> {
     checks_against(&[], "admin.py", &[]).await?;
     Ok(())

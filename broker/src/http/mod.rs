@@ -87,6 +87,24 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .delete(|s, p| topic_policy_delete(s, p, "deduplicationEnabled")),
         )
         .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/publishRate",
+            get(|s, p| topic_policy_get(s, p, "publishRate"))
+                .post(|s, p, b| set_topic_rate(s, p, "publishRate", b))
+                .delete(|s, p| topic_policy_delete(s, p, "publishRate")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/dispatchRate",
+            get(|s, p| topic_policy_get(s, p, "dispatchRate"))
+                .post(|s, p, b| set_topic_rate(s, p, "dispatchRate", b))
+                .delete(|s, p| topic_policy_delete(s, p, "dispatchRate")),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/subscriptionDispatchRate",
+            get(|s, p| topic_policy_get(s, p, "subscriptionDispatchRate"))
+                .post(|s, p, b| set_topic_rate(s, p, "subscriptionDispatchRate", b))
+                .delete(|s, p| topic_policy_delete(s, p, "subscriptionDispatchRate")),
+        )
+        .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/backlogQuotaMap",
             get(|s, p| topic_policy_get(s, p, "backlog_quota_map")),
         )
@@ -873,6 +891,19 @@ async fn set_topic_ttl(
         None => return err(StatusCode::BAD_REQUEST, "give messageTTL (seconds)"),
     };
     update_topic_policies(&svc, &path, |p| p["message_ttl_in_seconds"] = value.clone()).await
+}
+
+async fn set_topic_rate(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    field: &'static str,
+    body: axum::body::Bytes,
+) -> Response {
+    let rate = match namespaces::check_rate(field, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    update_topic_policies(&svc, &path, |p| p[field] = rate.clone()).await
 }
 
 async fn set_topic_dedup(

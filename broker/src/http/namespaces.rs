@@ -44,6 +44,24 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
             &format!("{ns}/permissions/subscription/{{sub}}/{{role}}"),
             axum::routing::delete(revoke_subscription),
         )
+        .route(
+            &format!("{ns}/publishRate"),
+            get(|s, p| rate_get(s, p, "publishMaxMessageRate"))
+                .post(|s, p, b| rate_set(s, p, "publishMaxMessageRate", b))
+                .delete(|s, p| rate_delete(s, p, "publishMaxMessageRate")),
+        )
+        .route(
+            &format!("{ns}/dispatchRate"),
+            get(|s, p| rate_get(s, p, "topicDispatchRate"))
+                .post(|s, p, b| rate_set(s, p, "topicDispatchRate", b))
+                .delete(|s, p| rate_delete(s, p, "topicDispatchRate")),
+        )
+        .route(
+            &format!("{ns}/subscriptionDispatchRate"),
+            get(|s, p| rate_get(s, p, "subscriptionDispatchRate"))
+                .post(|s, p, b| rate_set(s, p, "subscriptionDispatchRate", b))
+                .delete(|s, p| rate_delete(s, p, "subscriptionDispatchRate")),
+        )
         .route(&format!("{ns}/bundles"), get(bundles))
         .route(&format!("{ns}/unload"), put(unload_namespace))
         .route(&format!("{ns}/{{bundle}}/unload"), put(unload_bundle))
@@ -480,6 +498,77 @@ async fn revoke_subscription(
             subs.remove(&sub);
         } else {
             subs.insert(sub.clone(), json!(all));
+        }
+    })
+    .await
+}
+
+/// A rate body checked against its kind (publish or dispatch), normalised.
+pub(super) fn check_rate(field: &str, body: &[u8]) -> Result<Value, Response> {
+    let bad = |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad rate: {e}"));
+    // serde would read a struct from an array too; Pulsar's bodies are objects
+    if !serde_json::from_slice::<Value>(body)
+        .map_err(bad)?
+        .is_object()
+    {
+        return Err(err(StatusCode::BAD_REQUEST, "a rate is a JSON object"));
+    }
+    if field == "publishMaxMessageRate" || field == "publishRate" {
+        let r: crate::policies::PublishRate = serde_json::from_slice(body).map_err(bad)?;
+        Ok(json!(r))
+    } else {
+        let r: crate::policies::DispatchRate = serde_json::from_slice(body).map_err(bad)?;
+        if r.period_secs < 1 {
+            return Err(err(
+                StatusCode::PRECONDITION_FAILED,
+                "ratePeriodInSecond must be 1 or more",
+            ));
+        }
+        Ok(json!(r))
+    }
+}
+
+/// A namespace rate for this broker's cluster (Pulsar keeps rates per cluster).
+async fn rate_get(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
+    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
+    match svc
+        .meta
+        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
+        .await
+    {
+        Ok(Some(v)) => axum::Json(v.value[field][&svc.cfg.cluster].clone()).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
+        Err(e) => meta_err(e),
+    }
+}
+
+async fn rate_set(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    field: &str,
+    body: axum::body::Bytes,
+) -> Response {
+    let rate = match check_rate(field, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let cluster = svc.cfg.cluster.clone();
+    update_policies(&svc, &tenant, &ns, |p| {
+        if !p[field].is_object() {
+            p[field] = json!({});
+        }
+        p[field][&cluster] = rate.clone();
+    })
+    .await
+}
+
+async fn rate_delete(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
+    let cluster = svc.cfg.cluster.clone();
+    update_policies(&svc, &tenant, &ns, |p| {
+        if let Some(m) = p[field].as_object_mut() {
+            m.remove(&cluster);
         }
     })
     .await

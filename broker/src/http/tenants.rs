@@ -166,8 +166,13 @@ async fn tenant_body(svc: &BrokerService, body: &[u8]) -> Result<TenantInfo, Res
     let info: TenantInfo = if body.iter().all(u8::is_ascii_whitespace) {
         TenantInfo::default()
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad tenant info: {e}")))?
+        let bad =
+            |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad tenant info: {e}"));
+        let v: Value = serde_json::from_slice(body).map_err(bad)?;
+        if !v.is_object() {
+            return Err(err(StatusCode::BAD_REQUEST, "tenant info is a JSON object"));
+        }
+        serde_json::from_value(v).map_err(bad)?
     };
     for c in &info.allowed_clusters {
         match svc.meta.get(&cluster_key(c)).await {

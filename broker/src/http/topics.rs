@@ -283,9 +283,15 @@ fn id_body(body: &[u8]) -> Result<Option<IdBody>, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad message id: {e}")))
+    let bad = |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad message id: {e}"));
+    let v: Value = serde_json::from_slice(body).map_err(bad)?;
+    if !v.is_object() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "a message id is a JSON object",
+        ));
+    }
+    serde_json::from_value(v).map(Some).map_err(bad)
 }
 
 /// Creates a durable subscription starting at the message id in the body (latest if none).
