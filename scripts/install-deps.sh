@@ -46,3 +46,10 @@ if ! "$VENV/bin/python" -c "import pulsar" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "pulsar-client==$PULSAR_CLIENT_VERSION"
 fi
+# schemathesis checks the admin API against its OpenAPI document
+SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-3.39.16}"
+if ! "$VENV/bin/python" -c "import schemathesis" >/dev/null 2>&1; then
+  echo "install-deps: installing schemathesis $SCHEMATHESIS_VERSION into $VENV" >&2
+  # later hypothesis releases break schemathesis 3.39 ("'many' object has no attribute 'more'")
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==6.115.0"
+fi

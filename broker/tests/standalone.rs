@@ -117,6 +117,39 @@ async fn publish_and_dispatch_rates_throttle() -> Result<()> {
     Ok(())
 }
 
+/// schemathesis (PyPI) generates requests from the OpenAPI document: none may get a 5xx.
+#[tokio::test]
+async fn schemathesis_finds_no_server_errors() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let st = python()?.with_file_name("schemathesis");
+    let out = tokio::process::Command::new(&st)
+        .arg("run")
+        .arg(format!("{}/admin/v2/openapi.json", sa.web_url()))
+        .args(["--checks", "not_a_server_error"])
+        .args([
+            "--hypothesis-max-examples",
+            "30",
+            "--hypothesis-derandomize",
+        ])
+        .args(["--base-url", &sa.web_url()])
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("run {}", st.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tail: Vec<&str> = stdout.lines().collect();
+    let summary = tail[tail.len().saturating_sub(25)..].join("\n");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{summary}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sa.proc.log_tail(40)
+    );
+    println!("{summary}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn admin_rest_conformance() -> Result<()> {
     checks_against(&[], "admin.py", &[]).await?;

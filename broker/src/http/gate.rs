@@ -52,9 +52,15 @@ pub(super) fn need(method: &Method, path: &str) -> Need {
         ["metrics"] | ["admin", "v2", "brokers", "health"] | ["admin", "v2", "openapi.json"] => {
             Need::Open
         }
+        ["admin", "v2", "clusters", cluster, ..] if !valid_segment(cluster) => {
+            Need::BadName(format!("Invalid cluster name {cluster:?}"))
+        }
         ["admin", "v2", "clusters", ..] if get => Need::Authenticated,
         ["admin", "v2", "clusters", ..] => Need::SuperUser,
-        ["admin", "v2", "tenants", tenant] if get => tenant_need(tenant),
+        ["admin", "v2", "tenants", tenant] => match tenant_need(tenant) {
+            Need::TenantAdmin(_) if !get => Need::SuperUser,
+            other => other,
+        },
         ["admin", "v2", "tenants", ..] | ["admin", "v2", "brokers", ..] => Need::SuperUser,
         ["admin", "v2", "namespaces", tenant] => tenant_need(tenant),
         ["admin", "v2", "namespaces", tenant, ns, "topics"] if get => ns_topics(tenant, ns),

@@ -23,6 +23,7 @@ use crate::topic::Topic;
 
 mod gate;
 mod namespaces;
+pub mod openapi;
 mod tenants;
 mod topics;
 
@@ -40,6 +41,10 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
     Router::new()
         .route("/admin/v2/brokers/health", get(health))
         .route("/metrics", get(metrics))
+        .route(
+            "/admin/v2/openapi.json",
+            get(|| async { axum::Json(openapi::document()) }),
+        )
         .route("/admin/v2/clusters", get(clusters))
         .route("/admin/v2/tenants", get(tenants))
         .route("/admin/v2/persistent/{tenant}/{ns}", get(list_topics))

@@ -673,9 +673,6 @@ async fn change_topic_grant(
     role: &str,
     actions: Option<Vec<String>>,
 ) -> Response {
-    if !svc.cfg.authz.enabled {
-        return err(StatusCode::NOT_IMPLEMENTED, "Authorization is not enabled");
-    }
     let t = match parse(&p.0, &p.1, &p.2, &p.3) {
         Ok(t) => t,
         Err(r) => return r,
