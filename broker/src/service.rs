@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     /// How often connections are checked for expired credentials (Pulsar's
     /// authenticationRefreshCheckSeconds).
     pub auth_refresh_check: Duration,
+    /// Up to this many loaded topics, /metrics has series per topic; beyond, per namespace.
+    pub metrics_max_topics: usize,
 }
 
 impl Default for BrokerConfig {
@@ -72,6 +74,7 @@ impl Default for BrokerConfig {
             anonymous_role: None,
             authz: Authorizer::default(),
             auth_refresh_check: Duration::from_secs(60),
+            metrics_max_topics: 1000,
         }
     }
 }

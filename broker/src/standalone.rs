@@ -154,6 +154,10 @@ pub struct StandaloneArgs {
     /// is challenged, others are disconnected [default: 60].
     #[arg(long, env = "MAGNETAR_AUTHENTICATION_REFRESH_CHECK_SECONDS")]
     authentication_refresh_check_seconds: Option<u64>,
+    /// /metrics keeps series per topic up to this many loaded topics, then sums them per
+    /// namespace, bounding what Prometheus has to store [default: 1000].
+    #[arg(long, env = "MAGNETAR_METRICS_MAX_TOPICS")]
+    metrics_max_topics: Option<usize>,
 }
 
 impl StandaloneArgs {
@@ -204,7 +208,8 @@ impl StandaloneArgs {
             tls_key_file,
             broker_port_tls,
             web_port_tls,
-            authentication_refresh_check_seconds
+            authentication_refresh_check_seconds,
+            metrics_max_topics
         );
         Ok(self)
     }
@@ -409,6 +414,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         auth: token_auth(&args)?,
         anonymous_role: args.anonymous_user_role.clone(),
         authz: authorizer(&args)?,
+        metrics_max_topics: args.metrics_max_topics.unwrap_or(1000),
         auth_refresh_check: Duration::from_secs(
             args.authentication_refresh_check_seconds
                 .unwrap_or(60)

@@ -150,6 +150,41 @@ async fn schemathesis_finds_no_server_errors() -> Result<()> {
     Ok(())
 }
 
+/// /metrics: series per topic with Pulsar's labels, summed per namespace past the bound.
+#[tokio::test]
+async fn metrics_cardinality_is_bounded() -> Result<()> {
+    for (bound, per_topic) in [("10", true), ("2", false)] {
+        let sa = StandaloneProc::start(bin(), &["--metrics-max-topics", bound]).await?;
+        for t in ["a", "b", "c"] {
+            let r = magnetar_testkit::http_request(
+                sa.web,
+                "PUT",
+                &format!("/admin/v2/persistent/public/default/{t}"),
+                "",
+            )?;
+            assert!(r.contains(" 204 "), "{r}");
+        }
+        let m = http_get(sa.web, "/metrics")?;
+        let series: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("pulsar_storage_size{"))
+            .collect();
+        if per_topic {
+            assert_eq!(series.len(), 3, "{m}");
+            assert!(series.iter().all(|l| l.contains(
+                "cluster=\"standalone\",namespace=\"public/default\",topic=\"persistent://public/default/"
+            )), "{series:?}");
+        } else {
+            assert_eq!(
+                series,
+                ["pulsar_storage_size{cluster=\"standalone\",namespace=\"public/default\"} 0"],
+                "{m}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn admin_rest_conformance() -> Result<()> {
     checks_against(&[], "admin.py", &[]).await?;

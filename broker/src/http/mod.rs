@@ -1213,7 +1213,10 @@ async fn metrics(State(svc): Svc) -> Response {
         "Topics loaded in this broker.",
         topics.len() as u64,
     );
-    let mut lines = String::new();
+    // one series per topic while there are few enough, else one per namespace (the
+    // cardinality bound); labels as Pulsar's: cluster, namespace, topic
+    let per_topic = topics.len() <= svc.cfg.metrics_max_topics;
+    let mut groups: BTreeMap<(String, String), [f64; 8]> = BTreeMap::new();
     for t in &topics {
         let (rin, tin, rout, tout) = t.rates();
         let (_, storage) = t.ml.totals();
@@ -1222,36 +1225,62 @@ async fn metrics(State(svc): Svc) -> Response {
         for s in subs {
             backlog += s.backlog().await;
         }
-        let l = format!("topic=\"{}\"", t.full.replace('"', "\\\""));
-        let _ = writeln!(lines, "pulsar_rate_in{{{l}}} {rin}");
-        let _ = writeln!(lines, "pulsar_throughput_in{{{l}}} {tin}");
-        let _ = writeln!(lines, "pulsar_rate_out{{{l}}} {rout}");
-        let _ = writeln!(lines, "pulsar_throughput_out{{{l}}} {tout}");
-        let _ = writeln!(lines, "pulsar_msg_backlog{{{l}}} {backlog}");
-        let _ = writeln!(lines, "pulsar_storage_size{{{l}}} {storage}");
         let (msgs, bytes) = t.input.totals();
-        let _ = writeln!(lines, "pulsar_in_messages_total{{{l}}} {msgs}");
-        let _ = writeln!(lines, "pulsar_in_bytes_total{{{l}}} {bytes}");
+        let key = (
+            t.name.namespace(),
+            if per_topic {
+                t.full.clone()
+            } else {
+                String::new()
+            },
+        );
+        let g = groups.entry(key).or_default();
+        for (acc, v) in g.iter_mut().zip([
+            rin,
+            tin,
+            rout,
+            tout,
+            backlog as f64,
+            storage as f64,
+            msgs as f64,
+            bytes as f64,
+        ]) {
+            *acc += v;
+        }
     }
-    for (name, help) in [
-        ("pulsar_rate_in", "Messages per second in (topic)."),
-        ("pulsar_throughput_in", "Bytes per second in (topic)."),
-        ("pulsar_rate_out", "Messages per second out (topic)."),
-        ("pulsar_throughput_out", "Bytes per second out (topic)."),
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let scope = if per_topic { "topic" } else { "namespace" };
+    for (i, (name, kind, help)) in [
+        ("pulsar_rate_in", "gauge", "Messages per second in"),
+        ("pulsar_throughput_in", "gauge", "Bytes per second in"),
+        ("pulsar_rate_out", "gauge", "Messages per second out"),
+        ("pulsar_throughput_out", "gauge", "Bytes per second out"),
         (
             "pulsar_msg_backlog",
-            "Unacknowledged messages over all subscriptions (topic).",
+            "gauge",
+            "Unacknowledged messages over all subscriptions",
         ),
-        ("pulsar_storage_size", "Bytes stored (topic)."),
-        ("pulsar_in_messages_total", "Messages published (topic)."),
-        ("pulsar_in_bytes_total", "Bytes published (topic)."),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for line in lines
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-        {
-            let _ = writeln!(out, "{line}");
+        ("pulsar_storage_size", "gauge", "Bytes stored"),
+        ("pulsar_in_messages_total", "counter", "Messages published"),
+        ("pulsar_in_bytes_total", "counter", "Bytes published"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help} (per {scope}).\n# TYPE {name} {kind}"
+        );
+        for ((ns, topic), values) in &groups {
+            let mut labels = format!(
+                "cluster=\"{}\",namespace=\"{}\"",
+                escape(&svc.cfg.cluster),
+                escape(ns)
+            );
+            if !topic.is_empty() {
+                let _ = write!(labels, ",topic=\"{}\"", escape(topic));
+            }
+            let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
