@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone
+.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone bench-isolation
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,3 +46,7 @@ bench-bookie: deps ## raw disk limit, then ledger appends on 1 and 3 bookies
 bench-standalone: deps ## standalone: time to healthy, RSS, produce/tail/catch-up with the Python client
 	$(CARGO) build --release -p magnetar-broker --bin magnetar
 	scripts/bench-standalone.sh
+
+bench-isolation: deps ## one tenant floods (rate-limited, then not): another tenant's publish latency
+	$(CARGO) build --release -p magnetar-broker --bin magnetar
+	scripts/bench-isolation.sh

@@ -938,8 +938,20 @@ impl Connection {
                     .as_ref()
                     .map(|m| (m.ledger_id, m.entry_id)),
             };
-            let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
             let eff = self.svc.topic_policies(&topic.name).await?;
+            if opts.durable
+                && !eff.auto_subscription_creation
+                && !topic.subscriptions.lock().contains_key(&s.subscription)
+            {
+                return Err(ClientError::new(
+                    ServerError::SubscriptionNotFound,
+                    format!(
+                        "Subscription {} does not exist and the namespace does not create subscriptions",
+                        s.subscription
+                    ),
+                ));
+            }
+            let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
             if let Some(max) = eff.max_consumers {
                 let on_topic: usize = topic
                     .subscriptions

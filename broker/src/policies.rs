@@ -34,6 +34,10 @@ pub struct NamespacePolicies {
     pub max_consumers_per_topic: Option<i64>,
     #[serde(default)]
     pub max_consumers_per_subscription: Option<i64>,
+    #[serde(default)]
+    pub max_topics_per_namespace: Option<i64>,
+    #[serde(default, rename = "autoSubscriptionCreationOverride")]
+    pub auto_subscription_creation: Option<AutoSubscriptionCreation>,
     /// Rate limits, keyed by cluster as Pulsar keeps them ("" from a topic's own policy:
     /// any cluster).
     #[serde(default, rename = "publishMaxMessageRate")]
@@ -42,6 +46,12 @@ pub struct NamespacePolicies {
     pub dispatch_rate: HashMap<String, DispatchRate>,
     #[serde(default, rename = "subscriptionDispatchRate")]
     pub subscription_dispatch_rate: HashMap<String, DispatchRate>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AutoSubscriptionCreation {
+    #[serde(rename = "allowAutoSubscriptionCreation")]
+    pub allow: bool,
 }
 
 /// Pulsar's `PublishRate`: -1 (or 0) is no limit.
@@ -207,6 +217,9 @@ pub struct Effective {
     pub max_producers: Option<usize>,
     pub max_consumers: Option<usize>,
     pub max_consumers_per_subscription: Option<usize>,
+    pub max_topics: Option<usize>,
+    /// Whether subscribing to an absent durable subscription creates it.
+    pub auto_subscription_creation: bool,
     pub publish_rate: Rate,
     pub dispatch_rate: Rate,
     pub subscription_dispatch_rate: Rate,
@@ -315,6 +328,8 @@ impl Effective {
             max_producers: limit(p.max_producers_per_topic),
             max_consumers: limit(p.max_consumers_per_topic),
             max_consumers_per_subscription: limit(p.max_consumers_per_subscription),
+            max_topics: limit(p.max_topics_per_namespace),
+            auto_subscription_creation: p.auto_subscription_creation.is_none_or(|a| a.allow),
             publish_rate: p
                 .publish_rate
                 .get(&d.cluster)

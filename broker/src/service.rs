@@ -315,10 +315,21 @@ impl BrokerService {
         {
             return Ok(Arc::clone(topic));
         }
-        if !create && !self.topic_exists(t).await? {
+        let exists = self.topic_exists(t).await?;
+        if !create && !exists {
             return Err(ClientError::new(
                 ServerError::TopicNotFound,
                 format!("Topic {full} does not exist"),
+            ));
+        }
+        if !exists
+            && t.domain == Domain::Persistent
+            && let Some(max) = self.topic_policies(t).await?.max_topics
+            && self.namespace_topics(&t.tenant, &t.namespace).await?.len() >= max
+        {
+            return Err(ClientError::new(
+                ServerError::NotAllowedError,
+                format!("Exceed maximum number of topics in namespace ({max})"),
             ));
         }
         if let Some(p) = self.partitions(t).await?

@@ -64,6 +64,13 @@ call("PUT", A + "/tenants/x", b"{not json", expect=400)
 call("POST", A + "/tenants/" + tenant, {"adminRoles": ["boss", "deputy"], "allowedClusters": ["standalone"]}, expect=204)
 assert call("GET", A + "/tenants/" + tenant, expect=200)[1]["adminRoles"] == ["boss", "deputy"]
 call("POST", A + "/tenants/nobody-here", info, expect=404)
+# a tenant not allowed on this cluster gets no namespace here
+call("PUT", A + "/clusters/elsewhere", {"serviceUrl": "http://elsewhere:8080"}, expect=204)
+call("PUT", A + "/tenants/%s-away" % tenant, {"allowedClusters": ["elsewhere"]}, expect=204)
+call("PUT", A + "/namespaces/%s-away/ns" % tenant, expect=403)
+call("DELETE", A + "/clusters/elsewhere", expect=409)
+call("DELETE", A + "/tenants/%s-away" % tenant, expect=204)
+call("DELETE", A + "/clusters/elsewhere", expect=204)
 call("GET", A + "/tenants/nobody-here", expect=404)
 
 # --- namespaces ---
@@ -84,6 +91,14 @@ call("POST", A + "/namespaces/%s/maxProducersPerTopic" % ns, 1, expect=204)
 assert call("GET", A + "/namespaces/%s/maxProducersPerTopic" % ns, expect=200)[1] == 1
 call("POST", A + "/namespaces/%s/maxProducersPerTopic" % ns, -3, expect=412)
 call("POST", A + "/namespaces/%s/maxConsumersPerSubscription" % ns, 1, expect=204)
+call("PUT", A + "/namespaces/%s/offloadThreshold" % ns, 1048576, expect=204)
+assert call("GET", A + "/namespaces/%s/offloadThreshold" % ns, expect=200)[1] == 1048576
+call("PUT", A + "/namespaces/%s/offloadThreshold" % ns, -7, expect=412)
+call("PUT", A + "/namespaces/%s/offloadDeletionLagMs" % ns, 60000, expect=204)
+call("DELETE", A + "/namespaces/%s/offloadDeletionLagMs" % ns, expect=204)
+assert call("GET", A + "/namespaces/%s/replication" % ns, expect=200)[1] == ["standalone"]
+call("POST", A + "/namespaces/%s/replication" % ns, ["nowhere"], expect=412)
+call("POST", A + "/namespaces/%s/replication" % ns, ["standalone"], expect=204)
 assert call("GET", A + "/namespaces/%s/permissions" % ns, expect=200)[1] == {}
 # grants are kept while authorization is off (Pulsar answers 501), ready for when it is on
 call("POST", A + "/namespaces/%s/permissions/bob" % ns, ["produce"], expect=204)
@@ -174,6 +189,25 @@ except pulsar.ConsumerBusy:
     pass
 c1.close()
 
+# no subscription is created by subscribing while the namespace says so
+call("POST", A + "/namespaces/%s/autoSubscriptionCreation" % ns,
+     {"allowAutoSubscriptionCreation": False}, expect=204)
+# (the C++ client takes SubscriptionNotFound as temporary and retries until its timeout)
+impatient = pulsar.Client(URL, operation_timeout_seconds=3)
+try:
+    impatient.subscribe(t1, "unknown-sub")
+    raise AssertionError("subscribed to an absent subscription")
+except (pulsar.SubscriptionNotFound, pulsar.Timeout):
+    pass
+impatient.close()
+assert "unknown-sub" not in call("GET", tp + "/subscriptions", expect=200)[1]
+client.subscribe(t1, "s1").close()  # an existing one is fine
+call("DELETE", A + "/namespaces/%s/autoSubscriptionCreation" % ns, expect=204)
+# at most so many topics in the namespace (t1 and 3 partitions exist or will)
+call("POST", A + "/namespaces/%s/maxTopicsPerNamespace" % ns, 1, expect=204)
+call("PUT", A + "/persistent/%s/one-too-many" % ns, expect=412)
+call("DELETE", A + "/namespaces/%s/maxTopicsPerNamespace" % ns, expect=204)
+
 # partitioned stats sum the partitions
 pp = client.create_producer("persistent://%s/p1" % ns, batching_enabled=False)
 for i in range(9):
@@ -181,6 +215,9 @@ for i in range(9):
 ps = call("GET", A + "/persistent/%s/p1/partitioned-stats" % ns, expect=200)[1]
 assert ps["metadata"]["partitions"] == 3 and ps["msgInCounter"] == 9, ps
 assert len(ps["partitions"]) == 3, ps
+pis = call("GET", A + "/persistent/%s/p1/partitioned-internalStats" % ns, expect=200)[1]
+assert len(pis["partitions"]) == 3 and all("ledgers" in v for v in pis["partitions"].values()), pis
+call("GET", A + "/persistent/%s/t1/partitioned-internalStats" % ns, expect=404)
 pp.close()
 
 call("PUT", tp + "/unload", expect=204)

@@ -190,6 +190,40 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .post(|s, p, b| policy_set(s, p, "max_consumers_per_subscription", b, check_limit))
                 .delete(|s, p| policy_delete(s, p, "max_consumers_per_subscription")),
         )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/maxTopicsPerNamespace",
+            get(|s, p| policy_get(s, p, "max_topics_per_namespace"))
+                .post(|s, p, b| policy_set(s, p, "max_topics_per_namespace", b, check_limit))
+                .delete(|s, p| policy_delete(s, p, "max_topics_per_namespace")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/offloadThreshold",
+            get(|s, p| policy_get(s, p, "offload_threshold"))
+                .put(|s, p, b| policy_set(s, p, "offload_threshold", b, check_offload)),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/offloadThresholdInSeconds",
+            get(|s, p| policy_get(s, p, "offload_threshold_in_seconds"))
+                .put(|s, p, b| policy_set(s, p, "offload_threshold_in_seconds", b, check_offload)),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/offloadDeletionLagMs",
+            get(|s, p| policy_get(s, p, "offload_deletion_lag_ms"))
+                .put(|s, p, b| policy_set(s, p, "offload_deletion_lag_ms", b, check_limit))
+                .delete(|s, p| policy_delete(s, p, "offload_deletion_lag_ms")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/autoSubscriptionCreation",
+            get(|s, p| policy_get(s, p, "autoSubscriptionCreationOverride"))
+                .post(|s, p, b| {
+                    policy_set(s, p, "autoSubscriptionCreationOverride", b, check_auto_sub)
+                })
+                .delete(|s, p| policy_delete(s, p, "autoSubscriptionCreationOverride")),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}/{ns}/replication",
+            get(|s, p| policy_get(s, p, "replication_clusters")).post(set_replication),
+        )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "No such admin path") })
         .method_not_allowed_fallback(|| async {
             err(
@@ -482,7 +516,19 @@ async fn create_namespace(
     if !valid_segment(&tenant) || !valid_segment(&ns) {
         return err(StatusCode::PRECONDITION_FAILED, "Invalid namespace name");
     }
-    match svc.meta.get(&format!("/admin/policies/{tenant}")).await {
+    match svc.tenant_info(&tenant).await {
+        Ok(Some(info))
+            if !info.allowed_clusters.is_empty()
+                && !info.allowed_clusters.contains(&svc.cfg.cluster) =>
+        {
+            return err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Cluster {} is not in the list of allowed clusters of tenant {tenant}",
+                    svc.cfg.cluster
+                ),
+            );
+        }
         Ok(Some(_)) => {}
         Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
         Err(e) => return meta_err(e),
@@ -1079,10 +1125,14 @@ pub async fn topic_stats(topic: &Topic) -> Value {
 }
 
 async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
-    let topic = match path_topic(&svc, &path).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    match path_topic(&svc, &path).await {
+        Ok(t) => axum::Json(topic_internal_stats(&t)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A topic's storage view with Pulsar's field names: ledgers and cursors.
+pub fn topic_internal_stats(topic: &Topic) -> Value {
     let ml = &topic.ml;
     let (entries, size) = ml.totals();
     let ledgers = ml.ledgers();
@@ -1110,7 +1160,7 @@ async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, Strin
             }),
         );
     }
-    axum::Json(json!({
+    json!({
         "entriesAddedCounter": ml.stats().entries_added.load(Ordering::Relaxed),
         "numberOfEntries": entries,
         "totalSize": size,
@@ -1126,8 +1176,7 @@ async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, Strin
             "offloaded": false,
         })).collect::<Vec<_>>(),
         "cursors": cursors,
-    }))
-    .into_response()
+    })
 }
 
 async fn lookup(
@@ -1166,6 +1215,77 @@ async fn lookup_bundle(
             "stored bundles are invalid",
         ),
     }
+}
+
+/// Offload thresholds: -1 (the broker's default) or a number of bytes / seconds.
+fn check_offload(v: Value) -> Result<Value, String> {
+    match v.as_i64() {
+        Some(n) if n >= -1 => Ok(Value::from(n)),
+        _ => Err("the threshold is -1 (the broker default), 0 or more".into()),
+    }
+}
+
+fn check_auto_sub(v: Value) -> Result<Value, String> {
+    match v
+        .get("allowAutoSubscriptionCreation")
+        .and_then(Value::as_bool)
+    {
+        Some(b) if v.as_object().is_some_and(|o| o.len() == 1) => {
+            Ok(json!({"allowAutoSubscriptionCreation": b}))
+        }
+        _ => Err("the body is {\"allowAutoSubscriptionCreation\": true|false}".into()),
+    }
+}
+
+/// The clusters a namespace replicates to: each must exist and be allowed for the tenant.
+async fn set_replication(
+    State(svc): Svc,
+    Path((tenant, ns)): NsPath,
+    body: axum::body::Bytes,
+) -> Response {
+    let clusters = match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => return err(StatusCode::PRECONDITION_FAILED, "name at least one cluster"),
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("the body is a list of clusters: {e}"),
+            );
+        }
+    };
+    let info = match svc.tenant_info(&tenant).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
+        Err(e) => return meta_err(e),
+    };
+    for c in &clusters {
+        if !valid_segment(c) {
+            return err(
+                StatusCode::PRECONDITION_FAILED,
+                format!("Invalid cluster id {c:?}"),
+            );
+        }
+        match svc.meta.get(&format!("/admin/clusters/{c}")).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return err(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("Cluster {c} does not exist"),
+                );
+            }
+            Err(e) => return meta_err(e),
+        }
+        if !info.allowed_clusters.is_empty() && !info.allowed_clusters.contains(c) {
+            return err(
+                StatusCode::FORBIDDEN,
+                format!("Cluster {c} is not allowed for tenant {tenant}"),
+            );
+        }
+    }
+    update_policies(&svc, &tenant, &ns, |p| {
+        p["replication_clusters"] = json!(clusters);
+    })
+    .await
 }
 
 fn check_limit(v: Value) -> Result<Value, String> {

@@ -71,6 +71,10 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
             get(peek),
         )
         .route(&format!("{base}/partitioned-stats"), get(partitioned_stats))
+        .route(
+            &format!("{base}/partitioned-internalStats"),
+            get(partitioned_internal_stats),
+        )
         .route(&format!("{base}/permissions"), get(get_permissions))
         .route(
             &format!("{base}/permissions/{{role}}"),
@@ -641,6 +645,34 @@ async fn partitioned_stats(
     sums.insert("metadata".into(), json!({"partitions": n}));
     sums.insert("partitions".into(), Value::Object(partitions));
     axum::Json(Value::Object(sums)).into_response()
+}
+
+/// Each partition's storage view, under `partitions`.
+async fn partitioned_internal_stats(State(svc): Svc, Path(p): TopicPath) -> Response {
+    let t = match parse(&p.0, &p.1, &p.2, &p.3) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let n = match svc.partitions(&t).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
+        Err(e) => return client_err(e),
+    };
+    let mut partitions = serde_json::Map::new();
+    for i in 0..n {
+        let pt = t.partition_name(i);
+        match svc.topic_exists(&pt).await {
+            Ok(true) => match svc.topic(&pt, false).await {
+                Ok(topic) => {
+                    partitions.insert(pt.to_string(), super::topic_internal_stats(&topic));
+                }
+                Err(e) => return client_err(e),
+            },
+            Ok(false) => {}
+            Err(e) => return client_err(e),
+        }
+    }
+    axum::Json(json!({"metadata": {"partitions": n}, "partitions": partitions})).into_response()
 }
 
 /// A topic's grants: the namespace's, with the topic's own laid over them.
