@@ -939,6 +939,12 @@ impl Connection {
                     .map(|m| (m.ledger_id, m.entry_id)),
             };
             let eff = self.svc.topic_policies(&topic.name).await?;
+            if !topic.admit_subscribe(&self.peer.ip().to_string(), eff.subscribe_rate) {
+                return Err(ClientError::new(
+                    ServerError::TooManyRequests,
+                    "Too many subscribe requests from this client; try again later",
+                ));
+            }
             if opts.durable
                 && !eff.auto_subscription_creation
                 && !topic.subscriptions.lock().contains_key(&s.subscription)

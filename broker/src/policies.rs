@@ -46,6 +46,21 @@ pub struct NamespacePolicies {
     pub dispatch_rate: HashMap<String, DispatchRate>,
     #[serde(default, rename = "subscriptionDispatchRate")]
     pub subscription_dispatch_rate: HashMap<String, DispatchRate>,
+    #[serde(default, rename = "clusterSubscribeRate")]
+    pub subscribe_rate: HashMap<String, SubscribeRate>,
+}
+
+/// Pulsar's `SubscribeRate`: subscribes per consumer (client) per period; -1 or 0: none.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubscribeRate {
+    #[serde(rename = "subscribeThrottlingRatePerConsumer", default = "no_limit")]
+    pub per_consumer: i64,
+    #[serde(rename = "ratePeriodInSecond", default = "thirty")]
+    pub period_secs: i64,
+}
+
+fn thirty() -> i64 {
+    30
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,6 +238,8 @@ pub struct Effective {
     pub publish_rate: Rate,
     pub dispatch_rate: Rate,
     pub subscription_dispatch_rate: Rate,
+    /// At most this many SUBSCRIBEs per client in this window.
+    pub subscribe_rate: Option<(u32, Duration)>,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -337,6 +354,10 @@ impl Effective {
                 .map_or(Rate::default(), PublishRate::rate),
             dispatch_rate: for_cluster(&p.dispatch_rate),
             subscription_dispatch_rate: for_cluster(&p.subscription_dispatch_rate),
+            subscribe_rate: p.subscribe_rate.get(&d.cluster).and_then(|r| {
+                let n = u32::try_from(r.per_consumer).ok().filter(|n| *n > 0)?;
+                Some((n, Duration::from_secs(r.period_secs.max(1) as u64)))
+            }),
         }
     }
 }

@@ -100,6 +100,8 @@ pub struct Topic {
     /// subscription gets on its own.
     pub dispatch_limit: Arc<RateLimiter>,
     subscription_rate: Mutex<Rate>,
+    /// SUBSCRIBEs per client host in the current window (subscribe rate limit).
+    subscribes: Mutex<HashMap<String, (std::time::Instant, u32)>>,
 }
 
 const QUOTA_OK: u8 = 0;
@@ -158,6 +160,7 @@ impl Topic {
             publish_limit: RateLimiter::default(),
             dispatch_limit: Arc::new(RateLimiter::default()),
             subscription_rate: Mutex::default(),
+            subscribes: Mutex::default(),
         });
         let path = t.name.path();
         if !t.ml.in_memory() {
@@ -776,6 +779,26 @@ impl Topic {
         for s in self.subscriptions.lock().values() {
             s.limit.set(eff.subscription_dispatch_rate);
         }
+    }
+
+    /// Counts a SUBSCRIBE from `client` against the subscribe rate (a fixed window per
+    /// client); false when over it.
+    pub fn admit_subscribe(&self, client: &str, rate: Option<(u32, Duration)>) -> bool {
+        let Some((max, window)) = rate else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let mut m = self.subscribes.lock();
+        if m.len() > 4096 {
+            m.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let (start, n) = m.entry(client.to_string()).or_insert((now, 0));
+        if now.duration_since(*start) >= window {
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        *n <= max
     }
 
     /// Whether anyone is connected: producers, or consumers on any subscription.

@@ -74,6 +74,25 @@ took = time.time() - start
 assert took >= 1.5, "300 messages at 100/s took %.2fs to read" % took
 print("dispatch 300 at 100/s: %.2fs" % took)
 
+# subscribes: 2 per client per 30 s, then TooManyRequests (retried by the client until
+# its timeout)
+call("POST", A + "/namespaces/%s/subscribeRate" % ns,
+     {"subscribeThrottlingRatePerConsumer": 2, "ratePeriodInSecond": 30})
+assert call("GET", A + "/namespaces/%s/subscribeRate" % ns)["subscribeThrottlingRatePerConsumer"] == 2
+sub_client = pulsar.Client(URL, operation_timeout_seconds=3)
+topic = "persistent://%s/subs" % ns
+sub_client.subscribe(topic, "a").close()
+sub_client.subscribe(topic, "b").close()
+try:
+    sub_client.subscribe(topic, "c")
+    raise AssertionError("a third subscribe got through")
+except (pulsar.TooManyLookupRequestException, pulsar.Timeout):
+    pass
+sub_client.close()
+subs = call("GET", A + "/persistent/%s/subs/subscriptions" % ns)
+assert subs == ["a", "b"], subs
+call("DELETE", A + "/namespaces/%s/subscribeRate" % ns)
+
 # bad rates are refused
 for body in ({"publishThrottlingRateInMsg": "fast"}, [1]):
     try:

@@ -397,11 +397,7 @@ async fn grow_partitions(
             Ok(meta)
         })
         .await;
-    match res {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(Stop::Reply(r)) => r,
-        Err(Stop::Meta(e)) => meta_err(e),
-    }
+    answered(res)
 }
 
 /// Deletes a partitioned topic: its partitions (refused while clients use them, unless
@@ -784,6 +780,15 @@ enum Stop {
     Reply(Response),
 }
 
+/// 204 for a finished read-modify-write, else the answer it stopped with.
+fn answered<T>(res: Result<T, Stop>) -> Response {
+    match res {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(Stop::Reply(r)) => r,
+        Err(Stop::Meta(e)) => meta_err(e),
+    }
+}
+
 impl From<MetaError> for Stop {
     fn from(e: MetaError) -> Self {
         Stop::Meta(e)
@@ -821,11 +826,7 @@ async fn update_record(
             Ok(v)
         })
         .await;
-    match res {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(Stop::Reply(r)) => r,
-        Err(Stop::Meta(e)) => meta_err(e),
-    }
+    answered(res)
 }
 
 fn check_threshold(v: Value) -> Result<Value, String> {

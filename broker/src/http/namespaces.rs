@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::topics::client_err;
-use super::{NsPath, Stop, Svc, err, meta_err, namespace_exists, update_policies};
+use super::{NsPath, Stop, Svc, answered, err, meta_err, namespace_exists, update_policies};
 use crate::authz::check_actions;
 use crate::names::TopicName;
 use crate::service::{BrokerService, partitioned_key};
@@ -61,6 +61,12 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
             get(|s, p| rate_get(s, p, "subscriptionDispatchRate"))
                 .post(|s, p, b| rate_set(s, p, "subscriptionDispatchRate", b))
                 .delete(|s, p| rate_delete(s, p, "subscriptionDispatchRate")),
+        )
+        .route(
+            &format!("{ns}/subscribeRate"),
+            get(|s, p| rate_get(s, p, "clusterSubscribeRate"))
+                .post(|s, p, b| rate_set(s, p, "clusterSubscribeRate", b))
+                .delete(|s, p| rate_delete(s, p, "clusterSubscribeRate")),
         )
         .route(&format!("{ns}/bundles"), get(bundles))
         .route(&format!("{ns}/unload"), put(unload_namespace))
@@ -220,11 +226,7 @@ async fn split_bundle(
             Ok(p)
         })
         .await;
-    match res {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(Stop::Reply(r)) => r,
-        Err(Stop::Meta(e)) => meta_err(e),
-    }
+    answered(res)
 }
 
 /// Unloads the loaded topics of a namespace whose hash passes `keep`.
@@ -509,6 +511,10 @@ pub(super) fn check_rate(field: &str, body: &[u8]) -> Result<Value, Response> {
         .is_object()
     {
         return Err(err(StatusCode::BAD_REQUEST, "a rate is a JSON object"));
+    }
+    if field == "clusterSubscribeRate" {
+        let r: crate::policies::SubscribeRate = serde_json::from_slice(body).map_err(bad)?;
+        return Ok(json!(r));
     }
     if field == "publishMaxMessageRate" || field == "publishRate" {
         let r: crate::policies::PublishRate = serde_json::from_slice(body).map_err(bad)?;

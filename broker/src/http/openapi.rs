@@ -430,6 +430,27 @@ const OPS: &[Op] = &[
         None,
         &[],
     ),
+    (
+        "get",
+        "{ns}/subscribeRate",
+        "Subscribe rate per consumer",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "{ns}/subscribeRate",
+        "Set the subscribe rate",
+        Some("SubscribeRate"),
+        &[],
+    ),
+    (
+        "delete",
+        "{ns}/subscribeRate",
+        "Remove the subscribe rate",
+        None,
+        &[],
+    ),
     ("get", "{ns}/permissions", "Namespace grants", None, &[]),
     (
         "post",
@@ -874,6 +895,8 @@ fn schemas() -> Value {
             "defaultNumPartitions": int}},
         "AutoSubscriptionCreation": {"type": "object", "required": ["allowAutoSubscriptionCreation"],
             "properties": {"allowAutoSubscriptionCreation": {"type": "boolean"}}},
+        "SubscribeRate": {"type": "object", "properties": {
+            "subscribeThrottlingRatePerConsumer": int, "ratePeriodInSecond": int}},
         "PublishRate": {"type": "object", "properties": {
             "publishThrottlingRateInMsg": int, "publishThrottlingRateInByte": int}},
         "DispatchRate": {"type": "object", "properties": {

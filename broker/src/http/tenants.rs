@@ -12,7 +12,7 @@ use axum::routing::get;
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
-use super::{Stop, Svc, err, meta_err};
+use super::{Stop, Svc, answered, err, meta_err};
 use crate::authz::TenantInfo;
 use crate::names::valid_segment;
 use crate::service::BrokerService;
@@ -111,7 +111,7 @@ async fn update_cluster(
             ))),
         })
         .await;
-    done(res.map(|_| ()))
+    answered(res)
 }
 
 /// A cluster still named by a tenant stays (409), as does the cluster this broker serves.
@@ -142,14 +142,6 @@ async fn delete_cluster(State(svc): Svc, Path(c): Path<String>) -> Response {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(MetaError::NotFound(_)) => err(StatusCode::NOT_FOUND, "Cluster does not exist"),
         Err(e) => meta_err(e),
-    }
-}
-
-fn done(res: Result<(), Stop>) -> Response {
-    match res {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(Stop::Reply(r)) => r,
-        Err(Stop::Meta(e)) => meta_err(e),
     }
 }
 
@@ -234,7 +226,7 @@ async fn update_tenant(
             ))),
         })
         .await;
-    done(res.map(|_| ()))
+    answered(res)
 }
 
 /// Deletes an empty tenant (409 while it has namespaces).

@@ -26,6 +26,8 @@ use crate::topic::{SubscribeOpts, Topic};
 
 type TopicPath = Path<(String, String, String, String)>;
 type SubPath = Path<(String, String, String, String, String)>;
+/// A subscription path with one more segment (a count, a time, a position).
+type SubArgPath = Path<(String, String, String, String, String, String)>;
 
 pub(super) fn routes() -> Router<Arc<BrokerService>> {
     let base = "/admin/v2/{domain}/{tenant}/{ns}/{topic}";
@@ -370,17 +372,7 @@ async fn delete_subscription(
     }
 }
 
-async fn skip(
-    State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, n)): Path<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )>,
-) -> Response {
+async fn skip(State(svc): Svc, Path((domain, tenant, ns, topic, sub, n)): SubArgPath) -> Response {
     let Ok(n) = n.parse::<usize>() else {
         return err(
             StatusCode::PRECONDITION_FAILED,
@@ -414,14 +406,7 @@ async fn flushed(s: &Subscription) -> Response {
 
 async fn reset_by_time(
     State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, ts)): Path<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )>,
+    Path((domain, tenant, ns, topic, sub, ts)): SubArgPath,
 ) -> Response {
     let Ok(ts) = ts.parse::<u64>() else {
         return err(
@@ -474,14 +459,7 @@ fn seconds(s: &str) -> Result<std::time::Duration, Response> {
 
 async fn expire(
     State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, secs)): Path<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )>,
+    Path((domain, tenant, ns, topic, sub, secs)): SubArgPath,
 ) -> Response {
     let age = match seconds(&secs) {
         Ok(a) => a,
@@ -517,17 +495,7 @@ async fn expire_all(
 
 /// The `n`th unacknowledged entry of a subscription: its payload as the body, its metadata
 /// as `X-Pulsar-*` headers (a batch comes whole, as Pulsar sends it).
-async fn peek(
-    State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, n)): Path<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )>,
-) -> Response {
+async fn peek(State(svc): Svc, Path((domain, tenant, ns, topic, sub, n)): SubArgPath) -> Response {
     let Some(n) = n.parse::<usize>().ok().filter(|n| *n >= 1) else {
         return err(
             StatusCode::PRECONDITION_FAILED,
