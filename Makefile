@@ -15,8 +15,9 @@ TEST_THREADS ?= 4
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## install missing system packages (apt): protoc, libclang, etcd, ...
+deps: ## install missing system packages (apt): protoc, libclang, etcd, ...; keep disk for builds
 	@scripts/install-deps.sh
+	@scripts/prune-target.sh
 
 build: deps ## debug build of everything
 	$(CARGO) build --workspace --all-targets

@@ -194,6 +194,8 @@ pub struct BrokerService {
     pub meta: MetaStore,
     pub ledgers: LedgerClient,
     topics: Mutex<HashMap<String, TopicCell>>,
+    /// Topics being deleted: not loaded again until the deletion is over.
+    deleting: Mutex<std::collections::HashSet<String>>,
     pub stats: BrokerStats,
     next_producer: AtomicU64,
     pub ready: AtomicBool,
@@ -221,6 +223,7 @@ impl BrokerService {
             meta,
             ledgers,
             topics: Mutex::default(),
+            deleting: Mutex::default(),
             stats: BrokerStats::default(),
             next_producer: AtomicU64::new(0),
             ready: AtomicBool::new(false),
@@ -306,6 +309,13 @@ impl BrokerService {
             ));
         }
         let full = t.to_string();
+        if self.deleting.lock().contains(&full) {
+            // clients retry this; by then the topic is gone and may be created afresh
+            return Err(ClientError::new(
+                ServerError::ServiceNotReady,
+                format!("Topic {full} is being deleted"),
+            ));
+        }
         let cell = {
             let map = self.topics.lock();
             map.get(&full).cloned()
@@ -625,11 +635,26 @@ impl BrokerService {
                 "Topic has active producers/subscriptions",
             ));
         }
-        // forgotten first, so nothing new attaches to the topic being deleted
+        // forgotten first, and kept from loading again (a disconnected client comes back at
+        // once) until its records are gone
+        if !self.deleting.lock().insert(topic.full.clone()) {
+            return Err(ClientError::new(
+                ServerError::ServiceNotReady,
+                format!("Topic {} is being deleted", topic.full),
+            ));
+        }
         self.topics.lock().remove(&topic.full);
+        let res = self.delete_loaded(t, &topic).await;
+        self.deleting.lock().remove(&topic.full);
+        if res.is_ok() {
+            info!(topic = %t, "topic deleted");
+        }
+        res
+    }
+
+    async fn delete_loaded(&self, t: &TopicName, topic: &Topic) -> Result<(), ClientError> {
         topic.close().await;
         if t.domain == Domain::NonPersistent {
-            info!(topic = %t, "topic deleted");
             return Ok(());
         }
         let subs: Vec<String> = topic.subscriptions.lock().keys().cloned().collect();
@@ -646,7 +671,6 @@ impl BrokerService {
             Ok(()) | Err(MetaError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        info!(topic = %t, "topic deleted");
         Ok(())
     }
 

@@ -242,6 +242,10 @@ assert "serviceUrl" in call("GET", A + "/brokers/leaderBroker", expect=200)[1]
 client.close()
 client = pulsar.Client(URL, operation_timeout_seconds=10)
 holder = client.create_producer(t1)
+# the holder reconnects after the forced delete; without auto-creation it cannot bring the
+# topic back, so what is checked below is the deletion
+call("POST", A + "/namespaces/%s/autoTopicCreation" % ns, {"allowAutoTopicCreation": False},
+     expect=204)
 call("DELETE", tp, expect=412)
 call("DELETE", A + "/namespaces/" + ns, expect=409)
 call("DELETE", A + "/tenants/" + tenant, expect=409)
