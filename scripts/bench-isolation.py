@@ -7,6 +7,7 @@ Usage: bench-isolation.py SERVICE_URL WEB_URL [SECONDS] [VICTIM_RATE] [LIMIT]
        bench-isolation.py flood URL TOPIC SECONDS
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -97,12 +98,14 @@ def main():
     rest(web, "POST", "/admin/v2/namespaces/noisy/ns/publishRate",
          {"publishThrottlingRateInMsg": limit})
     flooders = 3
+    # FLOOD_DOMAIN=non-persistent takes the disk out of the picture (what is left is CPU)
+    domain = os.environ.get("FLOOD_DOMAIN", "persistent")
     out = {
         "alone": phase(url, "alone", seconds, rate, []),
         "flood_limited": phase(url, "flood-limited", seconds, rate,
-                               ["persistent://noisy/ns/f%d" % i for i in range(flooders)]),
+                               ["%s://noisy/ns/f%d" % (domain, i) for i in range(flooders)]),
         "flood_unlimited": phase(url, "flood-unlimited", seconds, rate,
-                                 ["persistent://unlimited/ns/f%d" % i for i in range(flooders)]),
+                                 ["%s://unlimited/ns/f%d" % (domain, i) for i in range(flooders)]),
     }
     base = out["alone"]["p99"]
     print("p99 with the limited flood: %+.0f %% of alone; with an unlimited flood: %+.0f %%"
