@@ -76,23 +76,59 @@ fn magnetar_cli(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
+/// A secret key made by `magnetar tokens create-secret-key` in a temp dir, and tokens signed
+/// with it: by the CLI, or directly with a chosen expiry (past ones included).
+struct Keys {
+    _dir: tempfile::TempDir,
+    path: String,
+    secret: Vec<u8>,
+}
+
+impl Keys {
+    fn new() -> Result<Keys> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secret.key").display().to_string();
+        magnetar_cli(&["tokens", "create-secret-key", "--output", &path])?;
+        let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&path)?);
+        Ok(Keys {
+            _dir: dir,
+            path,
+            secret,
+        })
+    }
+
+    /// A token without expiry, made by the CLI.
+    fn token(&self, role: &str) -> Result<String> {
+        magnetar_cli(&[
+            "tokens",
+            "create",
+            "--secret-key",
+            &self.path,
+            "--subject",
+            role,
+        ])
+    }
+
+    /// A token expiring `secs` seconds from now (negative: already expired).
+    fn expiring(&self, role: &str, secs: i64) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": role, "exp": now + secs}),
+            &jsonwebtoken::EncodingKey::from_secret(&self.secret),
+        )?)
+    }
+}
+
 #[tokio::test]
 async fn token_authentication_with_python_client() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let key = dir.path().join("secret.key").display().to_string();
-    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
-    let good = magnetar_cli(&["tokens", "create", "--secret-key", &key, "--subject", "app"])?;
+    let keys = Keys::new()?;
+    let key = keys.path.clone();
+    let good = keys.token("app")?;
     // expired a minute ago, signed with the same key
-    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        - 60;
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "app", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(&secret),
-    )?;
+    let expired = keys.expiring("app", -60)?;
     let sa = StandaloneProc::start(
         bin(),
         &[
@@ -195,9 +231,8 @@ async fn admin_rest_conformance() -> Result<()> {
 /// writer's, a minute past its expiry.
 #[tokio::test]
 async fn authorization_matrix() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let key = dir.path().join("secret.key").display().to_string();
-    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
+    let keys = Keys::new()?;
+    let key = keys.path.clone();
     let mut tokens = serde_json::Map::new();
     for role in [
         "root",
@@ -208,20 +243,9 @@ async fn authorization_matrix() -> Result<()> {
         "topicwriter",
         "stranger",
     ] {
-        let t = magnetar_cli(&["tokens", "create", "--secret-key", &key, "--subject", role])?;
-        tokens.insert(role.into(), t.into());
+        tokens.insert(role.into(), keys.token(role)?.into());
     }
-    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        - 60;
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "writer", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(&secret),
-    )?;
-    tokens.insert("expired".into(), expired.into());
+    tokens.insert("expired".into(), keys.expiring("writer", -60)?.into());
     let tokens = serde_json::Value::Object(tokens).to_string();
     checks_against(
         &[
@@ -260,17 +284,10 @@ fn admin_bin() -> Result<PathBuf> {
 #[tokio::test]
 async fn magnetar_admin_cli() -> Result<()> {
     let admin = admin_bin()?;
+    let keys = Keys::new()?;
+    let key = keys.path.clone();
     let dir = tempfile::tempdir()?;
-    let key = dir.path().join("secret.key").display().to_string();
-    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
-    let root = magnetar_cli(&[
-        "tokens",
-        "create",
-        "--secret-key",
-        &key,
-        "--subject",
-        "root",
-    ])?;
+    let root = keys.token("root")?;
     let token_file = dir.path().join("root.token");
     std::fs::write(&token_file, &root)?;
     let sa = StandaloneProc::start(
@@ -755,20 +772,9 @@ async fn frames_until_closed(
 
 #[tokio::test]
 async fn expired_tokens_are_refreshed_or_disconnected() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let key = dir.path().join("secret.key").display().to_string();
-    magnetar_cli(&["tokens", "create-secret-key", "--output", &key])?;
-    let secret = magnetar_broker::auth::decode_secret(&std::fs::read(&key)?);
-    let sign = |role: &str, ttl: u64| -> Result<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        Ok(jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &serde_json::json!({"sub": role, "exp": now + ttl}),
-            &jsonwebtoken::EncodingKey::from_secret(&secret),
-        )?)
-    };
+    let keys = Keys::new()?;
+    let key = keys.path.clone();
+    let sign = |role: &str, ttl: i64| keys.expiring(role, ttl);
     let sa = StandaloneProc::start(
         bin(),
         &[
