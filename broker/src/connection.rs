@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::auth::{AuthError, Identity};
 use crate::authz::TopicOp;
 use crate::key_shared::KeySharedSpec;
 use crate::managed_ledger::highest_sequence;
@@ -168,10 +169,8 @@ struct Connection {
     peer: SocketAddr,
     protocol: i32,
     client_version: String,
-    /// The authenticated role (None: authentication is off).
-    role: Option<String>,
-    /// When the credentials expire (seconds since the epoch).
-    expires: Option<u64>,
+    /// Who the client authenticated as, and until when (None: authentication is off).
+    identity: Option<Identity>,
     /// The client said it answers AUTH_CHALLENGE.
     refresh_ok: bool,
     /// An AUTH_CHALLENGE is out, unanswered.
@@ -200,8 +199,7 @@ impl Connection {
             peer,
             protocol: 0,
             client_version: String::new(),
-            role: None,
-            expires: None,
+            identity: None,
             refresh_ok: false,
             challenged: false,
             producers: HashMap::new(),
@@ -310,9 +308,9 @@ impl Connection {
                     Ok(_) => {}
                     Err(e) => return format!("read error: {e}"),
                 },
-                _ = auth_tick.tick(), if self.expires.is_some() => {
+                _ = auth_tick.tick(), if self.identity.as_ref().is_some_and(|i| i.expires.is_some()) => {
                     if let Err(reason) = self.check_credentials() {
-                        warn!(peer = %self.peer, role = ?self.role, reason = %reason, "closing the connection");
+                        warn!(peer = %self.peer, role = ?self.role(), reason = %reason, "closing the connection");
                         return reason;
                     }
                 }
@@ -337,41 +335,13 @@ impl Connection {
     /// Answers CONNECT; Err (authentication failed) closes the connection after an ERROR.
     fn handle_connect(&mut self, c: CommandConnect) -> Result<(), String> {
         if self.svc.cfg.auth.is_some() {
-            let token = match c.auth_method_name.as_deref() {
-                None | Some("") => None,
-                Some("token") => Some(
-                    String::from_utf8_lossy(c.auth_data.as_deref().unwrap_or_default()).to_string(),
-                ),
-                Some(other) => {
-                    let e = crate::auth::AuthError::Method(other.to_string());
-                    self.tx.send(commands::error(
-                        commands::NO_REQUEST,
-                        ServerError::AuthenticationError,
-                        e.to_string(),
-                    ));
-                    return Err(e.to_string());
-                }
-            };
-            match self.svc.cfg.authenticate(token.as_deref()) {
-                Ok(id) => {
-                    self.role = id.as_ref().map(|i| i.role.clone());
-                    self.expires = id.and_then(|i| i.expires);
-                    self.refresh_ok = c
-                        .feature_flags
-                        .as_ref()
-                        .and_then(|f| f.supports_auth_refresh)
-                        .unwrap_or(false);
-                }
-                Err(e) => {
-                    warn!(peer = %self.peer, error = %e, "authentication failed");
-                    self.tx.send(commands::error(
-                        commands::NO_REQUEST,
-                        ServerError::AuthenticationError,
-                        format!("Failed to authenticate: {e}"),
-                    ));
-                    return Err(format!("authentication failed: {e}"));
-                }
-            }
+            let id = self.authenticate(c.auth_method_name.as_deref(), c.auth_data.as_deref())?;
+            self.identity = id;
+            self.refresh_ok = c
+                .feature_flags
+                .as_ref()
+                .and_then(|f| f.supports_auth_refresh)
+                .unwrap_or(false);
         }
         self.protocol = c.protocol_version.unwrap_or(0).min(PROTOCOL_VERSION);
         self.client_version = c.client_version.clone();
@@ -462,13 +432,42 @@ impl Connection {
         Ok(())
     }
 
+    fn role(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.role.as_str())
+    }
+
+    /// Who the credentials of CONNECT or AUTH_RESPONSE name. A refusal is answered with
+    /// ERROR AuthenticationError; Err is the reason to close the connection.
+    fn authenticate(
+        &self,
+        method: Option<&str>,
+        data: Option<&[u8]>,
+    ) -> Result<Option<Identity>, String> {
+        let token = match method {
+            None | Some("") => None,
+            Some("token") => Some(String::from_utf8_lossy(data.unwrap_or_default()).into_owned()),
+            Some(other) => return Err(self.refuse(AuthError::Method(other.to_string()))),
+        };
+        self.svc
+            .cfg
+            .authenticate(token.as_deref())
+            .map_err(|e| self.refuse(e))
+    }
+
+    fn refuse(&self, e: AuthError) -> String {
+        warn!(peer = %self.peer, error = %e, "authentication failed");
+        self.tx.send(commands::error(
+            commands::NO_REQUEST,
+            ServerError::AuthenticationError,
+            format!("Failed to authenticate: {e}"),
+        ));
+        format!("authentication failed: {e}")
+    }
+
     /// Expired credentials: challenged once if the client can refresh, else (or if the
     /// challenge went unanswered until the next check) the connection closes.
     fn check_credentials(&mut self) -> Result<(), String> {
-        let expired = self
-            .expires
-            .is_some_and(|e| e <= crate::managed_ledger::now_ms() / 1000);
-        if !expired {
+        if !self.identity.as_ref().is_some_and(Identity::expired) {
             return Ok(());
         }
         if self.challenged {
@@ -493,41 +492,25 @@ impl Connection {
             return Ok(()); // nothing to refresh
         }
         let data = r.response.unwrap_or_default();
-        if data
-            .auth_method_name
-            .as_deref()
-            .is_some_and(|m| m != "token")
-        {
-            return Err("auth response with a method other than token".into());
-        }
-        let token =
-            String::from_utf8_lossy(data.auth_data.as_deref().unwrap_or_default()).to_string();
-        match self.svc.cfg.authenticate(Some(&token)) {
-            Ok(Some(id)) if Some(&id.role) == self.role.as_ref() => {
-                self.expires = id.expires;
-                self.challenged = false;
+        // a refresh carries the same method; none at all is no credentials (refused)
+        let method = match data.auth_method_name.as_deref() {
+            None | Some("") => "token",
+            Some(m) => m,
+        };
+        match self.authenticate(Some(method), data.auth_data.as_deref())? {
+            Some(id) if Some(id.role.as_str()) == self.role() => {
                 debug!(peer = %self.peer, role = %id.role, "credentials refreshed");
+                self.identity = Some(id);
+                self.challenged = false;
                 Ok(())
             }
-            Ok(other) => {
-                self.tx.send(commands::error(
-                    commands::NO_REQUEST,
-                    ServerError::AuthenticationError,
-                    "the role changed during a credentials refresh",
+            other => {
+                let e = AuthError::Invalid(format!(
+                    "the refresh names role {:?}, the connection is {:?}",
+                    other.map(|i| i.role),
+                    self.role()
                 ));
-                Err(format!(
-                    "refresh changed the role from {:?} to {:?}",
-                    self.role,
-                    other.map(|i| i.role)
-                ))
-            }
-            Err(e) => {
-                self.tx.send(commands::error(
-                    commands::NO_REQUEST,
-                    ServerError::AuthenticationError,
-                    format!("Failed to refresh credentials: {e}"),
-                ));
-                Err(format!("credentials refresh failed: {e}"))
+                Err(self.refuse(e))
             }
         }
     }
@@ -545,7 +528,7 @@ impl Connection {
         let checked = async {
             let t = self.parse_topic(&l.topic)?;
             self.svc
-                .authorize_topic(self.role.as_deref(), &t, TopicOp::Lookup)
+                .authorize_topic(self.role(), &t, TopicOp::Lookup)
                 .await
         };
         match checked.await {
@@ -564,7 +547,7 @@ impl Connection {
         let reply = async {
             let t = self.parse_topic(&p.topic)?;
             self.svc
-                .authorize_topic(self.role.as_deref(), &t, TopicOp::Lookup)
+                .authorize_topic(self.role(), &t, TopicOp::Lookup)
                 .await?;
             if let Some(n) = self.svc.partitions(&t).await? {
                 return Ok(n);
@@ -613,7 +596,7 @@ impl Connection {
         };
         if let Err(e) = self
             .svc
-            .authorize_namespace_topics(self.role.as_deref(), tenant, ns)
+            .authorize_namespace_topics(self.role(), tenant, ns)
             .await
         {
             return self.error(g.request_id, e);
@@ -648,7 +631,7 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.error(p.request_id, e),
         };
-        let role = self.role.as_deref();
+        let role = self.role();
         let mut allowed = self
             .svc
             .authorize_topic(role, &topic, TopicOp::Produce)
@@ -907,11 +890,7 @@ impl Connection {
                 ));
             }
             self.svc
-                .authorize_topic(
-                    self.role.as_deref(),
-                    &t,
-                    TopicOp::Consume(Some(&s.subscription)),
-                )
+                .authorize_topic(self.role(), &t, TopicOp::Consume(Some(&s.subscription)))
                 .await?;
             let create =
                 s.force_topic_creation.unwrap_or(true) && self.svc.may_auto_create(&t).await?;
@@ -957,29 +936,32 @@ impl Connection {
                     ),
                 ));
             }
-            let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
-            if let Some(max) = eff.max_consumers {
-                let on_topic: usize = topic
-                    .subscriptions
-                    .lock()
-                    .values()
-                    .map(|s| s.consumers().len())
-                    .sum();
-                if on_topic >= max {
-                    return Err(ClientError::new(
-                        ServerError::ConsumerBusy,
-                        format!("Topic reached max consumers limit ({max})"),
-                    ));
-                }
+            // limits are checked before the subscription is made, so a refusal leaves none
+            let (on_topic, on_sub) = {
+                let subs = topic.subscriptions.lock();
+                let on_sub = subs.get(&s.subscription).map_or(0, |x| x.consumers().len());
+                (
+                    subs.values().map(|x| x.consumers().len()).sum::<usize>(),
+                    on_sub,
+                )
+            };
+            if let Some(max) = eff.max_consumers
+                && on_topic >= max
+            {
+                return Err(ClientError::new(
+                    ServerError::ConsumerBusy,
+                    format!("Topic reached max consumers limit ({max})"),
+                ));
             }
             if let Some(max) = eff.max_consumers_per_subscription
-                && sub.consumers().len() >= max
+                && on_sub >= max
             {
                 return Err(ClientError::new(
                     ServerError::ConsumerBusy,
                     format!("Subscription reached max consumers limit ({max})"),
                 ));
             }
+            let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
             let name = s
                 .consumer_name
                 .clone()
