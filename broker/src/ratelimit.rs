@@ -3,6 +3,7 @@
 //! time the bucket says; debt is carried, so the long-run rate holds even when one charge
 //! (a large batch) overdraws the bucket. Pure bookkeeping: sleeping is the caller's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -30,12 +31,16 @@ struct Bucket {
 
 #[derive(Debug)]
 pub struct RateLimiter {
+    /// Whether any limit is set: unlimited topics (the usual case) never take the lock, as
+    /// every SEND and every delivered entry asks.
+    active: AtomicBool,
     bucket: Mutex<Bucket>,
 }
 
 impl Default for RateLimiter {
     fn default() -> Self {
         RateLimiter {
+            active: AtomicBool::new(false),
             bucket: Mutex::new(Bucket {
                 rate: Rate::default(),
                 msgs: 0.0,
@@ -78,19 +83,16 @@ impl RateLimiter {
             b.msgs = rate.msgs.unwrap_or(0) as f64;
             b.bytes = rate.bytes.unwrap_or(0) as f64;
             b.at = Instant::now();
+            self.active.store(rate.is_limited(), Ordering::Release);
         }
-    }
-
-    pub fn rate(&self) -> Rate {
-        self.bucket.lock().rate
     }
 
     /// Records work done; returns how long to wait before doing more (None: go on).
     pub fn charge(&self, msgs: u64, bytes: u64) -> Option<Duration> {
-        let mut b = self.bucket.lock();
-        if !b.rate.is_limited() {
+        if !self.active.load(Ordering::Acquire) {
             return None;
         }
+        let mut b = self.bucket.lock();
         b.refill(Instant::now());
         if b.rate.msgs.is_some() {
             b.msgs -= msgs as f64;
@@ -103,10 +105,10 @@ impl RateLimiter {
 
     /// How long until more may be done (None: now).
     pub fn wait(&self) -> Option<Duration> {
-        let mut b = self.bucket.lock();
-        if !b.rate.is_limited() {
+        if !self.active.load(Ordering::Acquire) {
             return None;
         }
+        let mut b = self.bucket.lock();
         b.refill(Instant::now());
         b.wait()
     }

@@ -353,24 +353,19 @@ impl BrokerService {
         let cell = Arc::clone(self.topics.lock().entry(full.clone()).or_default());
         let topic = cell
             .get_or_try_init(|| async {
+                // read once: deduplication is fixed at open, the rates are set on the topic
+                let eff = self.topic_policies(t).await.map_err(MlError::from)?;
                 let mut cfg = self.cfg.ml.clone();
                 if t.domain == Domain::NonPersistent {
                     cfg.in_memory = true;
                 } else {
-                    cfg.track_producers = self
-                        .topic_policies(t)
-                        .await
-                        .map_err(MlError::from)?
-                        .deduplication;
+                    cfg.track_producers = eff.deduplication;
                 }
                 let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
                 let topic =
                     Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone())
                         .await?;
-                match self.topic_policies(t).await {
-                    Ok(eff) => topic.apply_rates(&eff),
-                    Err(e) => warn!(topic = %t, error = %e, "rate limits not read; housekeeping applies them"),
-                }
+                topic.apply_rates(&eff);
                 Ok::<_, MlError>(topic)
             })
             .await
