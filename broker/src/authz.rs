@@ -40,6 +40,16 @@ pub struct AuthPolicies {
     pub subscription_auth_roles: BTreeMap<String, BTreeSet<String>>,
 }
 
+impl AuthPolicies {
+    /// The grants inside a namespace's policies record (none if it has no `auth_policies`).
+    pub fn from_policies(policies: &serde_json::Value) -> Result<AuthPolicies, serde_json::Error> {
+        match policies.get("auth_policies") {
+            None | Some(serde_json::Value::Null) => Ok(AuthPolicies::default()),
+            Some(a) => serde_json::from_value(a.clone()),
+        }
+    }
+}
+
 /// What a caller wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicOp<'a> {

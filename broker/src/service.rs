@@ -373,11 +373,6 @@ impl BrokerService {
         Ok(Arc::clone(topic))
     }
 
-    /// Whether a namespace deduplicates producers: its policy, else the broker default.
-    pub async fn deduplication_enabled(&self, tenant: &str, ns: &str) -> Result<bool, MetaError> {
-        Ok(self.effective_policies(tenant, ns).await?.deduplication)
-    }
-
     /// A namespace's policies with the broker's defaults filling the gaps. A stored record
     /// this broker cannot read is logged and treated as empty.
     pub async fn effective_policies(&self, tenant: &str, ns: &str) -> Result<Effective, MetaError> {
@@ -484,13 +479,10 @@ impl BrokerService {
         let Some(v) = self.meta.get_json::<serde_json::Value>(&key).await? else {
             return Ok(AuthPolicies::default());
         };
-        match v.value.get("auth_policies") {
-            None | Some(serde_json::Value::Null) => Ok(AuthPolicies::default()),
-            Some(a) => serde_json::from_value(a.clone()).map_err(|e| MetaError::Corrupt {
-                key,
-                reason: format!("auth_policies: {e}"),
-            }),
-        }
+        AuthPolicies::from_policies(&v.value).map_err(|e| MetaError::Corrupt {
+            key,
+            reason: format!("auth_policies: {e}"),
+        })
     }
 
     /// Refuses (AuthorizationError) what `role` may not do with topic `t`.

@@ -286,6 +286,8 @@ bad = [
     ("PUT", A + "/tenants/x", b"\"str\""),
     ("PUT", A + "/namespaces/public/x", b"{\"bundles\": 7}"),
     ("POST", A + "/namespaces/public/default/retention", b"nope"),
+    ("POST", A + "/namespaces/public/default/retention", b"[10, 10]"),
+    ("POST", A + "/namespaces/public/default/backlogQuota", b"[1, 2, \"producer_exception\"]"),
     ("POST", A + "/namespaces/public/default/messageTTL", b"{}"),
     ("POST", A + "/namespaces/public/default/backlogQuota", b"{}"),
     ("PUT", A + "/persistent/public/default/x/partitions", b"-1"),

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
@@ -33,11 +33,27 @@ fn err(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, axum::Json(json!({"reason": reason.into()}))).into_response()
 }
 
+/// A request body that must be a JSON object of type `T`. serde alone would also read a
+/// struct from an array (`[10, 10]`); Pulsar's bodies are objects, so those are refused too.
+fn object_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad {what}: {e}"))?;
+    from_object(v, what)
+}
+
+/// [`object_body`] for a body already parsed.
+fn from_object<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, String> {
+    if !v.is_object() {
+        return Err(format!("{what} is a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| format!("bad {what}: {e}"))
+}
+
 fn meta_err(e: MetaError) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 pub fn router(svc: Arc<BrokerService>) -> Router {
+    let ns = |suffix: &str| format!("/admin/v2/namespaces/{{tenant}}/{{ns}}/{suffix}");
     Router::new()
         .route("/admin/v2/brokers/health", get(health))
         .route("/metrics", get(metrics))
@@ -68,10 +84,8 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             get(compaction_status).put(start_compaction),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/compactionThreshold",
-            get(|s, p| policy_get(s, p, "compaction_threshold"))
-                .put(|s, p, b| policy_set(s, p, "compaction_threshold", b, check_threshold))
-                .delete(|s, p| policy_delete(s, p, "compaction_threshold")),
+            &ns("compactionThreshold"),
+            ns_field("compaction_threshold", SetBy::Put, check_threshold, true),
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/messageTTL",
@@ -93,21 +107,15 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/publishRate",
-            get(|s, p| topic_policy_get(s, p, "publishRate"))
-                .post(|s, p, b| set_topic_rate(s, p, "publishRate", b))
-                .delete(|s, p| topic_policy_delete(s, p, "publishRate")),
+            topic_rate("publishRate"),
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/dispatchRate",
-            get(|s, p| topic_policy_get(s, p, "dispatchRate"))
-                .post(|s, p, b| set_topic_rate(s, p, "dispatchRate", b))
-                .delete(|s, p| topic_policy_delete(s, p, "dispatchRate")),
+            topic_rate("dispatchRate"),
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/subscriptionDispatchRate",
-            get(|s, p| topic_policy_get(s, p, "subscriptionDispatchRate"))
-                .post(|s, p, b| set_topic_rate(s, p, "subscriptionDispatchRate", b))
-                .delete(|s, p| topic_policy_delete(s, p, "subscriptionDispatchRate")),
+            topic_rate("subscriptionDispatchRate"),
         )
         .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/backlogQuotaMap",
@@ -129,16 +137,12 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .delete(namespaces::delete_namespace),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/retention",
-            get(|s, p| policy_get(s, p, "retention_policies"))
-                .post(|s, p, b| policy_set(s, p, "retention_policies", b, check_retention))
-                .delete(|s, p| policy_delete(s, p, "retention_policies")),
+            &ns("retention"),
+            ns_field("retention_policies", SetBy::Post, check_retention, true),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/messageTTL",
-            get(|s, p| policy_get(s, p, "message_ttl_in_seconds"))
-                .post(|s, p, b| policy_set(s, p, "message_ttl_in_seconds", b, check_ttl))
-                .delete(|s, p| policy_delete(s, p, "message_ttl_in_seconds")),
+            &ns("messageTTL"),
+            ns_field("message_ttl_in_seconds", SetBy::Post, check_ttl, true),
         )
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}/autoTopicCreation",
@@ -173,52 +177,51 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .merge(namespaces::routes())
         .merge(tenants::routes())
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/maxProducersPerTopic",
-            get(|s, p| policy_get(s, p, "max_producers_per_topic"))
-                .post(|s, p, b| policy_set(s, p, "max_producers_per_topic", b, check_limit))
-                .delete(|s, p| policy_delete(s, p, "max_producers_per_topic")),
+            &ns("maxProducersPerTopic"),
+            ns_field("max_producers_per_topic", SetBy::Post, check_limit, true),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/maxConsumersPerTopic",
-            get(|s, p| policy_get(s, p, "max_consumers_per_topic"))
-                .post(|s, p, b| policy_set(s, p, "max_consumers_per_topic", b, check_limit))
-                .delete(|s, p| policy_delete(s, p, "max_consumers_per_topic")),
+            &ns("maxConsumersPerTopic"),
+            ns_field("max_consumers_per_topic", SetBy::Post, check_limit, true),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/maxConsumersPerSubscription",
-            get(|s, p| policy_get(s, p, "max_consumers_per_subscription"))
-                .post(|s, p, b| policy_set(s, p, "max_consumers_per_subscription", b, check_limit))
-                .delete(|s, p| policy_delete(s, p, "max_consumers_per_subscription")),
+            &ns("maxConsumersPerSubscription"),
+            ns_field(
+                "max_consumers_per_subscription",
+                SetBy::Post,
+                check_limit,
+                true,
+            ),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/maxTopicsPerNamespace",
-            get(|s, p| policy_get(s, p, "max_topics_per_namespace"))
-                .post(|s, p, b| policy_set(s, p, "max_topics_per_namespace", b, check_limit))
-                .delete(|s, p| policy_delete(s, p, "max_topics_per_namespace")),
+            &ns("maxTopicsPerNamespace"),
+            ns_field("max_topics_per_namespace", SetBy::Post, check_limit, true),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/offloadThreshold",
-            get(|s, p| policy_get(s, p, "offload_threshold"))
-                .put(|s, p, b| policy_set(s, p, "offload_threshold", b, check_offload)),
+            &ns("offloadThreshold"),
+            ns_field("offload_threshold", SetBy::Put, check_offload, false),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/offloadThresholdInSeconds",
-            get(|s, p| policy_get(s, p, "offload_threshold_in_seconds"))
-                .put(|s, p, b| policy_set(s, p, "offload_threshold_in_seconds", b, check_offload)),
+            &ns("offloadThresholdInSeconds"),
+            ns_field(
+                "offload_threshold_in_seconds",
+                SetBy::Put,
+                check_offload,
+                false,
+            ),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/offloadDeletionLagMs",
-            get(|s, p| policy_get(s, p, "offload_deletion_lag_ms"))
-                .put(|s, p, b| policy_set(s, p, "offload_deletion_lag_ms", b, check_limit))
-                .delete(|s, p| policy_delete(s, p, "offload_deletion_lag_ms")),
+            &ns("offloadDeletionLagMs"),
+            ns_field("offload_deletion_lag_ms", SetBy::Put, check_limit, true),
         )
         .route(
-            "/admin/v2/namespaces/{tenant}/{ns}/autoSubscriptionCreation",
-            get(|s, p| policy_get(s, p, "autoSubscriptionCreationOverride"))
-                .post(|s, p, b| {
-                    policy_set(s, p, "autoSubscriptionCreationOverride", b, check_auto_sub)
-                })
-                .delete(|s, p| policy_delete(s, p, "autoSubscriptionCreationOverride")),
+            &ns("autoSubscriptionCreation"),
+            ns_field(
+                "autoSubscriptionCreationOverride",
+                SetBy::Post,
+                check_auto_sub,
+                true,
+            ),
         )
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}/replication",
@@ -489,17 +492,9 @@ async fn list_namespaces(State(svc): Svc, Path(tenant): Path<String>) -> Respons
 }
 
 async fn get_namespace(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
-    match svc
-        .meta
-        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
-        .await
-    {
-        Ok(Some(v)) => axum::Json(v.value).into_response(),
-        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
-        Err(e) => meta_err(e),
+    match namespace_record(&svc, &tenant, &ns).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -570,20 +565,44 @@ async fn create_namespace(
 }
 
 async fn policy_get(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
+    match namespace_record(&svc, &tenant, &ns).await {
+        Ok(v) => axum::Json(v.get(field).cloned().unwrap_or(Value::Null)).into_response(),
+        Err(r) => r,
     }
-    match svc
-        .meta
-        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
-        .await
-    {
-        Ok(Some(v)) => {
-            axum::Json(v.value.get(field).cloned().unwrap_or(Value::Null)).into_response()
-        }
-        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
-        Err(e) => meta_err(e),
+}
+
+/// How a namespace policy is set: POST mostly, PUT where Pulsar's paths use PUT.
+#[derive(Clone, Copy)]
+enum SetBy {
+    Post,
+    Put,
+}
+
+/// GET, set and (if `removable`) DELETE of one field of a namespace's policies.
+fn ns_field(
+    field: &'static str,
+    set_by: SetBy,
+    check: fn(Value) -> Result<Value, String>,
+    removable: bool,
+) -> MethodRouter<Arc<BrokerService>> {
+    let set = move |s, p, b| policy_set(s, p, field, b, check);
+    let r = get(move |s, p| policy_get(s, p, field));
+    let r = match set_by {
+        SetBy::Post => r.post(set),
+        SetBy::Put => r.put(set),
+    };
+    if removable {
+        r.delete(move |s, p| policy_delete(s, p, field))
+    } else {
+        r
     }
+}
+
+/// GET, POST and DELETE of one of a topic's own rate policies.
+fn topic_rate(field: &'static str) -> MethodRouter<Arc<BrokerService>> {
+    get(move |s, p| topic_policy_get(s, p, field))
+        .post(move |s, p, b| set_topic_rate(s, p, field, b))
+        .delete(move |s, p| topic_policy_delete(s, p, field))
 }
 
 /// Sets one policy field from the request body after `check` accepts (and may normalise) it.
@@ -614,8 +633,7 @@ async fn policy_delete(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str)
 }
 
 fn check_retention(v: Value) -> Result<Value, String> {
-    let r: crate::policies::RetentionPolicies =
-        serde_json::from_value(v).map_err(|e| format!("bad retention policies: {e}"))?;
+    let r: crate::policies::RetentionPolicies = from_object(v, "retention policies")?;
     if r.time_minutes < -1 || r.size_mb < -1 {
         return Err("retention limits are -1 (forever), 0 or positive".into());
     }
@@ -630,8 +648,7 @@ fn check_ttl(v: Value) -> Result<Value, String> {
 }
 
 fn check_auto_creation(v: Value) -> Result<Value, String> {
-    let a: crate::policies::AutoTopicCreation =
-        serde_json::from_value(v).map_err(|e| format!("bad auto topic creation: {e}"))?;
+    let a: crate::policies::AutoTopicCreation = from_object(v, "auto topic creation")?;
     match (a.topic_type.as_str(), a.default_partitions) {
         ("non-partitioned", _) => {}
         ("partitioned", Some(n)) if (1..=10_000).contains(&n) => {}
@@ -662,8 +679,8 @@ fn quota_change(kind: &str, body: &[u8]) -> Result<impl Fn(&mut Value) + use<>, 
             "backlogQuotaType is destination_storage or message_age",
         ));
     }
-    let quota: crate::policies::BacklogQuota = serde_json::from_slice(body)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad backlog quota: {e}")))?;
+    let quota: crate::policies::BacklogQuota =
+        object_body(body, "backlog quota").map_err(|m| err(StatusCode::BAD_REQUEST, m))?;
     let (kind, value) = (kind.to_string(), json!(quota));
     Ok(move |p: &mut Value| {
         if !p["backlog_quota_map"].is_object() {
@@ -706,12 +723,14 @@ async fn get_deduplication(
     State(svc): Svc,
     Path((tenant, ns)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
-    match svc.deduplication_enabled(&tenant, &ns).await {
-        Ok(on) => axum::Json(on).into_response(),
-        Err(e) => meta_err(e),
+    match namespace_record(&svc, &tenant, &ns).await {
+        Ok(v) => {
+            let p =
+                serde_json::from_value::<crate::policies::NamespacePolicies>(v).unwrap_or_default();
+            let eff = crate::policies::Effective::resolve(&p, &svc.cfg.policy_defaults());
+            axum::Json(eff.deduplication).into_response()
+        }
+        Err(r) => r,
     }
 }
 
@@ -741,22 +760,33 @@ async fn remove_deduplication(
     .await
 }
 
-async fn namespace_exists(svc: &BrokerService, tenant: &str, ns: &str) -> Result<(), Response> {
-    if !valid_segment(tenant) || !valid_segment(ns) {
-        return Err(err(
+fn valid_namespace(tenant: &str, ns: &str) -> Result<(), Response> {
+    if valid_segment(tenant) && valid_segment(ns) {
+        Ok(())
+    } else {
+        Err(err(
             StatusCode::PRECONDITION_FAILED,
             "Invalid namespace name",
-        ));
+        ))
     }
+}
+
+/// A namespace's policies record, read once (412 for a bad name, 404 if there is none).
+async fn namespace_record(svc: &BrokerService, tenant: &str, ns: &str) -> Result<Value, Response> {
+    valid_namespace(tenant, ns)?;
     match svc
         .meta
         .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
         .await
     {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(v)) => Ok(v.value),
         Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
         Err(e) => Err(meta_err(e)),
     }
+}
+
+async fn namespace_exists(svc: &BrokerService, tenant: &str, ns: &str) -> Result<(), Response> {
+    namespace_record(svc, tenant, ns).await.map(|_| ())
 }
 
 /// Read-modify-write of a namespace's policies, by compare-and-set (retried on conflict).
@@ -767,7 +797,8 @@ async fn update_policies(
     ns: &str,
     change: impl Fn(&mut Value) + Send + Sync,
 ) -> Response {
-    if let Err(r) = namespace_exists(svc, tenant, ns).await {
+    // an absent record is a 404 from the update itself: no read before it
+    if let Err(r) = valid_namespace(tenant, ns) {
         return r;
     }
     let key = format!("/admin/policies/{tenant}/{ns}");

@@ -9,13 +9,17 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::topics::client_err;
-use super::{NsPath, Stop, Svc, answered, err, meta_err, namespace_exists, update_policies};
+use super::{
+    NsPath, Stop, Svc, answered, err, meta_err, namespace_exists, namespace_record, object_body,
+    update_policies, valid_namespace,
+};
+use crate::authz::AuthPolicies;
 use crate::authz::check_actions;
 use crate::names::TopicName;
 use crate::service::{BrokerService, partitioned_key};
@@ -46,27 +50,19 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
         )
         .route(
             &format!("{ns}/publishRate"),
-            get(|s, p| rate_get(s, p, "publishMaxMessageRate"))
-                .post(|s, p, b| rate_set(s, p, "publishMaxMessageRate", b))
-                .delete(|s, p| rate_delete(s, p, "publishMaxMessageRate")),
+            rate_field("publishMaxMessageRate"),
         )
         .route(
             &format!("{ns}/dispatchRate"),
-            get(|s, p| rate_get(s, p, "topicDispatchRate"))
-                .post(|s, p, b| rate_set(s, p, "topicDispatchRate", b))
-                .delete(|s, p| rate_delete(s, p, "topicDispatchRate")),
+            rate_field("topicDispatchRate"),
         )
         .route(
             &format!("{ns}/subscriptionDispatchRate"),
-            get(|s, p| rate_get(s, p, "subscriptionDispatchRate"))
-                .post(|s, p, b| rate_set(s, p, "subscriptionDispatchRate", b))
-                .delete(|s, p| rate_delete(s, p, "subscriptionDispatchRate")),
+            rate_field("subscriptionDispatchRate"),
         )
         .route(
             &format!("{ns}/subscribeRate"),
-            get(|s, p| rate_get(s, p, "clusterSubscribeRate"))
-                .post(|s, p, b| rate_set(s, p, "clusterSubscribeRate", b))
-                .delete(|s, p| rate_delete(s, p, "clusterSubscribeRate")),
+            rate_field("clusterSubscribeRate"),
         )
         .route(&format!("{ns}/bundles"), get(bundles))
         .route(&format!("{ns}/unload"), put(unload_namespace))
@@ -159,34 +155,25 @@ pub fn topic_hash(t: &TopicName) -> u32 {
     crc32fast::hash(t.to_string().as_bytes())
 }
 
-/// A namespace's bundles; a namespace created before bundles were recorded has the default.
-pub async fn bundles_of(svc: &BrokerService, tenant: &str, ns: &str) -> Result<Bundles, Response> {
-    match svc
-        .meta
-        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
-        .await
-    {
-        Ok(Some(v)) => match v.value.get("bundles") {
-            None | Some(Value::Null) => Ok(Bundles::even(DEFAULT_BUNDLES)),
-            Some(b) => serde_json::from_value::<Bundles>(b.clone())
-                .ok()
-                .filter(|b| b.bounds().is_some())
-                .ok_or_else(|| {
-                    err(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "stored bundles are invalid",
-                    )
-                }),
-        },
-        Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
-        Err(e) => Err(meta_err(e)),
+/// The bundles in a namespace's policies record; one created before bundles were recorded
+/// has the default.
+fn stored_bundles(policies: &Value) -> Result<Bundles, String> {
+    match policies.get("bundles") {
+        None | Some(Value::Null) => Ok(Bundles::even(DEFAULT_BUNDLES)),
+        Some(b) => serde_json::from_value::<Bundles>(b.clone())
+            .ok()
+            .filter(|b| b.bounds().is_some())
+            .ok_or_else(|| "stored bundles are invalid".to_string()),
     }
 }
 
+/// A namespace's bundles (404 if there is no such namespace).
+pub async fn bundles_of(svc: &BrokerService, tenant: &str, ns: &str) -> Result<Bundles, Response> {
+    let record = namespace_record(svc, tenant, ns).await?;
+    stored_bundles(&record).map_err(|m| err(StatusCode::INTERNAL_SERVER_ERROR, m))
+}
+
 async fn bundles(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
     match bundles_of(&svc, &tenant, &ns).await {
         Ok(b) => axum::Json(b).into_response(),
         Err(r) => r,
@@ -197,7 +184,7 @@ async fn split_bundle(
     State(svc): Svc,
     Path((tenant, ns, bundle)): Path<(String, String, String)>,
 ) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
+    if let Err(r) = valid_namespace(&tenant, &ns) {
         return r;
     }
     let key = format!("/admin/policies/{tenant}/{ns}");
@@ -210,15 +197,8 @@ async fn split_bundle(
                     "Namespace does not exist",
                 )));
             };
-            let current = match p.get("bundles") {
-                None | Some(Value::Null) => Bundles::even(DEFAULT_BUNDLES),
-                Some(b) => serde_json::from_value(b.clone()).map_err(|e| {
-                    Stop::Reply(err(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("stored bundles are invalid: {e}"),
-                    ))
-                })?,
-            };
+            let current = stored_bundles(&p)
+                .map_err(|m| Stop::Reply(err(StatusCode::INTERNAL_SERVER_ERROR, m)))?;
             let split = current
                 .split(&bundle)
                 .map_err(|m| Stop::Reply(err(StatusCode::PRECONDITION_FAILED, m)))?;
@@ -367,23 +347,28 @@ pub(super) async fn delete_namespace(
     }
 }
 
+/// A namespace's grants, from its record read once.
+async fn grants(svc: &BrokerService, tenant: &str, ns: &str) -> Result<AuthPolicies, Response> {
+    let record = namespace_record(svc, tenant, ns).await?;
+    AuthPolicies::from_policies(&record).map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored grants are unreadable: {e}"),
+        )
+    })
+}
+
 async fn permissions(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
-    match svc.auth_policies(&tenant, &ns).await {
+    match grants(&svc, &tenant, &ns).await {
         Ok(a) => axum::Json(a.namespace_auth).into_response(),
-        Err(e) => meta_err(e),
+        Err(r) => r,
     }
 }
 
 async fn subscription_permissions(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
-    match svc.auth_policies(&tenant, &ns).await {
+    match grants(&svc, &tenant, &ns).await {
         Ok(a) => axum::Json(a.subscription_auth_roles).into_response(),
-        Err(e) => meta_err(e),
+        Err(r) => r,
     }
 }
 
@@ -504,23 +489,16 @@ async fn revoke_subscription(
 
 /// A rate body checked against its kind (publish or dispatch), normalised.
 pub(super) fn check_rate(field: &str, body: &[u8]) -> Result<Value, Response> {
-    let bad = |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad rate: {e}"));
-    // serde would read a struct from an array too; Pulsar's bodies are objects
-    if !serde_json::from_slice::<Value>(body)
-        .map_err(bad)?
-        .is_object()
-    {
-        return Err(err(StatusCode::BAD_REQUEST, "a rate is a JSON object"));
-    }
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, m);
     if field == "clusterSubscribeRate" {
-        let r: crate::policies::SubscribeRate = serde_json::from_slice(body).map_err(bad)?;
+        let r: crate::policies::SubscribeRate = object_body(body, "rate").map_err(bad)?;
         return Ok(json!(r));
     }
     if field == "publishMaxMessageRate" || field == "publishRate" {
-        let r: crate::policies::PublishRate = serde_json::from_slice(body).map_err(bad)?;
+        let r: crate::policies::PublishRate = object_body(body, "rate").map_err(bad)?;
         Ok(json!(r))
     } else {
-        let r: crate::policies::DispatchRate = serde_json::from_slice(body).map_err(bad)?;
+        let r: crate::policies::DispatchRate = object_body(body, "rate").map_err(bad)?;
         if r.period_secs < 1 {
             return Err(err(
                 StatusCode::PRECONDITION_FAILED,
@@ -531,19 +509,18 @@ pub(super) fn check_rate(field: &str, body: &[u8]) -> Result<Value, Response> {
     }
 }
 
+/// GET, POST and DELETE of one of a namespace's per-cluster rates.
+fn rate_field(field: &'static str) -> MethodRouter<Arc<BrokerService>> {
+    get(move |s, p| rate_get(s, p, field))
+        .post(move |s, p, b| rate_set(s, p, field, b))
+        .delete(move |s, p| rate_delete(s, p, field))
+}
+
 /// A namespace rate for this broker's cluster (Pulsar keeps rates per cluster).
 async fn rate_get(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str) -> Response {
-    if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
-        return r;
-    }
-    match svc
-        .meta
-        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
-        .await
-    {
-        Ok(Some(v)) => axum::Json(v.value[field][&svc.cfg.cluster].clone()).into_response(),
-        Ok(None) => err(StatusCode::NOT_FOUND, "Namespace does not exist"),
-        Err(e) => meta_err(e),
+    match namespace_record(&svc, &tenant, &ns).await {
+        Ok(v) => axum::Json(v[field][&svc.cfg.cluster].clone()).into_response(),
+        Err(r) => r,
     }
 }
 

@@ -12,7 +12,7 @@ use axum::routing::get;
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
-use super::{Stop, Svc, answered, err, meta_err};
+use super::{Stop, Svc, answered, err, meta_err, object_body};
 use crate::authz::TenantInfo;
 use crate::names::valid_segment;
 use crate::service::BrokerService;
@@ -158,13 +158,7 @@ async fn tenant_body(svc: &BrokerService, body: &[u8]) -> Result<TenantInfo, Res
     let info: TenantInfo = if body.iter().all(u8::is_ascii_whitespace) {
         TenantInfo::default()
     } else {
-        let bad =
-            |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad tenant info: {e}"));
-        let v: Value = serde_json::from_slice(body).map_err(bad)?;
-        if !v.is_object() {
-            return Err(err(StatusCode::BAD_REQUEST, "tenant info is a JSON object"));
-        }
-        serde_json::from_value(v).map_err(bad)?
+        object_body(body, "tenant info").map_err(|m| err(StatusCode::BAD_REQUEST, m))?
     };
     for c in &info.allowed_clusters {
         match svc.meta.get(&cluster_key(c)).await {

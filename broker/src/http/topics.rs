@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::namespaces::Force;
-use super::{Svc, err, meta_err, topic_stats, update_record};
+use super::{Svc, err, meta_err, object_body, topic_stats, update_record};
 use crate::authz::check_actions;
 use crate::names::TopicName;
 use crate::position::Position;
@@ -289,15 +289,9 @@ fn id_body(body: &[u8]) -> Result<Option<IdBody>, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let bad = |e: serde_json::Error| err(StatusCode::BAD_REQUEST, format!("bad message id: {e}"));
-    let v: Value = serde_json::from_slice(body).map_err(bad)?;
-    if !v.is_object() {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "a message id is a JSON object",
-        ));
-    }
-    serde_json::from_value(v).map(Some).map_err(bad)
+    object_body(body, "message id")
+        .map(Some)
+        .map_err(|m| err(StatusCode::BAD_REQUEST, m))
 }
 
 /// Creates a durable subscription starting at the message id in the body (latest if none).
