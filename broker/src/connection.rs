@@ -1155,15 +1155,11 @@ impl Connection {
             } else if id.ledger_id >= i64::MAX as u64 {
                 ml.last_confirmed()
             } else {
-                match ml.at_or_after(pos(id)) {
-                    Some(p) => ml.previous_position(p),
-                    None => ml.last_confirmed(),
-                }
+                ml.start_before(pos(id))
             }
         } else if let Some(ts) = s.message_publish_time {
-            match ml.find_by_publish_time(ts).await {
-                Ok(Some(p)) => ml.previous_position(p),
-                Ok(None) => ml.last_confirmed(),
+            match ml.start_before_time(ts, 0).await {
+                Ok(p) => p,
                 Err(e) => {
                     return self.error(
                         s.request_id,

@@ -856,13 +856,33 @@ impl ManagedLedger {
         Ok(())
     }
 
-    /// Finds the first entry published at or after `ts_ms` (None: all are older).
-    pub async fn find_by_publish_time(&self, ts_ms: u64) -> Result<Option<Position>, MlError> {
-        self.find_by_publish_time_from(ts_ms, 0).await
+    /// The mark-delete position from which delivery starts at `p`: just before the first
+    /// entry at or after it (the log's end when there is none yet).
+    pub fn start_before(&self, p: Position) -> Position {
+        match self.at_or_after(p) {
+            Some(first) => self.previous_position(first),
+            None => self.last_confirmed(),
+        }
     }
 
-    /// [`Self::find_by_publish_time`] looking only at ledgers from `first_ledger` on.
-    pub async fn find_by_publish_time_from(
+    /// The mark-delete position from which delivery starts at the first message published
+    /// at or after `ts_ms` (looking from ledger `first_ledger` on; the log's end if none).
+    pub async fn start_before_time(
+        &self,
+        ts_ms: u64,
+        first_ledger: u64,
+    ) -> Result<Position, MlError> {
+        Ok(
+            match self.find_by_publish_time_from(ts_ms, first_ledger).await? {
+                Some(first) => self.previous_position(first),
+                None => self.last_confirmed(),
+            },
+        )
+    }
+
+    /// Finds the first entry published at or after `ts_ms` (None: all are older), looking
+    /// only at ledgers from `first_ledger` on.
+    async fn find_by_publish_time_from(
         &self,
         ts_ms: u64,
         first_ledger: u64,

@@ -108,6 +108,11 @@ const QUOTA_OK: u8 = 0;
 const QUOTA_HOLD: u8 = 1;
 const QUOTA_EXCEPTION: u8 = 2;
 
+/// The publish time before which messages are older than `age`.
+fn cutoff_of(age: Duration) -> u64 {
+    now_ms().saturating_sub(age.as_millis() as u64)
+}
+
 /// What deduplication says of a SEND.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendCheck {
@@ -237,11 +242,7 @@ impl Topic {
                     self.ml.last_confirmed()
                 }
                 // deliver from (l, e) inclusive
-                Some((l, e)) => self
-                    .ml
-                    .at_or_after(Position::new(l, e as i64))
-                    .map(|p| self.ml.previous_position(p))
-                    .unwrap_or_else(|| self.ml.last_confirmed()),
+                Some((l, e)) => self.ml.start_before(Position::new(l, e as i64)),
                 None => initial,
             };
             Cursor::non_durable(self.ml.clone(), self.meta.clone(), name, md)
@@ -545,13 +546,7 @@ impl Topic {
     /// Returns how many subscriptions moved.
     pub async fn expire_older_than(&self, age: Duration) -> Result<usize, MlError> {
         self.evict_through(|ml, slowest| async move {
-            let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
-            Ok(
-                match ml.find_by_publish_time_from(cutoff, slowest.ledger).await? {
-                    Some(first_young) => ml.previous_position(first_young),
-                    None => ml.last_confirmed(),
-                },
-            )
+            ml.start_before_time(cutoff_of(age), slowest.ledger).await
         })
         .await
     }
@@ -744,11 +739,7 @@ impl Topic {
         age: Duration,
     ) -> Result<bool, MlError> {
         let md = s.cursor.mark_delete();
-        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
-        let target = match self.ml.find_by_publish_time_from(cutoff, md.ledger).await? {
-            Some(first_young) => self.ml.previous_position(first_young),
-            None => self.ml.last_confirmed(),
-        };
+        let target = self.ml.start_before_time(cutoff_of(age), md.ledger).await?;
         if target > md {
             s.ack_cumulative(target);
             Ok(true)

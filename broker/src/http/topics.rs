@@ -277,10 +277,7 @@ fn start_before(t: &Topic, id: &IdBody) -> Position {
         if id.excluded {
             p.min(ml.last_confirmed())
         } else {
-            match ml.at_or_after(p) {
-                Some(first) => ml.previous_position(first),
-                None => ml.last_confirmed(),
-            }
+            ml.start_before(p)
         }
     }
 }
@@ -412,9 +409,8 @@ async fn reset_by_time(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let md = match topic.ml.find_by_publish_time(ts).await {
-        Ok(Some(p)) => topic.ml.previous_position(p),
-        Ok(None) => topic.ml.last_confirmed(),
+    let md = match topic.ml.start_before_time(ts, 0).await {
+        Ok(p) => p,
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match topic.reset_subscription(&s, md).await {
