@@ -539,15 +539,9 @@ async fn create_namespace(
     if policies.get("replication_clusters").is_none() {
         policies["replication_clusters"] = json!([svc.cfg.cluster]);
     }
-    match policies.get("bundles") {
-        None | Some(Value::Null) => {
-            policies["bundles"] = json!(namespaces::Bundles::even(namespaces::DEFAULT_BUNDLES));
-        }
-        Some(b) => {
-            if serde_json::from_value::<namespaces::Bundles>(b.clone()).is_err() {
-                return err(StatusCode::PRECONDITION_FAILED, "bad bundles");
-            }
-        }
+    match namespaces::Bundles::requested(policies.get("bundles")) {
+        Ok(b) => policies["bundles"] = json!(b),
+        Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
     }
     match svc
         .meta

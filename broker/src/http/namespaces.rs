@@ -26,6 +26,8 @@ use crate::service::{BrokerService, partitioned_key};
 
 /// Bundles a namespace starts with (Pulsar's `defaultNumberOfNamespaceBundles`).
 pub const DEFAULT_BUNDLES: u32 = 4;
+/// The most bundles a namespace may be created with.
+const MAX_BUNDLES: u64 = 1 << 16;
 
 pub(super) fn routes() -> Router<Arc<BrokerService>> {
     let ns = "/admin/v2/namespaces/{tenant}/{ns}";
@@ -74,14 +76,14 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bundles {
     pub boundaries: Vec<String>,
-    #[serde(rename = "numBundles")]
+    #[serde(rename = "numBundles", default)]
     pub num_bundles: u32,
 }
 
 impl Bundles {
     /// `n` equal ranges over the hash space.
     pub fn even(n: u32) -> Bundles {
-        let n = n.clamp(1, 1 << 16);
+        let n = n.clamp(1, MAX_BUNDLES as u32);
         let step = (1u64 << 32) / n as u64;
         let mut b: Vec<u64> = (0..n as u64).map(|i| i * step).collect();
         b.push(0xffff_ffff);
@@ -93,6 +95,28 @@ impl Bundles {
             boundaries: b.iter().map(|x| format!("0x{x:08x}")).collect(),
             num_bundles: b.len().saturating_sub(1) as u32,
         }
+    }
+
+    /// The bundles a namespace-creation body asks for: the default when absent, `numBundles`
+    /// equal ranges when only a count is given (as Pulsar accepts), else the boundaries
+    /// given, which must be increasing hex values.
+    pub fn requested(v: Option<&Value>) -> Result<Bundles, String> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(Bundles::even(DEFAULT_BUNDLES));
+        };
+        if v.get("boundaries").is_none() {
+            return match v.get("numBundles").and_then(Value::as_u64) {
+                Some(n @ 1..=MAX_BUNDLES) => Ok(Bundles::even(n as u32)),
+                _ => Err(format!("numBundles must be 1..={MAX_BUNDLES}")),
+            };
+        }
+        let b: Bundles =
+            serde_json::from_value(v.clone()).map_err(|e| format!("bad bundles: {e}"))?;
+        b.bounds()
+            .map(|bounds| Bundles::from_bounds(&bounds))
+            .ok_or_else(|| {
+                "bundle boundaries must be increasing hex values up to 0xffffffff".into()
+            })
     }
 
     /// The boundaries as numbers; None if they are not increasing hex values.
@@ -580,6 +604,25 @@ mod tests {
         assert_eq!(s.bundle_of(0x6000_0000).unwrap(), "0x60000000_0x80000000");
         assert!(b.split("0x40000000_0x90000000").is_err());
         assert!(b.split("junk").is_err());
+        assert_eq!(Bundles::requested(None).unwrap().num_bundles, 4);
+        assert_eq!(
+            Bundles::requested(Some(&json!({"numBundles": 8}))).unwrap(),
+            Bundles::even(8)
+        );
+        assert!(Bundles::requested(Some(&json!({"numBundles": 0}))).is_err());
+        assert!(
+            Bundles::requested(Some(
+                &json!({"boundaries": ["0x10", "0x05"], "numBundles": 1})
+            ))
+            .is_err()
+        );
+        assert_eq!(
+            Bundles::requested(Some(&json!({"boundaries": ["0x00000000", "0xffffffff"]})))
+                .unwrap()
+                .num_bundles,
+            1,
+            "the count follows the boundaries"
+        );
         let one = Bundles::even(1);
         assert_eq!(one.ranges(), ["0x00000000_0xffffffff"]);
         assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926, "CRC32 IEEE");

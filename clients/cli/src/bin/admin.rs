@@ -502,14 +502,8 @@ fn namespaces(n: &Namespaces) -> Result<Vec<Req>, AdminError> {
     let r = match n {
         Namespaces::List { tenant } => get(format!("/admin/v2/namespaces/{}", seg(tenant))),
         Namespaces::Create { namespace, bundles } => {
-            let body = bundles.map(|b| {
-                let step = (1u64 << 32) / b.max(1) as u64;
-                let mut bounds: Vec<String> = (0..b.max(1) as u64)
-                    .map(|i| format!("0x{:08x}", i * step))
-                    .collect();
-                bounds.push("0xffffffff".into());
-                json!({"bundles": {"boundaries": bounds, "numBundles": b.max(1)}})
-            });
+            // the broker lays the boundaries out from the count
+            let body = bundles.map(|b| json!({"bundles": {"numBundles": b}}));
             ("PUT", base(namespace)?, body)
         }
         Namespaces::Delete { namespace, force } => (
