@@ -76,11 +76,10 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, AdminError> {
-        let (status, bytes) = self.raw(method, path, body)?;
+        let (_, bytes) = self.raw(method, path, body)?;
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        let _ = status;
         Ok(serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
     }
