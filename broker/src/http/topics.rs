@@ -363,17 +363,30 @@ async fn delete_subscription(
     }
 }
 
-async fn skip(State(svc): Svc, Path((domain, tenant, ns, topic, sub, n)): SubArgPath) -> Response {
-    let Ok(n) = n.parse::<usize>() else {
-        return err(
-            StatusCode::PRECONDITION_FAILED,
-            "the count must be a non-negative number",
-        );
-    };
-    let (topic, s) = match subscription(&svc, &(domain, tenant, ns, topic, sub)).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+/// The topic and subscription a path names, with its last segment parsed as `T` and
+/// accepted by `ok` (412 saying `what` it must be otherwise).
+async fn with_arg<T: std::str::FromStr>(
+    svc: &BrokerService,
+    (domain, tenant, ns, topic, sub, arg): (String, String, String, String, String, String),
+    what: &str,
+    ok: impl Fn(&T) -> bool,
+) -> Result<(Arc<Topic>, Arc<Subscription>, T), Response> {
+    let arg = arg
+        .parse::<T>()
+        .ok()
+        .filter(|a| ok(a))
+        .ok_or_else(|| err(StatusCode::PRECONDITION_FAILED, what.to_string()))?;
+    let (topic, s) = subscription(svc, &(domain, tenant, ns, topic, sub)).await?;
+    Ok((topic, s, arg))
+}
+
+async fn skip(State(svc): Svc, Path(p): SubArgPath) -> Response {
+    let (topic, s, n) =
+        match with_arg::<usize>(&svc, p, "the count must be a non-negative number", |_| true).await
+        {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
     topic.skip(&s, n);
     flushed(&s).await
 }
@@ -395,17 +408,9 @@ async fn flushed(s: &Subscription) -> Response {
     }
 }
 
-async fn reset_by_time(
-    State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, ts)): SubArgPath,
-) -> Response {
-    let Ok(ts) = ts.parse::<u64>() else {
-        return err(
-            StatusCode::PRECONDITION_FAILED,
-            "the timestamp must be milliseconds since the epoch",
-        );
-    };
-    let (topic, s) = match subscription(&svc, &(domain, tenant, ns, topic, sub)).await {
+async fn reset_by_time(State(svc): Svc, Path(p): SubArgPath) -> Response {
+    let what = "the timestamp must be milliseconds since the epoch";
+    let (topic, s, ts) = match with_arg::<u64>(&svc, p, what, |_| true).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -436,29 +441,14 @@ async fn reset_by_id(State(svc): Svc, Path(p): SubPath, body: axum::body::Bytes)
     }
 }
 
-fn seconds(s: &str) -> Result<std::time::Duration, Response> {
-    s.parse::<u64>()
-        .map(std::time::Duration::from_secs)
-        .map_err(|_| {
-            err(
-                StatusCode::PRECONDITION_FAILED,
-                "the age must be a number of seconds",
-            )
-        })
-}
+const AGE: &str = "the age must be a number of seconds";
 
-async fn expire(
-    State(svc): Svc,
-    Path((domain, tenant, ns, topic, sub, secs)): SubArgPath,
-) -> Response {
-    let age = match seconds(&secs) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let (topic, s) = match subscription(&svc, &(domain, tenant, ns, topic, sub)).await {
+async fn expire(State(svc): Svc, Path(p): SubArgPath) -> Response {
+    let (topic, s, secs) = match with_arg::<u64>(&svc, p, AGE, |_| true).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let age = std::time::Duration::from_secs(secs);
     match topic.expire_subscription(&s, age).await {
         Ok(_) => flushed(&s).await,
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -469,9 +459,8 @@ async fn expire_all(
     State(svc): Svc,
     Path((domain, tenant, ns, topic, secs)): Path<(String, String, String, String, String)>,
 ) -> Response {
-    let age = match seconds(&secs) {
-        Ok(a) => a,
-        Err(r) => return r,
+    let Ok(age) = secs.parse::<u64>().map(std::time::Duration::from_secs) else {
+        return err(StatusCode::PRECONDITION_FAILED, AGE);
     };
     let topic = match loaded(&svc, &(domain, tenant, ns, topic)).await {
         Ok(t) => t,
@@ -485,14 +474,9 @@ async fn expire_all(
 
 /// The `n`th unacknowledged entry of a subscription: its payload as the body, its metadata
 /// as `X-Pulsar-*` headers (a batch comes whole, as Pulsar sends it).
-async fn peek(State(svc): Svc, Path((domain, tenant, ns, topic, sub, n)): SubArgPath) -> Response {
-    let Some(n) = n.parse::<usize>().ok().filter(|n| *n >= 1) else {
-        return err(
-            StatusCode::PRECONDITION_FAILED,
-            "the position counts from 1",
-        );
-    };
-    let (topic, s) = match subscription(&svc, &(domain, tenant, ns, topic, sub)).await {
+async fn peek(State(svc): Svc, Path(p): SubArgPath) -> Response {
+    let what = "the position counts from 1";
+    let (topic, s, n) = match with_arg::<usize>(&svc, p, what, |n| *n >= 1).await {
         Ok(x) => x,
         Err(r) => return r,
     };
