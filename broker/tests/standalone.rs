@@ -97,6 +97,18 @@ impl Keys {
         })
     }
 
+    /// Standalone flags requiring tokens signed with this key, followed by `more`.
+    fn flags<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
+        let mut f = vec![
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            self.path.as_str(),
+        ];
+        f.extend_from_slice(more);
+        f
+    }
+
     /// A token without expiry, made by the CLI.
     fn token(&self, role: &str) -> Result<String> {
         magnetar_cli(&[
@@ -125,25 +137,10 @@ impl Keys {
 #[tokio::test]
 async fn token_authentication_with_python_client() -> Result<()> {
     let keys = Keys::new()?;
-    let key = keys.path.clone();
     let good = keys.token("app")?;
     // expired a minute ago, signed with the same key
     let expired = keys.expiring("app", -60)?;
-    let sa = StandaloneProc::start(
-        bin(),
-        &[
-            "--authentication-enabled",
-            "true",
-            "--token-secret-key",
-            &key,
-        ],
-    )
-    .await?;
-    let web_port = sa.web.port().to_string();
-    let out = run_py("auth.py", &[&sa.service_url(), &web_port, &good, &expired])
-        .await
-        .map_err(|e| e.context(sa.proc.log_tail(60)))?;
-    println!("{out}");
+    checks_against(&keys.flags(&[]), "auth.py", &[&good, &expired]).await?;
     Ok(())
 }
 
@@ -232,7 +229,6 @@ async fn admin_rest_conformance() -> Result<()> {
 #[tokio::test]
 async fn authorization_matrix() -> Result<()> {
     let keys = Keys::new()?;
-    let key = keys.path.clone();
     let mut tokens = serde_json::Map::new();
     for role in [
         "root",
@@ -248,16 +244,12 @@ async fn authorization_matrix() -> Result<()> {
     tokens.insert("expired".into(), keys.expiring("writer", -60)?.into());
     let tokens = serde_json::Value::Object(tokens).to_string();
     checks_against(
-        &[
-            "--authentication-enabled",
-            "true",
-            "--token-secret-key",
-            &key,
+        &keys.flags(&[
             "--authorization-enabled",
             "true",
             "--super-user-roles",
             "root",
-        ],
+        ]),
         "authz.py",
         &[&tokens],
     )
@@ -285,23 +277,18 @@ fn admin_bin() -> Result<PathBuf> {
 async fn magnetar_admin_cli() -> Result<()> {
     let admin = admin_bin()?;
     let keys = Keys::new()?;
-    let key = keys.path.clone();
     let dir = tempfile::tempdir()?;
     let root = keys.token("root")?;
     let token_file = dir.path().join("root.token");
     std::fs::write(&token_file, &root)?;
     let sa = StandaloneProc::start(
         bin(),
-        &[
-            "--authentication-enabled",
-            "true",
-            "--token-secret-key",
-            &key,
+        &keys.flags(&[
             "--authorization-enabled",
             "true",
             "--super-user-roles",
             "root",
-        ],
+        ]),
     )
     .await?;
     let url = format!("http://{}", sa.web);
@@ -773,18 +760,10 @@ async fn frames_until_closed(
 #[tokio::test]
 async fn expired_tokens_are_refreshed_or_disconnected() -> Result<()> {
     let keys = Keys::new()?;
-    let key = keys.path.clone();
     let sign = |role: &str, ttl: i64| keys.expiring(role, ttl);
     let sa = StandaloneProc::start(
         bin(),
-        &[
-            "--authentication-enabled",
-            "true",
-            "--token-secret-key",
-            &key,
-            "--authentication-refresh-check-seconds",
-            "1",
-        ],
+        &keys.flags(&["--authentication-refresh-check-seconds", "1"]),
     )
     .await?;
     let within = Duration::from_secs(15);

@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 
 import pulsar
+from waits import wait_for, wait_housekeeping
 
 URL = sys.argv[1]
 WEB = "http://127.0.0.1:%d" % int(sys.argv[2])
@@ -47,25 +48,6 @@ def backlog(t, sub="s"):
     return stats(t)["subscriptions"][sub]["msgBacklog"]
 
 
-def wait_for(cond, what, timeout=20):
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, "timed out waiting for " + what
-        time.sleep(0.2)
-
-
-def housekeeping_runs():
-    page = urllib.request.urlopen(WEB + "/metrics").read().decode()
-    for line in page.splitlines():
-        if line.startswith("magnetar_housekeeping_runs_total "):
-            return int(line.split()[1])
-    raise AssertionError("no housekeeping counter in /metrics")
-
-
-def wait_housekeeping(n):
-    """Waits until n more housekeeping passes have completed."""
-    target = housekeeping_runs() + n
-    wait_for(lambda: housekeeping_runs() >= target, "%d housekeeping passes" % n)
 
 
 def check_namespaces():
@@ -112,7 +94,7 @@ def check_retention():
     internal = t.replace("persistent://", "/admin/v2/persistent/") + "/internalStats"
     ledgers = len(call("GET", internal)["ledgers"])
     assert ledgers >= 5, ledgers
-    wait_housekeeping(3)  # retention was applied at least three times
+    wait_housekeeping(WEB, 3)  # retention was applied at least three times
     assert len(call("GET", internal)["ledgers"]) == ledgers, "retained ledgers were trimmed"
     call("POST", "/admin/v2/namespaces/%s/retention" % ns,
          {"retentionTimeInMinutes": 0, "retentionSizeInMB": 0})

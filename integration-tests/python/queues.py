@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 
 import pulsar
+from waits import wait_for
 
 URL = sys.argv[1]
 WEB = "http://127.0.0.1:%d" % int(sys.argv[2])
@@ -28,13 +29,6 @@ def topic(name):
 def stats(t):
     path = t.replace("persistent://", "/admin/v2/persistent/")
     return json.load(urllib.request.urlopen(WEB + path + "/stats"))
-
-
-def wait_for(cond, what, timeout=20):
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, "timed out waiting for " + what
-        time.sleep(0.1)
 
 
 def dead_letter(kind):

@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 
 import pulsar
+from waits import wait_housekeeping
 
 URL, WEB = sys.argv[1], "http://127.0.0.1:%d" % int(sys.argv[2])
 A = "/admin/v2"
@@ -55,7 +56,7 @@ print("publish 600 at 200/s: %.2fs" % took)
 topic = "persistent://%s/own" % ns
 client.create_producer(topic).close()
 call("POST", A + "/persistent/%s/own/publishRate" % ns, {"publishThrottlingRateInMsg": 100})
-time.sleep(2.5)  # housekeeping applies changed policies to loaded topics
+wait_housekeeping(WEB, 2)  # housekeeping applies changed policies to loaded topics
 took = publish(topic, 300)
 assert took >= 1.5, "300 messages at 100/s took %.2fs" % took
 print("publish 300 at 100/s (topic policy): %.2fs" % took)
