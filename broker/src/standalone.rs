@@ -3,7 +3,7 @@
 //! HTTP side, in one process.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -118,11 +118,12 @@ pub struct StandaloneArgs {
     /// /metrics stay open) [default: false].
     #[arg(long, env = "MAGNETAR_AUTHENTICATION_ENABLED")]
     authentication_enabled: Option<bool>,
-    /// HS256 secret key file (raw, base64 or `data:;base64,...`), as made by
-    /// `magnetar tokens create-secret-key`.
+    /// HS256 secret key: a file (raw or base64, as `magnetar tokens create-secret-key`
+    /// writes it), `file:///path`, `data:;base64,...` or `env:VAR`.
     #[arg(long, env = "MAGNETAR_TOKEN_SECRET_KEY")]
     token_secret_key: Option<PathBuf>,
-    /// RS256 public key file (PEM), as made by `magnetar tokens create-key-pair`.
+    /// RS256 public key (PEM, as `magnetar tokens create-key-pair` writes it): a file,
+    /// `file:///path`, `data:;base64,...` or `env:VAR`.
     #[arg(long, env = "MAGNETAR_TOKEN_PUBLIC_KEY")]
     token_public_key: Option<PathBuf>,
     /// The claim naming the role [default: sub].
@@ -248,6 +249,39 @@ fn authorizer(args: &StandaloneArgs) -> Result<magnetar_broker::authz::Authorize
     })
 }
 
+/// A key's bytes: decoded from a `data:` URL, or as stored in a file or variable (a secret
+/// may still be base64 text there).
+enum Key {
+    Decoded(Vec<u8>),
+    Stored(Vec<u8>),
+}
+
+/// Reads a key named as Pulsar names them: `file:///path`, `data:;base64,...`, `env:VAR`,
+/// or a plain path.
+fn read_key(spec: &Path) -> Result<Key> {
+    use base64::Engine;
+    let text = spec.to_string_lossy();
+    if let Some(data) = text.strip_prefix("data:") {
+        let (kind, payload) = data
+            .split_once(',')
+            .context("a data: key needs a comma before its payload")?;
+        return Ok(Key::Decoded(if kind.ends_with(";base64") {
+            base64::engine::general_purpose::STANDARD
+                .decode(payload.trim())
+                .context("the data: key is not base64")?
+        } else {
+            payload.as_bytes().to_vec()
+        }));
+    }
+    if let Some(var) = text.strip_prefix("env:") {
+        let v = std::env::var(var).with_context(|| format!("key variable {var} is not set"))?;
+        return Ok(Key::Stored(v.into_bytes()));
+    }
+    let path = text.strip_prefix("file://").map_or(spec, Path::new);
+    let raw = std::fs::read(path).with_context(|| format!("read key {}", path.display()))?;
+    Ok(Key::Stored(raw))
+}
+
 /// The token checker the flags describe (None: authentication off).
 fn token_auth(args: &StandaloneArgs) -> Result<Option<magnetar_broker::auth::TokenAuth>> {
     use magnetar_broker::auth::{TokenAuth, decode_secret};
@@ -257,11 +291,16 @@ fn token_auth(args: &StandaloneArgs) -> Result<Option<magnetar_broker::auth::Tok
     let claim = args.token_auth_claim.as_deref().unwrap_or("sub");
     match (&args.token_secret_key, &args.token_public_key) {
         (Some(p), None) => {
-            let raw = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
-            Ok(Some(TokenAuth::with_secret(&decode_secret(&raw), claim)))
+            let secret = match read_key(p)? {
+                Key::Decoded(k) => k,
+                Key::Stored(raw) => decode_secret(&raw),
+            };
+            Ok(Some(TokenAuth::with_secret(&secret, claim)))
         }
         (None, Some(p)) => {
-            let pem = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            let pem = match read_key(p)? {
+                Key::Decoded(k) | Key::Stored(k) => k,
+            };
             Ok(Some(TokenAuth::with_public_key(&pem, claim)?))
         }
         _ => anyhow::bail!(
@@ -494,4 +533,32 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     bookie.flush().await.context("final bookie flush")?;
     info!("standalone stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn bytes(k: Key) -> (bool, Vec<u8>) {
+        match k {
+            Key::Decoded(b) => (true, b),
+            Key::Stored(b) => (false, b),
+        }
+    }
+
+    #[test]
+    fn keys_are_read_as_pulsar_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, b"stored").unwrap();
+        assert_eq!(bytes(read_key(&f).unwrap()), (false, b"stored".to_vec()));
+        let url = PathBuf::from(format!("file://{}", f.display()));
+        assert_eq!(bytes(read_key(&url).unwrap()), (false, b"stored".to_vec()));
+        let data = PathBuf::from("data:;base64,a2V5");
+        assert_eq!(bytes(read_key(&data).unwrap()), (true, b"key".to_vec()));
+        assert!(read_key(Path::new("data:;base64,%%%")).is_err());
+        assert!(read_key(Path::new("env:MAGNETAR_TEST_SURELY_UNSET")).is_err());
+        assert!(read_key(&dir.path().join("absent")).is_err());
+    }
 }
