@@ -48,6 +48,23 @@ fn from_object<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T
     serde_json::from_value(v).map_err(|e| format!("bad {what}: {e}"))
 }
 
+type Object = serde_json::Map<String, Value>;
+
+/// The object at `m[key]`, made an empty one first if it is absent or anything else.
+fn object_in<'a>(m: &'a mut Object, key: &str) -> Option<&'a mut Object> {
+    let slot = m.entry(key.to_string()).or_insert(Value::Null);
+    if !slot.is_object() {
+        *slot = Value::Object(Object::new());
+    }
+    slot.as_object_mut()
+}
+
+/// [`object_in`] for a record; None only if `v` is not an object (records reach their
+/// changes checked as objects).
+fn object_at<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Object> {
+    v.as_object_mut().and_then(|m| object_in(m, key))
+}
+
 fn meta_err(e: MetaError) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -677,10 +694,9 @@ fn quota_change(kind: &str, body: &[u8]) -> Result<impl Fn(&mut Value) + use<>, 
         object_body(body, "backlog quota").map_err(|m| err(StatusCode::BAD_REQUEST, m))?;
     let (kind, value) = (kind.to_string(), json!(quota));
     Ok(move |p: &mut Value| {
-        if !p["backlog_quota_map"].is_object() {
-            p["backlog_quota_map"] = json!({});
+        if let Some(m) = object_at(p, "backlog_quota_map") {
+            m.insert(kind.clone(), value.clone());
         }
-        p["backlog_quota_map"][&kind] = value.clone();
     })
 }
 

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::topics::client_err;
 use super::{
-    NsPath, Stop, Svc, answered, err, meta_err, namespace_exists, namespace_record, object_body,
-    update_policies, valid_namespace,
+    NsPath, Stop, Svc, answered, err, meta_err, namespace_exists, namespace_record, object_at,
+    object_body, object_in, update_policies, valid_namespace,
 };
 use crate::authz::AuthPolicies;
 use crate::authz::check_actions;
@@ -402,33 +402,15 @@ async fn change_auth(
     svc: &BrokerService,
     tenant: &str,
     ns: &str,
+    key: &str,
     change: impl Fn(&mut serde_json::Map<String, Value>) + Send + Sync,
 ) -> Response {
     update_policies(svc, tenant, ns, |p| {
-        let auth = &mut p["auth_policies"];
-        if !auth.is_object() {
-            *auth = json!({});
-        }
-        if let Some(m) = auth.as_object_mut() {
+        if let Some(m) = object_at(p, "auth_policies").and_then(|a| object_in(a, key)) {
             change(m);
         }
     })
     .await
-}
-
-/// The object at `m[key]`, made one if it is not.
-fn object<'a>(
-    m: &'a mut serde_json::Map<String, Value>,
-    key: &str,
-) -> &'a mut serde_json::Map<String, Value> {
-    let v = m.entry(key.to_string()).or_insert_with(|| json!({}));
-    if !v.is_object() {
-        *v = json!({});
-    }
-    match v {
-        Value::Object(o) => o,
-        _ => unreachable!("just made an object"),
-    }
 }
 
 async fn grant(
@@ -448,8 +430,8 @@ async fn grant(
             );
         }
     };
-    change_auth(&svc, &tenant, &ns, |m| {
-        object(m, "namespace_auth").insert(role.clone(), json!(actions));
+    change_auth(&svc, &tenant, &ns, "namespace_auth", |m| {
+        m.insert(role.clone(), json!(actions));
     })
     .await
 }
@@ -458,8 +440,8 @@ async fn revoke(
     State(svc): Svc,
     Path((tenant, ns, role)): Path<(String, String, String)>,
 ) -> Response {
-    change_auth(&svc, &tenant, &ns, |m| {
-        object(m, "namespace_auth").remove(&role);
+    change_auth(&svc, &tenant, &ns, "namespace_auth", |m| {
+        m.remove(&role);
     })
     .await
 }
@@ -479,8 +461,7 @@ async fn grant_subscription(
             );
         }
     };
-    change_auth(&svc, &tenant, &ns, |m| {
-        let subs = object(m, "subscription_auth_roles");
+    change_auth(&svc, &tenant, &ns, "subscription_auth_roles", |subs| {
         let mut all: std::collections::BTreeSet<String> = subs
             .get(&sub)
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -495,8 +476,7 @@ async fn revoke_subscription(
     State(svc): Svc,
     Path((tenant, ns, sub, role)): Path<(String, String, String, String)>,
 ) -> Response {
-    change_auth(&svc, &tenant, &ns, |m| {
-        let subs = object(m, "subscription_auth_roles");
+    change_auth(&svc, &tenant, &ns, "subscription_auth_roles", |subs| {
         let mut all: std::collections::BTreeSet<String> = subs
             .get(&sub)
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -560,10 +540,9 @@ async fn rate_set(
     };
     let cluster = svc.cfg.cluster.clone();
     update_policies(&svc, &tenant, &ns, |p| {
-        if !p[field].is_object() {
-            p[field] = json!({});
+        if let Some(m) = object_at(p, field) {
+            m.insert(cluster.clone(), rate.clone());
         }
-        p[field][&cluster] = rate.clone();
     })
     .await
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::namespaces::Force;
-use super::{Svc, err, meta_err, object_body, topic_stats, update_record};
+use super::{Svc, err, meta_err, object_at, object_body, object_in, topic_stats, update_record};
 use crate::authz::check_actions;
 use crate::names::TopicName;
 use crate::position::Position;
@@ -659,18 +659,10 @@ async fn change_topic_grant(
     let role = role.to_string();
     let key = format!("/admin/policies/{}/{}", t.tenant, t.namespace);
     update_record(svc, &key, None, move |policies| {
-        let auth = &mut policies["auth_policies"];
-        if !auth.is_object() {
-            *auth = json!({});
-        }
-        if !auth["destination_auth"].is_object() {
-            auth["destination_auth"] = json!({});
-        }
-        let grants = &mut auth["destination_auth"][&topic];
-        if !grants.is_object() {
-            *grants = json!({});
-        }
-        match (&actions, grants.as_object_mut()) {
+        let grants = object_at(policies, "auth_policies")
+            .and_then(|a| object_in(a, "destination_auth"))
+            .and_then(|d| object_in(d, &topic));
+        match (&actions, grants) {
             (Some(a), Some(g)) => {
                 g.insert(role.clone(), json!(a));
             }
