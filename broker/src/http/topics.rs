@@ -530,6 +530,32 @@ async fn peek(State(svc): Svc, Path(p): SubArgPath) -> Response {
     (headers, entry.payload).into_response()
 }
 
+/// A partitioned topic's partition count and its partitions that exist, loaded (a
+/// partition not created yet is left out).
+async fn partitions_of(
+    svc: &BrokerService,
+    p: &(String, String, String, String),
+) -> Result<(u32, Vec<Arc<Topic>>), Response> {
+    let t = parse(&p.0, &p.1, &p.2, &p.3)?;
+    let n = match svc.partitions(&t).await.map_err(client_err)? {
+        Some(n) => n,
+        None => {
+            return Err(err(
+                StatusCode::NOT_FOUND,
+                "Partitioned topic does not exist",
+            ));
+        }
+    };
+    let mut loaded = Vec::new();
+    for i in 0..n {
+        let pt = t.partition_name(i);
+        if svc.topic_exists(&pt).await.map_err(client_err)? {
+            loaded.push(svc.topic(&pt, false).await.map_err(client_err)?);
+        }
+    }
+    Ok((n, loaded))
+}
+
 /// Stats of a partitioned topic: sums over its partitions, and each partition's own
 /// stats under `partitions` when `perPartition` (default true).
 async fn partitioned_stats(
@@ -537,28 +563,14 @@ async fn partitioned_stats(
     Path(p): TopicPath,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let t = match parse(&p.0, &p.1, &p.2, &p.3) {
-        Ok(t) => t,
+    let (n, topics) = match partitions_of(&svc, &p).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let n = match svc.partitions(&t).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
-        Err(e) => return client_err(e),
     };
     let per_partition = q.get("perPartition").is_none_or(|v| v != "false");
     let mut sums = serde_json::Map::new();
     let mut partitions = serde_json::Map::new();
-    for i in 0..n {
-        let pt = t.partition_name(i);
-        let topic = match svc.topic_exists(&pt).await {
-            Ok(true) => match svc.topic(&pt, false).await {
-                Ok(t) => t,
-                Err(e) => return client_err(e),
-            },
-            Ok(false) => continue, // not created yet: nothing to count
-            Err(e) => return client_err(e),
-        };
+    for topic in topics {
         let s = topic_stats(&topic).await;
         for key in [
             "msgRateIn",
@@ -581,7 +593,7 @@ async fn partitioned_stats(
             sums.insert(key.to_string(), v);
         }
         if per_partition {
-            partitions.insert(pt.to_string(), s);
+            partitions.insert(topic.full.clone(), s);
         }
     }
     sums.insert("metadata".into(), json!({"partitions": n}));
@@ -591,29 +603,14 @@ async fn partitioned_stats(
 
 /// Each partition's storage view, under `partitions`.
 async fn partitioned_internal_stats(State(svc): Svc, Path(p): TopicPath) -> Response {
-    let t = match parse(&p.0, &p.1, &p.2, &p.3) {
-        Ok(t) => t,
+    let (n, topics) = match partitions_of(&svc, &p).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let n = match svc.partitions(&t).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
-        Err(e) => return client_err(e),
-    };
-    let mut partitions = serde_json::Map::new();
-    for i in 0..n {
-        let pt = t.partition_name(i);
-        match svc.topic_exists(&pt).await {
-            Ok(true) => match svc.topic(&pt, false).await {
-                Ok(topic) => {
-                    partitions.insert(pt.to_string(), super::topic_internal_stats(&topic));
-                }
-                Err(e) => return client_err(e),
-            },
-            Ok(false) => {}
-            Err(e) => return client_err(e),
-        }
-    }
+    let partitions: serde_json::Map<String, Value> = topics
+        .iter()
+        .map(|t| (t.full.clone(), super::topic_internal_stats(t)))
+        .collect();
     axum::Json(json!({"metadata": {"partitions": n}, "partitions": partitions})).into_response()
 }
 
