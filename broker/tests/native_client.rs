@@ -1,0 +1,530 @@
+//! Our own Rust client (`magnetar-client`) against `magnetar standalone`, and against the
+//! official Python client both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use magnetar_client::admin::{AdminClient, Connection as AdminConn};
+use magnetar_client::{
+    Client, Compression, DeadLetterPolicy, Error, InitialPosition, Message, MessageId,
+    ProducerMessage, SubscriptionType,
+};
+use magnetar_testkit::{StandaloneProc, python};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_magnetar"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../integration-tests/python")
+        .join(name)
+}
+
+async fn run_py(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(python()?)
+        .arg(script("interop.py"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run python")?;
+    if !out.status.success() {
+        bail!(
+            "interop.py {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn unique(name: &str) -> String {
+    format!(
+        "persistent://public/default/{name}-{:08x}",
+        rand::random::<u32>()
+    )
+}
+
+async fn next(c: &mut magnetar_client::Consumer) -> Message {
+    tokio::time::timeout(Duration::from_secs(15), c.receive())
+        .await
+        .expect("no message within 15 s")
+        .expect("receive failed")
+}
+
+async fn nothing_within(c: &mut magnetar_client::Consumer, d: Duration) {
+    if let Ok(r) = tokio::time::timeout(d, c.receive()).await {
+        panic!("unexpected {:?}", r.map(|m| m.id));
+    }
+}
+
+fn admin(sa: &StandaloneProc) -> AdminClient {
+    AdminClient::new(&AdminConn {
+        url: sa.web_url(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_compressed_with_every_codec() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+    for codec in [
+        Compression::None,
+        Compression::Lz4,
+        Compression::Zlib,
+        Compression::Zstd,
+        Compression::Snappy,
+    ] {
+        let topic = unique("codec");
+        let mut consumer = client
+            .consumer()
+            .topic(&topic)
+            .subscription("s")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await?;
+        let producer = client
+            .producer(&topic)
+            .compression(codec)
+            .batch_max_messages(64)
+            .batch_max_delay(Duration::from_millis(5))
+            .create()
+            .await?;
+        let mut receipts = Vec::new();
+        for i in 0..500u32 {
+            let m = ProducerMessage::new(format!("m{i}-{}", "x".repeat(100)))
+                .with_key(format!("k{}", i % 5))
+                .with_property("i", i.to_string())
+                .with_event_time(10_000 + i as u64);
+            receipts.push(producer.send_async(m).await?);
+        }
+        let mut ids = Vec::new();
+        for r in receipts {
+            ids.push(r.await?);
+        }
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{codec:?}: ids not increasing"
+        );
+        assert!(
+            ids.iter().any(|id| id.batch_index > 0),
+            "{codec:?}: nothing was batched"
+        );
+        for i in 0..500u32 {
+            let m = next(&mut consumer).await;
+            assert_eq!(m.text(), format!("m{i}-{}", "x".repeat(100)), "{codec:?}");
+            assert_eq!(m.key.as_deref(), Some(format!("k{}", i % 5).as_str()));
+            assert_eq!(m.property("i"), Some(i.to_string().as_str()));
+            assert_eq!(m.event_time, Some(10_000 + i as u64));
+            assert_eq!(
+                m.id, ids[i as usize],
+                "{codec:?}: receipt and delivery ids differ"
+            );
+            consumer.ack(&m)?;
+        }
+        producer.close().await?;
+        consumer.close().await?;
+    }
+    // acks reached the broker: a new consumer on the subscription gets nothing
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_nacks_ack_timeout_and_dead_letters() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+    let topic = unique("work");
+    let producer = client.producer(&topic).create().await?;
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("workers")
+        .subscription_type(SubscriptionType::Shared)
+        .initial_position(InitialPosition::Earliest)
+        .nack_delay(Duration::from_millis(200))
+        .dead_letter(DeadLetterPolicy::new(2))
+        .subscribe()
+        .await?;
+    let mut dlq = client
+        .consumer()
+        .topic(format!("{topic}-workers-DLQ"))
+        .subscription("audit")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    producer.send("poison").await?;
+    producer.send("good").await?;
+    // "poison" is nacked on each delivery: 1 + 2 redeliveries, then the dead-letter topic
+    let mut poison_seen = Vec::new();
+    let mut good = 0;
+    while poison_seen.len() < 3 || good == 0 {
+        let m = next(&mut consumer).await;
+        if m.text() == "poison" {
+            poison_seen.push(m.redelivery_count);
+            consumer.nack(&m)?;
+        } else {
+            good += 1;
+            consumer.ack(&m)?;
+        }
+    }
+    assert_eq!(poison_seen, vec![0, 1, 2]);
+    let d = next(&mut dlq).await;
+    assert_eq!(d.text(), "poison");
+    assert_eq!(d.property("REAL_TOPIC"), Some(topic.as_str()));
+    assert!(d.property("ORIGIN_MESSAGE_ID").is_some());
+    dlq.ack(&d)?;
+    nothing_within(&mut consumer, Duration::from_millis(800)).await;
+    assert_eq!(good, 1);
+
+    // ack timeout: an unacknowledged message comes back by itself
+    let mut slow = client
+        .consumer()
+        .topic(&topic)
+        .subscription("slow")
+        .subscription_type(SubscriptionType::Shared)
+        .initial_position(InitialPosition::Earliest)
+        .ack_timeout(Duration::from_millis(500))
+        .subscribe()
+        .await?;
+    let first = next(&mut slow).await;
+    let again = loop {
+        let m = next(&mut slow).await;
+        if m.id == first.id {
+            break m;
+        }
+        slow.ack(&m)?;
+    };
+    assert!(again.redelivery_count >= 1);
+    slow.ack(&again)?;
+
+    // cumulative acks are refused on Shared, allowed on Exclusive
+    assert!(matches!(
+        slow.ack_cumulative(&again),
+        Err(Error::Invalid(_))
+    ));
+    let mut excl = client
+        .consumer()
+        .topic(&topic)
+        .subscription("excl")
+        .initial_position(InitialPosition::Earliest)
+        .ack_group_time(Duration::ZERO)
+        .subscribe()
+        .await?;
+    let _a = next(&mut excl).await;
+    let b = next(&mut excl).await;
+    excl.ack_cumulative(&b)?;
+    excl.close().await?;
+    let stats = admin(&sa).topic_stats(&topic, false)?;
+    let backlog = &stats["subscriptions"]["excl"]["msgBacklog"];
+    assert_eq!(backlog, 0, "cumulative ack left a backlog: {stats}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_key_routing_multi_topic_and_regex() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+    let admin = admin(&sa);
+    let topic = unique("parts");
+    admin.create_topic(&topic, 3)?;
+    assert_eq!(client.partitions(&topic).await?, 3);
+    let producer = client.producer(&topic).create().await?;
+    assert_eq!(producer.partitions(), 3);
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("all")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    for i in 0..90u32 {
+        let key = format!("key-{}", i % 9);
+        producer
+            .send(ProducerMessage::new(format!("{i}")).with_key(key))
+            .await?;
+    }
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    let mut got = BTreeSet::new();
+    for _ in 0..90 {
+        let m = next(&mut consumer).await;
+        let p = m.id.partition;
+        assert!((0..3).contains(&p), "partition {p}");
+        let key = m.key.clone().unwrap();
+        assert_eq!(*partition_of.entry(key).or_insert(p), p, "a key moved");
+        got.insert(m.text().parse::<u32>()?);
+        consumer.ack(&m)?;
+    }
+    assert_eq!(got.len(), 90);
+    let used: BTreeSet<i32> = partition_of.values().copied().collect();
+    assert!(used.len() > 1, "keys all went to one partition");
+
+    // a list of topics, and a regex that finds a topic made after it subscribed
+    let prefix = format!(
+        "persistent://public/default/rx{:06x}",
+        rand::random::<u32>() >> 8
+    );
+    let a = format!("{prefix}-a");
+    client.producer(&a).create().await?.send("a").await?;
+    let mut listed = client
+        .consumer()
+        .topics([a.clone(), topic.clone()])
+        .subscription("listed")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    assert_eq!(listed.topics().len(), 4);
+    let mut n = 0;
+    while n < 91 {
+        let m = next(&mut listed).await;
+        listed.ack(&m)?;
+        n += 1;
+    }
+    let mut by_regex = client
+        .consumer()
+        .topic_pattern(format!("{prefix}-.*"))
+        .pattern_refresh(Duration::from_millis(300))
+        .subscription("rx")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    assert_eq!(next(&mut by_regex).await.text(), "a");
+    let b = format!("{prefix}-b");
+    client.producer(&b).create().await?.send("b").await?;
+    let m = next(&mut by_regex).await;
+    assert_eq!((m.text().as_ref(), &*m.topic), ("b", b.as_str()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_seek_and_know_when_they_are_done() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+    let topic = unique("stream");
+    let producer = client
+        .producer(&topic)
+        .batch_max_messages(4)
+        .create()
+        .await?;
+    let mut ids = Vec::new();
+    let mut receipts = Vec::new();
+    for i in 0..20 {
+        receipts.push(producer.send_async(format!("{i}")).await?);
+    }
+    for r in receipts {
+        ids.push(r.await?);
+    }
+    let mut reader = client
+        .reader(&topic)
+        .start_message_id(MessageId::EARLIEST)
+        .create()
+        .await?;
+    for i in 0..20 {
+        assert!(reader.has_message_available().await?);
+        let m = reader.read_next().await?;
+        assert_eq!(m.text(), i.to_string());
+    }
+    assert!(!reader.has_message_available().await?);
+    // seek back to message 5 (inside a batch): it and what follows come again
+    reader.seek(ids[5]).await?;
+    let m = tokio::time::timeout(Duration::from_secs(15), reader.read_next()).await??;
+    assert!(
+        m.text().parse::<u32>()? <= 5,
+        "seek went past its target: {}",
+        m.text()
+    );
+    // by time: everything is older than now + 1 min, nothing is newer
+    reader.seek_time(magnetar_client_now() + 60_000).await?;
+    assert!(!reader.has_message_available().await?);
+
+    // a reader starting after a given message (exclusive), and one including it
+    let mut after = client
+        .reader(&topic)
+        .start_message_id(ids[9])
+        .create()
+        .await?;
+    assert_eq!(after.read_next().await?.text(), "10");
+    let mut from = client
+        .reader(&topic)
+        .start_message_id(ids[9])
+        .start_inclusive(true)
+        .create()
+        .await?;
+    assert_eq!(from.read_next().await?.text(), "9");
+    // a reader at the end sees only what comes next
+    let mut latest = client.reader(&topic).create().await?;
+    assert!(!latest.has_message_available().await?);
+    producer.send("new").await?;
+    assert_eq!(latest.read_next().await?.text(), "new");
+    Ok(())
+}
+
+fn magnetar_client_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunking_splits_what_is_too_large() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &["--max-message-size", "102400"]).await?;
+    let client = Client::new(sa.service_url())?;
+    let topic = unique("chunks");
+    let big: Vec<u8> = (0..350_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let plain = client.producer(&topic).create().await?;
+    match plain.send(big.clone()).await {
+        Err(Error::TooLarge { .. }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    let chunked = client
+        .producer(&topic)
+        .chunking(true)
+        .compression(Compression::Lz4)
+        .create()
+        .await?;
+    chunked.send(big.clone()).await?;
+    chunked.send("small").await?;
+    let m = next(&mut consumer).await;
+    assert_eq!(m.payload.len(), big.len());
+    assert!(m.payload[..] == big[..], "reassembled payload differs");
+    consumer.ack(&m)?;
+    assert_eq!(next(&mut consumer).await.text(), "small");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_consumers_survive_a_broker_restart() -> Result<()> {
+    let mut sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::builder(sa.service_url())
+        .max_backoff(Duration::from_millis(500))
+        .build()?;
+    let topic = unique("restart");
+    let producer = client
+        .producer(&topic)
+        .max_pending(10)
+        .block_if_queue_full(false)
+        .create()
+        .await?;
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    for i in 0..50 {
+        producer.send(format!("{i}")).await?;
+    }
+    sa.kill9();
+    // no broker: receipts cannot come, so the pending queue fills and refuses
+    let mut pending = Vec::new();
+    for i in 50..60 {
+        pending.push(producer.send_async(format!("{i}")).await?);
+    }
+    assert!(matches!(
+        producer.send_async("overflow").await,
+        Err(Error::QueueFull)
+    ));
+    sa.restart().await?;
+    for p in pending {
+        tokio::time::timeout(Duration::from_secs(30), p).await??;
+    }
+    for i in 60..70 {
+        producer.send(format!("{i}")).await?;
+    }
+    // every acknowledged message arrives (at least once)
+    let mut seen = BTreeSet::new();
+    while seen.len() < 70 {
+        let m = next(&mut consumer).await;
+        seen.insert(m.text().parse::<u32>()?);
+        consumer.ack(&m)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_with_the_python_client_both_ways() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let url = sa.service_url();
+    let client = Client::new(&url)?;
+    for (codec, name) in [
+        (Compression::Lz4, "lz4"),
+        (Compression::Zlib, "zlib"),
+        (Compression::Zstd, "zstd"),
+        (Compression::Snappy, "snappy"),
+    ] {
+        // ours -> Python
+        let topic = unique(&format!("to-py-{name}"));
+        let producer = client
+            .producer(&topic)
+            .compression(codec)
+            .batch_max_messages(25)
+            .batch_max_delay(Duration::from_millis(20))
+            .create()
+            .await?;
+        let mut receipts = Vec::new();
+        for i in 0..100u32 {
+            let m = ProducerMessage::new(format!("rs-{i}"))
+                .with_key(format!("k{}", i % 3))
+                .with_property("i", i.to_string())
+                .with_event_time(5_000 + i as u64);
+            receipts.push(producer.send_async(m).await?);
+        }
+        for r in receipts {
+            r.await?;
+        }
+        let out = run_py(&[&url, "consume", &topic, "100"]).await?;
+        // the C++ core logs to stdout too
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .context("no RESULT line")?;
+        let got: Vec<serde_json::Value> = serde_json::from_str(line)?;
+        assert_eq!(got.len(), 100);
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m["payload"], format!("rs-{i}"), "{name}");
+            assert_eq!(m["key"], format!("k{}", i % 3));
+            assert_eq!(m["properties"]["i"], i.to_string());
+            assert_eq!(m["event_time"], 5_000 + i as u64);
+        }
+
+        // Python -> ours
+        let topic = unique(&format!("from-py-{name}"));
+        let mut consumer = client
+            .consumer()
+            .topic(&topic)
+            .subscription("rs")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await?;
+        run_py(&[&url, "produce", &topic, "100", name]).await?;
+        let mut batched = false;
+        for i in 0..100u32 {
+            let m = next(&mut consumer).await;
+            assert_eq!(m.text(), format!("py-{i}"), "{name}");
+            assert_eq!(m.key.as_deref(), Some(format!("k{}", i % 7).as_str()));
+            assert_eq!(m.property("i"), Some(i.to_string().as_str()));
+            assert_eq!(m.event_time, Some(1000 + i as u64));
+            batched |= m.id.batch_index > 0;
+            consumer.ack(&m)?;
+        }
+        assert!(
+            batched,
+            "{name}: the Python producer's batches did not arrive as batches"
+        );
+    }
+    Ok(())
+}
