@@ -528,3 +528,162 @@ async fn interop_with_the_python_client_both_ways() -> Result<()> {
     }
     Ok(())
 }
+
+async fn run_tool(name: &str, args: &[&str]) -> Result<(String, String)> {
+    let out = tokio::process::Command::new(magnetar_testkit::cli_bin(bin(), name)?)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{name} {args:?} failed ({}): {stdout}\n{stderr}",
+            out.status
+        );
+    }
+    Ok((stdout, stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magnetar_client_and_perf_tools() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let url = sa.service_url();
+    let web = sa.web_url();
+    let topic = unique("tools");
+    run_tool(
+        "magnetar-client",
+        &[
+            "-u", &url, "produce", &topic, "-m", "one", "-m", "two", "-n", "3", "-k", "k", "-p",
+            "a=b",
+        ],
+    )
+    .await?;
+    let (out, _) = run_tool(
+        "magnetar-client",
+        &[
+            "-u",
+            &url,
+            "consume",
+            &topic,
+            "-s",
+            "s",
+            "--earliest",
+            "-n",
+            "6",
+            "--json",
+            "--timeout",
+            "20s",
+        ],
+    )
+    .await?;
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let payloads: Vec<&str> = lines.iter().filter_map(|l| l["payload"].as_str()).collect();
+    assert_eq!(payloads, ["one", "two", "one", "two", "one", "two"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["key"] == "k" && l["properties"]["a"] == "b")
+    );
+    let (out, _) = run_tool("magnetar-client", &["-u", &url, "read", &topic]).await?;
+    assert_eq!(out.lines().count(), 6);
+
+    // perf: counts only (timing is never asserted)
+    let (out, live) = run_tool(
+        "magnetar-perf",
+        &[
+            "produce",
+            "-u",
+            &url,
+            "--web-url",
+            &web,
+            &topic,
+            "--partitions",
+            "0",
+            "-n",
+            "3000",
+            "-d",
+            "60s",
+            "-s",
+            "256",
+        ],
+    )
+    .await?;
+    let s: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (s["messages"].as_u64(), s["errors"].as_u64()),
+        (Some(3000), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["bytes"], 3000 * 256);
+    let _ = live;
+    let parts = unique("perf-parts");
+    let (out, _) = run_tool(
+        "magnetar-perf",
+        &[
+            "consume",
+            "-u",
+            &url,
+            &topic,
+            "-S",
+            "perf",
+            "--earliest",
+            "-n",
+            "3006",
+            "-d",
+            "60s",
+        ],
+    )
+    .await?;
+    let s: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(s["messages"], 3006, "{s}");
+    let (out, _) = run_tool(
+        "magnetar-perf",
+        &[
+            "e2e",
+            "-u",
+            &url,
+            "--web-url",
+            &web,
+            &parts,
+            "--partitions",
+            "2",
+            "-n",
+            "2000",
+            "-r",
+            "4000",
+            "-d",
+            "60s",
+            "--compression",
+            "lz4",
+            "-p",
+            "2",
+        ],
+    )
+    .await?;
+    let s: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (s["messages"].as_u64(), s["errors"].as_u64()),
+        (Some(2000), Some(0)),
+        "{s}"
+    );
+    assert!(s["publish_latency_ms"]["p99"].is_number(), "{s}");
+    assert_eq!(
+        magnetar_client::Client::new(&url)?
+            .partitions(&parts)
+            .await?,
+        2
+    );
+    // bad input is refused with a message, not a panic
+    let bad = run_tool(
+        "magnetar-perf",
+        &["produce", "-u", "http://x", "t", "-n", "1"],
+    )
+    .await;
+    assert!(bad.is_err_and(|e| e.to_string().contains("not a pulsar://")));
+    Ok(())
+}

@@ -260,17 +260,7 @@ async fn authorization_matrix() -> Result<()> {
 /// The `magnetar-admin` binary (package magnetar-cli), built on demand when this test runs
 /// without the rest of the workspace.
 fn admin_bin() -> Result<PathBuf> {
-    let path = bin().with_file_name("magnetar-admin");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = std::process::Command::new(cargo)
-            .args(["build", "-p", "magnetar-cli", "--bin", "magnetar-admin"])
-            .status()?;
-        if !st.success() || !path.exists() {
-            bail!("could not build magnetar-admin");
-        }
-    }
-    Ok(path)
+    magnetar_testkit::cli_bin(bin(), "magnetar-admin")
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
-//! Magnetar's command-line tools: `magnetar-perf` and `magnetar-admin`; `magnetar-client`
-//! joins them later. Shared pieces (duration parsing, latency
-//! recording and reports) live here. Tools talk to Magnetar through its public crates and
+//! Magnetar's command-line tools: `magnetar-perf`, `magnetar-admin` and `magnetar-client`.
+//! Shared pieces (duration parsing, latency recording and reports, the Pulsar workloads)
+//! live here. Tools talk to Magnetar through its public crates and
 //! never reach into a server's internals.
 
 pub mod admin;
+pub mod load;
 pub mod report;
 
 use std::time::Duration;

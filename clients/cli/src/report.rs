@@ -2,6 +2,7 @@
 //! magnetar-perf workload prints.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -67,24 +68,68 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// Prints `label: N ops/s, p50/p99/p99.9` to stderr every second until dropped.
+/// Prints `label: N ops/s, p50/p99/p99.9` to stderr every second until aborted.
 pub fn spawn_progress(label: String, rec: Recorder) -> tokio::task::JoinHandle<()> {
+    spawn_live(label, rec, Live::default())
+}
+
+/// What the live line shows beyond rate and latency.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Payload bytes done so far (workers add to it): adds MB/s.
+    pub bytes: Option<Arc<AtomicU64>>,
+    /// Operations the run stops after: adds a progress bar.
+    pub total: Option<u64>,
+}
+
+/// `[#####-----]  50 %` for `done` of `total`.
+pub fn progress_bar(done: u64, total: u64) -> String {
+    let frac = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let filled = (frac * 20.0).round() as usize;
+    format!(
+        "[{}{}] {:>3.0} %",
+        "#".repeat(filled),
+        "-".repeat(20 - filled),
+        frac * 100.0
+    )
+}
+
+/// The live line every second, to stderr, until aborted.
+pub fn spawn_live(label: String, rec: Recorder, live: Live) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         let mut last = Instant::now();
+        let mut done = 0u64;
+        let mut bytes_before = 0u64;
         loop {
             tick.tick().await;
             let w = rec.take_window();
             let secs = last.elapsed().as_secs_f64();
             last = Instant::now();
-            eprintln!(
-                "{label}: {:>9.0} ops/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms",
-                w.len() as f64 / secs,
+            done += w.len();
+            let rate = w.len() as f64 / secs;
+            let mut line = format!("{label}: {rate:>9.0} ops/s");
+            if let Some(b) = &live.bytes {
+                let now = b.load(Ordering::Relaxed);
+                let mb = (now - bytes_before.min(now)) as f64 / 1e6 / secs;
+                bytes_before = now;
+                line.push_str(&format!("  {mb:>8.1} MB/s"));
+            }
+            line.push_str(&format!(
+                "  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms",
                 ms(w.value_at_quantile(0.5)),
                 ms(w.value_at_quantile(0.99)),
                 ms(w.value_at_quantile(0.999)),
-            );
+            ));
+            if let Some(t) = live.total {
+                line.push_str(&format!("  {}", progress_bar(done, t)));
+            }
+            eprintln!("{line}");
         }
     })
 }
@@ -101,7 +146,7 @@ pub struct Summary {
     pub latency_ms: Latency,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Clone)]
 pub struct Latency {
     pub mean: f64,
     pub p50: f64,
@@ -128,13 +173,31 @@ impl Summary {
             errors,
             seconds: secs,
             ops_per_sec: hist.len() as f64 / secs,
-            latency_ms: Latency {
-                mean: hist.mean() / 1000.0,
-                p50: ms(hist.value_at_quantile(0.5)),
-                p99: ms(hist.value_at_quantile(0.99)),
-                p999: ms(hist.value_at_quantile(0.999)),
-                max: ms(hist.max()),
-            },
+            latency_ms: Latency::of(hist),
         }
+    }
+}
+
+impl Latency {
+    pub fn of(hist: &Histogram<u64>) -> Latency {
+        Latency {
+            mean: hist.mean() / 1000.0,
+            p50: ms(hist.value_at_quantile(0.5)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            p999: ms(hist.value_at_quantile(0.999)),
+            max: ms(hist.max()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars() {
+        assert_eq!(progress_bar(0, 10), "[--------------------]   0 %");
+        assert_eq!(progress_bar(5, 10), "[##########----------]  50 %");
+        assert_eq!(progress_bar(12, 10), "[####################] 100 %");
     }
 }

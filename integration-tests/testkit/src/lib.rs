@@ -459,6 +459,22 @@ impl StandaloneProc {
     }
 }
 
+/// A binary of the `magnetar-cli` package (`magnetar-admin`, `magnetar-perf`,
+/// `magnetar-client`) next to `magnetar`; built first when a narrower `cargo test` left it out.
+pub fn cli_bin(magnetar: &Path, name: &str) -> Result<PathBuf> {
+    let path = magnetar.with_file_name(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", "magnetar-cli", "--bin", name])
+            .status()?;
+        if !st.success() || !path.exists() {
+            bail!("could not build {name}");
+        }
+    }
+    Ok(path)
+}
+
 /// The Python interpreter of the venv `scripts/install-deps.sh` makes (with `pulsar-client`):
 /// `$MAGNETAR_PYTHON`, else `~/.cache/magnetar/venv/bin/python`.
 pub fn python() -> Result<PathBuf> {

@@ -31,6 +31,12 @@ enum Cmd {
     Ledger(LedgerArgs),
     /// The raw disk limit: sequential writes, each followed by fdatasync.
     Disk(DiskArgs),
+    /// Publishes to topics through the Pulsar protocol; latency is publish to receipt.
+    Produce(magnetar_cli::load::ProduceArgs),
+    /// Consumes from topics; latency is publish time to receipt (millisecond clock).
+    Consume(magnetar_cli::load::ConsumeArgs),
+    /// Produces and consumes in one process; latency is send to receive (microseconds).
+    E2e(magnetar_cli::load::E2eArgs),
 }
 
 #[derive(clap::Args)]
@@ -127,6 +133,9 @@ async fn main() -> Result<()> {
         Cmd::Meta(args) => meta(args).await,
         Cmd::Ledger(args) => ledger(args).await,
         Cmd::Disk(args) => disk(args),
+        Cmd::Produce(args) => magnetar_cli::load::produce(args).await,
+        Cmd::Consume(args) => magnetar_cli::load::consume(args).await,
+        Cmd::E2e(args) => magnetar_cli::load::e2e(args).await,
     }
 }
 
