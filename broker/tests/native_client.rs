@@ -687,3 +687,133 @@ async fn magnetar_client_and_perf_tools() -> Result<()> {
     assert!(bad.is_err_and(|e| e.to_string().contains("not a pulsar://")));
     Ok(())
 }
+
+/// Runs `magnetar ARGS`; its standard output, trimmed.
+fn magnetar(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(bin()).args(args).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refresh_and_tls() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("secret.key").display().to_string();
+    magnetar(&["tokens", "create-secret-key", "--output", &secret])?;
+    let token = |expiry: Option<&str>| {
+        let mut a = vec![
+            "tokens",
+            "create",
+            "--secret-key",
+            &secret,
+            "--subject",
+            "app",
+        ];
+        if let Some(e) = expiry {
+            a.extend(["--expiry-secs", e]);
+        }
+        magnetar(&a)
+    };
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    let tls_port = magnetar_testkit::free_port()?;
+    let (cert_s, key_s, tls_s) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        tls_port.to_string(),
+    );
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "true",
+            "--token-secret-key",
+            &secret,
+            "--authentication-refresh-check-seconds",
+            "1",
+            "--tls-cert-file",
+            &cert_s,
+            "--tls-key-file",
+            &key_s,
+            "--broker-port-tls",
+            &tls_s,
+        ],
+    )
+    .await?;
+    let topic = unique("secured");
+
+    // no token: refused with an error, not a hang
+    let anon = Client::builder(sa.service_url())
+        .operation_timeout(Duration::from_secs(3))
+        .build()?;
+    let r = anon.producer(&topic).create().await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Auth(_) | Error::Connect { .. } | Error::Server { .. })
+        ),
+        "{r:?}"
+    );
+
+    // a short-lived token in a file: the broker's challenge is answered from the file,
+    // rewritten meanwhile, and the same connection keeps working
+    let token_file = dir.path().join("app.token");
+    std::fs::write(&token_file, token(Some("2"))?)?;
+    let client = Client::builder(sa.service_url())
+        .authentication(magnetar_client::Authentication::token_file(&token_file))
+        .build()?;
+    let producer = client.producer(&topic).create().await?;
+    producer.send("before").await?;
+    let admin_token = token(None)?;
+    let admin = AdminClient::new(&AdminConn {
+        url: sa.web_url(),
+        token: Some(admin_token.clone()),
+        ..Default::default()
+    })?;
+    let since = |stats: serde_json::Value| stats["publishers"][0]["connectedSince"].clone();
+    let before = since(admin.topic_stats(&topic, false)?);
+    std::fs::write(&token_file, &admin_token)?;
+    // past the first token's expiry and a few refresh checks (this test is about
+    // behaviour across expiry, so it has to let time pass)
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    producer.send("after").await?;
+    assert!(!before.is_null());
+    assert_eq!(
+        before,
+        since(admin.topic_stats(&topic, false)?),
+        "the producer reconnected instead of refreshing its credentials"
+    );
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    assert_eq!(next(&mut consumer).await.text(), "before");
+    assert_eq!(next(&mut consumer).await.text(), "after");
+
+    // TLS: trusted certificate works; without one the client says why
+    let tls_url = format!("pulsar+ssl://localhost:{tls_port}");
+    let tls = Client::builder(&tls_url)
+        .token(token(None)?)
+        .tls_trust_certs(&cert)
+        .build()?;
+    tls.producer(&topic).create().await?.send("tls").await?;
+    assert_eq!(next(&mut consumer).await.text(), "tls");
+    let untrusted = Client::builder(&tls_url)
+        .token(token(None)?)
+        .operation_timeout(Duration::from_secs(3))
+        .build()?;
+    let r = untrusted.producer(&topic).create().await;
+    assert!(
+        matches!(&r, Err(Error::Connect { message, .. }) if message.contains("trusted")),
+        "{r:?}"
+    );
+    Ok(())
+}
