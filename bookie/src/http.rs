@@ -31,6 +31,11 @@ async fn health(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
+    render_metrics(&b)
+}
+
+/// The bookie's metrics in Prometheus text form (the standalone adds them to its own).
+pub fn render_metrics(b: &Bookie) -> String {
     let s = b.stats();
     let j = b.journal_stats();
     let mut out = String::with_capacity(2048);

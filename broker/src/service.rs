@@ -200,7 +200,11 @@ pub struct BrokerService {
     next_producer: AtomicU64,
     pub ready: AtomicBool,
     pub started_ms: u64,
+    /// More Prometheus text for `/metrics` (the standalone's in-process bookie).
+    pub extra_metrics: std::sync::OnceLock<ExtraMetrics>,
 }
+
+pub type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for BrokerService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,6 +232,7 @@ impl BrokerService {
             next_producer: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             started_ms: crate::managed_ledger::now_ms(),
+            extra_metrics: std::sync::OnceLock::new(),
         })
     }
 

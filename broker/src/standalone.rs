@@ -489,6 +489,10 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     };
     let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
     let svc = BrokerService::new(cfg, meta.clone(), ledgers);
+    let metrics_of = Arc::clone(&bookie);
+    let _ = svc.extra_metrics.set(Box::new(move || {
+        magnetar_bookie::http::render_metrics(&metrics_of)
+    }));
     svc.init_cluster()
         .await
         .context("create cluster, tenant and namespace records")?;

@@ -817,3 +817,83 @@ async fn tokens_refresh_and_tls() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_topic_and_deduplicated_sequence_ids() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+
+    // reconsume_later: back through the retry topic after the delay, then dead-lettered
+    let topic = unique("retry");
+    let mut policy = DeadLetterPolicy::new(2);
+    policy.retry_enabled = true;
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("app")
+        .subscription_type(SubscriptionType::Shared)
+        .initial_position(InitialPosition::Earliest)
+        .dead_letter(policy)
+        .subscribe()
+        .await?;
+    assert_eq!(consumer.topics().len(), 2, "{:?}", consumer.topics());
+    let mut dlq = client
+        .consumer()
+        .topic(format!("{topic}-app-DLQ"))
+        .subscription("audit")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    client
+        .producer(&topic)
+        .create()
+        .await?
+        .send("later")
+        .await?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let m = next(&mut consumer).await;
+        assert_eq!(m.text(), "later");
+        times.push(m.property("RECONSUMETIMES").map(str::to_string));
+        consumer
+            .reconsume_later(&m, Duration::from_millis(200))
+            .await?;
+    }
+    assert_eq!(times, [None, Some("1".into()), Some("2".into())]);
+    let d = next(&mut dlq).await;
+    assert_eq!(d.text(), "later");
+    assert_eq!(d.property("REAL_TOPIC"), Some(topic.as_str()));
+
+    // with deduplication on, a producer that comes back under its name continues after the
+    // last stored sequence id, and a re-sent id is not stored twice
+    let topic = unique("dedup");
+    admin(&sa)
+        .call_async(
+            "POST",
+            "/admin/v2/namespaces/public/default/deduplication".into(),
+            Some(serde_json::json!(true)),
+        )
+        .await?;
+    let p = client.producer(&topic).name("writer").create().await?;
+    for i in 0..5 {
+        p.send(format!("{i}")).await?;
+    }
+    p.close().await?;
+    let p = client.producer(&topic).name("writer").create().await?;
+    p.send(ProducerMessage::new("dup").with_sequence_id(3))
+        .await?;
+    p.send("5").await?;
+    let mut r = client
+        .reader(&topic)
+        .start_message_id(MessageId::EARLIEST)
+        .create()
+        .await?;
+    let mut got = Vec::new();
+    while r.has_message_available().await? {
+        let m = r.read_next().await?;
+        got.push((m.text().into_owned(), m.sequence_id));
+    }
+    let want: Vec<(String, u64)> = (0..6).map(|i| (i.to_string(), i)).collect();
+    assert_eq!(got, want);
+    Ok(())
+}

@@ -198,6 +198,8 @@ async fn metrics_cardinality_is_bounded() -> Result<()> {
             assert!(r.contains(" 204 "), "{r}");
         }
         let m = http_get(sa.web, "/metrics")?;
+        // the in-process bookie's series come along
+        assert!(m.contains("\nbookie_journal_groups_total "), "{m}");
         let series: Vec<&str> = m
             .lines()
             .filter(|l| l.starts_with("pulsar_storage_size{"))

@@ -1445,5 +1445,8 @@ async fn metrics(State(svc): Svc) -> Response {
             let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
         }
     }
+    if let Some(extra) = svc.extra_metrics.get() {
+        out.push_str(&extra());
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -365,21 +365,23 @@ fn base_topic(t: &str) -> &str {
     }
 }
 
+/// The topic a message first came from: partitions and the retry topic map back to it.
+fn origin_topic<'a>(topic: &'a str, sub: &str) -> &'a str {
+    let base = base_topic(topic);
+    base.strip_suffix(&format!("-{sub}-RETRY")).unwrap_or(base)
+}
+
 fn retry_topic(dl: &DeadLetterPolicy, topic: &str, sub: &str) -> Result<String> {
     match &dl.retry_letter_topic {
         Some(t) => topic_name(t),
-        None => Ok(format!("{}-{sub}-RETRY", base_topic(topic))),
+        None => Ok(format!("{}-{sub}-RETRY", origin_topic(topic, sub))),
     }
 }
 
 fn dead_letter_topic(dl: &DeadLetterPolicy, topic: &str, sub: &str) -> Result<String> {
     match &dl.dead_letter_topic {
         Some(t) => topic_name(t),
-        None => {
-            let base = base_topic(topic);
-            let base = base.strip_suffix(&format!("-{sub}-RETRY")).unwrap_or(base);
-            Ok(format!("{base}-{sub}-DLQ"))
-        }
+        None => Ok(format!("{}-{sub}-DLQ", origin_topic(topic, sub))),
     }
 }
 
@@ -1679,6 +1681,10 @@ mod tests {
         );
         assert_eq!(
             retry_topic(&dl, "persistent://t/n/x", "s").unwrap(),
+            "persistent://t/n/x-s-RETRY"
+        );
+        assert_eq!(
+            retry_topic(&dl, "persistent://t/n/x-s-RETRY", "s").unwrap(),
             "persistent://t/n/x-s-RETRY"
         );
         assert_eq!(base_topic("a-partition-"), "a-partition-");
