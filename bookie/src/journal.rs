@@ -612,6 +612,13 @@ impl Writer {
                 .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
             at += n as u64;
         }
+        // Made durable now, so the blocks exist before records land on them: a record's
+        // fdatasync then flushes data only, never a filesystem-journal commit that would
+        // also wait for other files' (entry logs') dirty data.
+        self.config
+            .io
+            .sync(&self.file)
+            .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
         self.allocated = target;
         Ok(())
     }

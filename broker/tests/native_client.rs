@@ -593,91 +593,39 @@ async fn magnetar_client_and_perf_tools() -> Result<()> {
     assert_eq!(out.lines().count(), 6);
 
     // perf: counts only (timing is never asserted)
-    let (out, live) = run_tool(
-        "magnetar-perf",
-        &[
-            "produce",
-            "-u",
-            &url,
-            "--web-url",
-            &web,
-            &topic,
-            "--partitions",
-            "0",
-            "-n",
-            "3000",
-            "-d",
-            "60s",
-            "-s",
-            "256",
-        ],
-    )
+    let perf = |args: String| async move {
+        let args: Vec<&str> = args.split(' ').collect();
+        let (out, _) = run_tool("magnetar-perf", &args).await?;
+        let s: serde_json::Value = serde_json::from_str(&out)?;
+        anyhow::Ok(s)
+    };
+    let counted = |s: &serde_json::Value, n: u64| {
+        assert_eq!(
+            (s["messages"].as_u64(), s["errors"].as_u64()),
+            (Some(n), Some(0)),
+            "{s}"
+        );
+    };
+    let s = perf(format!(
+        "produce -u {url} --web-url {web} {topic} --partitions 0 -n 3000 -d 60s -s 256"
+    ))
     .await?;
-    let s: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(
-        (s["messages"].as_u64(), s["errors"].as_u64()),
-        (Some(3000), Some(0)),
-        "{s}"
-    );
+    counted(&s, 3000);
     assert_eq!(s["bytes"], 3000 * 256);
-    let _ = live;
+    let s = perf(format!(
+        "consume -u {url} {topic} -S perf --earliest -n 3006 -d 60s"
+    ))
+    .await?;
+    counted(&s, 3006);
     let parts = unique("perf-parts");
-    let (out, _) = run_tool(
-        "magnetar-perf",
-        &[
-            "consume",
-            "-u",
-            &url,
-            &topic,
-            "-S",
-            "perf",
-            "--earliest",
-            "-n",
-            "3006",
-            "-d",
-            "60s",
-        ],
-    )
+    let s = perf(format!(
+        "e2e -u {url} --web-url {web} {parts} --partitions 2 -n 2000 -r 4000 -d 60s \
+         --compression lz4 -p 2"
+    ))
     .await?;
-    let s: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(s["messages"], 3006, "{s}");
-    let (out, _) = run_tool(
-        "magnetar-perf",
-        &[
-            "e2e",
-            "-u",
-            &url,
-            "--web-url",
-            &web,
-            &parts,
-            "--partitions",
-            "2",
-            "-n",
-            "2000",
-            "-r",
-            "4000",
-            "-d",
-            "60s",
-            "--compression",
-            "lz4",
-            "-p",
-            "2",
-        ],
-    )
-    .await?;
-    let s: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(
-        (s["messages"].as_u64(), s["errors"].as_u64()),
-        (Some(2000), Some(0)),
-        "{s}"
-    );
+    counted(&s, 2000);
     assert!(s["publish_latency_ms"]["p99"].is_number(), "{s}");
-    assert_eq!(
-        magnetar_client::Client::new(&url)?
-            .partitions(&parts)
-            .await?,
-        2
-    );
+    assert_eq!(Client::new(&url)?.partitions(&parts).await?, 2);
     // bad input is refused with a message, not a panic
     let bad = run_tool(
         "magnetar-perf",

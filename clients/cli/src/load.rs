@@ -452,10 +452,57 @@ fn senders(
         .collect()
 }
 
-fn label(kind: &str, topics: &[String]) -> String {
-    match topics {
-        [one] => format!("{kind} {one}"),
-        many => format!("{kind} {} topics", many.len()),
+/// One workload's measurement: its recorder, the bytes counter and the live line.
+struct Measure {
+    name: String,
+    rec: Recorder,
+    bytes: Arc<AtomicU64>,
+    live: tokio::task::JoinHandle<()>,
+    started: Instant,
+}
+
+impl Measure {
+    fn start(kind: &str, topics: &[String], count: Option<u64>) -> Measure {
+        let name = match topics {
+            [one] => format!("{kind} {one}"),
+            many => format!("{kind} {} topics", many.len()),
+        };
+        let rec = Recorder::default();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let live = spawn_live(
+            name.clone(),
+            rec.clone(),
+            Live {
+                bytes: Some(Arc::clone(&bytes)),
+                total: count,
+            },
+        );
+        Measure {
+            name,
+            rec,
+            bytes,
+            live,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the live line and prints the JSON summary.
+    fn finish(
+        self,
+        target: &str,
+        concurrency: usize,
+        publish: Option<(hdrhistogram::Histogram<u64>, u64)>,
+    ) -> Result<()> {
+        let elapsed = self.started.elapsed();
+        self.live.abort();
+        let (hist, mut errors) = self.rec.total();
+        errors += publish.as_ref().map_or(0, |p| p.1);
+        let summary = Summary::new(&self.name, target, concurrency, &hist, errors, elapsed);
+        report(
+            summary,
+            self.bytes.load(Ordering::Relaxed),
+            publish.map(|(h, _)| Latency::of(&h)),
+        )
     }
 }
 
@@ -465,33 +512,11 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
     let topics = a.topics.names();
     let ps = producers(&client, &topics, &a.producer).await?;
     let concurrency = ps.len();
-    let rec = Recorder::default();
-    let bytes = Arc::new(AtomicU64::new(0));
-    let name = label("produce", &topics);
-    let live = spawn_live(
-        name.clone(),
-        rec.clone(),
-        Live {
-            bytes: Some(Arc::clone(&bytes)),
-            total: a.run.count,
-        },
-    );
-    let started = Instant::now();
-    for t in senders(ps, &a.producer, &a.run, None, &rec, &bytes) {
+    let m = Measure::start("produce", &topics, a.run.count);
+    for t in senders(ps, &a.producer, &a.run, None, &m.rec, &m.bytes) {
         t.await.context("producer task")??;
     }
-    let elapsed = started.elapsed();
-    live.abort();
-    let (hist, errors) = rec.total();
-    let summary = Summary::new(
-        &name,
-        &a.client.service_url,
-        concurrency,
-        &hist,
-        errors,
-        elapsed,
-    );
-    report(summary, bytes.load(Ordering::Relaxed), None)
+    m.finish(&a.client.service_url, concurrency, None)
 }
 
 /// Receives until `limit` messages (over all receivers; it may be lowered while this runs)
@@ -572,33 +597,11 @@ pub async fn consume(a: ConsumeArgs) -> Result<()> {
     let topics = a.topics.names();
     let cs = consumers(&client, &topics, &a.consumer).await?;
     let concurrency = cs.len();
-    let rec = Recorder::default();
-    let bytes = Arc::new(AtomicU64::new(0));
-    let name = label("consume", &topics);
-    let live = spawn_live(
-        name.clone(),
-        rec.clone(),
-        Live {
-            bytes: Some(Arc::clone(&bytes)),
-            total: a.run.count,
-        },
-    );
-    let started = Instant::now();
-    let deadline = started + a.run.duration;
+    let m = Measure::start("consume", &topics, a.run.count);
+    let deadline = m.started + a.run.duration;
     let limit = Arc::new(AtomicU64::new(a.run.count.unwrap_or(u64::MAX)));
-    receive_all(cs, limit, deadline, None, &rec, &bytes).await?;
-    let elapsed = started.elapsed();
-    live.abort();
-    let (hist, errors) = rec.total();
-    let summary = Summary::new(
-        &name,
-        &a.client.service_url,
-        concurrency,
-        &hist,
-        errors,
-        elapsed,
-    );
-    report(summary, bytes.load(Ordering::Relaxed), None)
+    receive_all(cs, limit, deadline, None, &m.rec, &m.bytes).await?;
+    m.finish(&a.client.service_url, concurrency, None)
 }
 
 pub async fn e2e(a: E2eArgs) -> Result<()> {
@@ -610,29 +613,18 @@ pub async fn e2e(a: E2eArgs) -> Result<()> {
     let ps = producers(&client, &topics, &a.producer).await?;
     let concurrency = ps.len() + cs.len();
     let stamp = Stamp(Instant::now());
-    let e2e_rec = Recorder::default();
     let pub_rec = Recorder::default();
-    let bytes = Arc::new(AtomicU64::new(0));
     let sent_bytes = Arc::new(AtomicU64::new(0));
-    let name = label("e2e", &topics);
-    let live = spawn_live(
-        name.clone(),
-        e2e_rec.clone(),
-        Live {
-            bytes: Some(Arc::clone(&bytes)),
-            total: a.run.count,
-        },
-    );
-    let started = Instant::now();
+    let m = Measure::start("e2e", &topics, a.run.count);
     let senders = senders(ps, &a.producer, &a.run, Some(stamp), &pub_rec, &sent_bytes);
     let mut sent = 0;
     // the consumers wait for everything sent, or until 10 s past the producers' end
     let limit = Arc::new(AtomicU64::new(a.run.count.unwrap_or(u64::MAX)));
     let receiving = {
-        let rec = e2e_rec.clone();
-        let bytes = Arc::clone(&bytes);
+        let rec = m.rec.clone();
+        let bytes = Arc::clone(&m.bytes);
         let limit = Arc::clone(&limit);
-        let deadline = started + a.run.duration + Duration::from_secs(10);
+        let deadline = m.started + a.run.duration + Duration::from_secs(10);
         tokio::spawn(
             async move { receive_all(cs, limit, deadline, Some(stamp), &rec, &bytes).await },
         )
@@ -642,21 +634,5 @@ pub async fn e2e(a: E2eArgs) -> Result<()> {
     }
     limit.fetch_min(sent, Ordering::Relaxed);
     receiving.await.context("consumers")??;
-    let elapsed = started.elapsed();
-    live.abort();
-    let (hist, errors) = e2e_rec.total();
-    let (pub_hist, pub_errors) = pub_rec.total();
-    let summary = Summary::new(
-        &name,
-        &a.client.service_url,
-        concurrency,
-        &hist,
-        errors + pub_errors,
-        elapsed,
-    );
-    report(
-        summary,
-        bytes.load(Ordering::Relaxed),
-        Some(Latency::of(&pub_hist)),
-    )
+    m.finish(&a.client.service_url, concurrency, Some(pub_rec.total()))
 }
