@@ -3,7 +3,8 @@
 # standalone: time to healthy, RSS idle / peak, the raw disk limit at the journal's measured
 # bytes per fsync, maximum produce throughput (1 KiB, batching on, journal fsync on),
 # end-to-end latency at 10 / 50 / 80 % of that maximum, and catch-up over a large backlog.
-# Env: SECS (seconds per run, 20), BACKLOG_MB (5000), SIZE (1024).
+# Env: SECS (seconds per run, 20), BACKLOG_MB (5000), SIZE (1024), QUEUE (the catch-up
+# consumer's receiver queue, 5000: with the default 1000 the FLOW round trip limits it).
 # Needs the release binaries (make bench-client builds them).
 set -euo pipefail
 T="${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release"
@@ -12,6 +13,7 @@ PERF="$T/magnetar-perf"
 SECS="${SECS:-20}"
 BACKLOG_MB="${BACKLOG_MB:-5000}"
 SIZE="${SIZE:-1024}"
+QUEUE="${QUEUE:-5000}"
 DIR="$(mktemp -d /tmp/magnetar-bench-XXXXXX)"
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -54,6 +56,7 @@ echo "== catch-up: $n messages ($BACKLOG_MB MB) written first, then read by a ne
 "$PERF" consume -u "$URL" backlog -S catchup -n 0 -d 1s > /dev/null 2>&1 || true
 "$PERF" produce -u "$URL" backlog -s "$SIZE" -n "$n" -d 3600s > "$DIR/fill.json" 2>/dev/null
 echo "filled at $(field "$DIR/fill.json" "['mb_per_sec']") MB/s"
-"$PERF" consume -u "$URL" backlog -S catchup -n "$n" -d 3600s > "$DIR/catchup.json" 2>/dev/null
-echo "catch-up: $(field "$DIR/catchup.json" "['mb_per_sec']") MB/s ($(field "$DIR/catchup.json" "['messages']") messages in $(field "$DIR/catchup.json" "['seconds']") s)"
+"$PERF" consume -u "$URL" backlog -S catchup -n "$n" -d 3600s --receiver-queue "$QUEUE" \
+  > "$DIR/catchup.json" 2>/dev/null
+echo "catch-up (receiver queue $QUEUE): $(field "$DIR/catchup.json" "['mb_per_sec']") MB/s ($(field "$DIR/catchup.json" "['messages']") messages in $(field "$DIR/catchup.json" "['seconds']") s)"
 echo "RSS peak overall: $(( $(awk '/VmHWM/ {print $2}' /proc/$PID/status) / 1024 )) MiB"
