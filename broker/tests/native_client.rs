@@ -845,3 +845,102 @@ async fn retry_topic_and_deduplicated_sequence_ids() -> Result<()> {
     assert_eq!(got, want);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_key_shared_and_batch_receive() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let client = Client::new(sa.service_url())?;
+    let sub = |topic: &str, name: &str, kind: SubscriptionType| {
+        client
+            .consumer()
+            .topic(topic)
+            .subscription(name)
+            .subscription_type(kind)
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+    };
+
+    // Key_Shared: two consumers split the keys, each key stays with one of them, in order
+    let topic = unique("ks");
+    let mut a = sub(&topic, "ks", SubscriptionType::KeyShared).await?;
+    let mut b = sub(&topic, "ks", SubscriptionType::KeyShared).await?;
+    let p = client.producer(&topic).batching(false).create().await?;
+    for i in 0..200u32 {
+        p.send(ProducerMessage::new(format!("{i}")).with_key(format!("k{}", i % 10)))
+            .await?;
+    }
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut last: HashMap<String, u32> = HashMap::new();
+    let mut got = 0;
+    while got < 200 {
+        let (who, m) = tokio::select! {
+            m = a.receive() => (0, m?),
+            m = b.receive() => (1, m?),
+            _ = tokio::time::sleep(Duration::from_secs(15)) => panic!("only {got} of 200"),
+        };
+        let key = m.key.clone().unwrap();
+        assert_eq!(*owner.entry(key.clone()).or_insert(who), who, "{key} moved");
+        let n: u32 = m.text().parse()?;
+        assert!(
+            last.insert(key, n).is_none_or(|prev| prev < n),
+            "out of order"
+        );
+        if who == 0 {
+            a.ack(&m)?
+        } else {
+            b.ack(&m)?
+        }
+        got += 1;
+    }
+    assert_eq!(
+        owner.values().collect::<BTreeSet<_>>().len(),
+        2,
+        "one consumer got every key"
+    );
+
+    // Failover: one active consumer gets everything; when it leaves, the other takes over
+    let topic = unique("fo");
+    let mut first = sub(&topic, "fo", SubscriptionType::Failover).await?;
+    let mut second = sub(&topic, "fo", SubscriptionType::Failover).await?;
+    let p = client.producer(&topic).create().await?;
+    for i in 0..10 {
+        p.send(format!("{i}")).await?;
+    }
+    let (active, mut standby) = tokio::select! {
+        m = first.receive() => { let m = m?; first.ack(&m)?; (first, second) }
+        m = second.receive() => { let m = m?; second.ack(&m)?; (second, first) }
+    };
+    let mut active = active;
+    for _ in 1..10 {
+        let m = next(&mut active).await;
+        active.ack(&m)?;
+    }
+    nothing_within(&mut standby, Duration::from_millis(500)).await;
+    active.close().await?;
+    p.send("after").await?;
+    assert_eq!(next(&mut standby).await.text(), "after");
+
+    // batch receive: up to N, or what came by the timeout
+    let topic = unique("br");
+    let mut c = sub(&topic, "br", SubscriptionType::Exclusive).await?;
+    let p = client.producer(&topic).create().await?;
+    for i in 0..25 {
+        p.send(format!("{i}")).await?;
+    }
+    let mut seen = 0;
+    while seen < 25 {
+        let batch = c.batch_receive(10, Duration::from_secs(5)).await?;
+        assert!(!batch.is_empty() && batch.len() <= 10, "{}", batch.len());
+        seen += batch.len();
+        for m in &batch {
+            c.ack(m)?;
+        }
+    }
+    assert_eq!(seen, 25);
+    assert!(
+        c.batch_receive(10, Duration::from_millis(200))
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}

@@ -23,7 +23,13 @@ enum Script {
     BadEntries,
     /// CONNECTED, then never answers anything.
     Silent,
+    /// Redirects the first lookup (to itself, authoritative), then serves a producer.
+    Redirect,
 }
+
+/// Set once a lookup arrived with the authoritative flag of a redirect.
+static AUTHORITATIVE_SEEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 async fn fake_broker(script: Script) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -105,12 +111,28 @@ async fn serve(mut s: TcpStream, script: Script, me: String) {
             )
             .await;
         } else if let Some(l) = c.lookup_topic {
-            write(
-                &mut s,
-                &commands::lookup_connect(l.request_id, &me, None),
+            let mut answer = commands::lookup_connect(l.request_id, &me, None);
+            if matches!(script, Script::Redirect) {
+                if l.authoritative == Some(true) {
+                    AUTHORITATIVE_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+                } else if let Some(r) = answer.lookup_topic_response.as_mut() {
+                    r.response = Some(0); // Redirect
+                    r.authoritative = Some(true);
+                }
+            }
+            write(&mut s, &answer, None).await;
+        } else if let Some(p) = c.producer {
+            let ok = commands::producer_success(p.request_id, "fake-1", -1);
+            write(&mut s, &ok, None).await;
+        } else if let Some(send) = c.send {
+            let receipt = commands::send_receipt(
+                send.producer_id,
+                send.sequence_id,
                 None,
-            )
-            .await;
+                7,
+                send.sequence_id,
+            );
+            write(&mut s, &receipt, None).await;
         } else if let Some(sub) = c.subscribe {
             write(&mut s, &commands::success(sub.request_id), None).await;
             let id = sub.consumer_id;
@@ -223,4 +245,14 @@ async fn corrupt_entries_are_reported_and_skipped() {
     assert_eq!(good.payload, Bytes::from_static(b"good"));
     assert_eq!(corrupt, 5, "checksum, batch, two codecs, missing payload");
     consumer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn lookups_follow_redirects_with_the_authoritative_flag() {
+    let url = fake_broker(Script::Redirect).await;
+    let c = client(&url);
+    let p = c.producer("t").create().await.unwrap();
+    let id = p.send("x").await.unwrap();
+    assert_eq!((id.ledger_id, id.entry_id), (7, 0));
+    assert!(AUTHORITATIVE_SEEN.load(std::sync::atomic::Ordering::SeqCst));
 }
