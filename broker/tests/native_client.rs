@@ -62,6 +62,21 @@ async fn nothing_within(c: &mut magnetar_client::Consumer, d: Duration) {
     }
 }
 
+/// An Exclusive consumer from the start of `topic`.
+async fn earliest(
+    client: &Client,
+    topic: impl Into<String>,
+    sub: &str,
+) -> magnetar_client::Result<magnetar_client::Consumer> {
+    client
+        .consumer()
+        .topic(topic)
+        .subscription(sub)
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await
+}
+
 fn admin(sa: &StandaloneProc) -> AdminClient {
     AdminClient::new(&AdminConn {
         url: sa.web_url(),
@@ -82,13 +97,7 @@ async fn batched_and_compressed_with_every_codec() -> Result<()> {
         Compression::Snappy,
     ] {
         let topic = unique("codec");
-        let mut consumer = client
-            .consumer()
-            .topic(&topic)
-            .subscription("s")
-            .initial_position(InitialPosition::Earliest)
-            .subscribe()
-            .await?;
+        let mut consumer = earliest(&client, &topic, "s").await?;
         let producer = client
             .producer(&topic)
             .compression(codec)
@@ -151,13 +160,7 @@ async fn acks_nacks_ack_timeout_and_dead_letters() -> Result<()> {
         .dead_letter(DeadLetterPolicy::new(2))
         .subscribe()
         .await?;
-    let mut dlq = client
-        .consumer()
-        .topic(format!("{topic}-workers-DLQ"))
-        .subscription("audit")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut dlq = earliest(&client, format!("{topic}-workers-DLQ"), "audit").await?;
     producer.send("poison").await?;
     producer.send("good").await?;
     // "poison" is nacked on each delivery: 1 + 2 redeliveries, then the dead-letter topic
@@ -236,13 +239,7 @@ async fn partitions_key_routing_multi_topic_and_regex() -> Result<()> {
     assert_eq!(client.partitions(&topic).await?, 3);
     let producer = client.producer(&topic).create().await?;
     assert_eq!(producer.partitions(), 3);
-    let mut consumer = client
-        .consumer()
-        .topic(&topic)
-        .subscription("all")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut consumer = earliest(&client, &topic, "all").await?;
     for i in 0..90u32 {
         let key = format!("key-{}", i % 9);
         producer
@@ -382,13 +379,7 @@ async fn chunking_splits_what_is_too_large() -> Result<()> {
         Err(Error::TooLarge { .. }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let mut consumer = client
-        .consumer()
-        .topic(&topic)
-        .subscription("s")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut consumer = earliest(&client, &topic, "s").await?;
     let chunked = client
         .producer(&topic)
         .chunking(true)
@@ -418,13 +409,7 @@ async fn producers_and_consumers_survive_a_broker_restart() -> Result<()> {
         .block_if_queue_full(false)
         .create()
         .await?;
-    let mut consumer = client
-        .consumer()
-        .topic(&topic)
-        .subscription("s")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut consumer = earliest(&client, &topic, "s").await?;
     for i in 0..50 {
         producer.send(format!("{i}")).await?;
     }
@@ -503,13 +488,7 @@ async fn interop_with_the_python_client_both_ways() -> Result<()> {
 
         // Python -> ours
         let topic = unique(&format!("from-py-{name}"));
-        let mut consumer = client
-            .consumer()
-            .topic(&topic)
-            .subscription("rs")
-            .initial_position(InitialPosition::Earliest)
-            .subscribe()
-            .await?;
+        let mut consumer = earliest(&client, &topic, "rs").await?;
         run_py(&[&url, "produce", &topic, "100", name]).await?;
         let mut batched = false;
         for i in 0..100u32 {
@@ -736,13 +715,7 @@ async fn tokens_refresh_and_tls() -> Result<()> {
         since(admin.topic_stats(&topic, false)?),
         "the producer reconnected instead of refreshing its credentials"
     );
-    let mut consumer = client
-        .consumer()
-        .topic(&topic)
-        .subscription("s")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut consumer = earliest(&client, &topic, "s").await?;
     assert_eq!(next(&mut consumer).await.text(), "before");
     assert_eq!(next(&mut consumer).await.text(), "after");
 
@@ -785,13 +758,7 @@ async fn retry_topic_and_deduplicated_sequence_ids() -> Result<()> {
         .subscribe()
         .await?;
     assert_eq!(consumer.topics().len(), 2, "{:?}", consumer.topics());
-    let mut dlq = client
-        .consumer()
-        .topic(format!("{topic}-app-DLQ"))
-        .subscription("audit")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let mut dlq = earliest(&client, format!("{topic}-app-DLQ"), "audit").await?;
     client
         .producer(&topic)
         .create()
