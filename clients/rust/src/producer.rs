@@ -34,6 +34,9 @@ use crate::conn::{Connection, ProducerEvent};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, ProducerMessage, now_ms};
 
+/// Fewer entries than this in flight count as an idle pipeline: an open batch goes at once.
+const IDLE_PIPELINE: usize = 2;
+
 /// Which partition a message without a key goes to (keyed messages always go by key hash).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RoutingMode {
@@ -499,6 +502,12 @@ impl Task {
                                     break;
                                 }
                             }
+                        }
+                        // nothing else queued and the pipe to the broker nearly empty: waiting
+                        // out the batch delay would only add latency (under load batches
+                        // still fill while earlier ones are in flight)
+                        if self.inflight.len() < IDLE_PIPELINE && self.conn.is_some() {
+                            self.send_batch();
                         }
                     }
                     Some(Cmd::Flush(tx)) => self.flush_request(tx),
