@@ -9,8 +9,8 @@
 //! learns it at once: pending requests fail and producers and consumers get `Closed`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -190,8 +190,8 @@ struct State {
     pending: Mutex<HashMap<u64, oneshot::Sender<BaseCommand>>>,
     producers: Mutex<HashMap<u64, mpsc::UnboundedSender<ProducerEvent>>>,
     consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<ConsumerEvent>>>,
-    closed: Mutex<Option<String>>,
-    is_closed: AtomicBool,
+    /// Why the connection ended, once it has.
+    closed: OnceLock<String>,
     /// The handle is gone: the reader stops.
     shutdown: Notify,
     /// The reader stopped: the writer stops.
@@ -199,14 +199,11 @@ struct State {
 }
 
 impl State {
+    /// Marks the connection ended, then fails everything registered on it. Registration
+    /// checks the mark under the same lock this empties, so nothing registers unseen.
     fn close(&self, reason: String) {
-        {
-            let mut c = self.closed.lock();
-            if c.is_some() {
-                return;
-            }
-            *c = Some(reason);
-            self.is_closed.store(true, Ordering::Release);
+        if self.closed.set(reason).is_err() {
+            return;
         }
         self.done.notify_one();
         self.pending.lock().clear();
@@ -223,8 +220,8 @@ impl State {
             addr: self.addr.clone(),
             reason: self
                 .closed
-                .lock()
-                .clone()
+                .get()
+                .cloned()
                 .unwrap_or_else(|| "connection closed".into()),
         }
     }
@@ -358,8 +355,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             producers: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
-            closed: Mutex::new(None),
-            is_closed: AtomicBool::new(false),
+            closed: OnceLock::new(),
             shutdown: Notify::new(),
             done: Notify::new(),
         });
@@ -386,7 +382,7 @@ impl Connection {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.is_closed.load(Ordering::Acquire)
+        self.state.closed.get().is_some()
     }
 
     pub(crate) fn request_id(&self) -> u64 {
@@ -422,11 +418,11 @@ impl Connection {
     /// Registers interest in the answer to `request_id` (before the request goes out).
     pub(crate) fn expect(&self, request_id: u64) -> Result<oneshot::Receiver<BaseCommand>> {
         let (tx, rx) = oneshot::channel();
-        let closed = self.is_closed();
-        if closed {
+        let mut pending = self.state.pending.lock();
+        if self.is_closed() {
             return Err(self.state.disconnected());
         }
-        self.state.pending.lock().insert(request_id, tx);
+        pending.insert(request_id, tx);
         Ok(rx)
     }
 
@@ -456,19 +452,21 @@ impl Connection {
     }
 
     pub(crate) fn register_producer(&self, id: u64, tx: mpsc::UnboundedSender<ProducerEvent>) {
+        let mut producers = self.state.producers.lock();
         if self.is_closed() {
             let _ = tx.send(ProducerEvent::Closed);
             return;
         }
-        self.state.producers.lock().insert(id, tx);
+        producers.insert(id, tx);
     }
 
     pub(crate) fn register_consumer(&self, id: u64, tx: mpsc::UnboundedSender<ConsumerEvent>) {
+        let mut consumers = self.state.consumers.lock();
         if self.is_closed() {
             let _ = tx.send(ConsumerEvent::Closed);
             return;
         }
-        self.state.consumers.lock().insert(id, tx);
+        consumers.insert(id, tx);
     }
 
     pub(crate) fn forget_producer(&self, id: u64) {
