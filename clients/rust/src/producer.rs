@@ -778,7 +778,7 @@ impl Task {
         }
         let seq = self.assign_seq(&msg);
         let smm = SingleMessageMetadata {
-            properties: key_values(&msg.properties),
+            properties: key_values(msg.properties),
             partition_key: msg.key,
             payload_size: msg.payload.len() as i32,
             event_time: msg.event_time,
@@ -874,7 +874,7 @@ impl Task {
     fn send_single(&mut self, msg: ProducerMessage, w: Waiter) {
         let seq = self.assign_seq(&msg);
         let mut md = self.metadata(seq);
-        md.properties = key_values(&msg.properties);
+        md.properties = key_values(msg.properties);
         md.partition_key = msg.key;
         md.ordering_key = msg.ordering_key;
         md.event_time = msg.event_time;
@@ -1026,12 +1026,9 @@ fn send_cmd(producer_id: u64, f: &InFlight) -> BaseCommand {
     }
 }
 
-fn key_values(props: &[(String, String)]) -> Vec<KeyValue> {
+fn key_values(props: Vec<(String, String)>) -> Vec<KeyValue> {
     props
-        .iter()
-        .map(|(k, v)| KeyValue {
-            key: k.clone(),
-            value: v.clone(),
-        })
+        .into_iter()
+        .map(|(key, value)| KeyValue { key, value })
         .collect()
 }
