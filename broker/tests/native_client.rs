@@ -373,13 +373,29 @@ async fn chunking_splits_what_is_too_large() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &["--max-message-size", "102400"]).await?;
     let client = Client::new(sa.service_url())?;
     let topic = unique("chunks");
-    let big: Vec<u8> = (0..350_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    // incompressible, so LZ4 cannot bring it under the limit and chunking must happen
+    let mut x = 0x9e37_79b9u32;
+    let big: Vec<u8> = (0..350_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
     let plain = client.producer(&topic).create().await?;
     match plain.send(big.clone()).await {
         Err(Error::TooLarge { .. }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let mut consumer = earliest(&client, &topic, "s").await?;
+    let mut consumer = client
+        .consumer()
+        .topic(&topic)
+        .subscription("s")
+        .initial_position(InitialPosition::Earliest)
+        .nack_delay(Duration::from_millis(100))
+        .subscribe()
+        .await?;
     let chunked = client
         .producer(&topic)
         .chunking(true)
@@ -391,8 +407,13 @@ async fn chunking_splits_what_is_too_large() -> Result<()> {
     let m = next(&mut consumer).await;
     assert_eq!(m.payload.len(), big.len());
     assert!(m.payload[..] == big[..], "reassembled payload differs");
-    consumer.ack(&m)?;
+    assert!(m.chunk_ids().len() >= 4, "{} chunks", m.chunk_ids().len());
+    // a nack asks for every chunk again: the message comes back whole
+    consumer.nack(&m)?;
     assert_eq!(next(&mut consumer).await.text(), "small");
+    let again = next(&mut consumer).await;
+    assert!(again.payload[..] == big[..], "redelivered payload differs");
+    consumer.ack(&again)?;
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use magnetar_protocol::entry::parse_entry;
 use magnetar_protocol::proto::{
     CommandAck, CommandCloseConsumer, CommandFlow, CommandGetLastMessageId, CommandMessage,
     CommandRedeliverUnacknowledgedMessages, CommandSeek, CommandSubscribe, CommandUnsubscribe,
-    KeySharedMeta, KeyValue, MessageIdData, MessageMetadata, base_command::Type,
-    command_ack::AckType, command_subscribe::InitialPosition as ProtoInitial,
+    KeySharedMeta, KeyValue, MessageIdData, MessageMetadata, SingleMessageMetadata,
+    base_command::Type, command_ack::AckType, command_subscribe::InitialPosition as ProtoInitial,
     command_subscribe::SubType, key_shared_meta::KeySharedMode,
 };
 use parking_lot::Mutex;
@@ -432,8 +432,9 @@ impl ConsumerShared {
         Ok(())
     }
 
-    fn part(&self, i: usize) -> Option<PartHandle> {
-        self.parts.lock().get(i).cloned()
+    /// Runs `f` on partition `i`'s handle (without cloning it: this is per message).
+    fn with_part<R>(&self, i: usize, f: impl FnOnce(&PartHandle) -> R) -> Option<R> {
+        self.parts.lock().get(i).map(f)
     }
 
     fn all(&self) -> Vec<PartHandle> {
@@ -491,15 +492,35 @@ struct PartState {
 }
 
 enum PCmd {
-    Ack(Vec<MessageId>),
+    Ack(MsgIds),
     AckCumulative(MessageId),
-    Nack(Vec<MessageId>),
+    Nack(MsgIds),
     Flow,
     Seek(SeekTo, oneshot::Sender<Result<()>>),
     /// The last stored id, and the subscription's mark-delete position.
     LastId(oneshot::Sender<Result<(MessageId, Option<MessageId>)>>),
     Unsubscribe(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
+}
+
+/// The entries behind one message: its own id, or every chunk of a chunked message.
+struct MsgIds {
+    id: MessageId,
+    chunks: Arc<[MessageId]>,
+}
+
+impl MsgIds {
+    fn of(m: &Message) -> MsgIds {
+        MsgIds {
+            id: m.id,
+            chunks: Arc::clone(&m.chunks),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &MessageId> {
+        let own = self.chunks.is_empty().then_some(&self.id);
+        own.into_iter().chain(self.chunks.iter())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -548,13 +569,15 @@ impl Consumer {
 
     /// The next message that is still current (see the module notes), or `None`.
     fn accept(&self, m: Message) -> Option<Message> {
-        let p = self.shared.part(m.part)?;
-        if m.epoch != p.st.epoch.load(Ordering::Acquire) {
-            return None;
-        }
-        p.consumed(m.permits);
-        *p.st.last_received.lock() = Some(m.id);
-        Some(m)
+        let current = self.shared.with_part(m.part, |p| {
+            if m.epoch != p.st.epoch.load(Ordering::Acquire) {
+                return false;
+            }
+            p.consumed(m.permits);
+            *p.st.last_received.lock() = Some(m.id);
+            true
+        })?;
+        current.then_some(m)
     }
 
     /// Waits for the next message.
@@ -643,23 +666,16 @@ impl Consumer {
         self.ack(m)
     }
 
-    fn part_of(&self, m: &Message) -> Result<PartHandle> {
+    /// Hands a command about `m` to the task of its partition.
+    fn tell(&self, m: &Message, cmd: PCmd) -> Result<()> {
         self.shared
-            .part(m.part)
-            .ok_or_else(|| Error::Invalid("message from another consumer".into()))
+            .with_part(m.part, |p| p.tx.send(cmd).map_err(|_| Error::Closed))
+            .unwrap_or_else(|| Err(Error::Invalid("message from another consumer".into())))
     }
 
     /// Acknowledges one message.
     pub fn ack(&self, m: &Message) -> Result<()> {
-        let ids = if m.chunks.is_empty() {
-            vec![m.id]
-        } else {
-            m.chunks.to_vec()
-        };
-        self.part_of(m)?
-            .tx
-            .send(PCmd::Ack(ids))
-            .map_err(|_| Error::Closed)
+        self.tell(m, PCmd::Ack(MsgIds::of(m)))
     }
 
     /// Acknowledges a message and every one before it on its partition (not on Shared).
@@ -672,18 +688,12 @@ impl Consumer {
                 "cumulative acknowledgement is not allowed on Shared or Key_Shared".into(),
             ));
         }
-        self.part_of(m)?
-            .tx
-            .send(PCmd::AckCumulative(m.id))
-            .map_err(|_| Error::Closed)
+        self.tell(m, PCmd::AckCumulative(m.id))
     }
 
     /// Asks for the message again, after the nack delay.
     pub fn nack(&self, m: &Message) -> Result<()> {
-        self.part_of(m)?
-            .tx
-            .send(PCmd::Nack(vec![m.id]))
-            .map_err(|_| Error::Closed)
+        self.tell(m, PCmd::Nack(MsgIds::of(m)))
     }
 
     /// Restarts delivery at `id` (`MessageId::EARLIEST`, `LATEST`, or a message's id) on
@@ -805,6 +815,56 @@ fn letter(m: &Message, payload: Bytes) -> ProducerMessage {
     out
 }
 
+/// What the messages of one entry share.
+struct EntryInfo<'a> {
+    md: &'a MessageMetadata,
+    producer: Arc<str>,
+    redelivery_count: u32,
+}
+
+/// What is a message's own: the entry's metadata for a lone message, its
+/// `SingleMessageMetadata` inside a batch.
+struct Fields {
+    key: Option<String>,
+    ordering_key: Option<Bytes>,
+    properties: Vec<(String, String)>,
+    event_time: Option<u64>,
+    sequence_id: u64,
+    null_value: bool,
+}
+
+impl Fields {
+    fn of_entry(md: &MessageMetadata) -> Fields {
+        Fields {
+            key: md.partition_key.clone(),
+            ordering_key: md.ordering_key.clone(),
+            properties: md
+                .properties
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            event_time: md.event_time,
+            sequence_id: md.sequence_id,
+            null_value: md.null_value.unwrap_or(false),
+        }
+    }
+
+    fn of_single(smm: SingleMessageMetadata, sequence_id: u64) -> Fields {
+        Fields {
+            key: smm.partition_key,
+            ordering_key: smm.ordering_key,
+            properties: smm
+                .properties
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+            event_time: smm.event_time,
+            sequence_id: smm.sequence_id.unwrap_or(sequence_id),
+            null_value: smm.null_value.unwrap_or(false),
+        }
+    }
+}
+
 struct Chunked {
     buf: BytesMut,
     ids: Vec<MessageId>,
@@ -824,7 +884,7 @@ struct PartTask {
     out: mpsc::UnboundedSender<Result<Message>>,
     letters: Arc<Letters>,
     /// Acknowledgements of messages this task dead-lettered itself.
-    own_acks: mpsc::UnboundedSender<Vec<MessageId>>,
+    own_acks: mpsc::UnboundedSender<MsgIds>,
     conn: Option<Arc<Connection>>,
     events: Option<mpsc::UnboundedReceiver<ConsumerEvent>>,
     /// Requests that need the connection, held while it is being re-established.
@@ -844,6 +904,8 @@ struct PartTask {
     unacked: HashMap<(u64, u64), (Instant, u32)>,
     chunks: HashMap<String, Chunked>,
     chunk_order: VecDeque<String>,
+    /// Shared by every message that is not chunked (one allocation, not one per message).
+    no_chunks: Arc<[MessageId]>,
     failed: Option<Error>,
 }
 
@@ -896,6 +958,7 @@ impl PartTask {
             unacked: HashMap::new(),
             chunks: HashMap::new(),
             chunk_order: VecDeque::new(),
+            no_chunks: Arc::new([]),
             failed: None,
         };
         task.set_start(task.start, task.start_inclusive);
@@ -997,7 +1060,7 @@ impl PartTask {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<PCmd>,
-        mut own_acks: mpsc::UnboundedReceiver<Vec<MessageId>>,
+        mut own_acks: mpsc::UnboundedReceiver<MsgIds>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -1170,12 +1233,16 @@ impl PartTask {
                 return self.corrupt(format!("entry {base}: {e}"));
             }
         };
-        let producer: Arc<str> = md.producer_name.as_str().into();
+        let e = EntryInfo {
+            md: &md,
+            producer: md.producer_name.as_str().into(),
+            redelivery_count,
+        };
         let Some(n) = md.num_messages_in_batch else {
             if self.skip(&base) {
                 return self.give_back(1);
             }
-            let msg = self.message(&md, base, payload, producer, redelivery_count, 1, None);
+            let msg = self.message(&e, base, payload, Fields::of_entry(&md));
             return self.deliver(msg, 1);
         };
         let items = match decode_batch(payload, n.max(0) as usize) {
@@ -1200,25 +1267,8 @@ impl PartTask {
                 self.give_back(1);
                 continue;
             }
-            let mut msg = self.message(
-                &md,
-                id,
-                body,
-                Arc::clone(&producer),
-                redelivery_count,
-                1,
-                None,
-            );
-            msg.key = smm.partition_key;
-            msg.ordering_key = smm.ordering_key;
-            msg.properties = smm
-                .properties
-                .into_iter()
-                .map(|kv| (kv.key, kv.value))
-                .collect();
-            msg.event_time = smm.event_time.filter(|t| *t > 0);
-            msg.sequence_id = smm.sequence_id.unwrap_or(md.sequence_id + i as u64);
-            msg.null_value = smm.null_value.unwrap_or(false);
+            let own = Fields::of_single(smm, md.sequence_id + i as u64);
+            let msg = self.message(&e, id, body, own);
             self.deliver(msg, 0);
             delivered += 1;
         }
@@ -1227,39 +1277,26 @@ impl PartTask {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn message(
-        &self,
-        md: &MessageMetadata,
-        id: MessageId,
-        payload: Bytes,
-        producer: Arc<str>,
-        redelivery_count: u32,
-        permits: u32,
-        chunks: Option<Arc<[MessageId]>>,
-    ) -> Message {
+    /// A message of entry `e`: `f` holds what is its own (moved in, not copied).
+    fn message(&self, e: &EntryInfo<'_>, id: MessageId, payload: Bytes, f: Fields) -> Message {
         Message {
             topic: Arc::clone(&self.topic),
             id,
             payload,
-            key: md.partition_key.clone(),
-            ordering_key: md.ordering_key.clone(),
-            properties: md
-                .properties
-                .iter()
-                .map(|kv| (kv.key.clone(), kv.value.clone()))
-                .collect(),
-            publish_time: md.publish_time,
-            event_time: md.event_time.filter(|t| *t > 0),
-            producer_name: producer,
-            sequence_id: md.sequence_id,
-            redelivery_count,
-            replicated_from: md.replicated_from.clone(),
-            null_value: md.null_value.unwrap_or(false),
+            key: f.key,
+            ordering_key: f.ordering_key,
+            properties: f.properties,
+            publish_time: e.md.publish_time,
+            event_time: f.event_time.filter(|t| *t > 0),
+            producer_name: Arc::clone(&e.producer),
+            sequence_id: f.sequence_id,
+            redelivery_count: e.redelivery_count,
+            replicated_from: e.md.replicated_from.clone(),
+            null_value: f.null_value,
             part: self.part,
             epoch: self.epoch,
-            permits,
-            chunks: chunks.unwrap_or_else(|| Arc::new([])),
+            permits: 1,
+            chunks: Arc::clone(&self.no_chunks),
         }
     }
 
@@ -1288,12 +1325,7 @@ impl PartTask {
                 match sent {
                     Ok(_) => {
                         debug!(topic = %msg.topic, id = %msg.id, dlq = %topic, "dead-lettered");
-                        let ids = if msg.chunks.is_empty() {
-                            vec![msg.id]
-                        } else {
-                            msg.chunks.to_vec()
-                        };
-                        let _ = acks.send(ids);
+                        let _ = acks.send(MsgIds::of(&msg));
                     }
                     // not acknowledged: it comes back and is tried again
                     Err(e) => warn!(topic = %msg.topic, error = %e, "cannot dead-letter"),
@@ -1358,6 +1390,14 @@ impl PartTask {
             debug!(topic = %self.topic, %uuid, chunk_id, "chunk without its predecessors");
             return self.give_back(1);
         };
+        if c.buf.len() + piece.len() > crate::compression::MAX_UNCOMPRESSED {
+            // a broker that never ends a message must not grow this without bound
+            let n = c.ids.len() as u32 + 1;
+            self.chunks.remove(&uuid);
+            self.chunk_order.retain(|u| *u != uuid);
+            self.give_back(n);
+            return self.corrupt(format!("chunked message {uuid} exceeds the size limit"));
+        }
         c.buf.extend_from_slice(&piece);
         c.ids.push(id);
         c.next += 1;
@@ -1378,15 +1418,14 @@ impl PartTask {
         };
         let producer: Arc<str> = c.metadata.producer_name.as_str().into();
         let ids: Arc<[MessageId]> = c.ids.into();
-        let msg = self.message(
-            &c.metadata,
-            id,
-            payload,
+        let e = EntryInfo {
+            md: &c.metadata,
             producer,
             redelivery_count,
-            n,
-            Some(Arc::clone(&ids)),
-        );
+        };
+        let mut msg = self.message(&e, id, payload, Fields::of_entry(&c.metadata));
+        msg.permits = n;
+        msg.chunks = Arc::clone(&ids);
         for i in ids.iter() {
             self.track(*i, 1);
         }
@@ -1396,8 +1435,8 @@ impl PartTask {
     async fn on_command(&mut self, c: PCmd) {
         match c {
             PCmd::Ack(ids) => {
-                for id in ids {
-                    self.untrack(&id);
+                for id in ids.iter() {
+                    self.untrack(id);
                     self.acks.push(id.to_proto());
                 }
                 if self.opts.ack_group_time.is_zero() || self.acks.len() >= 1000 {
@@ -1414,8 +1453,8 @@ impl PartTask {
             }
             PCmd::Nack(ids) => {
                 let at = Instant::now() + self.opts.nack_delay;
-                for id in ids {
-                    self.untrack(&id);
+                for id in ids.iter() {
+                    self.untrack(id);
                     self.nacks.push((at, id.entry()));
                 }
             }

@@ -204,6 +204,11 @@ impl Message {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The entries a chunked message arrived in (empty when it came in one).
+    pub fn chunk_ids(&self) -> &[MessageId] {
+        &self.chunks
+    }
+
     /// The payload as text (lossy).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
