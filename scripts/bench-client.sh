@@ -7,27 +7,17 @@
 # consumer's receiver queue, 5000: with the default 1000 the FLOW round trip limits it).
 # Needs the release binaries (make bench-client builds them).
 set -euo pipefail
-T="${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release"
-BIN="$T/magnetar"
-PERF="$T/magnetar-perf"
+PERF="${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release/magnetar-perf"
 SECS="${SECS:-20}"
 BACKLOG_MB="${BACKLOG_MB:-5000}"
 SIZE="${SIZE:-1024}"
 QUEUE="${QUEUE:-5000}"
-DIR="$(mktemp -d /tmp/magnetar-bench-XXXXXX)"
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 field() { python3 -c "import json,sys; d=json.load(open('$1')); print(eval('d'+sys.argv[1]))" "$2"; }
 metric() { curl -s "http://127.0.0.1:$WP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-BP=$(port); WP=$(port); KP=$(port)
+. "$(dirname "$0")/bench-lib.sh"
+start_standalone bench
 URL="pulsar://127.0.0.1:$BP"
-
-start=$(date +%s%N)
-"$BIN" standalone --data-dir "$DIR/data" --broker-port "$BP" --web-port "$WP" --bookie-port "$KP" \
-  > "$DIR/log" 2>&1 &
-PID=$!
-until curl -sf "http://127.0.0.1:$WP/admin/v2/brokers/health" >/dev/null; do sleep 0.005; done
-ready=$(( ($(date +%s%N) - start) / 1000000 ))
+ready=$READY_MS
 sleep 1
 echo "time to healthy: ${ready} ms; RSS idle: $(( $(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024 )) MiB"
 
