@@ -425,9 +425,7 @@ impl ConsumerShared {
             }
         };
         for (name, partition) in parts {
-            let index = self.parts.lock().len();
-            let h = PartTask::start(self, name, partition, index).await?;
-            self.parts.lock().push(h);
+            PartTask::start(self, name, partition).await?;
         }
         Ok(())
     }
@@ -910,12 +908,10 @@ struct PartTask {
 }
 
 impl PartTask {
-    async fn start(
-        shared: &ConsumerShared,
-        topic: String,
-        partition: i32,
-        part: usize,
-    ) -> Result<PartHandle> {
+    /// Adds a partition to `shared` and subscribes to it. The handle is in place before the
+    /// subscription exists, so no message can arrive for a partition the consumer does not
+    /// know. Calls never overlap (the initial subscribe, then the one pattern refresher).
+    async fn start(shared: &ConsumerShared, topic: String, partition: i32) -> Result<()> {
         let opts = Arc::clone(&shared.opts);
         let st = Arc::new(PartState {
             epoch: AtomicU64::new(0),
@@ -929,16 +925,23 @@ impl PartTask {
         let topic: Arc<str> = topic.into();
         let (tx, rx) = mpsc::unbounded_channel();
         let (own_acks, own_rx) = mpsc::unbounded_channel();
+        let part = {
+            let mut parts = shared.parts.lock();
+            parts.push(PartHandle {
+                topic: Arc::clone(&topic),
+                partition,
+                tx,
+                st: Arc::clone(&st),
+            });
+            parts.len() - 1
+        };
         let mut task = PartTask {
             client: shared.client.clone(),
-            topic: Arc::clone(&topic),
+            topic,
             partition,
             part,
             id: shared.client.new_id(),
-            start: opts.start.map(|s| MessageId {
-                partition: s.partition,
-                ..s
-            }),
+            start: opts.start,
             start_inclusive: opts.start_inclusive,
             opts,
             st: Arc::clone(&st),
@@ -962,14 +965,16 @@ impl PartTask {
             failed: None,
         };
         task.set_start(task.start, task.start_inclusive);
-        task.subscribe().await?;
+        if let Err(e) = task.subscribe().await {
+            // never subscribed, so nothing refers to it yet: it goes again
+            let mut parts = shared.parts.lock();
+            if parts.len() == part + 1 {
+                parts.pop();
+            }
+            return Err(e);
+        }
         tokio::spawn(task.run(rx, own_rx));
-        Ok(PartHandle {
-            topic,
-            partition,
-            tx,
-            st,
-        })
+        Ok(())
     }
 
     async fn subscribe(&mut self) -> Result<()> {
