@@ -517,31 +517,32 @@ fn refused(cmd: BaseCommand) -> Result<BaseCommand> {
 }
 
 /// The request id a response answers.
-fn answers(cmd: &BaseCommand) -> Option<u64> {
-    Some(match () {
-        () if cmd.success.is_some() => cmd.success.as_ref()?.request_id,
-        () if cmd.error.is_some() => cmd.error.as_ref()?.request_id,
-        () if cmd.producer_success.is_some() => cmd.producer_success.as_ref()?.request_id,
-        () if cmd.lookup_topic_response.is_some() => cmd.lookup_topic_response.as_ref()?.request_id,
-        () if cmd.partition_metadata_response.is_some() => {
-            cmd.partition_metadata_response.as_ref()?.request_id
-        }
-        () if cmd.get_last_message_id_response.is_some() => {
-            cmd.get_last_message_id_response.as_ref()?.request_id
-        }
-        () if cmd.get_topics_of_namespace_response.is_some() => {
-            cmd.get_topics_of_namespace_response.as_ref()?.request_id
-        }
-        () if cmd.ack_response.is_some() => cmd.ack_response.as_ref()?.request_id?,
-        () if cmd.consumer_stats_response.is_some() => {
-            cmd.consumer_stats_response.as_ref()?.request_id
-        }
-        () if cmd.get_schema_response.is_some() => cmd.get_schema_response.as_ref()?.request_id,
-        () if cmd.get_or_create_schema_response.is_some() => {
-            cmd.get_or_create_schema_response.as_ref()?.request_id
-        }
-        () => return None,
-    })
+fn answers(c: &BaseCommand) -> Option<u64> {
+    c.success
+        .as_ref()
+        .map(|r| r.request_id)
+        .or_else(|| c.error.as_ref().map(|r| r.request_id))
+        .or_else(|| c.producer_success.as_ref().map(|r| r.request_id))
+        .or_else(|| c.lookup_topic_response.as_ref().map(|r| r.request_id))
+        .or_else(|| c.partition_metadata_response.as_ref().map(|r| r.request_id))
+        .or_else(|| {
+            c.get_last_message_id_response
+                .as_ref()
+                .map(|r| r.request_id)
+        })
+        .or_else(|| {
+            c.get_topics_of_namespace_response
+                .as_ref()
+                .map(|r| r.request_id)
+        })
+        .or_else(|| c.ack_response.as_ref().and_then(|r| r.request_id))
+        .or_else(|| c.consumer_stats_response.as_ref().map(|r| r.request_id))
+        .or_else(|| c.get_schema_response.as_ref().map(|r| r.request_id))
+        .or_else(|| {
+            c.get_or_create_schema_response
+                .as_ref()
+                .map(|r| r.request_id)
+        })
 }
 
 async fn write_loop(
