@@ -353,7 +353,7 @@ async fn readers_seek_and_know_when_they_are_done() -> Result<()> {
     // dropped by the client, so delivery resumes exactly at message 5
     assert_eq!(m.text(), "5");
     // by time: everything is older than now + 1 min, nothing is newer
-    reader.seek_time(magnetar_client_now() + 60_000).await?;
+    reader.seek_time(magnetar_client::now_ms() + 60_000).await?;
     assert!(!reader.has_message_available().await?);
 
     // a reader starting after a given message (exclusive), and one including it
@@ -376,13 +376,6 @@ async fn readers_seek_and_know_when_they_are_done() -> Result<()> {
     producer.send("new").await?;
     assert_eq!(latest.read_next().await?.text(), "new");
     Ok(())
-}
-
-fn magnetar_client_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

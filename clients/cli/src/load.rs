@@ -557,7 +557,7 @@ async fn receive_all(
                 let us = match stamp {
                     Some(s) => s.latency(&m),
                     None => {
-                        let now = magnetar_now_ms();
+                        let now = magnetar_client::now_ms();
                         Some(now.saturating_sub(m.publish_time).max(1) * 1000)
                     }
                 };
@@ -583,12 +583,6 @@ async fn receive_all(
         t.await.context("consumer task")?;
     }
     Ok(())
-}
-
-fn magnetar_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub async fn consume(a: ConsumeArgs) -> Result<()> {

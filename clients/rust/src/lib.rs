@@ -38,7 +38,7 @@ pub use consumer::{
 };
 pub use error::{Error, Result};
 pub use magnetar_protocol::ServerError;
-pub use message::{Message, MessageId, ProducerMessage};
+pub use message::{Message, MessageId, ProducerMessage, now_ms};
 pub use producer::{
     AccessMode, Producer, ProducerBuilder, ProducerOptions, RoutingMode, SendFuture,
 };

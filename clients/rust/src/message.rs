@@ -291,7 +291,8 @@ impl From<String> for ProducerMessage {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the epoch, as publish times and `seek_time` count them.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
