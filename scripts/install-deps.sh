@@ -8,6 +8,9 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 # Build: protoc (prost-build, etcd-client), libclang (RocksDB bindgen), OpenSSL + pkg-config.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# protoc's well-known types (descriptor.proto, ...), which etcd-client's protos import; only a
+# recommendation of protobuf-compiler, so --no-install-recommends leaves them out.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 have_pkg libssl-dev || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
