@@ -247,13 +247,25 @@ fn read_config<T: serde::de::DeserializeOwned>(
     Ok(Some(file))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line: what an operator (or a test reading the
+            // log's tail) needs, where `main -> Result` would print a backtrace first.
+            eprintln!("magnetar: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start runtime")?;
     match cli.cmd {
         Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),

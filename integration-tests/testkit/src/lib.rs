@@ -13,9 +13,60 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// A loopback port that was free a moment ago. Callers that bind it later retry on a clash.
+///
+/// Ports come from below the kernel's ephemeral range, handed out in turn from a per-process
+/// starting point: a port from the ephemeral range (what binding port 0 gives) can be taken
+/// by any outgoing connection between this check and the child's bind, which once failed CI.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + n % span).unwrap_or(0);
+        if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Runs `start` again (it picks new ports) while it fails on a port clash, up to 3 times.
+async fn retry_on_clash<T, F, Fut>(mut start: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match start().await {
+            Err(e) if port_clash(&e) && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Whether a start failed because one of its ports was taken meanwhile.
+fn port_clash(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("Address already in use")
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
@@ -144,6 +195,25 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
+    }
+
+    /// Kills the process if it runs, starts it again with the same arguments and waits for
+    /// one more `ready` line. Its ports stay the same, so a port that something else took
+    /// meanwhile is waited out (a few tries, a second apart).
+    pub async fn restart_until(&mut self, ready: &str) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            self.kill9();
+            let before = self.log_count(ready);
+            self.spawn()?;
+            match self.wait_for_log(ready, before).await {
+                Err(e) if port_clash(&e) && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn log_path(&self) -> &Path {
@@ -332,7 +402,12 @@ pub struct BookieProc {
 
 impl BookieProc {
     /// Starts `program bookie ...` and waits until it logs that it is ready.
+    /// Retries with new ports when one was taken meanwhile.
     pub async fn start(program: &Path, extra: &[&str]) -> Result<BookieProc> {
+        retry_on_clash(|| Self::start_once(program, extra)).await
+    }
+
+    async fn start_once(program: &Path, extra: &[&str]) -> Result<BookieProc> {
         let dir = tempfile::Builder::new()
             .prefix("magnetar-bookie-")
             .tempdir()?;
@@ -359,17 +434,12 @@ impl BookieProc {
             dir,
         };
         b.proc.spawn()?;
-        b.wait_ready(0).await?;
+        b.proc.wait_for_log("bookie ready", 0).await?;
         Ok(b)
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
-    }
-
-    /// Waits for the `ready`-th-plus-one "bookie ready" line (0 after the first start).
-    async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
-        self.proc.wait_for_log("bookie ready", starts_before).await
     }
 
     pub fn kill9(&mut self) {
@@ -378,10 +448,7 @@ impl BookieProc {
 
     /// Starts it again (after `kill9`, or kills it first) on the same port and data.
     pub async fn restart(&mut self) -> Result<()> {
-        self.proc.kill9();
-        let before = self.proc.log_count("bookie ready");
-        self.proc.spawn()?;
-        self.wait_ready(before).await
+        self.proc.restart_until("bookie ready").await
     }
 }
 
@@ -397,7 +464,12 @@ pub struct StandaloneProc {
 
 impl StandaloneProc {
     /// Starts `program standalone ...` and waits until it logs that it is ready.
+    /// Retries with new ports when one was taken meanwhile.
     pub async fn start(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
+        retry_on_clash(|| Self::start_once(program, extra)).await
+    }
+
+    async fn start_once(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
         let dir = tempfile::Builder::new()
             .prefix("magnetar-standalone-")
             .tempdir()?;
@@ -424,7 +496,7 @@ impl StandaloneProc {
             dir,
         };
         s.proc.spawn()?;
-        s.wait_ready(0).await?;
+        s.proc.wait_for_log("magnetar standalone ready", 0).await?;
         Ok(s)
     }
 
@@ -440,22 +512,13 @@ impl StandaloneProc {
         self.dir.path().join("data")
     }
 
-    async fn wait_ready(&mut self, starts_before: usize) -> Result<()> {
-        self.proc
-            .wait_for_log("magnetar standalone ready", starts_before)
-            .await
-    }
-
     pub fn kill9(&mut self) {
         self.proc.kill9();
     }
 
     /// Starts it again on the same ports and data (kills it first if it still runs).
     pub async fn restart(&mut self) -> Result<()> {
-        self.proc.kill9();
-        let before = self.proc.log_count("magnetar standalone ready");
-        self.proc.spawn()?;
-        self.wait_ready(before).await
+        self.proc.restart_until("magnetar standalone ready").await
     }
 }
 
