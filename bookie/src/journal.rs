@@ -5,7 +5,12 @@
 //! `fdatasync` (group commit): while one sync runs the next group gathers, so groups grow with
 //! load without a fixed wait. `max_group_bytes` caps a group and `max_group_wait` may hold a
 //! small group open a little longer. Files are zero-filled ahead of the write position so a
-//! sync never has to persist a size change.
+//! sync never has to persist a size change, and written with direct I/O (see `direct`) in
+//! whole 4 KiB blocks: a group starts with the already written part of its first block
+//! (rewritten unchanged) and ends with zeros up to a block boundary, where the next group's
+//! records will go. The zeros read as the end of data, so the record format knows nothing
+//! of blocks. Every open continues in a new file, so a file is only ever written by one
+//! process, from offset 0, block-aligned.
 //!
 //! Record: `len u32 | crc32c(len, body) u32 | body`, body = `kind u8 | ledger u64 | entry u64 |
 //! extra i64 | payload`, all little-endian. Zero `len` marks the end of written data. On open, files are
@@ -27,6 +32,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::direct::{self, AlignedBuf, BLOCK, DirectFile};
 use crate::error::{BookieError, Result};
 
 const RECORD_HEADER: usize = 8;
@@ -34,7 +40,8 @@ const BODY_HEADER: usize = 1 + 8 + 8 + 8;
 /// Largest record body accepted (an entry is bounded far below this by the bookie).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Zero-fill granularity when preallocating.
+const ZERO_CHUNK: usize = 1 << 20;
 
 /// One journaled change. The journal does not interpret `kind`; ledger storage does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,8 +229,8 @@ fn write_checkpoint(dir: &Path, pos: JournalPos) -> Result<()> {
 }
 
 enum ScanEnd {
-    /// Clean end of data at this offset.
-    Clean(u64),
+    /// Clean end of data.
+    Clean,
     /// A record at this offset does not check out.
     Bad { offset: u64, reason: String },
 }
@@ -247,7 +254,7 @@ fn scan_file(
     let mut offset = from;
     loop {
         if offset + RECORD_HEADER as u64 > len {
-            return Ok(ScanEnd::Clean(offset));
+            return Ok(ScanEnd::Clean);
         }
         let mut header = [0u8; RECORD_HEADER];
         reader
@@ -256,7 +263,7 @@ fn scan_file(
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if body_len == 0 && crc == 0 {
-            return Ok(ScanEnd::Clean(offset));
+            return Ok(ScanEnd::Clean);
         }
         if !(BODY_HEADER..=MAX_RECORD_BYTES).contains(&body_len) {
             return Ok(ScanEnd::Bad {
@@ -315,7 +322,6 @@ impl Journal {
         let checkpoint = read_checkpoint(&config.dir)?;
         let files = list_files(&config.dir)?;
         let mut replayed = 0u64;
-        let mut end = JournalPos::default();
         let last = files.last().copied();
         for &seq in &files {
             let from = match checkpoint {
@@ -329,7 +335,7 @@ impl Journal {
                 replay(rec, pos)
             })?;
             match scan {
-                ScanEnd::Clean(offset) => end = JournalPos { file: seq, offset },
+                ScanEnd::Clean => {}
                 ScanEnd::Bad { offset, reason } if Some(seq) == last => {
                     // The last group before a crash was never synced, so never acknowledged.
                     warn!(path = %path.display(), offset, %reason, "journal has a torn tail; cutting it off");
@@ -340,7 +346,6 @@ impl Journal {
                     f.set_len(offset)
                         .and_then(|_| f.sync_all())
                         .map_err(|e| BookieError::io("truncate torn journal tail", &path, e))?;
-                    end = JournalPos { file: seq, offset };
                 }
                 ScanEnd::Bad { offset, reason } => {
                     return Err(BookieError::Corrupt {
@@ -355,27 +360,18 @@ impl Journal {
             info!(records = replayed, files = files.len(), "journal replayed");
         }
 
-        // Continue in the newest file, or start the first one.
-        let seq = last.unwrap_or(0);
+        // Appends go to a new file: everything replayed stays as it is, and the new file is
+        // written block-aligned from its start.
+        let seq = last.map_or(0, |l| l + 1);
         let path = config.dir.join(file_name(seq));
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| BookieError::io("open journal", &path, e))?;
-        if last.is_none() {
-            sync_dir(&config.dir)?;
-            end = JournalPos {
-                file: seq,
-                offset: 0,
-            };
-        }
-        let allocated = file
-            .metadata()
-            .map_err(|e| BookieError::io("stat journal", &path, e))?
-            .len();
+        let file =
+            DirectFile::create(&path).map_err(|e| BookieError::io("create journal", &path, e))?;
+        sync_dir(&config.dir)?;
+        debug!(file = %path.display(), direct = file.is_direct(), "journal appends to a new file");
+        let end = JournalPos {
+            file: seq,
+            offset: 0,
+        };
 
         let shared = Arc::new(Shared {
             dir: config.dir.clone(),
@@ -389,14 +385,15 @@ impl Journal {
         let budget = Arc::new(Semaphore::new(budget_total));
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
-            buf: Vec::with_capacity(config.max_group_bytes + (64 << 10)),
+            buf: AlignedBuf::with_capacity(config.max_group_bytes + (64 << 10)),
+            zeros: None,
             config,
             shared: Arc::clone(&shared),
             file,
             path,
             seq,
-            pos: end.offset,
-            allocated,
+            pos: 0,
+            allocated: 0,
         };
         let thread = std::thread::Builder::new()
             .name("bookie-journal".into())
@@ -494,21 +491,24 @@ impl Drop for Journal {
 struct Writer {
     config: JournalConfig,
     shared: Arc<Shared>,
-    file: File,
+    file: DirectFile,
     path: PathBuf,
     seq: u64,
-    /// Where the next group goes.
+    /// Where the next record goes.
     pos: u64,
-    /// The file is zero-filled up to here.
+    /// The file is zero-filled up to here (a multiple of `BLOCK`).
     allocated: u64,
-    buf: Vec<u8>,
+    /// The group being built, from the start of the block holding `pos`: between groups it
+    /// holds just the written part of that block.
+    buf: AlignedBuf,
+    /// A zeroed chunk for preallocation, made on first use.
+    zeros: Option<AlignedBuf>,
 }
 
 impl Writer {
     fn run(mut self, rx: std_mpsc::Receiver<Pending>) {
         let mut group: Vec<Pending> = Vec::new();
         while let Ok(first) = rx.recv() {
-            self.buf.clear();
             self.push(first, &mut group);
             let deadline = Instant::now() + self.config.max_group_wait;
             while self.buf.len() < self.config.max_group_bytes {
@@ -554,31 +554,41 @@ impl Writer {
         let r = &p.record;
         let start = self.buf.len();
         let body_len = (BODY_HEADER + r.payload.len()) as u32;
-        self.buf.extend_from_slice(&body_len.to_le_bytes());
-        self.buf.extend_from_slice(&[0; 4]);
-        self.buf.push(r.kind);
-        self.buf.extend_from_slice(&r.ledger.to_le_bytes());
-        self.buf.extend_from_slice(&r.entry.to_le_bytes());
-        self.buf.extend_from_slice(&r.extra.to_le_bytes());
-        self.buf.extend_from_slice(&r.payload);
+        let mut header = [0u8; RECORD_HEADER + BODY_HEADER];
+        header[..4].copy_from_slice(&body_len.to_le_bytes());
+        header[8] = r.kind;
+        header[9..17].copy_from_slice(&r.ledger.to_le_bytes());
+        header[17..25].copy_from_slice(&r.entry.to_le_bytes());
+        header[25..33].copy_from_slice(&r.extra.to_le_bytes());
         let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&self.buf[start..start + 4]),
-            &self.buf[start + RECORD_HEADER..],
+            crc32c::crc32c_append(crc32c::crc32c(&header[..4]), &header[RECORD_HEADER..]),
+            &r.payload,
         );
-        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(&r.payload);
+        debug_assert_eq!(self.buf.len() - start, r.encoded_len());
         group.push(p);
     }
 
     fn write_group(&mut self, records: u64) -> Result<JournalPos> {
-        let len = self.buf.len() as u64;
-        if self.pos + len > self.allocated {
-            self.preallocate(self.pos + len)?;
+        let base = direct::align_down(self.pos);
+        let carried = (self.pos - base) as usize;
+        let filled = self.buf.len();
+        let len = (filled - carried) as u64;
+        self.buf.pad_to_block();
+        let end_of_write = base + self.buf.len() as u64;
+        if end_of_write > self.allocated {
+            self.preallocate(end_of_write)?;
         }
-        let io = &self.config.io;
-        io.write_at(&self.file, &self.buf, self.pos)
-            .map_err(|e| BookieError::io("write journal", &self.path, e))?;
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write_at(buf.as_slice(), base, "write journal");
+        self.buf = buf;
+        written?;
         let t = Instant::now();
-        io.sync(&self.file)
+        self.config
+            .io
+            .sync(self.file.file())
             .map_err(|e| BookieError::io("sync journal", &self.path, e))?;
         let stats = &self.shared.stats;
         stats
@@ -588,6 +598,9 @@ impl Writer {
         stats.records.fetch_add(records, Ordering::Relaxed);
         stats.bytes.fetch_add(len, Ordering::Relaxed);
         self.pos += len;
+        // Keep the written part of the last block: the next group starts by rewriting it.
+        self.buf.truncate(filled);
+        self.buf.drain_front(filled - filled % BLOCK);
         let end = JournalPos {
             file: self.seq,
             offset: self.pos,
@@ -599,25 +612,37 @@ impl Writer {
         Ok(end)
     }
 
+    fn write_at(&mut self, data: &[u8], offset: u64, what: &'static str) -> Result<()> {
+        let io = &self.config.io;
+        self.file
+            .write_with(data, offset, |f, b, o| io.write_at(f, b, o))
+            .map_err(|e| BookieError::io(what, &self.path, e))
+    }
+
     /// Zero-fills at least up to `need`, in `prealloc_bytes` steps.
     fn preallocate(&mut self, need: u64) -> Result<()> {
-        let step = self.config.prealloc_bytes.max(ZEROS.len() as u64);
-        let target = need.max(self.allocated + step);
+        let step = self.config.prealloc_bytes.max(BLOCK as u64);
+        let target = direct::align_up(need.max(self.allocated + step));
+        let zeros = self.zeros.take().unwrap_or_else(|| {
+            let mut z = AlignedBuf::with_capacity(ZERO_CHUNK);
+            z.extend_from_slice(&[0; ZERO_CHUNK]);
+            z
+        });
         let mut at = self.allocated;
-        while at < target {
-            let n = (target - at).min(ZEROS.len() as u64) as usize;
-            self.config
-                .io
-                .write_at(&self.file, &ZEROS[..n], at)
-                .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
+        let mut written = Ok(());
+        while at < target && written.is_ok() {
+            let n = (target - at).min(ZERO_CHUNK as u64) as usize;
+            written = self.write_at(&zeros.as_slice()[..n], at, "preallocate journal");
             at += n as u64;
         }
+        self.zeros = Some(zeros);
+        written?;
         // Made durable now, so the blocks exist before records land on them: a record's
         // fdatasync then flushes data only, never a filesystem-journal commit that would
         // also wait for other files' (entry logs') dirty data.
         self.config
             .io
-            .sync(&self.file)
+            .sync(self.file.file())
             .map_err(|e| BookieError::io("preallocate journal", &self.path, e))?;
         self.allocated = target;
         Ok(())
@@ -627,15 +652,12 @@ impl Writer {
         // The allocated tail beyond `pos` stays zero, which replay reads as the end.
         self.seq += 1;
         self.path = self.shared.dir.join(file_name(self.seq));
-        self.file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&self.path)
+        self.file = DirectFile::create(&self.path)
             .map_err(|e| BookieError::io("create journal", &self.path, e))?;
         sync_dir(&self.shared.dir)?;
         self.pos = 0;
         self.allocated = 0;
+        self.buf.clear();
         debug!(file = %self.path.display(), "journal rotated");
         Ok(())
     }

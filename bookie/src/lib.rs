@@ -8,6 +8,7 @@
 
 pub mod autorecovery;
 pub mod client;
+pub mod direct;
 pub mod error;
 pub mod http;
 pub mod journal;

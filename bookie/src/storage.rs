@@ -1,8 +1,10 @@
 //! Ledger storage: where entries live once the journal has them.
 //!
 //! Adds land in a bounded write cache (after which the bookie journals them); `flush` writes
-//! the cache to the current entry log in one sequential write sorted by ledger, syncs it, and
-//! then commits the index for those entries in one synced RocksDB batch. Reads go write cache,
+//! the cache to the current entry log sequentially, sorted by ledger, with direct I/O in
+//! slices (so at most one slice is queued at the device ahead of a journal sync, and no page
+//! cache is dirtied), syncs it, and then commits the index for those entries in one synced
+//! RocksDB batch. Each flush ends on a 4 KiB boundary (zero padding nobody points at). Reads go write cache,
 //! read cache, then index + entry log; every entry read from disk is checked against its
 //! CRC32C and its ledger/entry ids, and a mismatch is an error, never data.
 //!
@@ -10,8 +12,8 @@
 //! Index keys: `e`+ledger+entry -> log u32, offset u64, len u32; `m`+ledger -> fenced u8,
 //! lac i64; `g`+log -> per-ledger byte counts of that log (for garbage collection).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use tracing::{debug, info, warn};
 
+use crate::direct::{AlignedBuf, BLOCK, DirectFile};
 use crate::error::{BookieError, Result};
 
 const LOG_HEADER: usize = 4 + 4 + 8 + 8;
@@ -35,6 +38,8 @@ pub struct StorageConfig {
     pub read_cache_bytes: usize,
     /// Compact an entry log once less than this fraction of it is live.
     pub compact_threshold: f64,
+    /// A flush writes the entry log this many bytes at a time.
+    pub flush_slice_bytes: usize,
 }
 
 impl StorageConfig {
@@ -45,6 +50,7 @@ impl StorageConfig {
             write_cache_bytes: 64 << 20,
             read_cache_bytes: 64 << 20,
             compact_threshold: 0.5,
+            flush_slice_bytes: 1 << 20,
         }
     }
 }
@@ -206,7 +212,11 @@ impl ReadCache {
 
 struct CurrentLog {
     id: u32,
+    /// Where flushes write (direct I/O where the filesystem has it).
+    writer: DirectFile,
+    /// Where reads of this log go (buffered).
     file: Arc<File>,
+    /// End of the written data, always block-aligned.
     pos: u64,
     /// Bytes per ledger in this log, persisted with each flush.
     usage: HashMap<u64, u64>,
@@ -218,12 +228,14 @@ pub struct LedgerStorage {
     cache: RwLock<WriteCache>,
     read_cache: Mutex<ReadCache>,
     states: RwLock<HashMap<u64, LedgerState>>,
-    /// Ledgers whose state changed since the last flush.
-    dirty: Mutex<Vec<u64>>,
+    /// Ledgers whose state changed since the last flush (a set: the LAC of a busy ledger
+    /// moves with every add, and its state needs writing once per flush, not once per add).
+    dirty: Mutex<HashSet<u64>>,
     current: Mutex<CurrentLog>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
-    /// Serialises flush, compaction and deletion against each other.
-    flush_lock: Mutex<()>,
+    /// Serialises flush, compaction and deletion against each other; holds the slice buffer
+    /// flushes build their writes in.
+    flush_lock: Mutex<AlignedBuf>,
 }
 
 impl std::fmt::Debug for LedgerStorage {
@@ -300,7 +312,7 @@ impl LedgerStorage {
             dirty: Mutex::default(),
             current: Mutex::new(current),
             readers: RwLock::default(),
-            flush_lock: Mutex::new(()),
+            flush_lock: Mutex::new(AlignedBuf::default()),
         })
     }
 
@@ -310,18 +322,23 @@ impl LedgerStorage {
 
     fn create_log(dir: &Path, id: u32) -> Result<CurrentLog> {
         let path = dir.join(log_name(id));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| BookieError::io("create entry log", &path, e))?;
+        // A log left by a crash between its creation and its first indexed entry holds
+        // nothing anyone points at.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BookieError::io("remove stale entry log", &path, e));
+            }
+            _ => {}
+        }
+        let writer =
+            DirectFile::create(&path).map_err(|e| BookieError::io("create entry log", &path, e))?;
+        let file = File::open(&path).map_err(|e| BookieError::io("open entry log", &path, e))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| BookieError::io("sync entry log dir", dir, e))?;
         Ok(CurrentLog {
             id,
+            writer,
             file: Arc::new(file),
             pos: 0,
             usage: HashMap::new(),
@@ -342,10 +359,10 @@ impl LedgerStorage {
             cache.active_bytes -= old.len();
         }
         drop(cache);
-        let mut states = self.states.write();
-        states.entry(ledger).or_default();
-        drop(states);
-        self.dirty.lock().push(ledger);
+        if !self.states.read().contains_key(&ledger) {
+            self.states.write().entry(ledger).or_default();
+            self.dirty.lock().insert(ledger);
+        }
         Ok(())
     }
 
@@ -360,7 +377,7 @@ impl LedgerStorage {
         if lac > s.lac {
             s.lac = lac;
             drop(states);
-            self.dirty.lock().push(ledger);
+            self.dirty.lock().insert(ledger);
         }
     }
 
@@ -372,7 +389,7 @@ impl LedgerStorage {
         s.fenced = true;
         drop(states);
         if !was {
-            self.dirty.lock().push(ledger);
+            self.dirty.lock().insert(ledger);
         }
         was
     }
@@ -384,7 +401,7 @@ impl LedgerStorage {
         if s.writer_key.is_empty() {
             s.writer_key = key.clone();
             drop(states);
-            self.dirty.lock().push(ledger);
+            self.dirty.lock().insert(ledger);
             true
         } else {
             s.writer_key == key
@@ -523,7 +540,7 @@ impl LedgerStorage {
     /// Writes everything cached so far to the entry log and the index, durably. Entries added
     /// while it runs wait for the next flush.
     pub fn flush(&self) -> Result<()> {
-        let _guard = self.flush_lock.lock();
+        let mut slice = self.flush_lock.lock();
         let batch = {
             let mut cache = self.cache.write();
             let active = std::mem::take(&mut cache.active);
@@ -531,8 +548,8 @@ impl LedgerStorage {
             cache.flushing = Arc::new(active);
             Arc::clone(&cache.flushing)
         };
-        let dirty: Vec<u64> = std::mem::take(&mut *self.dirty.lock());
-        let result = self.write_batch(&batch, &dirty);
+        let dirty: Vec<u64> = self.dirty.lock().drain().collect();
+        let result = self.write_batch(&mut slice, &batch, &dirty);
         if result.is_err() {
             // Keep the entries readable and flush them next time.
             let mut cache = self.cache.write();
@@ -548,23 +565,37 @@ impl LedgerStorage {
         result
     }
 
-    fn write_batch(&self, batch: &BTreeMap<Key, Bytes>, dirty: &[u64]) -> Result<()> {
+    fn write_batch(
+        &self,
+        slice: &mut AlignedBuf,
+        batch: &BTreeMap<Key, Bytes>,
+        dirty: &[u64],
+    ) -> Result<()> {
         let mut wb = WriteBatch::default();
         let mut cur = self.current.lock();
         if !batch.is_empty() {
-            let mut buf = Vec::with_capacity(batch.values().map(|d| d.len() + LOG_HEADER).sum());
-            let start = cur.pos;
+            let path = self.logs_dir().join(log_name(cur.id));
+            let cur = &mut *cur;
+            let mut write = |data: &[u8], at: u64| {
+                cur.writer
+                    .write_with(data, at, |f, b, o| f.write_all_at(b, o))
+                    .map_err(|e| BookieError::io("write entry log", &path, e))
+            };
+            // `pos` is where `slice` will go; `slice` is written whenever it holds a full
+            // slice's worth, in whole blocks, and the part-block rest moves to its front.
+            slice.clear();
+            let mut pos = cur.pos;
             for (&(ledger, entry), data) in batch {
-                let offset = start + buf.len() as u64;
+                let offset = pos + slice.len() as u64;
                 let len = (16 + data.len()) as u32;
-                buf.extend_from_slice(&len.to_le_bytes());
-                buf.extend_from_slice(&[0; 4]);
-                let body = buf.len();
-                buf.extend_from_slice(&ledger.to_le_bytes());
-                buf.extend_from_slice(&entry.to_le_bytes());
-                buf.extend_from_slice(data);
-                let crc = crc32c::crc32c(&buf[body..]);
-                buf[body - 4..body].copy_from_slice(&crc.to_le_bytes());
+                let mut header = [0u8; LOG_HEADER];
+                header[..4].copy_from_slice(&len.to_le_bytes());
+                header[8..16].copy_from_slice(&ledger.to_le_bytes());
+                header[16..24].copy_from_slice(&entry.to_le_bytes());
+                let crc = crc32c::crc32c_append(crc32c::crc32c(&header[8..]), data);
+                header[4..8].copy_from_slice(&crc.to_le_bytes());
+                slice.extend_from_slice(&header);
+                slice.extend_from_slice(data);
                 let loc = Loc {
                     log: cur.id,
                     offset,
@@ -572,13 +603,21 @@ impl LedgerStorage {
                 };
                 wb.put(entry_key(ledger, entry), loc.encode());
                 *cur.usage.entry(ledger).or_default() += u64::from(len) + 8;
+                if slice.len() >= self.config.flush_slice_bytes {
+                    let whole = slice.len() - slice.len() % BLOCK;
+                    write(&slice.as_slice()[..whole], pos)?;
+                    pos += whole as u64;
+                    slice.drain_front(whole);
+                }
             }
-            let path = self.logs_dir().join(log_name(cur.id));
-            cur.file
-                .write_all_at(&buf, start)
-                .and_then(|_| cur.file.sync_data())
-                .map_err(|e| BookieError::io("write entry log", &path, e))?;
-            cur.pos += buf.len() as u64;
+            slice.pad_to_block();
+            write(slice.as_slice(), pos)?;
+            pos += slice.len() as u64;
+            cur.writer
+                .file()
+                .sync_data()
+                .map_err(|e| BookieError::io("sync entry log", &path, e))?;
+            cur.pos = pos;
             wb.put(gc_key(cur.id), encode_usage(&cur.usage));
         }
         {
@@ -612,7 +651,7 @@ impl LedgerStorage {
 
     /// Forgets a ledger: its index entries and state go now, its bytes at the next `gc`.
     pub fn delete_ledger(&self, ledger: u64) -> Result<()> {
-        let _guard = self.flush_lock.lock();
+        let _slice = self.flush_lock.lock();
         {
             let mut cache = self.cache.write();
             let keys: Vec<Key> = cache
@@ -649,7 +688,7 @@ impl LedgerStorage {
     /// Reclaims space of deleted ledgers: removes entry logs with nothing live and compacts
     /// those below the live threshold into the current log. Returns bytes freed.
     pub fn gc(&self) -> Result<u64> {
-        let _guard = self.flush_lock.lock();
+        let mut slice = self.flush_lock.lock();
         let current = {
             let mut cur = self.current.lock();
             // A current log that is mostly garbage is rolled so this pass can reclaim it.
@@ -703,7 +742,7 @@ impl LedgerStorage {
                 continue;
             }
             if live_bytes > 0 {
-                self.compact_log(id, &live)?;
+                self.compact_log(&mut slice, id, &live)?;
             }
             let path = self.logs_dir().join(log_name(id));
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -729,7 +768,12 @@ impl LedgerStorage {
     }
 
     /// Copies the live entries of `log` into the current log and repoints the index.
-    fn compact_log(&self, log: u32, live: &HashMap<u64, u64>) -> Result<()> {
+    fn compact_log(
+        &self,
+        slice: &mut AlignedBuf,
+        log: u32,
+        live: &HashMap<u64, u64>,
+    ) -> Result<()> {
         let mut moved = BTreeMap::new();
         for &ledger in live.keys() {
             let prefix = ledger_prefix(ledger);
@@ -761,7 +805,7 @@ impl LedgerStorage {
             entries = moved.len(),
             "compacting entry log"
         );
-        self.write_batch(&moved, &[])
+        self.write_batch(slice, &moved, &[])
     }
 
     /// Total bytes of entry log files on disk.

@@ -163,6 +163,9 @@ async fn schemathesis_finds_no_server_errors() -> Result<()> {
             "--hypothesis-max-examples",
             "30",
             "--hypothesis-derandomize",
+            // no example database left in the working tree
+            "--hypothesis-database",
+            "none",
         ])
         .args(["--base-url", &sa.web_url()])
         .env("SCHEMATHESIS_TELEMETRY", "false")
