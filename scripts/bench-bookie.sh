@@ -6,9 +6,13 @@
 #     from the bookies' /metrics;
 #   - 1/1/1 at 1 KiB again at half the measured maximum, for latency under moderate load.
 # Usage: scripts/bench-bookie.sh [duration]   (default 10s)
+# MAGNETAR_BIN / PERF_BIN run other builds (an A/B against an older commit); SKIP_DISK=1 leaves
+# out the raw disk runs.
 set -euo pipefail
 DUR=${1:-10s}
 T=${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release
+BIN=${MAGNETAR_BIN:-$T/magnetar}
+PERF=${PERF_BIN:-$T/magnetar-perf}
 WORK=$(mktemp -d /tmp/magnetar-bench-bookie.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
@@ -30,8 +34,8 @@ HTTP_PORTS=()
 start_bookies() { # n
   for i in $(seq 1 "$1"); do
     local bp hp; bp=$(port); hp=$(port)
-    RUST_LOG=warn "$T/magnetar" bookie --data-dir "$WORK/b$RUN-$i" --bookie-port "$bp" --http-port "$hp" \
-      --meta "$META" --min-free-disk-bytes 0 >"$WORK/bookie-$RUN-$i.log" 2>&1 &
+    RUST_LOG=warn "$BIN" bookie --data-dir "$WORK/b$RUN-$i" --bookie-port "$bp" --http-port "$hp" \
+      --meta "$META" --min-free-disk-bytes 0 ${BOOKIE_ARGS:-} >"$WORK/bookie-$RUN-$i.log" 2>&1 &
     PIDS+=($!); HTTP_PORTS+=("$hp")
   done
   for hp in "${HTTP_PORTS[@]}"; do
@@ -59,11 +63,14 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(df -T "$WORK" | awk 'NR==2{print $2}'); duration $DUR"
-echo "== raw disk: write + fdatasync"
-for b in 4096 65536 524288 1048576; do
-  "$T/magnetar-perf" disk --dir "$WORK" --bytes-per-sync $b -d "$DUR" --file-bytes $((512<<20)) >"$OUT/disk-$b.json" 2>"$OUT/disk-$b.log"
-  summary "$OUT/disk-$b.json" "disk $b B/sync"
-done
+if [ -z "${SKIP_DISK:-}" ]; then
+  echo "== raw disk: write + fdatasync"
+  for b in 4096 65536 524288 1048576; do
+    "$PERF" disk --dir "$WORK" --bytes-per-sync $b -d "$DUR" --file-bytes $((512<<20)) \
+      >"$OUT/disk-$b.json" 2>"$OUT/disk-$b.log"
+    summary "$OUT/disk-$b.json" "disk $b B/sync"
+  done
+fi
 
 RUN=0
 for ens in "1 1 1" "3 2 2"; do
@@ -72,7 +79,7 @@ for ens in "1 1 1" "3 2 2"; do
   echo "== ledger $E/$QW/$QA"
   for size in 1024 16384 65536; do
     g0=$(metric_sum bookie_journal_groups_total); by0=$(metric_sum bookie_journal_bytes_total)
-    "$T/magnetar-perf" ledger --meta "$META" -e $E --write-quorum $QW --ack-quorum $QA -s $size \
+    "$PERF" ledger --meta "$META" -e $E --write-quorum $QW --ack-quorum $QA -s $size \
       --inflight 512 -d "$DUR" >"$OUT/ledger-$E-$size.json" 2>"$OUT/ledger-$E-$size.log"
     g1=$(metric_sum bookie_journal_groups_total); by1=$(metric_sum bookie_journal_bytes_total)
     per=$(python3 -c "g=$g1-$g0; print(f'journal {($by1-$by0)/max(g,1)/1024:.0f} KiB/fsync over {g:.0f} fsyncs')")
@@ -81,7 +88,7 @@ for ens in "1 1 1" "3 2 2"; do
   if [ "$E" = 1 ]; then
     max=$(python3 -c "import json; print(int(json.load(open('$OUT/ledger-1-1024.json'))['ops_per_sec']))")
     half=$((max / 2))
-    "$T/magnetar-perf" ledger --meta "$META" -s 1024 --inflight 4096 --rate $half -d "$DUR" \
+    "$PERF" ledger --meta "$META" -s 1024 --inflight 4096 --rate $half -d "$DUR" \
       >"$OUT/ledger-1-1024-half.json" 2>"$OUT/ledger-1-1024-half.log"
     summary "$OUT/ledger-1-1024-half.json" "ledger 1/1/1 1024B @${half}/s"
   fi

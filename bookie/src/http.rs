@@ -119,6 +119,61 @@ pub fn render_metrics(b: &Bookie) -> String {
         b.storage().disk_usage().unwrap_or(0) as f64,
     );
     metric(
+        "bookie_read_cache_bytes",
+        "gauge",
+        "Bytes held by the read cache.",
+        b.storage().read_cache_bytes() as f64,
+    );
+    metric(
+        "bookie_pending_requests",
+        "gauge",
+        "Requests being handled, over all connections.",
+        c(&s.pending),
+    );
+    metric(
+        "bookie_throttled_connections_total",
+        "counter",
+        "Times a connection reached its limit of requests in flight and waited.",
+        c(&s.throttled),
+    );
+    metric(
+        "bookie_adds_too_large_total",
+        "counter",
+        "Adds refused for exceeding the entry size limit.",
+        c(&s.too_large),
+    );
+    metric(
+        "bookie_flush_seconds_total",
+        "counter",
+        "Time spent flushing the write cache to entry logs and the index.",
+        c(&s.flush_micros) / 1e6,
+    );
+    let cfg = b.config();
+    for (name, help, value) in [
+        (
+            "bookie_write_cache_limit_bytes",
+            "Configured write cache size.",
+            cfg.storage.write_cache_bytes,
+        ),
+        (
+            "bookie_read_cache_limit_bytes",
+            "Configured read cache size.",
+            cfg.storage.read_cache_bytes,
+        ),
+        (
+            "bookie_max_entry_bytes",
+            "Configured largest entry accepted.",
+            cfg.max_entry_bytes,
+        ),
+        (
+            "bookie_max_pending_requests_per_connection",
+            "Configured requests one connection may have in flight.",
+            cfg.max_pending_per_connection,
+        ),
+    ] {
+        metric(name, "gauge", help, value as f64);
+    }
+    metric(
         "bookie_read_only",
         "gauge",
         "1 when the disk is nearly full and adds are refused.",

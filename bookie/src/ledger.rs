@@ -8,7 +8,7 @@
 //! find the last entry that may have been acknowledged, re-replicate it, and close the ledger
 //! at that entry; two concurrent recoveries agree because only one close can win the CAS.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use futures::stream::FuturesUnordered;
 use magnetar_meta::{Expected, IdGenerator, MetaError, MetaStore, MetadataStoreExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{BookieClient, ClientError};
@@ -103,16 +103,14 @@ impl LedgerMeta {
 
     /// The bookies that store `entry`.
     pub fn write_set(&self, entry: u64) -> Vec<String> {
-        let Some(f) = self.fragment_for(entry) else {
-            return Vec::new();
-        };
-        let e = f.bookies.len() as u64;
-        if e == 0 {
-            return Vec::new();
-        }
-        (0..self.write_quorum as u64)
-            .map(|i| f.bookies[((entry + i) % e) as usize].clone())
-            .collect()
+        self.write_set_iter(entry).cloned().collect()
+    }
+
+    fn write_set_iter(&self, entry: u64) -> impl Iterator<Item = &String> {
+        let bookies: &[String] = self.fragment_for(entry).map_or(&[], |f| &f.bookies);
+        let e = bookies.len() as u64;
+        let n = if e == 0 { 0 } else { self.write_quorum as u64 };
+        (0..n).map(move |i| &bookies[((entry + i) % e) as usize])
     }
 }
 
@@ -616,12 +614,20 @@ struct PendingAdd {
     acked: BTreeSet<String>,
 }
 
+type Waiter = oneshot::Sender<Result<u64, LedgerError>>;
+
 #[derive(Debug)]
 struct WriterState {
     meta: LedgerMeta,
     version: u64,
     next: u64,
+    /// Set once; every later submit and every waiter gets it.
+    failed: Option<LedgerError>,
     pending: std::collections::BTreeMap<u64, PendingAdd>,
+    /// Who waits for which entry, in entry order. Each is told once, when the last
+    /// confirmed entry reaches it (one wake-up per entry, where waiters sharing one watch
+    /// channel were all woken by every acknowledgement).
+    waiters: VecDeque<(u64, Waiter)>,
     /// Entries acknowledged by their quorum but waiting on an earlier one.
     done: BTreeSet<u64>,
     /// Bookies that failed this writer; never picked again as replacements.
@@ -662,7 +668,9 @@ impl LedgerWriter {
                     meta,
                     version,
                     next: 0,
+                    failed: None,
                     pending: std::collections::BTreeMap::new(),
+                    waiters: VecDeque::new(),
                     done: BTreeSet::new(),
                     bad: BTreeSet::new(),
                 }),
@@ -697,6 +705,14 @@ impl LedgerWriter {
     }
 
     fn fail(&self, e: LedgerError) {
+        let e = {
+            let mut st = self.inner.state.lock();
+            let e = st.failed.get_or_insert(e).clone();
+            for (_, w) in st.waiters.drain(..) {
+                let _ = w.send(Err(e.clone()));
+            }
+            e
+        };
         self.inner.confirmed.send_modify(|c| {
             c.failed.get_or_insert(e);
         });
@@ -715,11 +731,12 @@ impl LedgerWriter {
         data: Bytes,
     ) -> Result<impl Future<Output = Result<u64, LedgerError>> + Send + 'static, LedgerError> {
         let inner = &self.inner;
-        if let Some(e) = inner.confirmed.borrow().failed.clone() {
-            return Err(e);
-        }
+        let (tx, rx) = oneshot::channel();
         let (entry, set) = {
             let mut st = inner.state.lock();
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
             if st.meta.state != LedgerState::Open {
                 return Err(LedgerError::Closed(inner.id));
             }
@@ -732,25 +749,14 @@ impl LedgerWriter {
                     acked: BTreeSet::new(),
                 },
             );
+            st.waiters.push_back((entry, tx));
             (entry, st.meta.write_set(entry))
         };
         for b in set {
             self.send(entry, b, data.clone());
         }
-        let mut rx = inner.confirmed.subscribe();
         let id = inner.id;
-        Ok(async move {
-            let state = rx
-                .wait_for(|c| c.lac >= entry as i64 || c.failed.is_some())
-                .await
-                .map_err(|_| LedgerError::Closed(id))?
-                .clone();
-            if state.lac >= entry as i64 {
-                Ok(entry)
-            } else {
-                Err(state.failed.unwrap_or(LedgerError::Closed(id)))
-            }
-        })
+        Ok(async move { rx.await.unwrap_or(Err(LedgerError::Closed(id))) })
     }
 
     /// A reader of the entries acknowledged so far (the ledger stays open for writing).
@@ -790,7 +796,7 @@ impl LedgerWriter {
     fn acked(&self, entry: u64, bookie: &str) {
         let inner = &self.inner;
         let mut st = inner.state.lock();
-        let in_set = st.meta.write_set(entry).iter().any(|b| b == bookie);
+        let in_set = st.meta.write_set_iter(entry).any(|b| b == bookie);
         let qa = st.meta.ack_quorum;
         let Some(p) = st.pending.get_mut(&entry) else {
             return;
@@ -804,12 +810,23 @@ impl LedgerWriter {
         }
         st.pending.remove(&entry);
         st.done.insert(entry);
-        let done = &mut st.done;
-        inner.confirmed.send_modify(|c| {
+        let WriterState { done, waiters, .. } = &mut *st;
+        let mut lac = -1;
+        inner.confirmed.send_if_modified(|c| {
+            let before = c.lac;
             while done.remove(&((c.lac + 1) as u64)) {
                 c.lac += 1;
             }
+            lac = c.lac;
+            c.lac != before
         });
+        while let Some((e, _)) = waiters.front()
+            && *e as i64 <= lac
+        {
+            if let Some((e, w)) = waiters.pop_front() {
+                let _ = w.send(Ok(e));
+            }
+        }
     }
 
     /// Replaces a failed bookie in the current fragment, from the first unconfirmed entry on,

@@ -70,6 +70,15 @@ pub struct BookieStats {
     pub flushes: AtomicU64,
     pub bad_frames: AtomicU64,
     pub connections: AtomicU64,
+    /// Requests being handled, over all connections.
+    pub pending: AtomicU64,
+    /// Times a connection had its limit of requests in flight and was not read until one
+    /// finished.
+    pub throttled: AtomicU64,
+    /// Adds refused for exceeding the entry size limit.
+    pub too_large: AtomicU64,
+    /// Time spent flushing the write cache (entry log, index, journal checkpoint).
+    pub flush_micros: AtomicU64,
 }
 
 pub struct Bookie {
@@ -148,6 +157,10 @@ impl Bookie {
         &self.stats
     }
 
+    pub fn config(&self) -> &BookieConfig {
+        &self.config
+    }
+
     pub fn storage(&self) -> &LedgerStorage {
         &self.storage
     }
@@ -169,10 +182,14 @@ impl Bookie {
     pub async fn flush(self: &Arc<Self>) -> Result<()> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let mark = me.journal.durable_position();
             me.storage.flush()?;
             me.journal.checkpoint(mark)?;
             me.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            me.stats
+                .flush_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             Ok::<_, BookieError>(())
         })
         .await
@@ -285,6 +302,7 @@ impl Bookie {
     async fn add(self: &Arc<Self>, add: protocol::AddEntry) -> Result<(), (Status, String)> {
         let (ledger, entry) = (add.ledger_id, add.entry_id);
         if add.data.len() > self.config.max_entry_bytes {
+            self.stats.too_large.fetch_add(1, Ordering::Relaxed);
             return Err((
                 Status::TooLarge,
                 format!(
@@ -510,14 +528,23 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
     let result = loop {
         match protocol::decode_frame::<Request>(&mut buf) {
             Ok(Some(req)) => {
-                let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
-                    break Ok(());
+                let permit = match Arc::clone(&pending).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        bookie.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        let Ok(p) = Arc::clone(&pending).acquire_owned().await else {
+                            break Ok(());
+                        };
+                        p
+                    }
                 };
                 let bookie = Arc::clone(&bookie);
                 let tx = tx.clone();
+                bookie.stats.pending.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let resp = bookie.handle(req).await;
                     let _ = tx.send(resp);
+                    bookie.stats.pending.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
                 continue;

@@ -370,6 +370,10 @@ impl LedgerStorage {
         self.cache.read().active_bytes
     }
 
+    pub fn read_cache_bytes(&self) -> usize {
+        self.read_cache.lock().bytes
+    }
+
     /// Raises the ledger's last-add-confirmed (it never goes down).
     pub fn update_lac(&self, ledger: u64, lac: i64) {
         let mut states = self.states.write();

@@ -196,6 +196,42 @@ async fn garbage_on_the_port_closes_only_that_connection() -> Result<()> {
         ),
         "{big:?}"
     );
+    let http = bookie.http;
+    // counted as each connection ends, which may be a moment after the client saw it close
+    wait_until(WAIT, "three bad frames counted", || async move {
+        metric_value(http, "bookie_bad_frames_total") == Some(3.0)
+    })
+    .await?;
+    assert_eq!(metric_value(http, "bookie_adds_too_large_total"), Some(1.0));
+    Ok(())
+}
+
+/// A connection with its limit of requests in flight is not read until one finishes; the
+/// waits are counted and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_limited_per_connection() -> Result<()> {
+    let bookie = start(&["--max-pending-per-connection", "2"]).await?;
+    let c = connect(&bookie).await?;
+    let key = Bytes::from_static(b"w");
+    let adds = (0..64u64).map(|e| c.add(6, e, key.clone(), e as i64 - 1, payload(6, e), false));
+    for r in futures::future::join_all(adds).await {
+        r?;
+    }
+    for e in 0..64 {
+        assert_eq!(c.read(6, e).await?, payload(6, e));
+    }
+    let http = bookie.http;
+    let page =
+        tokio::task::spawn_blocking(move || magnetar_testkit::http_get(http, "/metrics")).await??;
+    assert!(
+        page.contains("\nbookie_max_pending_requests_per_connection 2\n"),
+        "{page}"
+    );
+    let throttled = metric_value(http, "bookie_throttled_connections_total").unwrap_or(0.0);
+    assert!(
+        throttled > 0.0,
+        "64 pipelined adds through 2 slots must wait: {page}"
+    );
     Ok(())
 }
 
@@ -245,6 +281,18 @@ async fn health_and_metrics_over_http() -> Result<()> {
         metrics.contains("# TYPE bookie_journal_groups_total counter"),
         "{metrics}"
     );
+    // every limit is a knob with its value on the page
+    for limit in [
+        "bookie_write_cache_limit_bytes",
+        "bookie_read_cache_limit_bytes",
+        "bookie_max_entry_bytes",
+        "bookie_max_pending_requests_per_connection",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{limit} ")),
+            "{limit}: {metrics}"
+        );
+    }
     Ok(())
 }
 
