@@ -27,10 +27,6 @@ pub enum BookieError {
     #[error("journal failed earlier and accepts no more writes: {0}")]
     JournalFailed(String),
 
-    /// The write cache is at its limit until the next flush.
-    #[error("write cache is full")]
-    CacheFull,
-
     #[error("bookie is shutting down")]
     Closed,
 }

@@ -67,7 +67,7 @@ pub fn render_metrics(b: &Bookie) -> String {
     metric(
         "bookie_flushes_total",
         "counter",
-        "Write cache flushes.",
+        "Index flushes (each a journal checkpoint).",
         c(&s.flushes),
     );
     metric(
@@ -107,16 +107,35 @@ pub fn render_metrics(b: &Bookie) -> String {
         c(&j.sync_micros) / 1e6,
     );
     metric(
-        "bookie_write_cache_bytes",
-        "gauge",
-        "Bytes waiting in the write cache.",
-        b.storage().write_cache_bytes() as f64,
+        "bookie_journal_write_seconds_total",
+        "counter",
+        "Time spent writing journal groups (before their sync).",
+        c(&j.write_micros) / 1e6,
     );
     metric(
-        "bookie_entry_log_bytes",
+        "bookie_write_cache_bytes",
         "gauge",
-        "Bytes of entry log files on disk.",
-        b.storage().disk_usage().unwrap_or(0) as f64,
+        "Bytes of entries waiting for the next index flush.",
+        b.storage().write_cache_bytes() as f64,
+    );
+    let (journal_bytes, spare_bytes) = b.journal_disk_usage();
+    metric(
+        "bookie_journal_disk_bytes",
+        "gauge",
+        "Bytes of journal files on disk (where entries are kept).",
+        journal_bytes as f64,
+    );
+    metric(
+        "bookie_journal_spare_bytes",
+        "gauge",
+        "Bytes of emptied journal files kept for reuse.",
+        spare_bytes as f64,
+    );
+    metric(
+        "bookie_journal_reused_files_total",
+        "counter",
+        "Journal files started by reusing a spare instead of appending to a new one.",
+        c(&j.reused_files),
     );
     metric(
         "bookie_read_cache_bytes",
@@ -145,7 +164,7 @@ pub fn render_metrics(b: &Bookie) -> String {
     metric(
         "bookie_flush_seconds_total",
         "counter",
-        "Time spent flushing the write cache to entry logs and the index.",
+        "Time spent flushing the index and checkpointing the journal.",
         c(&s.flush_micros) / 1e6,
     );
     let cfg = b.config();

@@ -8,7 +8,6 @@
 
 pub mod autorecovery;
 pub mod client;
-pub mod direct;
 pub mod error;
 pub mod http;
 pub mod journal;

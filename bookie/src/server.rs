@@ -1,9 +1,8 @@
 //! The bookie: journal + ledger storage behind the wire protocol.
 //!
-//! An add goes to the write cache first, then to the journal, and is answered once the journal
-//! has synced it. Because the cache has an entry before the journal does, a flush that starts
-//! after reading the journal's durable position holds every entry before that position, so the
-//! journal can be checkpointed there once the flush is done.
+//! An add is journaled and answered once its group is synced; the journal hands every synced
+//! group to ledger storage before answering, so an acknowledged entry is always findable. A
+//! flush commits storage's index and checkpoints the journal where the index is complete.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,14 +17,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::error::{BookieError, Result};
-use crate::journal::{Journal, JournalConfig, Record};
+use crate::journal::{Journal, JournalConfig, JournalFiles, Record, kind};
 use crate::protocol::{self, Op, Request, Response, Status};
 use crate::storage::{LedgerStorage, StorageConfig};
-
-const KIND_ENTRY: u8 = 1;
-const KIND_WRITER_KEY: u8 = 2;
-const KIND_FENCE: u8 = 3;
-const KIND_DELETE: u8 = 4;
 
 #[derive(Debug, Clone)]
 pub struct BookieConfig {
@@ -34,7 +28,7 @@ pub struct BookieConfig {
     pub storage: StorageConfig,
     /// Largest entry accepted.
     pub max_entry_bytes: usize,
-    /// How often the write cache is flushed and the journal checkpointed.
+    /// How often the index is flushed and the journal checkpointed.
     pub flush_interval: Duration,
     /// Requests one connection may have in flight before the bookie stops reading from it.
     pub max_pending_per_connection: usize,
@@ -101,33 +95,6 @@ impl std::fmt::Debug for Bookie {
     }
 }
 
-fn apply(storage: &LedgerStorage, r: &Record) -> Result<()> {
-    match r.kind {
-        KIND_ENTRY => {
-            loop {
-                match storage.add_entry(r.ledger, r.entry, r.payload.clone()) {
-                    Err(BookieError::CacheFull) => storage.flush()?,
-                    other => break other?,
-                }
-            }
-            storage.update_lac(r.ledger, r.extra);
-        }
-        KIND_WRITER_KEY => {
-            storage.set_writer_key(r.ledger, &r.payload);
-        }
-        KIND_FENCE => {
-            storage.set_fenced(r.ledger);
-        }
-        KIND_DELETE => storage.delete_ledger(r.ledger)?,
-        other => warn!(
-            kind = other,
-            ledger = r.ledger,
-            "unknown journal record kind; skipped"
-        ),
-    }
-    Ok(())
-}
-
 impl Bookie {
     /// Opens storage, replays the journal into it, and makes the result durable before
     /// serving.
@@ -135,11 +102,27 @@ impl Bookie {
         config: BookieConfig,
         meta: Option<magnetar_meta::MetaStore>,
     ) -> Result<Arc<Bookie>> {
-        let storage = Arc::new(LedgerStorage::open(config.storage.clone())?);
-        let journal = Journal::open(config.journal.clone(), |r, _| apply(&storage, &r))?;
-        let mark = journal.durable_position();
+        let files = JournalFiles::new(&config.journal.dir);
+        let storage = Arc::new(LedgerStorage::open(
+            config.storage.clone(),
+            Arc::clone(&files),
+        )?);
+        let sink = {
+            let storage = Arc::clone(&storage);
+            Box::new(move |group: &[(Record, _)]| storage.apply(group))
+        };
+        let journal = Journal::open(
+            config.journal.clone(),
+            files,
+            |r, loc| {
+                storage.replay(&r, loc);
+                Ok(())
+            },
+            sink,
+        )?;
+        // Everything replayed is indexed now: replay can start in the new file.
         storage.flush()?;
-        journal.checkpoint(mark)?;
+        journal.checkpoint(journal.durable_position())?;
         let (flushed, _) = watch::channel(0);
         Ok(Arc::new(Bookie {
             config,
@@ -169,6 +152,11 @@ impl Bookie {
         self.journal.stats()
     }
 
+    /// Bytes of journal files holding records, and of spare files kept for reuse.
+    pub fn journal_disk_usage(&self) -> (u64, u64) {
+        self.journal.disk_usage()
+    }
+
     /// Why the journal stopped accepting writes, if it did.
     pub fn journal_failure(&self) -> Option<String> {
         self.journal.failure()
@@ -183,9 +171,12 @@ impl Bookie {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let mark = me.journal.durable_position();
-            me.storage.flush()?;
-            me.journal.checkpoint(mark)?;
+            // Every group before `durable` went through the sink before it was read, so this
+            // flush takes them all: the index is complete up to it, even if nothing came.
+            let durable = me.journal.durable_position();
+            let upto = me.storage.flush()?;
+            me.journal
+                .checkpoint(upto.map_or(durable, |u| u.max(durable)))?;
             me.stats.flushes.fetch_add(1, Ordering::Relaxed);
             me.stats
                 .flush_micros
@@ -222,7 +213,9 @@ impl Bookie {
     }
 
     /// Drops ledgers whose record is gone from meta (deleted while this bookie was away),
-    /// then reclaims the space of every deleted ledger. Returns bytes freed.
+    /// then reclaims the space of every deleted ledger: journal files with nothing live are
+    /// retired, and mostly dead ones first have their live entries copied to the journal's
+    /// end. Returns bytes that left the disk (files kept as spares count once deleted).
     pub async fn gc(self: &Arc<Self>) -> Result<u64> {
         if let Some(meta) = &self.meta {
             for ledger in self.storage.ledgers() {
@@ -239,10 +232,76 @@ impl Bookie {
                 }
             }
         }
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || me.storage.gc())
+        let plan = self
+            .storage
+            .gc_plan(self.journal.checkpoint_position(), &self.journal.files()?);
+        for &file in &plan.compact {
+            self.move_live_entries(file).await?;
+        }
+        if !plan.compact.is_empty() {
+            // The index must point at the copies, durably, before the originals go.
+            self.flush().await?;
+        }
+        let mut freed = 0;
+        for file in plan.dead.into_iter().chain(plan.compact) {
+            let me = Arc::clone(self);
+            freed += tokio::task::spawn_blocking(move || {
+                let freed = me.journal.retire(file)?;
+                me.storage.forget_file(file)?;
+                Ok::<_, BookieError>(freed)
+            })
             .await
-            .map_err(|_| BookieError::Closed)?
+            .map_err(|_| BookieError::Closed)??;
+            info!(journal_file = file, "journal file reclaimed");
+        }
+        Ok(freed)
+    }
+
+    /// Appends a copy of every live entry of journal `file` to the journal (a `MOVED`
+    /// record), pipelined; the sink repoints the index at each copy.
+    async fn move_live_entries(self: &Arc<Self>, file: u64) -> Result<()> {
+        let me = Arc::clone(self);
+        let entries = tokio::task::spawn_blocking(move || me.storage.live_entries(file))
+            .await
+            .map_err(|_| BookieError::Closed)??;
+        let total = entries.len();
+        for chunk in entries.chunks(256) {
+            let me = Arc::clone(self);
+            let chunk = chunk.to_vec();
+            let read = tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .filter_map(|(key, loc)| match me.storage.read_for_move(key, loc) {
+                        Ok(data) => Some((key, data)),
+                        Err(e) => {
+                            // Left behind: the other replicas hold it.
+                            warn!(ledger_id = key.0, entry = key.1, error = %e, "entry unreadable during compaction");
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| BookieError::Closed)?;
+            let appends = read.into_iter().map(|((ledger, entry), payload)| {
+                self.journal.append(Record {
+                    kind: kind::MOVED,
+                    ledger,
+                    entry,
+                    extra: -1,
+                    payload,
+                })
+            });
+            for r in futures::future::join_all(appends).await {
+                r?;
+            }
+        }
+        debug!(
+            journal_file = file,
+            entries = total,
+            "live entries copied out"
+        );
+        Ok(())
     }
 
     fn check_disk(&self) {
@@ -338,24 +397,21 @@ impl Bookie {
                     format!("ledger {ledger} belongs to another writer"),
                 ));
             }
-            self.journal_append(KIND_WRITER_KEY, ledger, 0, -1, add.writer_key.clone())
+            self.journal_append(kind::WRITER_KEY, ledger, 0, -1, add.writer_key.clone())
                 .await?;
         }
         let size = add.data.len();
-        loop {
-            match self.storage.add_entry(ledger, entry, add.data.clone()) {
-                Ok(()) => break,
-                Err(BookieError::CacheFull) => self.wait_for_flush().await,
-                Err(e) => return Err((Status::Internal, e.to_string())),
-            }
+        let limit = self.config.storage.write_cache_bytes;
+        while self.storage.write_cache_bytes() >= limit {
+            self.wait_for_flush().await;
         }
-        self.storage.update_lac(ledger, add.lac);
         // Flush at half the cache so adds keep landing in the other half while it runs,
         // instead of stalling on a full cache.
-        if self.storage.write_cache_bytes() > self.config.storage.write_cache_bytes / 2 {
+        if self.storage.write_cache_bytes() > limit / 2 {
             self.flush_now.notify_one();
         }
-        self.journal_append(KIND_ENTRY, ledger, entry, add.lac, add.data)
+        self.storage.update_lac(ledger, add.lac);
+        self.journal_append(kind::ENTRY, ledger, entry, add.lac, add.data)
             .await?;
         self.stats.adds.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -437,7 +493,7 @@ impl Bookie {
         if fence && !self.storage.ledger_state(ledger).is_some_and(|s| s.fenced) {
             // Fence in memory first so no add slips in, then make it durable.
             self.storage.set_fenced(ledger);
-            self.journal_append(KIND_FENCE, ledger, 0, -1, Bytes::new())
+            self.journal_append(kind::FENCE, ledger, 0, -1, Bytes::new())
                 .await?;
         }
         let state = self.storage.ledger_state(ledger).unwrap_or_default();
@@ -452,14 +508,10 @@ impl Bookie {
         })
     }
 
+    /// Storage forgets the ledger when the journal hands it the durable delete record.
     async fn delete(self: &Arc<Self>, ledger: u64) -> Result<(), (Status, String)> {
-        self.journal_append(KIND_DELETE, ledger, 0, -1, Bytes::new())
-            .await?;
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || me.storage.delete_ledger(ledger))
+        self.journal_append(kind::DELETE, ledger, 0, -1, Bytes::new())
             .await
-            .map_err(|_| (Status::Internal, "delete task failed".to_string()))?
-            .map_err(|e| (Status::Internal, e.to_string()))
     }
 }
 

@@ -1,15 +1,19 @@
-//! Ledger storage: entries and ledger state survive a reopen, a flipped byte is reported and
-//! never served, and deleting ledgers really frees disk space.
+//! Ledger storage behind a bookie (no network): entries and ledger state survive a reopen, a
+//! flipped byte is reported and never served, the write cache is bounded, and deleting
+//! ledgers really frees disk space while the others stay readable.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use bytes::Bytes;
-use magnetar_bookie::BookieError;
-use magnetar_bookie::storage::{LedgerState, LedgerStorage, StorageConfig};
+use magnetar_bookie::protocol::{self, Op, Request, Response, Status};
+use magnetar_bookie::server::{Bookie, BookieConfig};
+use magnetar_bookie::storage::LedgerState;
 
 fn data(ledger: u64, entry: u64, size: usize) -> Bytes {
     Bytes::from(
@@ -19,141 +23,219 @@ fn data(ledger: u64, entry: u64, size: usize) -> Bytes {
     )
 }
 
-#[test]
-fn entries_and_state_survive_reopen() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = StorageConfig::new(dir.path());
-    {
-        let s = LedgerStorage::open(cfg.clone())?;
-        for e in 0..50 {
-            s.add_entry(3, e, data(3, e, 700))?;
-        }
-        // readable from the write cache before any flush
-        assert_eq!(s.get_entry(3, 10)?, Some(data(3, 10, 700)));
-        assert!(s.set_writer_key(3, &Bytes::from_static(b"writer-1")));
-        assert!(!s.set_writer_key(3, &Bytes::from_static(b"writer-2")));
-        s.update_lac(3, 48);
-        s.update_lac(3, 20); // never goes down
-        assert!(!s.set_fenced(3));
-        assert!(s.set_fenced(3));
-        s.flush()?;
-        assert_eq!(s.get_entry(3, 49)?, Some(data(3, 49, 700)));
-        assert_eq!(s.get_entry(3, 50)?, None);
-        assert_eq!(s.get_entry(4, 0)?, None);
+const KEY: &[u8] = b"writer-1";
+
+async fn call(b: &Arc<Bookie>, op: Op) -> Response {
+    b.handle(Request {
+        id: 1,
+        op: Some(op),
+    })
+    .await
+}
+
+async fn add(b: &Arc<Bookie>, ledger: u64, entry: u64, size: usize) -> Result<()> {
+    let r = call(
+        b,
+        Op::Add(protocol::AddEntry {
+            ledger_id: ledger,
+            entry_id: entry,
+            writer_key: Bytes::from_static(KEY),
+            lac: entry as i64 - 1,
+            data: data(ledger, entry, size),
+            recovery: false,
+        }),
+    )
+    .await;
+    if r.outcome() != Status::Ok {
+        bail!("add {ledger}:{entry}: {:?} {}", r.outcome(), r.message);
     }
-    let s = LedgerStorage::open(cfg)?;
-    for e in 0..50 {
-        assert_eq!(s.get_entry(3, e)?, Some(data(3, e, 700)), "entry {e}");
-    }
-    assert_eq!(
-        s.ledger_state(3),
-        Some(LedgerState {
-            fenced: true,
-            lac: 48,
-            writer_key: Bytes::from_static(b"writer-1"),
-        })
-    );
-    assert_eq!(s.last_entry(3)?, Some(49));
-    assert_eq!(s.last_entry(9)?, None);
     Ok(())
 }
 
-#[test]
-fn flipped_byte_is_a_checksum_error_not_data() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = StorageConfig::new(dir.path());
-    {
-        let s = LedgerStorage::open(cfg.clone())?;
-        for e in 0..5 {
-            s.add_entry(1, e, data(1, e, 100))?;
-        }
-        s.flush()?;
+async fn read(b: &Arc<Bookie>, ledger: u64, entry: u64) -> Result<Bytes, Status> {
+    let r = call(
+        b,
+        Op::Read(protocol::ReadEntry {
+            ledger_id: ledger,
+            entry_id: entry,
+        }),
+    )
+    .await;
+    match r.outcome() {
+        Status::Ok => Ok(r
+            .entries
+            .into_iter()
+            .next()
+            .map(|e| e.data)
+            .unwrap_or_default()),
+        other => Err(other),
     }
-    let log = std::fs::read_dir(dir.path().join("logs"))?
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .expect("an entry log with data");
-    // Entries are ~124 bytes each; offset 300 lands inside the third entry's data.
-    let f = OpenOptions::new().read(true).write(true).open(&log)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 300)?;
-    f.write_all_at(&[b[0] ^ 0xff], 300)?;
+}
 
-    let s = LedgerStorage::open(cfg)?;
-    match s.get_entry(1, 2) {
-        Err(BookieError::Corrupt { reason, .. }) => {
-            assert!(reason.contains("checksum"), "{reason}")
+fn config(dir: &std::path::Path) -> BookieConfig {
+    let mut cfg = BookieConfig::new(dir);
+    cfg.min_free_disk_bytes = 0;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_and_state_survive_reopen() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let b = Bookie::open(config(dir.path()), None)?;
+        for e in 0..50 {
+            add(&b, 3, e, 700).await?;
         }
-        other => panic!("expected a checksum error, got {other:?}"),
+        // readable from the write cache before any flush
+        assert_eq!(read(&b, 3, 10).await, Ok(data(3, 10, 700)));
+        let fenced = call(&b, Op::Fence(protocol::Fence { ledger_id: 3 })).await;
+        assert_eq!(fenced.outcome(), Status::Ok);
+        assert_eq!((fenced.lac, fenced.last_entry), (48, 49));
+        let refused = call(
+            &b,
+            Op::Add(protocol::AddEntry {
+                ledger_id: 3,
+                entry_id: 50,
+                writer_key: Bytes::from_static(KEY),
+                lac: 49,
+                data: data(3, 50, 700),
+                recovery: false,
+            }),
+        )
+        .await;
+        assert_eq!(refused.outcome(), Status::Fenced);
+        b.flush().await?;
+        assert_eq!(read(&b, 3, 49).await, Ok(data(3, 49, 700)));
+        assert_eq!(read(&b, 3, 50).await, Err(Status::NoSuchEntry));
+        assert_eq!(read(&b, 4, 0).await, Err(Status::NoSuchLedger));
+        // and some more after the flush, which only the journal has on reopen
+        add(&b, 5, 0, 10).await?;
     }
+    let b = Bookie::open(config(dir.path()), None)?;
+    for e in 0..50 {
+        assert_eq!(read(&b, 3, e).await, Ok(data(3, e, 700)), "entry {e}");
+    }
+    assert_eq!(read(&b, 5, 0).await, Ok(data(5, 0, 10)));
     assert_eq!(
-        s.get_entry(1, 0)?,
-        Some(data(1, 0, 100)),
+        b.storage().ledger_state(3),
+        Some(LedgerState {
+            fenced: true,
+            lac: 48,
+            writer_key: Bytes::from_static(KEY),
+        })
+    );
+    assert_eq!(b.storage().last_entry(3)?, Some(49));
+    assert_eq!(b.storage().last_entry(9)?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_is_a_checksum_error_not_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let b = Bookie::open(config(dir.path()), None)?;
+        for e in 0..5 {
+            add(&b, 1, e, 100).await?;
+        }
+        b.flush().await?;
+    }
+    let journal = dir.path().join("journal");
+    let file = std::fs::read_dir(&journal)?
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "journal"))
+        .expect("a journal file");
+    let bytes = std::fs::read(&file)?;
+    let want = data(1, 2, 100);
+    let at = bytes
+        .windows(want.len())
+        .position(|w| w == &want[..])
+        .expect("entry 2 in the journal") as u64
+        + 50;
+    let f = OpenOptions::new().read(true).write(true).open(&file)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at)?;
+    f.write_all_at(&[b[0] ^ 0xff], at)?;
+
+    let b = Bookie::open(config(dir.path()), None)?;
+    assert_eq!(read(&b, 1, 2).await, Err(Status::Corrupt));
+    assert_eq!(
+        read(&b, 1, 0).await,
+        Ok(data(1, 0, 100)),
         "other entries are unaffected"
     );
     Ok(())
 }
 
-#[test]
-fn write_cache_is_bounded() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_cache_is_bounded() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = StorageConfig::new(dir.path());
-    cfg.write_cache_bytes = 10_000;
-    let s = LedgerStorage::open(cfg)?;
-    let mut e = 0;
-    loop {
-        match s.add_entry(1, e, data(1, e, 1000)) {
-            Ok(()) => e += 1,
-            Err(BookieError::CacheFull) => break,
-            Err(other) => return Err(other.into()),
-        }
-        assert!(e < 100, "cache never filled");
+    let mut cfg = config(dir.path());
+    cfg.storage.write_cache_bytes = 10_000;
+    cfg.flush_interval = std::time::Duration::from_secs(3600);
+    let b = Bookie::open(cfg, None)?;
+    tokio::spawn(Arc::clone(&b).run_flusher());
+    let mut most = 0;
+    for e in 0..100 {
+        add(&b, 1, e, 1000).await?;
+        most = most.max(b.storage().write_cache_bytes());
     }
-    assert!(s.write_cache_bytes() <= 10_000);
-    s.flush()?;
-    s.add_entry(1, e, data(1, e, 1000))?;
+    assert!(most <= 10_000, "the cache held {most} bytes");
+    assert!(
+        b.stats().flushes.load(Ordering::Relaxed) >= 5,
+        "100 KB through a 10 KB cache flushes it early"
+    );
+    for e in 0..100 {
+        assert_eq!(read(&b, 1, e).await, Ok(data(1, e, 1000)));
+    }
     Ok(())
 }
 
-#[test]
-fn deleting_ledgers_frees_disk_and_keeps_the_rest() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_ledgers_frees_disk_and_keeps_the_rest() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = StorageConfig::new(dir.path());
-    cfg.max_entry_log_bytes = 256 << 10;
-    let s = LedgerStorage::open(cfg.clone())?;
-    // Interleave a big ledger (to delete) with a small one (to keep) across several logs.
-    for round in 0..20u64 {
+    let mut cfg = config(dir.path());
+    cfg.journal.max_file_bytes = 256 << 10;
+    cfg.journal.spare_files = 0;
+    let b = Bookie::open(cfg.clone(), None)?;
+    // Interleave a big ledger (to delete) with a small one (to keep) across several files.
+    for round in 0..40u64 {
         for e in 0..20u64 {
-            s.add_entry(10, round * 20 + e, data(10, e, 2000))?;
+            add(&b, 10, round * 20 + e, 2000).await?;
         }
-        s.add_entry(11, round, data(11, round, 500))?;
-        s.flush()?;
+        add(&b, 11, round, 500).await?;
+        b.flush().await?;
     }
-    let before = s.disk_usage()?;
-    s.delete_ledger(10)?;
-    assert_eq!(s.get_entry(10, 0)?, None);
-    let freed = s.gc()?;
-    let after = s.disk_usage()?;
+    let (before, _) = b.journal_disk_usage();
+    let deleted = call(
+        &b,
+        Op::DeleteLedger(protocol::DeleteLedger { ledger_id: 10 }),
+    )
+    .await;
+    assert_eq!(deleted.outcome(), Status::Ok);
+    assert_eq!(read(&b, 10, 0).await, Err(Status::NoSuchLedger));
+    b.flush().await?;
+    let freed = b.gc().await?;
+    let (after, spare) = b.journal_disk_usage();
     assert!(
-        freed > 0 && after < before / 4,
-        "disk usage {before} -> {after} (freed {freed})"
+        freed > 0 && after < before / 4 && spare == 0,
+        "journal {before} -> {after} bytes (freed {freed}, spare {spare})"
     );
-    for r in 0..20 {
+    for r in 0..40 {
         assert_eq!(
-            s.get_entry(11, r)?,
-            Some(data(11, r, 500)),
+            read(&b, 11, r).await,
+            Ok(data(11, r, 500)),
             "kept entry {r} after compaction"
         );
     }
-    drop(s);
-    let s = LedgerStorage::open(cfg)?;
-    for r in 0..20 {
+    drop(b);
+    let b = Bookie::open(cfg, None)?;
+    for r in 0..40 {
         assert_eq!(
-            s.get_entry(11, r)?,
-            Some(data(11, r, 500)),
+            read(&b, 11, r).await,
+            Ok(data(11, r, 500)),
             "kept entry {r} after reopen"
         );
     }
-    assert_eq!(s.get_entry(10, 5)?, None);
+    assert_eq!(read(&b, 10, 5).await, Err(Status::NoSuchLedger));
     Ok(())
 }

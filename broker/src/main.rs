@@ -169,13 +169,23 @@ struct BookieArgs {
     /// Hold a small journal group open this many microseconds for more adds [default: 0].
     #[arg(long, env = "MAGNETAR_JOURNAL_MAX_GROUP_WAIT_US")]
     journal_max_group_wait_us: Option<u64>,
-    /// Write cache size in bytes [default: 67108864].
+    /// Start a new journal file at this size, in MB; deleted ledgers' space comes back file
+    /// by file [default: 256] (BookKeeper's journalMaxSizeMB).
+    #[arg(long, env = "MAGNETAR_JOURNAL_MAX_SIZE_MB")]
+    journal_max_size_mb: Option<u64>,
+    /// Emptied journal files kept for reuse instead of deleted (reusing one needs no
+    /// zero-filling) [default: 2].
+    #[arg(long, env = "MAGNETAR_JOURNAL_SPARE_FILES")]
+    journal_spare_files: Option<usize>,
+    /// Bytes of new entries kept in memory between index flushes; adds wait beyond it
+    /// [default: 67108864].
     #[arg(long, env = "MAGNETAR_WRITE_CACHE_BYTES")]
     write_cache_bytes: Option<usize>,
     /// Read cache size in bytes [default: 67108864].
     #[arg(long, env = "MAGNETAR_READ_CACHE_BYTES")]
     read_cache_bytes: Option<usize>,
-    /// Flush the write cache every this many milliseconds [default: 1000].
+    /// Flush the index (and checkpoint the journal) every this many milliseconds
+    /// [default: 1000].
     #[arg(long, env = "MAGNETAR_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
     /// Requests one connection may have in flight before the bookie stops reading it
@@ -221,6 +231,8 @@ impl BookieArgs {
             rack,
             journal_max_group_bytes,
             journal_max_group_wait_us,
+            journal_max_size_mb,
+            journal_spare_files,
             write_cache_bytes,
             read_cache_bytes,
             flush_interval_ms,
@@ -284,6 +296,12 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     }
     if let Some(v) = args.journal_max_group_wait_us {
         config.journal.max_group_wait = Duration::from_micros(v);
+    }
+    if let Some(mb) = args.journal_max_size_mb {
+        config.journal.max_file_bytes = mb.max(1) << 20;
+    }
+    if let Some(n) = args.journal_spare_files {
+        config.journal.spare_files = n;
     }
     if let Some(v) = args.write_cache_bytes {
         config.storage.write_cache_bytes = v;

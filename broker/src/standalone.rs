@@ -95,10 +95,13 @@ pub struct StandaloneArgs {
     /// How often the bookie reclaims the space of deleted ledgers, in seconds [default: 300].
     #[arg(long, env = "MAGNETAR_BOOKIE_GC_INTERVAL_SECS")]
     bookie_gc_interval_secs: Option<u64>,
-    /// Size at which the bookie starts a new entry log, in MB; space is reclaimed log by
-    /// log [default: 1024].
-    #[arg(long, env = "MAGNETAR_BOOKIE_ENTRY_LOG_MAX_MBYTES")]
-    bookie_entry_log_max_mbytes: Option<u64>,
+    /// Size at which the bookie starts a new journal file, in MB; deleted ledgers' space
+    /// comes back file by file [default: 256].
+    #[arg(long, env = "MAGNETAR_BOOKIE_JOURNAL_MAX_SIZE_MB")]
+    bookie_journal_max_size_mb: Option<u64>,
+    /// Emptied journal files the bookie keeps for reuse instead of deleting [default: 2].
+    #[arg(long, env = "MAGNETAR_BOOKIE_JOURNAL_SPARE_FILES")]
+    bookie_journal_spare_files: Option<usize>,
     /// How often consumed ledgers are trimmed and rates computed, in seconds [default: 10].
     #[arg(long, env = "MAGNETAR_HOUSEKEEPING_INTERVAL_SECS")]
     housekeeping_interval_secs: Option<u64>,
@@ -193,7 +196,8 @@ impl StandaloneArgs {
             keep_alive_interval_seconds,
             journal_max_group_wait_us,
             bookie_gc_interval_secs,
-            bookie_entry_log_max_mbytes,
+            bookie_journal_max_size_mb,
+            bookie_journal_spare_files,
             housekeeping_interval_secs,
             key_shared_lease_ms,
             key_shared_max_held_entries,
@@ -339,8 +343,11 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     if let Some(s) = args.bookie_gc_interval_secs {
         bcfg.gc_interval = Duration::from_secs(s.max(1));
     }
-    if let Some(mb) = args.bookie_entry_log_max_mbytes {
-        bcfg.storage.max_entry_log_bytes = mb.max(1) << 20;
+    if let Some(mb) = args.bookie_journal_max_size_mb {
+        bcfg.journal.max_file_bytes = mb.max(1) << 20;
+    }
+    if let Some(n) = args.bookie_journal_spare_files {
+        bcfg.journal.spare_files = n;
     }
     bcfg.max_entry_bytes = args
         .max_message_size
