@@ -192,6 +192,8 @@ async fn run(addr: SocketAddr, stream: TcpStream, mut rx: mpsc::Receiver<(Reques
                 pending.insert(next_id, reply);
                 next_id += 1;
                 protocol::encode_frame(&req, &mut out);
+                // Let the other requests of this moment arrive: one write for all of them.
+                tokio::task::yield_now().await;
                 while out.len() < (1 << 20) {
                     match rx.try_recv() {
                         Ok((mut req, reply)) => {

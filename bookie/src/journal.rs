@@ -50,6 +50,8 @@ const MAGIC: &[u8; 8] = b"MGNJRNL2";
 /// Largest record body accepted (an entry is bounded far below this by the bookie).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// A sync this slow is logged: the disk, not the bookie, is holding adds back.
+const SLOW_SYNC: Duration = Duration::from_millis(50);
 
 /// What a record says; the journal itself interprets none of them.
 pub mod kind {
@@ -989,10 +991,18 @@ fn sync_loop(shared: &Shared, io: &dyn JournalIo, rx: std_mpsc::Receiver<Written
                     }
                     done.push(key);
                 }
+                let took = t.elapsed();
+                if took >= SLOW_SYNC {
+                    warn!(
+                        ms = took.as_millis() as u64,
+                        groups = batch.len(),
+                        "slow journal sync"
+                    );
+                }
                 let stats = &shared.stats;
                 stats
                     .sync_micros
-                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 result
             }

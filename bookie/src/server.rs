@@ -175,8 +175,16 @@ impl Bookie {
             // flush takes them all: the index is complete up to it, even if nothing came.
             let durable = me.journal.durable_position();
             let upto = me.storage.flush()?;
+            let indexed = started.elapsed();
             me.journal
                 .checkpoint(upto.map_or(durable, |u| u.max(durable)))?;
+            if started.elapsed() >= Duration::from_millis(200) {
+                warn!(
+                    index_ms = indexed.as_millis() as u64,
+                    checkpoint_ms = (started.elapsed() - indexed).as_millis() as u64,
+                    "slow flush"
+                );
+            }
             me.stats.flushes.fetch_add(1, Ordering::Relaxed);
             me.stats
                 .flush_micros
@@ -562,6 +570,8 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
         let mut buf = BytesMut::with_capacity(64 << 10);
         while let Some(resp) = rx.recv().await {
             protocol::encode_frame(&resp, &mut buf);
+            // Let the other answers of this moment arrive: one write for all of them.
+            tokio::task::yield_now().await;
             // Coalesce whatever else is ready into one write.
             while buf.len() < (1 << 20) {
                 match rx.try_recv() {
