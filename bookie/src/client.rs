@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::protocol::{self, Op, Request, Response, Status};
+use crate::server::Bookie;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
@@ -38,12 +40,20 @@ impl ClientError {
 
 type Reply = oneshot::Sender<Result<Response, ClientError>>;
 
-/// A cheap-to-clone handle on one connection.
+/// A cheap-to-clone handle on one connection, or on a bookie in this very process.
 #[derive(Clone, Debug)]
 pub struct BookieClient {
     addr: SocketAddr,
-    tx: mpsc::Sender<(Request, Reply)>,
+    transport: Transport,
     timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Transport {
+    Tcp(mpsc::Sender<(Request, Reply)>),
+    /// The standalone's own bookie: requests are handled by a call, without encoding them,
+    /// a socket, or copying the entries.
+    Local(Arc<Bookie>),
 }
 
 impl BookieClient {
@@ -61,7 +71,20 @@ impl BookieClient {
         let _ = stream.set_nodelay(true);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(addr, stream, rx));
-        Ok(BookieClient { addr, tx, timeout })
+        Ok(BookieClient {
+            addr,
+            transport: Transport::Tcp(tx),
+            timeout,
+        })
+    }
+
+    /// A handle on `bookie`, running in this process and serving `addr` to others.
+    pub fn local(addr: SocketAddr, bookie: Arc<Bookie>, timeout: Duration) -> BookieClient {
+        BookieClient {
+            addr,
+            transport: Transport::Local(bookie),
+            timeout,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -70,24 +93,33 @@ impl BookieClient {
 
     /// Whether the connection is still up (a lost one must be replaced).
     pub fn is_connected(&self) -> bool {
-        !self.tx.is_closed()
+        match &self.transport {
+            Transport::Tcp(tx) => !tx.is_closed(),
+            Transport::Local(_) => true,
+        }
     }
 
     /// Sends one operation; an answer other than Ok is an error.
     pub async fn call(&self, op: Op) -> Result<Response, ClientError> {
-        let (reply, rx) = oneshot::channel();
         let req = Request {
             id: 0,
             op: Some(op),
         };
-        self.tx
-            .send((req, reply))
-            .await
-            .map_err(|_| ClientError::Disconnected(self.addr))?;
-        let resp = tokio::time::timeout(self.timeout, rx)
-            .await
-            .map_err(|_| ClientError::Timeout(self.addr))?
-            .map_err(|_| ClientError::Disconnected(self.addr))??;
+        let resp = match &self.transport {
+            Transport::Tcp(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send((req, reply))
+                    .await
+                    .map_err(|_| ClientError::Disconnected(self.addr))?;
+                tokio::time::timeout(self.timeout, rx)
+                    .await
+                    .map_err(|_| ClientError::Timeout(self.addr))?
+                    .map_err(|_| ClientError::Disconnected(self.addr))??
+            }
+            Transport::Local(bookie) => tokio::time::timeout(self.timeout, bookie.handle(req))
+                .await
+                .map_err(|_| ClientError::Timeout(self.addr))?,
+        };
         match resp.outcome() {
             Status::Ok => Ok(resp),
             status => Err(ClientError::Status {

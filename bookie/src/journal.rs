@@ -50,6 +50,8 @@ const MAGIC: &[u8; 8] = b"MGNJRNL2";
 /// Largest record body accepted (an entry is bounded far below this by the bookie).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// Journal files kept open for reads at most.
+const MAX_OPEN_FILES: usize = 256;
 /// A sync this slow is logged: the disk, not the bookie, is holding adds back.
 const SLOW_SYNC: Duration = Duration::from_millis(50);
 
@@ -316,7 +318,16 @@ impl JournalFiles {
         }
         let path = self.dir.join(file_name(seq));
         let f = Arc::new(File::open(&path).map_err(|e| BookieError::io("open journal", &path, e))?);
-        self.open.write().insert(seq, Arc::clone(&f));
+        let mut open = self.open.write();
+        // A large bookie has thousands of files: keep descriptors bounded. Readers holding
+        // a dropped handle keep using it; the next read of that file opens it again.
+        if open.len() >= MAX_OPEN_FILES {
+            let drop_some: Vec<u64> = open.keys().copied().take(MAX_OPEN_FILES / 4).collect();
+            for k in drop_some {
+                open.remove(&k);
+            }
+        }
+        open.insert(seq, Arc::clone(&f));
         Ok(f)
     }
 

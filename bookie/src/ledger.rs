@@ -206,6 +206,16 @@ impl LedgerClient {
         }
     }
 
+    /// Reaches the bookie registered as `addr` (`host:port`) by calling `bookie` in this
+    /// process instead of connecting to it (the standalone's own bookie).
+    pub fn with_local_bookie(self, addr: &str, bookie: Arc<crate::server::Bookie>) -> LedgerClient {
+        if let Ok(sock) = addr.parse::<SocketAddr>() {
+            let c = BookieClient::local(sock, bookie, self.pool.timeout);
+            self.pool.conns.lock().insert(addr.to_string(), c);
+        }
+        self
+    }
+
     pub fn meta_store(&self) -> &MetaStore {
         &self.meta
     }

@@ -494,7 +494,9 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 }),
         },
     };
-    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
+    // The broker reaches its own bookie by calling it, not through a loopback socket.
+    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10))
+        .with_local_bookie(&bookie_name, Arc::clone(&bookie));
     let svc = BrokerService::new(cfg, meta.clone(), ledgers);
     let metrics_of = Arc::clone(&bookie);
     let _ = svc.extra_metrics.set(Box::new(move || {
