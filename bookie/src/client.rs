@@ -1,7 +1,7 @@
 //! A connection to one bookie: requests are pipelined over one TCP stream and matched to
 //! responses by id. The ledger client builds quorum writes and recovery on top of this.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,46 @@ impl ClientError {
     }
 }
 
-type Reply = oneshot::Sender<Result<Response, ClientError>>;
+/// How an answer reaches whoever asked.
+enum Reply {
+    /// An `async` caller waiting on a channel.
+    Once(oneshot::Sender<Result<Response, ClientError>>),
+    /// A function called with the answer on the connection's task: no task and no timer per
+    /// request, for the ledger writer's adds.
+    Call(Box<dyn FnOnce(Result<Response, ClientError>) + Send>),
+}
+
+impl Reply {
+    fn send(self, r: Result<Response, ClientError>) {
+        match self {
+            Reply::Once(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Call(f) => f(r),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Once(_) => "Reply::Once",
+            Reply::Call(_) => "Reply::Call",
+        })
+    }
+}
+
+/// The outcome of an answer: anything but Ok is an error.
+fn checked(r: Result<Response, ClientError>) -> Result<Response, ClientError> {
+    let resp = r?;
+    match resp.outcome() {
+        Status::Ok => Ok(resp),
+        status => Err(ClientError::Status {
+            status,
+            message: resp.message,
+        }),
+    }
+}
 
 /// A cheap-to-clone handle on one connection, or on a bookie in this very process.
 #[derive(Clone, Debug)]
@@ -70,7 +109,7 @@ impl BookieClient {
             })?;
         let _ = stream.set_nodelay(true);
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(addr, stream, rx));
+        tokio::spawn(run(addr, stream, rx, timeout));
         Ok(BookieClient {
             addr,
             transport: Transport::Tcp(tx),
@@ -108,24 +147,60 @@ impl BookieClient {
         let resp = match &self.transport {
             Transport::Tcp(tx) => {
                 let (reply, rx) = oneshot::channel();
-                tx.send((req, reply))
+                tx.send((req, Reply::Once(reply)))
                     .await
                     .map_err(|_| ClientError::Disconnected(self.addr))?;
-                tokio::time::timeout(self.timeout, rx)
+                // The connection answers with a timeout itself; this one only guards
+                // against a connection task that is gone without a word.
+                tokio::time::timeout(self.timeout + Duration::from_secs(1), rx)
                     .await
                     .map_err(|_| ClientError::Timeout(self.addr))?
-                    .map_err(|_| ClientError::Disconnected(self.addr))??
+                    .map_err(|_| ClientError::Disconnected(self.addr))?
             }
             Transport::Local(bookie) => tokio::time::timeout(self.timeout, bookie.handle(req))
                 .await
-                .map_err(|_| ClientError::Timeout(self.addr))?,
+                .map_err(|_| ClientError::Timeout(self.addr)),
         };
-        match resp.outcome() {
-            Status::Ok => Ok(resp),
-            status => Err(ClientError::Status {
-                status,
-                message: resp.message,
-            }),
+        checked(resp)
+    }
+
+    /// Sends an add without waiting: `done` gets the outcome (on the connection's task, so it
+    /// must be quick). What `add` does, without a task, channel and timer per request.
+    pub fn add_then(
+        &self,
+        add: protocol::AddEntry,
+        done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
+    ) {
+        let req = Request {
+            id: 0,
+            op: Some(Op::Add(add)),
+        };
+        let done = move |r: Result<Response, ClientError>| done(checked(r).map(|_| ()));
+        match &self.transport {
+            Transport::Tcp(tx) => match tx.try_send((req, Reply::Call(Box::new(done)))) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    let tx = tx.clone();
+                    let addr = self.addr;
+                    tokio::spawn(async move {
+                        if let Err(mpsc::error::SendError((_, reply))) = tx.send(item).await {
+                            reply.send(Err(ClientError::Disconnected(addr)));
+                        }
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed((_, reply))) => {
+                    reply.send(Err(ClientError::Disconnected(self.addr)));
+                }
+            },
+            Transport::Local(bookie) => {
+                let (bookie, addr, timeout) = (Arc::clone(bookie), self.addr, self.timeout);
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(timeout, bookie.handle(req))
+                        .await
+                        .map_err(|_| ClientError::Timeout(addr));
+                    done(r);
+                });
+            }
         }
     }
 
@@ -210,58 +285,115 @@ impl BookieClient {
     }
 }
 
-async fn run(addr: SocketAddr, stream: TcpStream, mut rx: mpsc::Receiver<(Request, Reply)>) {
+/// The connection's one task: writes requests (several per send when they come together),
+/// reads answers and hands each to its asker, and answers requests the bookie has not
+/// answered within `timeout` with a timeout. Writes go a piece at a time inside the loop, so
+/// answers are read and timeouts given even while the bookie is not reading.
+async fn run(
+    addr: SocketAddr,
+    stream: TcpStream,
+    mut rx: mpsc::Receiver<(Request, Reply)>,
+    timeout: Duration,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let mut pending: HashMap<u64, Reply> = HashMap::new();
+    // Deadlines in sending order (one timeout for all, so they are sorted); answered ones
+    // are dropped from the front as the front is looked at.
+    let mut deadlines: VecDeque<(tokio::time::Instant, u64)> = VecDeque::new();
     let mut next_id = 1u64;
     let mut out = BytesMut::with_capacity(64 << 10);
     let mut inbuf = BytesMut::with_capacity(64 << 10);
+    let mut open = true;
+    // One timer for the connection, moved to the earliest deadline.
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
     let err = loop {
+        while let Some(&(_, id)) = deadlines.front() {
+            if pending.contains_key(&id) {
+                break;
+            }
+            deadlines.pop_front();
+        }
+        let next_deadline = deadlines.front().map(|&(at, _)| at);
+        if let Some(at) = next_deadline
+            && at != sleep.deadline()
+        {
+            sleep.as_mut().reset(at);
+        }
+        let room = open && out.len() < (1 << 20);
         tokio::select! {
-            req = rx.recv() => {
-                let Some((mut req, reply)) = req else { break None };
-                req.id = next_id;
-                pending.insert(next_id, reply);
-                next_id += 1;
-                protocol::encode_frame(&req, &mut out);
+            req = rx.recv(), if room => {
+                let Some(first) = req else {
+                    open = false;
+                    if out.is_empty() && pending.is_empty() {
+                        break None;
+                    }
+                    continue;
+                };
                 // Let the other requests of this moment arrive: one write for all of them.
-                tokio::task::yield_now().await;
-                while out.len() < (1 << 20) {
-                    match rx.try_recv() {
-                        Ok((mut req, reply)) => {
-                            req.id = next_id;
-                            pending.insert(next_id, reply);
-                            next_id += 1;
-                            protocol::encode_frame(&req, &mut out);
-                        }
-                        Err(_) => break,
+                let mut next = Some(first);
+                let mut yielded = false;
+                while let Some((mut req, reply)) = next.take() {
+                    req.id = next_id;
+                    pending.insert(next_id, reply);
+                    deadlines.push_back((tokio::time::Instant::now() + timeout, next_id));
+                    next_id += 1;
+                    protocol::encode_frame(&req, &mut out);
+                    if out.len() >= (1 << 20) {
+                        break;
+                    }
+                    if !yielded {
+                        tokio::task::yield_now().await;
+                        yielded = true;
+                    }
+                    next = rx.try_recv().ok();
+                }
+            }
+            written = wr.write(&out), if !out.is_empty() => {
+                match written {
+                    Ok(0) | Err(_) => break Some(ClientError::Disconnected(addr)),
+                    Ok(n) => {
+                        let _ = out.split_to(n);
                     }
                 }
-                if wr.write_all(&out).await.is_err() {
-                    break Some(ClientError::Disconnected(addr));
-                }
-                out.clear();
             }
             read = rd.read_buf(&mut inbuf) => {
                 match read {
                     Ok(0) | Err(_) => break Some(ClientError::Disconnected(addr)),
                     Ok(_) => {}
                 }
+                let mut bad = None;
                 loop {
                     match protocol::decode_frame::<Response>(&mut inbuf) {
                         Ok(Some(resp)) => {
                             if let Some(reply) = pending.remove(&resp.id) {
-                                let _ = reply.send(Ok(resp));
+                                reply.send(Ok(resp));
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
                             debug!(%addr, error = %e, "bad frame from bookie");
-                            for (_, reply) in pending.drain() {
-                                let _ = reply.send(Err(ClientError::Protocol(addr, e.to_string())));
-                            }
-                            return;
+                            bad = Some(ClientError::Protocol(addr, e.to_string()));
+                            break;
                         }
+                    }
+                }
+                if bad.is_some() {
+                    break bad;
+                }
+                if !open && out.is_empty() && pending.is_empty() {
+                    break None;
+                }
+            }
+            () = &mut sleep, if next_deadline.is_some() => {
+                let now = tokio::time::Instant::now();
+                while let Some(&(at, id)) = deadlines.front() {
+                    if at > now {
+                        break;
+                    }
+                    deadlines.pop_front();
+                    if let Some(reply) = pending.remove(&id) {
+                        reply.send(Err(ClientError::Timeout(addr)));
                     }
                 }
             }
@@ -269,6 +401,6 @@ async fn run(addr: SocketAddr, stream: TcpStream, mut rx: mpsc::Receiver<(Reques
     };
     let err = err.unwrap_or(ClientError::Disconnected(addr));
     for (_, reply) in pending.drain() {
-        let _ = reply.send(Err(err.clone()));
+        reply.send(Err(err.clone()));
     }
 }

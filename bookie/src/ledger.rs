@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{BookieClient, ClientError};
-use crate::protocol::Status;
+use crate::protocol::{self, Status};
 
 pub const BOOKIES_PATH: &str = "/bookies/available";
 const LEDGER_ID_KEY: &str = "/counters/ledger-id";
@@ -164,11 +164,18 @@ impl Pool {
     /// held while connecting: a dead bookie's connect timeout must not stall traffic to the
     /// healthy ones. Two callers racing to connect both succeed; the later one's connection
     /// replaces the earlier in the map and the earlier closes when its last user drops it.
+    /// The live connection to `addr`, if there is one now.
+    fn live(&self, addr: &str) -> Option<BookieClient> {
+        self.conns
+            .lock()
+            .get(addr)
+            .filter(|c| c.is_connected())
+            .cloned()
+    }
+
     async fn get(&self, addr: &str) -> Result<BookieClient, ClientError> {
-        if let Some(c) = self.conns.lock().get(addr)
-            && c.is_connected()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.live(addr) {
+            return Ok(c);
         }
         let sock: SocketAddr = addr.parse().map_err(|_| ClientError::Connect {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -776,31 +783,50 @@ impl LedgerWriter {
         self.inner.client.reader(self.inner.id, meta)
     }
 
+    /// Sends the entry to one bookie; its answer comes back to `add_done`. With a live
+    /// connection this is a call, not a task: no task, channel or timer per entry.
     fn send(&self, entry: u64, bookie: String, data: Bytes) {
+        let add = protocol::AddEntry {
+            ledger_id: self.inner.id,
+            entry_id: entry,
+            writer_key: self.inner.key.clone(),
+            lac: self.last_confirmed(),
+            data,
+            recovery: false,
+        };
+        if let Some(c) = self.inner.client.pool.live(&bookie) {
+            let me = self.clone();
+            c.add_then(add, move |r| me.add_done(entry, bookie, r));
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
-            let lac = me.last_confirmed();
-            let pool = Arc::clone(&me.inner.client.pool);
-            let r = match pool.get(&bookie).await {
+            match me.inner.client.pool.get(&bookie).await {
                 Ok(c) => {
-                    c.add(me.inner.id, entry, me.inner.key.clone(), lac, data, false)
-                        .await
+                    let me2 = me.clone();
+                    c.add_then(add, move |r| me2.add_done(entry, bookie, r));
                 }
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(()) => me.acked(entry, &bookie),
-                Err(e) if e.status() == Some(Status::Fenced) => {
-                    me.fail(LedgerError::Fenced(me.inner.id))
-                }
-                Err(e) => {
-                    warn!(ledger_id = me.inner.id, entry, bookie = %bookie, error = %e, "add failed; replacing bookie");
+                Err(e) => me.add_done(entry, bookie, Err(e)),
+            }
+        });
+    }
+
+    fn add_done(&self, entry: u64, bookie: String, r: Result<(), ClientError>) {
+        match r {
+            Ok(()) => self.acked(entry, &bookie),
+            Err(e) if e.status() == Some(Status::Fenced) => {
+                self.fail(LedgerError::Fenced(self.inner.id))
+            }
+            Err(e) => {
+                warn!(ledger_id = self.inner.id, entry, bookie = %bookie, error = %e, "add failed; replacing bookie");
+                let me = self.clone();
+                tokio::spawn(async move {
                     if let Err(err) = me.replace(&bookie).await {
                         me.fail(err);
                     }
-                }
+                });
             }
-        });
+        }
     }
 
     fn acked(&self, entry: u64, bookie: &str) {
