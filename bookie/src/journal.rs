@@ -143,6 +143,12 @@ pub struct JournalConfig {
     /// Hold a group open up to this long for more records (0: sync as soon as the previous
     /// sync is done, which already batches under load).
     pub max_group_wait: Duration,
+    /// Start a sync no sooner than this after the previous one started: fewer, larger syncs.
+    /// A lone add after a quiet spell is synced at once; under load, adds wait at most this
+    /// long for the syncs they share. (Measured on this project's virtual disk at 10 000 adds
+    /// per second: 20 000 syncs in 8 s gave p99 15.8 ms, the host stalling the whole machine
+    /// every 100 ms; 8 000 syncs gave p99 3.5 ms.)
+    pub min_sync_interval: Duration,
     /// Bytes queued but not yet durable before `append` waits (backpressure).
     pub max_pending_bytes: usize,
     /// Files with nothing live kept for reuse instead of deleted.
@@ -157,6 +163,7 @@ impl JournalConfig {
             max_file_bytes: 256 << 20,
             max_group_bytes: 512 << 10,
             max_group_wait: Duration::ZERO,
+            min_sync_interval: Duration::from_micros(500),
             max_pending_bytes: 64 << 20,
             spare_files: 2,
         }
@@ -771,9 +778,10 @@ impl Writer {
         let syncer = {
             let shared = Arc::clone(&self.shared);
             let io = Arc::clone(&self.config.io);
+            let every = self.config.min_sync_interval;
             std::thread::Builder::new()
                 .name("bookie-journal-sync".into())
-                .spawn(move || sync_loop(&shared, io.as_ref(), from_writer, sink))
+                .spawn(move || sync_loop(&shared, io.as_ref(), from_writer, sink, every))
         };
         let syncer = match syncer {
             Ok(t) => t,
@@ -976,11 +984,28 @@ impl Writer {
 /// Makes written groups durable: takes every group written so far, syncs their file(s) once,
 /// then hands them to the sink, moves the durable position and answers their appends, in
 /// order. After a failed sync nothing more is answered with success.
-fn sync_loop(shared: &Shared, io: &dyn JournalIo, rx: std_mpsc::Receiver<Written>, mut sink: Sink) {
+fn sync_loop(
+    shared: &Shared,
+    io: &dyn JournalIo,
+    rx: std_mpsc::Receiver<Written>,
+    mut sink: Sink,
+    min_interval: Duration,
+) {
     let mut batch: Vec<Written> = Vec::new();
+    let mut last_start: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Gather what else comes before this sync may start.
+        if let Some(earliest) = last_start.map(|t| t + min_interval) {
+            while let Some(left) = earliest.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
         batch.extend(rx.try_iter());
+        last_start = Some(Instant::now());
         let failed = shared.failed.lock().clone();
         let synced = match failed {
             Some(why) => Err(why),
