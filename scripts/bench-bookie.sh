@@ -5,9 +5,10 @@
 #     1 KiB, 16 KiB, 64 KiB, as fast as possible, with the journal's bytes per fsync read
 #     from the bookies' /metrics;
 #   - 1/1/1 at 1 KiB again at half the measured maximum, for latency under moderate load.
+#   - 1/1/1 again on reused journal files, after ~10 GB of ledgers were written and deleted.
 # Usage: scripts/bench-bookie.sh [duration]   (default 10s)
 # MAGNETAR_BIN / PERF_BIN run other builds (an A/B against an older commit); SKIP_DISK=1 leaves
-# out the raw disk runs.
+# out the raw disk runs; ONLY_REUSED=1 only the reused-files phase; BOOKIE_ARGS adds bookie flags.
 set -euo pipefail
 DUR=${1:-10s}
 T=${CARGO_TARGET_DIR:-$HOME/.cache/magnetar/target}/release
@@ -46,6 +47,7 @@ start_bookies() { # n
 stop_bookies() {
   for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
   sleep 1; PIDS=("${PIDS[0]}"); HTTP_PORTS=()
+  rm -rf "$WORK"/b$RUN-*
   # deregistration waits for the lease; clear the list for the next ensemble
   etcdctl --endpoints "127.0.0.1:$CP" del --prefix /bookies/available >/dev/null
 }
@@ -65,15 +67,24 @@ PY
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(df -T "$WORK" | awk 'NR==2{print $2}'); duration $DUR"
 if [ -z "${SKIP_DISK:-}" ]; then
   echo "== raw disk: write + fdatasync"
-  for b in 4096 65536 524288 1048576; do
+  for b in 4096 65536 524288 1048576 4194304; do
     "$PERF" disk --dir "$WORK" --bytes-per-sync $b -d "$DUR" --file-bytes $((512<<20)) \
       >"$OUT/disk-$b.json" 2>"$OUT/disk-$b.log"
     summary "$OUT/disk-$b.json" "disk $b B/sync"
   done
 fi
 
+wait_spares() { # bytes: until the bookie keeps at least this many bytes of spare journal files
+  for _ in $(seq 300); do
+    python3 -c "import sys; sys.exit(0 if $(metric_sum bookie_journal_spare_bytes) >= $1 else 1)" && return 0
+    sleep 0.2
+  done
+  echo "spares did not reach $1 bytes" >&2
+}
+
 RUN=0
-for ens in "1 1 1" "3 2 2"; do
+ENSEMBLES=("1 1 1" "3 2 2"); [ -n "${ONLY_REUSED:-}" ] && ENSEMBLES=()
+for ens in "${ENSEMBLES[@]}"; do
   set -- $ens; E=$1; QW=$2; QA=$3; RUN=$((RUN+1))
   start_bookies "$E"
   echo "== ledger $E/$QW/$QA"
@@ -94,4 +105,31 @@ for ens in "1 1 1" "3 2 2"; do
   fi
   stop_bookies
 done
+
+# A bookie whose ledgers turn over (deleted after offload or retention) writes into reused
+# journal files: no block allocation to commit with each sync. Fill and delete ~10 GB first.
+echo "== ledger 1/1/1 on reused journal files (after ~10 GB of ledgers were written and deleted)"
+RUN=$((RUN+1))
+SAVED_ARGS=${BOOKIE_ARGS:-}
+BOOKIE_ARGS="$SAVED_ARGS --journal-spare-files 48 --gc-interval-secs 1" start_bookies 1
+"$PERF" ledger --meta "$META" -s 65536 --inflight 512 -n 150000 -d 90s --delete >"$OUT/warmup.json" 2>/dev/null
+for size in 65536 1024; do
+  wait_spares 8000000000
+  g0=$(metric_sum bookie_journal_groups_total); by0=$(metric_sum bookie_journal_bytes_total)
+  r0=$(metric_sum bookie_journal_reused_files_total)
+  "$PERF" ledger --meta "$META" -s $size --inflight 512 -d "$DUR" --delete \
+    >"$OUT/ledger-reused-$size.json" 2>"$OUT/ledger-reused-$size.log"
+  g1=$(metric_sum bookie_journal_groups_total); by1=$(metric_sum bookie_journal_bytes_total)
+  r1=$(metric_sum bookie_journal_reused_files_total)
+  per=$(python3 -c "g=$g1-$g0; print(f'journal {($by1-$by0)/max(g,1)/1024:.0f} KiB/fsync over {g:.0f} fsyncs, {$r1-$r0:.0f} files reused')")
+  summary "$OUT/ledger-reused-$size.json" "reused 1/1/1 ${size}B" "$per"
+done
+max=$(python3 -c "import json; print(int(json.load(open('$OUT/ledger-reused-1024.json'))['ops_per_sec']))")
+half=$((max / 2))
+wait_spares 8000000000
+"$PERF" ledger --meta "$META" -s 1024 --inflight 4096 --rate $half -d "$DUR" --delete \
+  >"$OUT/ledger-reused-1024-half.json" 2>"$OUT/ledger-reused-1024-half.log"
+summary "$OUT/ledger-reused-1024-half.json" "reused 1/1/1 1024B @${half}/s"
+stop_bookies
+BOOKIE_ARGS=$SAVED_ARGS
 echo "summaries: $OUT"

@@ -440,9 +440,29 @@ fn scan_file(
     }
 }
 
+/// Told where a record landed once it is durable (or why it never will be); runs on the
+/// journal's sync thread, so it must be quick and must not block.
+pub type Done = Box<dyn FnOnce(Result<RecordLoc>) + Send>;
+
+enum Completion {
+    Wait(oneshot::Sender<Result<RecordLoc>>),
+    Call(Done),
+}
+
 struct Pending {
-    done: oneshot::Sender<Result<RecordLoc>>,
+    done: Completion,
     _budget: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    fn complete(self, result: Result<RecordLoc>) {
+        match self.done {
+            Completion::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Completion::Call(f) => f(result),
+        }
+    }
 }
 
 struct Shared {
@@ -623,6 +643,35 @@ impl Journal {
 
     /// Appends a record; resolves with its place once it is durable and indexed by the sink.
     pub async fn append(&self, record: Record) -> Result<RecordLoc> {
+        let permits = self.permits_for(&record)?;
+        let budget = Arc::clone(&self.budget)
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| BookieError::Closed)?;
+        let (done, rx) = oneshot::channel();
+        self.queue(record, Completion::Wait(done), budget);
+        rx.await.map_err(|_| BookieError::Closed)?
+    }
+
+    /// Appends a record without waiting: `done` is called once it is durable and indexed,
+    /// or at once with the reason it never will be. Gives both back when the journal's queue
+    /// budget is spent, for the caller to wait in [`append`](Self::append) instead.
+    pub fn try_append_then(&self, record: Record, done: Done) -> Option<(Record, Done)> {
+        let permits = match self.permits_for(&record) {
+            Ok(p) => p,
+            Err(e) => {
+                done(Err(e));
+                return None;
+            }
+        };
+        let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(permits) else {
+            return Some((record, done));
+        };
+        self.queue(record, Completion::Call(done), budget);
+        None
+    }
+
+    fn permits_for(&self, record: &Record) -> Result<u32> {
         let size = record.encoded_len();
         if size - RECORD_HEADER > MAX_RECORD_BYTES {
             return Err(BookieError::TooLarge {
@@ -635,22 +684,22 @@ impl Journal {
         }
         // A record larger than the whole budget waits for all of it rather than forever.
         let permits = (size / self.budget_unit).clamp(1, self.budget_total);
-        let permits = u32::try_from(permits).unwrap_or(u32::MAX);
-        let budget = Arc::clone(&self.budget)
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| BookieError::Closed)?;
-        let (done, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(BookieError::Closed)?;
-        tx.send((
-            record,
-            Pending {
-                done,
-                _budget: budget,
-            },
-        ))
-        .map_err(|_| BookieError::Closed)?;
-        rx.await.map_err(|_| BookieError::Closed)?
+        Ok(u32::try_from(permits).unwrap_or(u32::MAX))
+    }
+
+    /// Hands a record to the writer thread; if that is gone, completes it as closed.
+    fn queue(&self, record: Record, done: Completion, budget: OwnedSemaphorePermit) {
+        let pending = Pending {
+            done,
+            _budget: budget,
+        };
+        let refused = match &self.tx {
+            Some(tx) => tx.send((record, pending)).err().map(|e| e.0.1),
+            None => Some(pending),
+        };
+        if let Some(p) = refused {
+            p.complete(Err(BookieError::Closed));
+        }
     }
 
     /// Everything before this position is durable and went to the sink.
@@ -865,7 +914,7 @@ impl Writer {
     fn stop_quietly(&self, refused: Vec<Pending>, rx: &std_mpsc::Receiver<(Record, Pending)>) {
         let why = self.shared.failed.lock().clone().unwrap_or_default();
         let refuse = |p: Pending| {
-            let _ = p.done.send(Err(BookieError::JournalFailed(why.clone())));
+            p.complete(Err(BookieError::JournalFailed(why.clone())));
         };
         refused.into_iter().for_each(refuse);
         for (_, p) in rx.iter() {
@@ -1054,12 +1103,12 @@ fn sync_loop(
                         .fetch_add(w.records.len() as u64, Ordering::Relaxed);
                     stats.bytes.fetch_add(w.bytes, Ordering::Relaxed);
                     for ((_, loc), p) in w.records.into_iter().zip(w.waiting) {
-                        let _ = p.done.send(Ok(loc));
+                        p.complete(Ok(loc));
                     }
                 }
                 Err(why) => {
                     for p in w.waiting {
-                        let _ = p.done.send(Err(BookieError::JournalFailed(why.clone())));
+                        p.complete(Err(BookieError::JournalFailed(why.clone())));
                     }
                 }
             }

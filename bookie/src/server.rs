@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::error::{BookieError, Result};
-use crate::journal::{Journal, JournalConfig, JournalFiles, Record, kind};
+use crate::journal::{self, Journal, JournalConfig, JournalFiles, Record, kind};
 use crate::protocol::{self, Op, Request, Response, Status};
 use crate::storage::{LedgerStorage, StorageConfig};
 
@@ -84,7 +84,16 @@ pub struct Bookie {
     read_only: AtomicBool,
     flush_now: Notify,
     flushed: watch::Sender<u64>,
-    stats: BookieStats,
+    /// Shared with the completions of adds in flight, which run on the journal's sync
+    /// thread and must not hold the bookie itself (its last owner would join that thread).
+    stats: Arc<BookieStats>,
+}
+
+impl BookieStats {
+    fn count_add(&self, size: usize) {
+        self.adds.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes.fetch_add(size as u64, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Bookie {
@@ -132,7 +141,7 @@ impl Bookie {
             read_only: AtomicBool::new(false),
             flush_now: Notify::new(),
             flushed,
-            stats: BookieStats::default(),
+            stats: Arc::default(),
         }))
     }
 
@@ -366,8 +375,9 @@ impl Bookie {
         }
     }
 
-    async fn add(self: &Arc<Self>, add: protocol::AddEntry) -> Result<(), (Status, String)> {
-        let (ledger, entry) = (add.ledger_id, add.entry_id);
+    /// The checks every add passes first; says whether the ledger has no writer key yet.
+    fn check_add(&self, add: &protocol::AddEntry) -> Result<bool, (Status, String)> {
+        let ledger = add.ledger_id;
         if add.data.len() > self.config.max_entry_bytes {
             self.stats.too_large.fetch_add(1, Ordering::Relaxed);
             return Err((
@@ -397,7 +407,78 @@ impl Bookie {
                 ));
             }
         }
-        let new_key = state.is_none_or(|s| s.writer_key.is_empty());
+        Ok(state.is_none_or(|s| s.writer_key.is_empty()))
+    }
+
+    /// Flush at half the cache so adds keep landing in the other half while it runs,
+    /// instead of stalling on a full cache.
+    fn note_cache_use(&self) {
+        if self.storage.write_cache_bytes() > self.config.storage.write_cache_bytes / 2 {
+            self.flush_now.notify_one();
+        }
+    }
+
+    fn entry_record(&self, add: protocol::AddEntry) -> Record {
+        self.storage.update_lac(add.ledger_id, add.lac);
+        Record {
+            kind: kind::ENTRY,
+            ledger: add.ledger_id,
+            entry: add.entry_id,
+            extra: add.lac,
+            payload: add.data,
+        }
+    }
+
+    fn count_add(&self, size: usize) {
+        self.stats.count_add(size);
+    }
+
+    /// An add without a task of its own, for the common case where nothing has to wait:
+    /// `reply` runs on the journal's sync thread once the entry is durable (or at once, if
+    /// the add is refused). Gives the add back when it must wait first (its ledger's writer
+    /// key to be journaled, or a flush to make room in the write cache); the caller then
+    /// runs [`handle`](Self::handle)'s path in a task.
+    pub fn add_now<R>(
+        self: &Arc<Self>,
+        add: protocol::AddEntry,
+        reply: R,
+    ) -> Option<(protocol::AddEntry, R)>
+    where
+        R: FnOnce(Result<(), (Status, String)>) + Send + 'static,
+    {
+        let new_key = match self.check_add(&add) {
+            Ok(k) => k,
+            Err(e) => {
+                reply(Err(e));
+                return None;
+            }
+        };
+        if new_key || self.storage.write_cache_bytes() >= self.config.storage.write_cache_bytes {
+            return Some((add, reply));
+        }
+        self.note_cache_use();
+        let size = add.data.len();
+        let stats = Arc::clone(&self.stats);
+        let done: journal::Done = Box::new(move |r| {
+            if r.is_ok() {
+                stats.count_add(size);
+            }
+            reply(
+                r.map(|_| ())
+                    .map_err(|e| (Status::Internal, format!("journal: {e}"))),
+            );
+        });
+        if let Some((record, done)) = self.journal.try_append_then(self.entry_record(add), done) {
+            // The journal's queue is full: wait for room in a task.
+            let me = Arc::clone(self);
+            tokio::spawn(async move { done(me.journal.append(record).await) });
+        }
+        None
+    }
+
+    async fn add(self: &Arc<Self>, add: protocol::AddEntry) -> Result<(), (Status, String)> {
+        let new_key = self.check_add(&add)?;
+        let ledger = add.ledger_id;
         if new_key {
             if !self.storage.set_writer_key(ledger, &add.writer_key) {
                 return Err((
@@ -413,18 +494,12 @@ impl Bookie {
         while self.storage.write_cache_bytes() >= limit {
             self.wait_for_flush().await;
         }
-        // Flush at half the cache so adds keep landing in the other half while it runs,
-        // instead of stalling on a full cache.
-        if self.storage.write_cache_bytes() > limit / 2 {
-            self.flush_now.notify_one();
-        }
-        self.storage.update_lac(ledger, add.lac);
-        self.journal_append(kind::ENTRY, ledger, entry, add.lac, add.data)
-            .await?;
-        self.stats.adds.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .add_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
+        self.note_cache_use();
+        self.journal
+            .append(self.entry_record(add))
+            .await
+            .map_err(|e| (Status::Internal, format!("journal: {e}")))?;
+        self.count_add(size);
         Ok(())
     }
 
@@ -600,9 +675,28 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
                         p
                     }
                 };
+                bookie.stats.pending.fetch_add(1, Ordering::Relaxed);
+                let req = match req.op {
+                    Some(Op::Add(add)) => {
+                        let (id, tx, stats) = (req.id, tx.clone(), Arc::clone(&bookie.stats));
+                        let reply = move |r: Result<(), (Status, String)>| {
+                            let _ = tx.send(match r {
+                                Ok(()) => Response::ok(id),
+                                Err((status, message)) => Response::error(id, status, message),
+                            });
+                            stats.pending.fetch_sub(1, Ordering::Relaxed);
+                            drop(permit);
+                        };
+                        if let Some((add, reply)) = bookie.add_now(add, reply) {
+                            let bookie = Arc::clone(&bookie);
+                            tokio::spawn(async move { reply(bookie.add(add).await) });
+                        }
+                        continue;
+                    }
+                    op => Request { id: req.id, op },
+                };
                 let bookie = Arc::clone(&bookie);
                 let tx = tx.clone();
-                bookie.stats.pending.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let resp = bookie.handle(req).await;
                     let _ = tx.send(resp);

@@ -67,6 +67,11 @@ struct LedgerArgs {
     /// Stop after this many appends instead.
     #[arg(long, short = 'n')]
     count: Option<u64>,
+    /// Delete the ledger at the end (the bookies reclaim its space at their next GC; a
+    /// run after that one writes into reused journal files, as a bookie does once ledgers
+    /// turn over).
+    #[arg(long)]
+    delete: bool,
 }
 
 #[derive(clap::Args)]
@@ -79,7 +84,8 @@ struct DiskArgs {
     bytes_per_sync: usize,
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Zero-fill the scratch file this far first, as the journal does [default: 1 GiB].
+    /// Zero-fill the scratch file this far first: the raw limit of overwriting blocks that
+    /// exist, as the journal does in reused files [default: 1 GiB].
     #[arg(long, default_value_t = 1 << 30)]
     file_bytes: u64,
 }
@@ -338,6 +344,12 @@ async fn ledger(args: LedgerArgs) -> Result<()> {
     let elapsed = started.elapsed();
     progress.abort();
     let _ = writer.close().await;
+    if args.delete {
+        client
+            .delete(writer.id())
+            .await
+            .context("delete the ledger")?;
+    }
     let (hist, errors) = rec.total();
     let summary = Summary::new(&label, &args.meta, args.inflight, &hist, errors, elapsed);
     print_throughput(summary, args.size)
