@@ -198,5 +198,15 @@ pub fn render_metrics(b: &Bookie) -> String {
         "1 when the disk is nearly full and adds are refused.",
         f64::from(u8::from(b.is_read_only())),
     );
+    j.sync_latency.render(
+        &mut out,
+        "bookie_journal_sync_latency_seconds",
+        "Journal fdatasync latency.",
+    );
+    s.add_latency.render(
+        &mut out,
+        "bookie_add_latency_seconds",
+        "From an add's arrival at the bookie to its answer.",
+    );
     out
 }

@@ -177,6 +177,7 @@ pub struct JournalStats {
     pub groups: AtomicU64,
     pub bytes: AtomicU64,
     pub sync_micros: AtomicU64,
+    pub sync_latency: crate::histogram::Histogram,
     /// Time in write(2) for groups.
     pub write_micros: AtomicU64,
     /// Files started by reusing a spare rather than appending to a new one.
@@ -1085,6 +1086,7 @@ fn sync_loop(
                     );
                 }
                 let stats = &shared.stats;
+                stats.sync_latency.record(took);
                 stats
                     .sync_micros
                     .fetch_add(took.as_micros() as u64, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The storage node ("bookie") and what the broker uses to reach it. It owns the fsync'd
-//! journal with group commit (`journal`), ledger storage: entry logs, RocksDB index, caches, GC
-//! (`storage`), the bookie wire protocol and its server (`protocol`, `server`, `http`), one
+//! journal with group commit, whose files also hold the entries (`journal`), ledger storage:
+//! the RocksDB index into those files, caches, GC (`storage`), latency histograms
+//! (`histogram`), the bookie wire protocol and its server (`protocol`, `server`, `http`), one
 //! pipelined connection to a bookie (`client`), the ledger client with quorum writes, fencing,
 //! recovery and ensemble changes (`ledger`), and auto-recovery (`autorecovery`). Ledger and
 //! bookie records live in `meta`. It depends on `meta` only and must never import `broker` or
@@ -9,6 +10,7 @@
 pub mod autorecovery;
 pub mod client;
 pub mod error;
+pub mod histogram;
 pub mod http;
 pub mod journal;
 pub mod ledger;

@@ -73,6 +73,8 @@ pub struct BookieStats {
     pub too_large: AtomicU64,
     /// Time spent flushing the write cache (entry log, index, journal checkpoint).
     pub flush_micros: AtomicU64,
+    /// From an add's arrival to its answer (durable or refused).
+    pub add_latency: crate::histogram::Histogram,
 }
 
 pub struct Bookie {
@@ -350,7 +352,12 @@ impl Bookie {
                 Status::BadRequest,
                 "request without an operation".to_string(),
             )),
-            Some(Op::Add(add)) => self.add(add).await.map(|()| Response::ok(id)),
+            Some(Op::Add(add)) => {
+                let arrived = std::time::Instant::now();
+                let r = self.add(add).await.map(|()| Response::ok(id));
+                self.stats.add_latency.record(arrived.elapsed());
+                r
+            }
             Some(Op::Read(r)) => self.read(r.ledger_id, r.entry_id, 1, u64::MAX).await,
             Some(Op::ReadRange(r)) => {
                 self.read(
@@ -679,7 +686,9 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
                 let req = match req.op {
                     Some(Op::Add(add)) => {
                         let (id, tx, stats) = (req.id, tx.clone(), Arc::clone(&bookie.stats));
+                        let arrived = std::time::Instant::now();
                         let reply = move |r: Result<(), (Status, String)>| {
+                            stats.add_latency.record(arrived.elapsed());
                             let _ = tx.send(match r {
                                 Ok(()) => Response::ok(id),
                                 Err((status, message)) => Response::error(id, status, message),

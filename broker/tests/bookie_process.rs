@@ -277,6 +277,19 @@ async fn health_and_metrics_over_http() -> Result<()> {
     let metrics =
         tokio::task::spawn_blocking(move || magnetar_testkit::http_get(http, "/metrics")).await??;
     assert!(metrics.contains("\nbookie_adds_total 10\n"), "{metrics}");
+    // every add's latency was recorded, and at least one journal sync's
+    assert!(
+        metrics.contains("\nbookie_add_latency_seconds_bucket{le=\"+Inf\"} 10\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE bookie_journal_sync_latency_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("\nbookie_journal_sync_latency_seconds_count 0\n"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("# TYPE bookie_journal_groups_total counter"),
         "{metrics}"
