@@ -19,7 +19,7 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"/etcd "$WORK"/b*; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"/etcd "$WORK"/b[0-9]*; }
 trap cleanup EXIT
 
 CP=$(port); PP=$(port)
