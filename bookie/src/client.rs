@@ -193,13 +193,32 @@ impl BookieClient {
                 }
             },
             Transport::Local(bookie) => {
-                let (bookie, addr, timeout) = (Arc::clone(bookie), self.addr, self.timeout);
-                tokio::spawn(async move {
-                    let r = tokio::time::timeout(timeout, bookie.handle(req))
-                        .await
-                        .map_err(|_| ClientError::Timeout(addr));
-                    done(r);
-                });
+                let Some(Op::Add(add)) = req.op else {
+                    return;
+                };
+                // Success is handed over on the journal's sync thread; a failure goes through
+                // the runtime, since what follows one (replacing a bookie) spawns tasks.
+                let runtime = tokio::runtime::Handle::current();
+                let reply = move |r: Result<(), (Status, String)>| match r {
+                    Ok(()) => done(Ok(Response::ok(0))),
+                    Err((status, message)) => {
+                        let resp = Response::error(0, status, message);
+                        runtime.spawn(async move { done(Ok(resp)) });
+                    }
+                };
+                if let Some((add, reply)) = bookie.add_now(add, reply) {
+                    // It has to wait (a new writer key, a full write cache): in a task, with
+                    // the timeout a remote bookie's connection would give.
+                    let (bookie, addr, timeout) = (Arc::clone(bookie), self.addr, self.timeout);
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(timeout, bookie.add(add)).await {
+                            Ok(r) => reply(r),
+                            Err(_) => {
+                                reply(Err((Status::Internal, format!("bookie {addr}: timed out"))))
+                            }
+                        }
+                    });
+                }
             }
         }
     }

@@ -452,7 +452,7 @@ enum Completion {
 
 struct Pending {
     done: Completion,
-    _budget: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
@@ -650,7 +650,7 @@ impl Journal {
             .await
             .map_err(|_| BookieError::Closed)?;
         let (done, rx) = oneshot::channel();
-        self.queue(record, Completion::Wait(done), budget);
+        self.queue(record, Completion::Wait(done), Some(budget));
         rx.await.map_err(|_| BookieError::Closed)?
     }
 
@@ -668,8 +668,23 @@ impl Journal {
         let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(permits) else {
             return Some((record, done));
         };
-        self.queue(record, Completion::Call(done), budget);
+        self.queue(record, Completion::Call(done), Some(budget));
         None
+    }
+
+    /// Queues a small record at once, outside the queue budget, so that whatever the caller
+    /// does after this call is ordered after the record (a writer key before the entries
+    /// that rely on it); the future resolves once it is durable.
+    pub fn enqueue(
+        &self,
+        record: Record,
+    ) -> impl std::future::Future<Output = Result<RecordLoc>> + Send + 'static {
+        let rx = self.permits_for(&record).map(|_| {
+            let (done, rx) = oneshot::channel();
+            self.queue(record, Completion::Wait(done), None);
+            rx
+        });
+        async move { rx?.await.map_err(|_| BookieError::Closed)? }
     }
 
     fn permits_for(&self, record: &Record) -> Result<u32> {
@@ -689,7 +704,7 @@ impl Journal {
     }
 
     /// Hands a record to the writer thread; if that is gone, completes it as closed.
-    fn queue(&self, record: Record, done: Completion, budget: OwnedSemaphorePermit) {
+    fn queue(&self, record: Record, done: Completion, budget: Option<OwnedSemaphorePermit>) {
         let pending = Pending {
             done,
             _budget: budget,

@@ -55,6 +55,9 @@ impl BookieConfig {
     }
 }
 
+/// How an add went: done, or refused with a status and why.
+pub type AddOutcome = Result<(), (Status, String)>;
+
 /// Counters for /metrics and tests.
 #[derive(Debug, Default)]
 pub struct BookieStats {
@@ -89,6 +92,8 @@ pub struct Bookie {
     /// Shared with the completions of adds in flight, which run on the journal's sync
     /// thread and must not hold the bookie itself (its last owner would join that thread).
     stats: Arc<BookieStats>,
+    /// Serialises first adds of a ledger: see `claim_writer_key`.
+    key_lock: parking_lot::Mutex<()>,
 }
 
 impl BookieStats {
@@ -144,6 +149,7 @@ impl Bookie {
             flush_now: Notify::new(),
             flushed,
             stats: Arc::default(),
+            key_lock: parking_lot::Mutex::new(()),
         }))
     }
 
@@ -449,10 +455,15 @@ impl Bookie {
         self: &Arc<Self>,
         add: protocol::AddEntry,
         reply: R,
-    ) -> Option<(protocol::AddEntry, R)>
+    ) -> Option<(protocol::AddEntry, impl FnOnce(AddOutcome) + Send + 'static)>
     where
-        R: FnOnce(Result<(), (Status, String)>) + Send + 'static,
+        R: FnOnce(AddOutcome) + Send + 'static,
     {
+        let (stats, arrived) = (Arc::clone(&self.stats), std::time::Instant::now());
+        let reply = move |r: Result<(), (Status, String)>| {
+            stats.add_latency.record(arrived.elapsed());
+            reply(r);
+        };
         let new_key = match self.check_add(&add) {
             Ok(k) => k,
             Err(e) => {
@@ -483,17 +494,52 @@ impl Bookie {
         None
     }
 
-    async fn add(self: &Arc<Self>, add: protocol::AddEntry) -> Result<(), (Status, String)> {
-        let new_key = self.check_add(&add)?;
-        let ledger = add.ledger_id;
-        if new_key {
-            if !self.storage.set_writer_key(ledger, &add.writer_key) {
-                return Err((
-                    Status::WrongWriter,
-                    format!("ledger {ledger} belongs to another writer"),
-                ));
+    /// Binds a ledger without a writer to `key`. Its record is queued before the key is set
+    /// in memory, both under one lock: an add that sees the key (and may then go to the
+    /// journal without waiting) is journaled after it, so replay never meets an entry of a
+    /// ledger it does not know yet (it would drop it).
+    async fn claim_writer_key(&self, ledger: u64, key: &Bytes) -> Result<(), (Status, String)> {
+        let durable = {
+            let _serial = self.key_lock.lock();
+            match self.storage.ledger_state(ledger) {
+                Some(s) if !s.writer_key.is_empty() => {
+                    if s.writer_key != key {
+                        return Err((
+                            Status::WrongWriter,
+                            format!("ledger {ledger} belongs to another writer"),
+                        ));
+                    }
+                    // Claimed meanwhile by the same writer; its record is already queued.
+                    None
+                }
+                _ => {
+                    let durable = self.journal.enqueue(Record {
+                        kind: kind::WRITER_KEY,
+                        ledger,
+                        entry: 0,
+                        extra: -1,
+                        payload: key.clone(),
+                    });
+                    self.storage.set_writer_key(ledger, key);
+                    Some(durable)
+                }
             }
-            self.journal_append(kind::WRITER_KEY, ledger, 0, -1, add.writer_key.clone())
+        };
+        match durable {
+            Some(d) => d
+                .await
+                .map(|_| ())
+                .map_err(|e| (Status::Internal, format!("journal: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn add(
+        self: &Arc<Self>,
+        add: protocol::AddEntry,
+    ) -> Result<(), (Status, String)> {
+        if self.check_add(&add)? {
+            self.claim_writer_key(add.ledger_id, &add.writer_key)
                 .await?;
         }
         let size = add.data.len();
@@ -686,9 +732,7 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
                 let req = match req.op {
                     Some(Op::Add(add)) => {
                         let (id, tx, stats) = (req.id, tx.clone(), Arc::clone(&bookie.stats));
-                        let arrived = std::time::Instant::now();
                         let reply = move |r: Result<(), (Status, String)>| {
-                            stats.add_latency.record(arrived.elapsed());
                             let _ = tx.send(match r {
                                 Ok(()) => Response::ok(id),
                                 Err((status, message)) => Response::error(id, status, message),
