@@ -196,15 +196,16 @@ impl BookieClient {
                 let Some(Op::Add(add)) = req.op else {
                     return;
                 };
-                // Success is handed over on the journal's sync thread; a failure goes through
-                // the runtime, since what follows one (replacing a bookie) spawns tasks.
+                // The outcome is handed to the runtime: the journal's sync thread only spawns,
+                // and what follows an add (completing it in order, replacing a bookie) runs
+                // on the broker's threads, not ahead of the next sync.
                 let runtime = tokio::runtime::Handle::current();
-                let reply = move |r: Result<(), (Status, String)>| match r {
-                    Ok(()) => done(Ok(Response::ok(0))),
-                    Err((status, message)) => {
-                        let resp = Response::error(0, status, message);
-                        runtime.spawn(async move { done(Ok(resp)) });
-                    }
+                let reply = move |r: Result<(), (Status, String)>| {
+                    let resp = match r {
+                        Ok(()) => Response::ok(0),
+                        Err((status, message)) => Response::error(0, status, message),
+                    };
+                    runtime.spawn(async move { done(Ok(resp)) });
                 };
                 if let Some((add, reply)) = bookie.add_now(add, reply) {
                     // It has to wait (a new writer key, a full write cache): in a task, with
