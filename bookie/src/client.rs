@@ -171,41 +171,37 @@ impl BookieClient {
         add: protocol::AddEntry,
         done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
     ) {
-        let req = Request {
-            id: 0,
-            op: Some(Op::Add(add)),
-        };
-        let done = move |r: Result<Response, ClientError>| done(checked(r).map(|_| ()));
         match &self.transport {
-            Transport::Tcp(tx) => match tx.try_send((req, Reply::Call(Box::new(done)))) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    let tx = tx.clone();
-                    let addr = self.addr;
-                    tokio::spawn(async move {
-                        if let Err(mpsc::error::SendError((_, reply))) = tx.send(item).await {
-                            reply.send(Err(ClientError::Disconnected(addr)));
-                        }
-                    });
-                }
-                Err(mpsc::error::TrySendError::Closed((_, reply))) => {
-                    reply.send(Err(ClientError::Disconnected(self.addr)));
-                }
-            },
-            Transport::Local(bookie) => {
-                let Some(Op::Add(add)) = req.op else {
-                    return;
+            Transport::Tcp(tx) => {
+                let req = Request {
+                    id: 0,
+                    op: Some(Op::Add(add)),
                 };
+                let done = move |r: Result<Response, ClientError>| done(checked(r).map(|_| ()));
+                match tx.try_send((req, Reply::Call(Box::new(done)))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        let tx = tx.clone();
+                        let addr = self.addr;
+                        tokio::spawn(async move {
+                            if let Err(mpsc::error::SendError((_, reply))) = tx.send(item).await {
+                                reply.send(Err(ClientError::Disconnected(addr)));
+                            }
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Closed((_, reply))) => {
+                        reply.send(Err(ClientError::Disconnected(self.addr)));
+                    }
+                }
+            }
+            Transport::Local(bookie) => {
                 // The outcome is handed to the runtime: the journal's sync thread only spawns,
                 // and what follows an add (completing it in order, replacing a bookie) runs
                 // on the broker's threads, not ahead of the next sync.
                 let runtime = tokio::runtime::Handle::current();
-                let reply = move |r: Result<(), (Status, String)>| {
-                    let resp = match r {
-                        Ok(()) => Response::ok(0),
-                        Err((status, message)) => Response::error(0, status, message),
-                    };
-                    runtime.spawn(async move { done(Ok(resp)) });
+                let reply = move |r: crate::server::AddOutcome| {
+                    let r = r.map_err(|(status, message)| ClientError::Status { status, message });
+                    runtime.spawn(async move { done(r) });
                 };
                 if let Some((add, reply)) = bookie.add_now(add, reply) {
                     // It has to wait (a new writer key, a full write cache): in a task, with
@@ -372,9 +368,7 @@ async fn run(
             written = wr.write(&out), if !out.is_empty() => {
                 match written {
                     Ok(0) | Err(_) => break Some(ClientError::Disconnected(addr)),
-                    Ok(n) => {
-                        let _ = out.split_to(n);
-                    }
+                    Ok(n) => bytes::Buf::advance(&mut out, n),
                 }
             }
             read = rd.read_buf(&mut inbuf) => {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use magnetar_meta::{Expected, IdGenerator, MetaError, MetaStore, MetadataStoreExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::client::{BookieClient, ClientError};
@@ -617,12 +618,6 @@ impl LedgerClient {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Confirmed {
-    lac: i64,
-    failed: Option<LedgerError>,
-}
-
 /// An entry sent but not yet acknowledged by its ack quorum.
 #[derive(Debug)]
 struct PendingAdd {
@@ -641,9 +636,9 @@ struct WriterState {
     /// Set once; every later submit and every waiter gets it.
     failed: Option<LedgerError>,
     pending: std::collections::BTreeMap<u64, PendingAdd>,
-    /// Who waits for which entry, in entry order. Each is told once, when the last
-    /// confirmed entry reaches it (one wake-up per entry, where waiters sharing one watch
-    /// channel were all woken by every acknowledgement).
+    /// Who waits for which entry (appends, and a close for the last one issued), in entry
+    /// order. Each is told once, when the last confirmed entry reaches it or the writer
+    /// fails: one wake-up per waiter.
     waiters: VecDeque<(u64, Waiter)>,
     /// Entries acknowledged by their quorum but waiting on an earlier one.
     done: BTreeSet<u64>,
@@ -656,7 +651,9 @@ struct WriterInner {
     id: u64,
     key: Bytes,
     state: Mutex<WriterState>,
-    confirmed: watch::Sender<Confirmed>,
+    /// The last confirmed entry, with every one before it; changed under `state`, read
+    /// without it.
+    lac: AtomicI64,
     /// Serialises ensemble changes.
     change: tokio::sync::Mutex<()>,
     client: LedgerClient,
@@ -673,10 +670,6 @@ pub struct LedgerWriter {
 
 impl LedgerWriter {
     fn new(client: LedgerClient, id: u64, meta: LedgerMeta, version: u64) -> LedgerWriter {
-        let (confirmed, _) = watch::channel(Confirmed {
-            lac: -1,
-            failed: None,
-        });
         LedgerWriter {
             inner: Arc::new(WriterInner {
                 id,
@@ -691,7 +684,7 @@ impl LedgerWriter {
                     done: BTreeSet::new(),
                     bad: BTreeSet::new(),
                 }),
-                confirmed,
+                lac: AtomicI64::new(-1),
                 change: tokio::sync::Mutex::new(()),
                 client,
             }),
@@ -704,7 +697,7 @@ impl LedgerWriter {
 
     /// The last entry acknowledged, with every entry before it (-1: none).
     pub fn last_confirmed(&self) -> i64 {
-        self.inner.confirmed.borrow().lac
+        self.inner.lac.load(Ordering::Acquire)
     }
 
     /// The ledger's record as this writer last wrote it.
@@ -722,17 +715,11 @@ impl LedgerWriter {
     }
 
     fn fail(&self, e: LedgerError) {
-        let e = {
-            let mut st = self.inner.state.lock();
-            let e = st.failed.get_or_insert(e).clone();
-            for (_, w) in st.waiters.drain(..) {
-                let _ = w.send(Err(e.clone()));
-            }
-            e
-        };
-        self.inner.confirmed.send_modify(|c| {
-            c.failed.get_or_insert(e);
-        });
+        let mut st = self.inner.state.lock();
+        let e = st.failed.get_or_insert(e).clone();
+        for (_, w) in st.waiters.drain(..) {
+            let _ = w.send(Err(e.clone()));
+        }
     }
 
     /// Appends an entry; returns its id once it and every earlier entry are acknowledged.
@@ -847,15 +834,11 @@ impl LedgerWriter {
         st.pending.remove(&entry);
         st.done.insert(entry);
         let WriterState { done, waiters, .. } = &mut *st;
-        let mut lac = -1;
-        inner.confirmed.send_if_modified(|c| {
-            let before = c.lac;
-            while done.remove(&((c.lac + 1) as u64)) {
-                c.lac += 1;
-            }
-            lac = c.lac;
-            c.lac != before
-        });
+        let mut lac = inner.lac.load(Ordering::Acquire);
+        while done.remove(&((lac + 1) as u64)) {
+            lac += 1;
+        }
+        inner.lac.store(lac, Ordering::Release);
         while let Some((e, _)) = waiters.front()
             && *e as i64 <= lac
         {
@@ -956,9 +939,19 @@ impl LedgerWriter {
     /// Waits for pending appends, then seals the ledger at its last acknowledged entry.
     pub async fn close(&self) -> Result<i64, LedgerError> {
         let inner = &self.inner;
-        let issued = inner.state.lock().next as i64 - 1;
-        let mut rx = inner.confirmed.subscribe();
-        let _ = rx.wait_for(|c| c.lac >= issued || c.failed.is_some()).await;
+        let pending = {
+            let mut st = inner.state.lock();
+            let issued = st.next as i64 - 1;
+            (st.failed.is_none() && self.last_confirmed() < issued).then(|| {
+                // `issued` is at least every waiter's entry so far: the queue stays in order.
+                let (tx, rx) = oneshot::channel();
+                st.waiters.push_back((issued as u64, tx));
+                rx
+            })
+        };
+        if let Some(rx) = pending {
+            let _ = rx.await;
+        }
         let _serial = inner.change.lock().await;
         let last = self.last_confirmed();
         let (mut meta, version) = {

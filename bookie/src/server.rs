@@ -442,10 +442,6 @@ impl Bookie {
         }
     }
 
-    fn count_add(&self, size: usize) {
-        self.stats.count_add(size);
-    }
-
     /// An add without a task of its own, for the common case where nothing has to wait:
     /// `reply` runs on the journal's sync thread once the entry is durable (or at once, if
     /// the add is refused). Gives the add back when it must wait first (its ledger's writer
@@ -552,7 +548,7 @@ impl Bookie {
             .append(self.entry_record(add))
             .await
             .map_err(|e| (Status::Internal, format!("journal: {e}")))?;
-        self.count_add(size);
+        self.stats.count_add(size);
         Ok(())
     }
 

@@ -477,14 +477,10 @@ impl LedgerStorage {
         let data = match self.read_record(loc, ledger, entry) {
             // The file may have been compacted and reused since the index was asked: if the
             // entry has moved, read it where it is now.
-            Err(BookieError::Corrupt { .. })
-                if self.indexed(ledger, entry)?.is_some_and(|now| now != loc) =>
-            {
-                match self.indexed(ledger, entry)? {
-                    Some(now) => self.read_record(now, ledger, entry)?,
-                    None => return Ok(None),
-                }
-            }
+            Err(e @ BookieError::Corrupt { .. }) => match self.indexed(ledger, entry)? {
+                Some(now) if now != loc => self.read_record(now, ledger, entry)?,
+                _ => return Err(e),
+            },
             other => other?,
         };
         self.read_cache
