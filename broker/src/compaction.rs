@@ -4,8 +4,9 @@
 //! finds each key's last message (an empty payload or `null_value` is a tombstone that removes
 //! the key), the second writes every entry that still holds a live message to a new ledger,
 //! each prefixed with its original position. Superseded messages inside a kept batch are
-//! marked `compacted_out`, which clients skip. Messages without a key are kept. Compressed
-//! batches cannot be opened here and are judged by their outer key. The record at
+//! marked `compacted_out`, which clients skip; such a batch is compressed again with its own
+//! codec. Messages without a key are kept. Encrypted payloads cannot be opened here and are
+//! judged by their outer key. The record at
 //! `/compaction/{topic path}` names the ledger and horizon and changes only by CAS.
 
 use std::collections::HashMap;
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use magnetar_bookie::ledger::{LedgerClient, LedgerReader};
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
-use magnetar_protocol::proto::CompressionType;
+use magnetar_protocol::compression::Compression;
+use magnetar_protocol::proto::SingleMessageMetadata;
 use magnetar_protocol::{MessageMetadata, batch, entry as pentry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -37,6 +39,10 @@ pub struct CompactedView {
     pub ledger: u64,
     pub horizon: Position,
     pub positions: Vec<Position>,
+    /// Kept batches with messages compacted out: the ack set to deliver them with (bit i
+    /// set = message i is live), so that clients which ignore `compacted_out` (the C++ and
+    /// Python ones) skip them as they skip messages already acknowledged.
+    live: HashMap<Position, Vec<i64>>,
     reader: OnceCell<LedgerReader>,
 }
 
@@ -49,6 +55,11 @@ impl CompactedView {
     /// Index of the compacted entry for `p`, if `p` survived compaction.
     pub fn index_of(&self, p: Position) -> Option<usize> {
         self.positions.binary_search(&p).ok()
+    }
+
+    /// The ack set of a kept batch with messages compacted out, if `p` is one.
+    pub fn live_set(&self, p: Position) -> Option<&[i64]> {
+        self.live.get(&p).map(Vec::as_slice)
     }
 
     /// Reads compacted entry `i` (the entry as stored, without its position prefix).
@@ -89,28 +100,40 @@ fn key_of(partition_key: Option<&str>, ordering_key: Option<&[u8]>) -> Option<Ve
         .or_else(|| ordering_key.map(|k| k.to_vec()))
 }
 
-enum Parsed {
-    /// (key, tombstone) per message; None key = keep regardless.
-    Messages(
-        MessageMetadata,
-        Vec<(Option<Vec<u8>>, bool)>,
-        Option<Vec<Bytes>>,
-    ),
+/// An entry's messages: their keys (None: keep regardless) and tombstone flags, and for a
+/// batch that could be opened, its records (uncompressed).
+struct Parsed {
+    meta: MessageMetadata,
+    keys: Vec<(Option<Vec<u8>>, bool)>,
+    records: Option<Vec<(SingleMessageMetadata, Bytes)>>,
 }
 
-/// Splits an entry into its messages' keys (and, for uncompressed batches, their records).
-fn parse(raw: Bytes) -> Result<(Parsed, Bytes), MlError> {
+/// Splits an entry into its messages, inflating a compressed payload. A payload that cannot
+/// be opened here (encrypted, or not inflating) is one message judged by its outer key and
+/// never a tombstone: kept rather than lost.
+fn parse(raw: &Bytes, pos: Position) -> Result<Parsed, MlError> {
     let e = pentry::parse_entry(raw.clone())
         .map_err(|err| MlError::Unsupported(format!("unreadable entry: {err}")))?;
-    let m = e.metadata;
+    let meta = e.metadata;
+    let outer_key = key_of(meta.partition_key.as_deref(), meta.ordering_key.as_deref());
+    let payload = if meta.encryption_keys.is_empty() {
+        inflate(&meta, e.payload).inspect_err(|err| {
+            warn!(position = %pos, error = %err, "entry kept whole by compaction");
+        })
+    } else {
+        Err(MlError::Unsupported("encrypted".into()))
+    };
+    let Ok(payload) = payload else {
+        return Ok(Parsed {
+            meta,
+            keys: vec![(outer_key, false)],
+            records: None,
+        });
+    };
     let tomb = |payload: &[u8], null: Option<bool>| payload.is_empty() || null == Some(true);
-    let outer_key = key_of(m.partition_key.as_deref(), m.ordering_key.as_deref());
-    let compressed = m
-        .compression
-        .is_some_and(|c| c != CompressionType::None as i32);
-    match m.num_messages_in_batch {
-        Some(n) if n > 0 && !compressed => {
-            let records = batch::decode_batch(e.payload.clone(), n as usize)
+    match meta.num_messages_in_batch {
+        Some(n) if n > 0 => {
+            let records = batch::decode_batch(payload, n as usize)
                 .map_err(|err| MlError::Unsupported(format!("unreadable batch: {err}")))?;
             let keys = records
                 .iter()
@@ -121,14 +144,89 @@ fn parse(raw: Bytes) -> Result<(Parsed, Bytes), MlError> {
                     )
                 })
                 .collect();
-            let payloads = records.iter().map(|(_, p)| p.clone()).collect();
-            Ok((Parsed::Messages(m, keys, Some(payloads)), raw))
+            Ok(Parsed {
+                meta,
+                keys,
+                records: Some(records),
+            })
         }
         _ => {
-            let t = !compressed && tomb(&e.payload, m.null_value);
-            Ok((Parsed::Messages(m, vec![(outer_key, t)], None), raw))
+            let t = tomb(&payload, meta.null_value);
+            Ok(Parsed {
+                meta,
+                keys: vec![(outer_key, t)],
+                records: None,
+            })
         }
     }
+}
+
+fn codec(meta: &MessageMetadata) -> Result<Compression, MlError> {
+    meta.compression.map_or(Ok(Compression::None), |c| {
+        Compression::from_proto(c)
+            .ok_or_else(|| MlError::Unsupported(format!("unknown compression {c}")))
+    })
+}
+
+fn inflate(meta: &MessageMetadata, payload: Bytes) -> Result<Bytes, MlError> {
+    match codec(meta)? {
+        Compression::None => Ok(payload),
+        c => c
+            .decompress(&payload, meta.uncompressed_size.unwrap_or(0) as usize)
+            .map(Bytes::from)
+            .map_err(|err| MlError::Unsupported(format!("compressed entry: {err}"))),
+    }
+}
+
+/// A kept batch whose superseded messages are replaced by empty records marked
+/// `compacted_out` (indexes, and so message ids, stay), compressed again with the codec it
+/// came with.
+fn rewrite_batch(
+    mut meta: MessageMetadata,
+    records: Vec<(SingleMessageMetadata, Bytes)>,
+    alive: &[bool],
+) -> Result<Bytes, MlError> {
+    let marked: Vec<_> = records
+        .into_iter()
+        .zip(alive)
+        .map(|(r, a)| {
+            if *a {
+                r
+            } else {
+                let out = SingleMessageMetadata {
+                    compacted_out: Some(true),
+                    ..Default::default()
+                };
+                (out, Bytes::new())
+            }
+        })
+        .collect();
+    let payload = batch::encode_batch(marked.iter().map(|(s, p)| (s, &p[..])));
+    let size = u32::try_from(payload.len())
+        .map_err(|_| MlError::Unsupported("batch too large to store".into()))?;
+    let c = codec(&meta)?;
+    if c == Compression::None {
+        if meta.uncompressed_size.is_some() {
+            meta.uncompressed_size = Some(size);
+        }
+        return Ok(pentry::encode_entry(&meta, &payload));
+    }
+    let packed = c
+        .compress(&payload)
+        .map_err(|err| MlError::Unsupported(format!("compressing a compacted batch: {err}")))?;
+    meta.uncompressed_size = Some(size);
+    Ok(pentry::encode_entry(&meta, &packed))
+}
+
+/// An ack set with bit i set for each live message.
+fn live_set(alive: impl ExactSizeIterator<Item = bool>) -> Vec<i64> {
+    let mut set = vec![0i64; alive.len().div_ceil(64).max(1)];
+    for (i, a) in alive.enumerate() {
+        if a {
+            set[i / 64] |= 1 << (i % 64);
+        }
+    }
+    set
 }
 
 /// Compacts `ml` up to its current end into a new ledger and returns the record and view.
@@ -142,15 +240,18 @@ pub async fn compact(
     let mut latest: HashMap<Vec<u8>, (Position, usize, bool)> = HashMap::new();
     let mut p = ml.next_position(ml.before_first());
     while let Some(pos) = p.filter(|q| *q <= horizon) {
-        let (Parsed::Messages(_, keys, _), _) = parse(ml.read(pos).await?)?;
-        for (i, (k, tomb)) in keys.into_iter().enumerate() {
+        for (i, (k, tomb)) in parse(&ml.read(pos).await?, pos)?
+            .keys
+            .into_iter()
+            .enumerate()
+        {
             if let Some(k) = k {
                 latest.insert(k, (pos, i, tomb));
             }
         }
         p = ml.next_position(pos);
     }
-    let live = |k: &Option<Vec<u8>>, pos: Position, i: usize| match k {
+    let is_live = |k: &Option<Vec<u8>>, pos: Position, i: usize| match k {
         None => true,
         Some(k) => latest
             .get(k)
@@ -160,39 +261,28 @@ pub async fn compact(
     let (e, qw, qa) = quorum;
     let writer = client.create(e, qw, qa).await?;
     let mut positions = Vec::new();
+    let mut live = HashMap::new();
     let mut p = ml.next_position(ml.before_first());
     while let Some(pos) = p.filter(|q| *q <= horizon) {
-        let (Parsed::Messages(meta, keys, payloads), raw) = parse(ml.read(pos).await?)?;
+        let raw = ml.read(pos).await?;
+        let Parsed {
+            meta,
+            keys,
+            records,
+        } = parse(&raw, pos)?;
         let alive: Vec<bool> = keys
             .iter()
             .enumerate()
-            .map(|(i, (k, _))| live(k, pos, i))
+            .map(|(i, (k, _))| is_live(k, pos, i))
             .collect();
         let kept = if !alive.iter().any(|a| *a) {
             None
         } else if alive.iter().all(|a| *a) {
             Some(raw)
-        } else if let Some(payloads) = payloads {
+        } else if let Some(records) = records {
             // a batch with some messages superseded: mark them, keep the rest
-            let records = batch::decode_batch(
-                pentry::parse_entry(raw)
-                    .map_err(|err| MlError::Unsupported(err.to_string()))?
-                    .payload,
-                payloads.len(),
-            )
-            .map_err(|err| MlError::Unsupported(err.to_string()))?;
-            let marked: Vec<_> = records
-                .into_iter()
-                .zip(&alive)
-                .map(|((mut s, p), a)| {
-                    if !*a {
-                        s.compacted_out = Some(true);
-                    }
-                    (s, p)
-                })
-                .collect();
-            let payload = batch::encode_batch(marked.iter().map(|(s, p)| (s, &p[..])));
-            Some(pentry::encode_entry(&meta, &payload))
+            live.insert(pos, live_set(alive.iter().copied()));
+            Some(rewrite_batch(meta, records, &alive)?)
         } else {
             Some(raw)
         };
@@ -219,6 +309,7 @@ pub async fn compact(
             ledger: writer.id(),
             horizon,
             positions,
+            live,
             reader: OnceCell::new(),
         },
     ))
@@ -274,6 +365,7 @@ pub async fn load(
     let r = rec.value;
     let reader = client.open_closed(r.ledger).await?;
     let mut positions = Vec::with_capacity(r.entries as usize);
+    let mut live = HashMap::new();
     for i in 0..r.entries {
         let framed = reader.read(i).await?;
         if framed.len() < 16 {
@@ -286,7 +378,19 @@ pub async fn load(
         }
         let l = u64::from_be_bytes(framed[0..8].try_into().unwrap_or_default());
         let e = i64::from_be_bytes(framed[8..16].try_into().unwrap_or_default());
-        positions.push(Position::new(l, e));
+        let pos = Position::new(l, e);
+        if let Ok(Parsed {
+            records: Some(records),
+            ..
+        }) = parse(&framed.slice(16..), pos)
+            && records.iter().any(|(s, _)| s.compacted_out == Some(true))
+        {
+            live.insert(
+                pos,
+                live_set(records.iter().map(|(s, _)| s.compacted_out != Some(true))),
+            );
+        }
+        positions.push(pos);
     }
     let cell = OnceCell::new();
     let _ = cell.set(reader);
@@ -294,6 +398,83 @@ pub async fn load(
         ledger: r.ledger,
         horizon: Position::new(r.horizon.0, r.horizon.1),
         positions,
+        live,
         reader: cell,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn batch_entry(codec: Compression, keys: &[&str]) -> Bytes {
+        let records: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let s = SingleMessageMetadata {
+                    partition_key: Some(k.to_string()),
+                    ..Default::default()
+                };
+                (s, Bytes::from(format!("value of {k}")))
+            })
+            .collect();
+        let payload = batch::encode_batch(records.iter().map(|(s, p)| (s, &p[..])));
+        let meta = MessageMetadata {
+            num_messages_in_batch: Some(keys.len() as i32),
+            compression: Some(codec.proto() as i32),
+            uncompressed_size: Some(payload.len() as u32),
+            ..Default::default()
+        };
+        pentry::encode_entry(&meta, &codec.compress(&payload).unwrap())
+    }
+
+    #[test]
+    fn compressed_batches_are_opened_and_rewritten_with_their_codec() {
+        let at = Position::new(1, 0);
+        for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let raw = batch_entry(codec, &["a", "b", "c"]);
+            let p = parse(&raw, at).unwrap();
+            let keys: Vec<_> = p.keys.iter().map(|(k, _)| k.clone().unwrap()).collect();
+            assert_eq!(
+                keys,
+                [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+                "{codec:?}"
+            );
+            let rewritten =
+                rewrite_batch(p.meta, p.records.unwrap(), &[true, false, true]).unwrap();
+            // what load() finds again: the same codec, "b" emptied and compacted out
+            let again = parse(&rewritten, at).unwrap();
+            assert_eq!(again.meta.compression, Some(codec.proto() as i32));
+            let records = again.records.unwrap();
+            assert_eq!(records[1].0.compacted_out, Some(true));
+            assert!(records[1].1.is_empty() && records[1].0.partition_key.is_none());
+            assert_eq!(records[2].1, Bytes::from("value of c"));
+            let set = live_set(records.iter().map(|(s, _)| s.compacted_out != Some(true)));
+            assert_eq!(set, vec![0b101]);
+        }
+    }
+
+    #[test]
+    fn an_entry_that_does_not_inflate_is_kept_whole() {
+        let meta = MessageMetadata {
+            num_messages_in_batch: Some(2),
+            compression: Some(Compression::Lz4.proto() as i32),
+            uncompressed_size: Some(1000),
+            partition_key: Some("outer".into()),
+            ..Default::default()
+        };
+        let raw = pentry::encode_entry(&meta, b"not lz4 at all");
+        let p = parse(&raw, Position::new(1, 0)).unwrap();
+        assert_eq!(p.keys, vec![(Some(b"outer".to_vec()), false)]);
+        assert!(p.records.is_none());
+    }
+
+    #[test]
+    fn live_sets_span_words() {
+        let set = live_set((0..70).map(|i| i != 3 && i != 65));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set[0], !(1i64 << 3));
+        assert_eq!(set[1], 0b11_1101);
+    }
 }

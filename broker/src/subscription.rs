@@ -894,7 +894,18 @@ impl Subscription {
         );
         let mut id = commands::message_id(p.ledger, p.entry as u64);
         id.partition = Some(c.partition);
-        let ack_set = self.cursor.batch_ack_set(p).unwrap_or_default();
+        let mut ack_set = self.cursor.batch_ack_set(p).unwrap_or_default();
+        if let Some(view) = self.view().filter(|v| p <= v.horizon)
+            && let Some(live) = view.live_set(p)
+        {
+            if ack_set.is_empty() {
+                ack_set = live.to_vec();
+            } else {
+                for (w, l) in ack_set.iter_mut().zip(live) {
+                    *w &= l;
+                }
+            }
+        }
         c.conn
             .send_message(commands::message(c.consumer_id, id, count, ack_set), data);
     }

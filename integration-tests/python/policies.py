@@ -290,18 +290,30 @@ def check_compaction():
 
 
 def check_compaction_batches():
-    """Superseded messages inside a kept batch are marked compacted-out and skipped."""
-    t = "persistent://%s/compacted-batches" % namespace()
-    p = client.create_producer(t, batching_enabled=True, batching_max_messages=6,
-                               batching_max_publish_delay_ms=50)
-    for v in range(3):
-        for k in range(3):
-            p.send_async(b"k%d-v%d" % (k, v), None, partition_key="k%d" % k)
-    p.flush()
-    compact_now(t)
-    got = read_all(t, True)
-    assert sorted(got) == [("k%d" % k, b"k%d-v2" % k) for k in range(3)], got
-    assert len(read_all(t, False)) == 9
+    """Superseded messages inside a kept batch are marked compacted-out and skipped, with
+    every codec: compressed batches are opened, judged message by message and, when partly
+    superseded, compressed again."""
+    codecs = [pulsar.CompressionType.NONE, pulsar.CompressionType.LZ4,
+              pulsar.CompressionType.ZLib, pulsar.CompressionType.ZSTD,
+              pulsar.CompressionType.SNAPPY]
+    for codec in codecs:
+        t = "persistent://%s/compacted-batches-%s" % (namespace(), str(codec).split(".")[-1].lower())
+        # batches of 4 over k0v0 k1v0 k2v0 k0v1 | k1v1 k2v1 k0v2 k1v2 | k2v2: the first is
+        # dropped whole, the second is kept with two of its messages compacted out
+        p = client.create_producer(t, batching_enabled=True, batching_max_messages=4,
+                                   batching_max_publish_delay_ms=60000,
+                                   compression_type=codec)
+        for v in range(3):
+            for k in range(3):
+                p.send_async(b"k%d-v%d" % (k, v) * 20, None, partition_key="k%d" % k)
+        p.flush()
+        stats = call("GET", t.replace("persistent://", "/admin/v2/persistent/") + "/internalStats")
+        assert stats["numberOfEntries"] == 3, (codec, stats)
+        compact_now(t)
+        got = read_all(t, True)
+        assert sorted(got) == [("k%d" % k, b"k%d-v2" % k * 20) for k in range(3)], (codec, got)
+        assert len(read_all(t, False)) == 9, codec
+        p.close()
 
 
 def check_compaction_threshold():

@@ -29,11 +29,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::client::{Backoff, Client, TopicMode, topic_name};
-use crate::compression::Compression;
 use crate::conn::{Connection, ConsumerEvent};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, ProducerMessage};
 use crate::producer::Producer;
+use magnetar_protocol::compression::Compression;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SubscriptionType {
@@ -1395,7 +1395,7 @@ impl PartTask {
             debug!(topic = %self.topic, %uuid, chunk_id, "chunk without its predecessors");
             return self.give_back(1);
         };
-        if c.buf.len() + piece.len() > crate::compression::MAX_UNCOMPRESSED {
+        if c.buf.len() + piece.len() > magnetar_protocol::compression::MAX_UNCOMPRESSED {
             // a broker that never ends a message must not grow this without bound
             let n = c.ids.len() as u32 + 1;
             self.chunks.remove(&uuid);

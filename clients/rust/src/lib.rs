@@ -22,7 +22,6 @@
 
 pub mod admin;
 mod client;
-mod compression;
 mod conn;
 mod consumer;
 mod error;
@@ -31,13 +30,13 @@ mod producer;
 mod reader;
 
 pub use client::{Client, ClientBuilder, ClientOptions, TopicMode, topic_name};
-pub use compression::Compression;
 pub use conn::Authentication;
 pub use consumer::{
     Consumer, ConsumerBuilder, ConsumerOptions, DeadLetterPolicy, InitialPosition, SubscriptionType,
 };
 pub use error::{Error, Result};
 pub use magnetar_protocol::ServerError;
+pub use magnetar_protocol::compression::Compression;
 pub use message::{Message, MessageId, ProducerMessage, now_ms};
 pub use producer::{
     AccessMode, Producer, ProducerBuilder, ProducerOptions, RoutingMode, SendFuture,

@@ -29,10 +29,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::client::{Backoff, Client, topic_name};
-use crate::compression::Compression;
 use crate::conn::{Connection, ProducerEvent};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, ProducerMessage, now_ms};
+use magnetar_protocol::compression::Compression;
 
 /// Fewer entries than this in flight count as an idle pipeline: an open batch goes at once.
 const IDLE_PIPELINE: usize = 2;

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::str::FromStr;
 
-use magnetar_protocol::proto::CompressionType;
+use crate::proto::CompressionType;
 
 /// Largest payload we agree to inflate: a bound against decompression bombs.
 pub const MAX_UNCOMPRESSED: usize = 512 << 20;
@@ -21,7 +21,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub(crate) fn proto(self) -> CompressionType {
+    pub fn proto(self) -> CompressionType {
         match self {
             Compression::None => CompressionType::None,
             Compression::Lz4 => CompressionType::Lz4,
@@ -31,7 +31,7 @@ impl Compression {
         }
     }
 
-    pub(crate) fn from_proto(code: i32) -> Option<Compression> {
+    pub fn from_proto(code: i32) -> Option<Compression> {
         Some(match CompressionType::try_from(code).ok()? {
             CompressionType::None => Compression::None,
             CompressionType::Lz4 => Compression::Lz4,
