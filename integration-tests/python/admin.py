@@ -131,6 +131,16 @@ try:
 except pulsar.ProducerBusy:
     pass
 
+# a non-persistent topic has stats while it is loaded, at its own domain's path
+np = A + "/non-persistent/%s/np1" % ns
+call("GET", np + "/stats", expect=404)
+np_producer = client.create_producer("non-persistent://%s/np1" % ns, batching_enabled=False)
+for i in range(3):
+    np_producer.send(b"np")
+np_stats = call("GET", np + "/stats", expect=200)[1]
+assert np_stats["msgInCounter"] == 3 and len(np_stats["publishers"]) == 1, np_stats
+np_producer.close()
+
 call("PUT", tp + "/subscription/s1", {"ledgerId": -1, "entryId": -1}, expect=204)
 call("PUT", tp + "/subscription/s1", expect=409)
 call("PUT", tp + "/subscription/latest", expect=204)

@@ -89,10 +89,6 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 .delete(delete_partitions),
         )
         .route(
-            "/admin/v2/persistent/{tenant}/{ns}/{topic}/stats",
-            get(stats),
-        )
-        .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/internalStats",
             get(internal_stats),
         )
@@ -462,23 +458,23 @@ async fn path_topic(
     svc: &BrokerService,
     (tenant, ns, topic): &(String, String, String),
 ) -> Result<Arc<Topic>, Response> {
-    let t = topic_name(tenant, ns, topic)?;
-    match svc.topic_exists(&t).await {
+    loaded_topic(svc, &topic_name(tenant, ns, topic)?).await
+}
+
+/// The topic a path names, loaded; 404 if it does not exist (a non-persistent topic exists
+/// while it is loaded).
+pub(super) async fn loaded_topic(
+    svc: &BrokerService,
+    t: &TopicName,
+) -> Result<Arc<Topic>, Response> {
+    match svc.topic_exists(t).await {
         Ok(true) => {}
         Ok(false) => return Err(err(StatusCode::NOT_FOUND, "Topic not found")),
         Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
     }
-    svc.topic(&t, false)
+    svc.topic(t, false)
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))
-}
-
-async fn stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
-    let topic = match path_topic(&svc, &path).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    axum::Json(topic_stats(&topic).await).into_response()
 }
 
 type NsPath = Path<(String, String)>;

@@ -547,13 +547,7 @@ const OPS: &[Op] = &[
         None,
         &["force"],
     ),
-    (
-        "get",
-        "/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats",
-        "Topic stats",
-        None,
-        &[],
-    ),
+    ("get", "{t}/stats", "Topic stats", None, &[]),
     (
         "get",
         "/admin/v2/persistent/{tenant}/{namespace}/{topic}/internalStats",

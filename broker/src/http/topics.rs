@@ -72,6 +72,7 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
             &format!("{base}/subscription/{{sub}}/position/{{n}}"),
             get(peek),
         )
+        .route(&format!("{base}/stats"), get(stats))
         .route(&format!("{base}/partitioned-stats"), get(partitioned_stats))
         .route(
             &format!("{base}/partitioned-internalStats"),
@@ -117,6 +118,18 @@ async fn namespace_must_exist(svc: &BrokerService, t: &TopicName) -> Result<(), 
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
         Err(e) => Err(meta_err(e)),
+    }
+}
+
+/// Stats of a persistent or a non-persistent topic.
+async fn stats(State(svc): Svc, Path(p): TopicPath) -> Response {
+    let t = match parse(&p.0, &p.1, &p.2, &p.3) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match super::loaded_topic(&svc, &t).await {
+        Ok(topic) => axum::Json(super::topic_stats(&topic).await).into_response(),
+        Err(r) => r,
     }
 }
 
