@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Tenant isolation: the victim tenant's publish latency alone, while another tenant floods
-# at its namespace publish rate limit, and while a tenant without a limit floods. Needs the
-# release binary and the venv that scripts/install-deps.sh makes (make bench-isolation).
+# Tenant isolation: the victim tenant's publish latency with no flood, while another tenant
+# floods at its namespace publish rate limit, and (unless ONLY_LIMITED=1) while a tenant
+# without a limit floods, in alternating windows (see bench-isolation.py). Needs the release
+# binary and the venv that scripts/install-deps.sh makes (make bench-isolation).
+# WINDOW, ROUNDS, SETTLE, VICTIM_RATE, LIMIT, FLOOD_SCHED, FLOOD_DOMAIN override.
 set -euo pipefail
-SECONDS_PER_PHASE="${SECONDS_PER_PHASE:-20}"
+WINDOW="${WINDOW:-8}"
 VICTIM_RATE="${VICTIM_RATE:-1000}"
 LIMIT="${LIMIT:-5000}"
 . "$(dirname "$0")/bench-lib.sh"
+sync  # what ran before (a build) is not still being written back during the windows
 start_standalone isolation
-echo "phases of ${SECONDS_PER_PHASE}s; victim ${VICTIM_RATE} msg/s unbatched; flood limit ${LIMIT} msg/s per topic"
 "$PY" "$(dirname "$0")/bench-isolation.py" "pulsar://127.0.0.1:$BP" "http://127.0.0.1:$WP" \
-  "$SECONDS_PER_PHASE" "$VICTIM_RATE" "$LIMIT"
+  "$WINDOW" "$VICTIM_RATE" "$LIMIT"
