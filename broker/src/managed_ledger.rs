@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -50,8 +50,12 @@ pub struct MlConfig {
     pub max_entries_per_ledger: u64,
     pub max_ledger_bytes: u64,
     pub max_ledger_age: Duration,
-    /// Bytes of recent entries kept in memory for tailing readers.
+    /// Bytes of recent entries kept in memory for tailing readers: what all persistent
+    /// topics sharing `cache_budget` hold together (Pulsar's managedLedgerCacheSizeMB is per
+    /// broker too); a non-persistent topic holds up to this much on its own.
     pub cache_bytes: usize,
+    /// Shared by every topic opened with clones of this config.
+    pub cache_budget: Arc<CacheBudget>,
     /// Keep consumed ledgers this long (0: trim as soon as every cursor is past them).
     pub retention_time: Duration,
     /// ... or while they fit in this many bytes (0: no size-based retention).
@@ -75,7 +79,8 @@ impl Default for MlConfig {
             max_entries_per_ledger: 50_000,
             max_ledger_bytes: 2 << 30,
             max_ledger_age: Duration::from_secs(4 * 3600),
-            cache_bytes: 32 << 20,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_budget: Arc::default(),
             retention_time: Duration::ZERO,
             retention_bytes: 0,
             track_producers: false,
@@ -197,31 +202,103 @@ struct AppendReq {
     reply: oneshot::Sender<Result<Position, MlError>>,
 }
 
-/// Bounded FIFO of recent entries.
-#[derive(Default)]
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
+/// The bytes the entry caches of a broker's persistent topics hold together.
+#[derive(Debug, Default)]
+pub struct CacheBudget {
+    used: AtomicUsize,
+}
+
+impl CacheBudget {
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bounded FIFO of a topic's recent entries.
+#[derive(Debug)]
 struct EntryCache {
     entries: BTreeMap<Position, Bytes>,
     bytes: usize,
     max: usize,
+    /// None for a non-persistent topic: its cache is its storage and only its own `max`
+    /// bounds it (another topic's entries must not push its undelivered ones out).
+    budget: Option<Arc<CacheBudget>>,
+    /// `bytes_added` when housekeeping last looked: unchanged since means idle.
+    seen_added: u64,
     hits: u64,
     misses: u64,
 }
 
 impl EntryCache {
+    fn new(max: usize, budget: Option<Arc<CacheBudget>>) -> EntryCache {
+        EntryCache {
+            entries: BTreeMap::new(),
+            bytes: 0,
+            max,
+            budget,
+            seen_added: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    fn used(&self) -> usize {
+        self.budget.as_ref().map_or(self.bytes, |b| b.used())
+    }
+
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+        if let Some(b) = &self.budget {
+            b.used.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sub_bytes(&mut self, n: usize) {
+        self.bytes -= n;
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps `data`, then lets go of this topic's oldest entries while the topic or the
+    /// budget is over; when other topics hold the budget, that can be the new entry too
+    /// (readers then go to the bookies).
     fn insert(&mut self, p: Position, data: Bytes) {
         if self.max == 0 || data.len() > self.max {
             return;
         }
-        self.bytes += data.len();
+        self.add_bytes(data.len());
         if let Some(old) = self.entries.insert(p, data) {
-            self.bytes -= old.len();
+            self.sub_bytes(old.len());
         }
-        while self.bytes > self.max {
+        while self.bytes > self.max || self.used() > self.max {
             let Some((_, d)) = self.entries.pop_first() else {
                 break;
             };
-            self.bytes -= d.len();
+            self.sub_bytes(d.len());
         }
+    }
+
+    /// Keeps only the entries at or after `from`.
+    fn keep_from(&mut self, from: Position) {
+        let keep = self.entries.split_off(&from);
+        let dropped: usize = self.entries.values().map(Bytes::len).sum();
+        self.entries = keep;
+        self.sub_bytes(dropped);
+    }
+
+    fn clear(&mut self) {
+        let all = self.bytes;
+        self.entries.clear();
+        self.sub_bytes(all);
+    }
+}
+
+impl Drop for EntryCache {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -275,10 +352,10 @@ impl MlInner {
             key,
             client,
             meta,
-            cache: Mutex::new(EntryCache {
-                max: cfg.cache_bytes,
-                ..Default::default()
-            }),
+            cache: Mutex::new(EntryCache::new(
+                cfg.cache_bytes,
+                (!cfg.in_memory).then(|| Arc::clone(&cfg.cache_budget)),
+            )),
             cfg,
             state: Mutex::new(state),
             last: last_tx,
@@ -693,6 +770,23 @@ impl ManagedLedger {
         self.inner.state.lock().current.as_ref().map(|w| w.id())
     }
 
+    /// Lets go of the entry cache of a persistent topic that took no entry since the last
+    /// call (housekeeping's period), so that idle topics do not hold the broker's budget.
+    /// Returns the bytes released.
+    pub fn release_idle_cache(&self) -> usize {
+        if self.inner.cfg.in_memory {
+            return 0;
+        }
+        let added = self.inner.stats.entries_added.load(Ordering::Relaxed);
+        let mut c = self.inner.cache.lock();
+        if std::mem::replace(&mut c.seen_added, added) != added {
+            return 0;
+        }
+        let released = c.bytes;
+        c.clear();
+        released
+    }
+
     pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
         let c = self.inner.cache.lock();
         (c.entries.len(), c.bytes, c.hits, c.misses)
@@ -1045,13 +1139,10 @@ impl ManagedLedger {
         })
         .await?;
         {
-            let mut c = self.inner.cache.lock();
-            let keep = c.entries.split_off(&Position::new(
+            self.inner.cache.lock().keep_from(Position::new(
                 victims.iter().max().copied().unwrap_or(0) + 1,
                 -1,
             ));
-            c.entries = keep;
-            c.bytes = c.entries.values().map(|d| d.len()).sum();
         }
         for id in &victims {
             if let Err(e) = self.inner.client.delete(*id).await {
@@ -1504,5 +1595,54 @@ async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
             let _ = inner.client.delete(id).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn persistent_topics_share_one_budget() {
+        let budget = Arc::new(CacheBudget::default());
+        let mut a = EntryCache::new(1000, Some(Arc::clone(&budget)));
+        let mut b = EntryCache::new(1000, Some(Arc::clone(&budget)));
+        for i in 0..6 {
+            a.insert(Position::new(1, i), entry(100));
+        }
+        assert_eq!((a.bytes, budget.used()), (600, 600));
+        // b fills the rest, then goes over: it lets go of its own oldest, not a's
+        for i in 0..6 {
+            b.insert(Position::new(2, i), entry(100));
+        }
+        assert_eq!((a.bytes, b.bytes, budget.used()), (600, 400, 1000));
+        assert_eq!(b.entries.keys().next(), Some(&Position::new(2, 2)));
+        // a topic whose share is all taken keeps nothing rather than overdraw
+        let mut c = EntryCache::new(1000, Some(Arc::clone(&budget)));
+        c.insert(Position::new(3, 0), entry(100));
+        assert_eq!((c.bytes, budget.used()), (0, 1000));
+        a.keep_from(Position::new(1, 4));
+        assert_eq!((a.bytes, budget.used()), (200, 600));
+        drop(b);
+        assert_eq!(budget.used(), 200);
+        a.clear();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_non_persistent_topic_is_bounded_on_its_own() {
+        let mut np = EntryCache::new(300, None);
+        for i in 0..5 {
+            np.insert(Position::new(1, i), entry(100));
+        }
+        assert_eq!(np.bytes, 300);
+        assert_eq!(np.entries.keys().next(), Some(&Position::new(1, 2)));
+        // an entry larger than the whole cache is not kept
+        np.insert(Position::new(1, 5), entry(301));
+        assert_eq!(np.bytes, 300);
     }
 }

@@ -570,7 +570,8 @@ impl BrokerService {
         v
     }
 
-    /// Periodic housekeeping: trims consumed ledgers.
+    /// Periodic housekeeping: policies, rates, compaction thresholds, trimming consumed
+    /// ledgers, and the entry caches of topics that took nothing since the last pass.
     pub async fn housekeeping(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -612,6 +613,7 @@ impl BrokerService {
                 if let Err(e) = t.ml.trim(t.trim_floor(), eff.retention).await {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
+                t.ml.release_idle_cache();
             }
             self.stats.housekeeping_runs.fetch_add(1, Ordering::Relaxed);
         }

@@ -62,7 +62,8 @@ pub struct StandaloneArgs {
     /// Roll a topic's ledger over at this size in MB [default: 2048].
     #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_SIZE_PER_LEDGER_MBYTES")]
     managed_ledger_max_size_per_ledger_mbytes: Option<u64>,
-    /// Entry cache per topic, in MB [default: 32].
+    /// Entry cache of all persistent topics together, in MB (a non-persistent topic: its
+    /// own) [default: 128].
     #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_CACHE_SIZE_MB")]
     managed_ledger_cache_size_mb: Option<usize>,
     /// Keep consumed messages this many minutes [default: 0].

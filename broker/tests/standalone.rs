@@ -473,7 +473,12 @@ async fn namespace_policies_are_enforced() -> Result<()> {
 
 #[tokio::test]
 async fn consumed_ledgers_are_trimmed() -> Result<()> {
-    checks_against(&FAST_HOUSEKEEPING, "semantics.py", &["trimming"]).await?;
+    checks_against(
+        &FAST_HOUSEKEEPING,
+        "semantics.py",
+        &["trimming", "idle_cache"],
+    )
+    .await?;
     Ok(())
 }
 

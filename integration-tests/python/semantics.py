@@ -1,6 +1,7 @@
 """Produce/consume semantics against a running Magnetar, with the official Python client.
 
-Usage: semantics.py SERVICE_URL WEB_PORT [CHECK ...]   (no checks named: all but trimming)
+Usage: semantics.py SERVICE_URL WEB_PORT [CHECK ...]   (no checks named: all but trimming
+and idle_cache, which need a short housekeeping tick)
 Every check uses its own topic; a failed assertion exits non-zero.
 """
 import sys
@@ -326,10 +327,37 @@ def check_trimming():
     assert first.startswith(b"late-") or int(first) >= 40, first
 
 
+def check_idle_cache():
+    """The entry caches count against one broker-wide budget, and a topic that takes
+    nothing for a housekeeping pass gives its share back (run with a short tick, after
+    every other check of the run has stopped producing)."""
+    import urllib.request
+    from waits import wait_for, wait_housekeeping
+    web = "%s:%d" % (URL.replace("pulsar://", "http://").rsplit(":", 1)[0], WEB_PORT)
+
+    def cached():
+        page = urllib.request.urlopen(web + "/metrics").read().decode()
+        for line in page.splitlines():
+            if line.startswith("magnetar_entry_cache_bytes "):
+                return int(line.split()[1])
+        raise AssertionError("no magnetar_entry_cache_bytes in /metrics")
+
+    p = client.create_producer(topic("cached"), batching_enabled=False)
+    for i in range(20):
+        p.send(b"x" * 1000)
+    assert cached() >= 20 * 1000, cached()
+    wait_housekeeping(web, 3)
+    wait_for(lambda: cached() == 0, "idle topics to let go of their cache")
+    # and a topic that takes entries again caches them again
+    p.send(b"y" * 1000)
+    assert cached() >= 1000, cached()
+    p.close()
+
+
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
 
 names = [a for a in sys.argv[2:] if not a.isdigit()] or [
-    n for n in CHECKS if n != "trimming"]
+    n for n in CHECKS if n not in ("trimming", "idle_cache")]
 for name in names:
     started = time.time()
     CHECKS[name]()

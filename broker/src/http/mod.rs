@@ -1364,6 +1364,18 @@ async fn metrics(State(svc): Svc) -> Response {
          magnetar_housekeeping_runs_total {}",
         s.housekeeping_runs.load(Ordering::Relaxed)
     );
+    gauge(
+        &mut out,
+        "magnetar_entry_cache_bytes",
+        "Bytes in the entry caches of this broker's persistent topics together.",
+        svc.cfg.ml.cache_budget.used() as u64,
+    );
+    gauge(
+        &mut out,
+        "magnetar_entry_cache_limit_bytes",
+        "What those caches may hold together (--managed-ledger-cache-size-mb).",
+        svc.cfg.ml.cache_bytes as u64,
+    );
     let topics = svc.loaded_topics();
     gauge(
         &mut out,
