@@ -137,6 +137,7 @@ call("GET", np + "/stats", expect=404)
 np_producer = client.create_producer("non-persistent://%s/np1" % ns, batching_enabled=False)
 for i in range(3):
     np_producer.send(b"np")
+assert call("GET", A + "/non-persistent/" + ns, expect=200)[1] == ["non-persistent://%s/np1" % ns]
 np_stats = call("GET", np + "/stats", expect=200)[1]
 assert np_stats["msgInCounter"] == 3 and len(np_stats["publishers"]) == 1, np_stats
 np_producer.close()

@@ -82,6 +82,10 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .route("/admin/v2/tenants", get(tenants))
         .route("/admin/v2/persistent/{tenant}/{ns}", get(list_topics))
         .route(
+            "/admin/v2/non-persistent/{tenant}/{ns}",
+            get(list_non_persistent_topics),
+        )
+        .route(
             "/admin/v2/persistent/{tenant}/{ns}/{topic}/partitions",
             get(get_partitions)
                 .put(create_partitions)
@@ -286,6 +290,17 @@ async fn list_topics(State(svc): Svc, Path((tenant, ns)): Path<(String, String)>
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.message),
     }
+}
+
+/// Non-persistent topics exist while loaded; pulsar-admin's `topics list` asks for both kinds.
+async fn list_non_persistent_topics(
+    State(svc): Svc,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Response {
+    if !valid_segment(&tenant) || !valid_segment(&ns) {
+        return err(StatusCode::PRECONDITION_FAILED, "invalid namespace name");
+    }
+    axum::Json(svc.namespace_non_persistent_topics(&tenant, &ns)).into_response()
 }
 
 async fn get_partitions(

@@ -512,6 +512,13 @@ const OPS: &[Op] = &[
     ),
     (
         "get",
+        "/admin/v2/non-persistent/{tenant}/{namespace}",
+        "List the loaded non-persistent topics",
+        None,
+        &[],
+    ),
+    (
+        "get",
         "/admin/v2/{domain}/{tenant}/{namespace}/partitioned",
         "List partitioned topics",
         None,
