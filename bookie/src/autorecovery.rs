@@ -11,10 +11,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use tracing::{info, warn};
 
 use crate::ledger::{LedgerClient, LedgerError, LedgerMeta, LedgerState};
+
+/// Entries one fragment copy has in flight.
+const COPIES_IN_FLIGHT: usize = 64;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -169,31 +173,37 @@ impl AutoRecovery {
         let bookies = &meta.fragments[fragment].bookies;
         let e = bookies.len() as u64;
         let key = Bytes::from(meta.writer_key.clone().into_bytes());
-        let mut copied = 0;
-        for entry in first..=end as u64 {
-            let set: Vec<&String> = (0..meta.write_quorum as u64)
-                .map(|k| &bookies[((entry + k) % e) as usize])
-                .collect();
-            if !set.iter().any(|b| *b == dead) {
-                continue;
-            }
-            let mut data = None;
-            for b in set.iter().filter(|b| **b != dead) {
-                if let Ok(d) = self.client.read_from(b, id, entry).await {
-                    data = Some(d);
-                    break;
+        let write_set =
+            |entry: u64| (0..meta.write_quorum as u64).map(move |k| ((entry + k) % e) as usize);
+        let copy = |entry: u64| {
+            let key = key.clone();
+            async move {
+                let mut data = None;
+                for b in write_set(entry).map(|i| &bookies[i]).filter(|b| *b != dead) {
+                    if let Ok(d) = self.client.read_from(b, id, entry).await {
+                        data = Some(d);
+                        break;
+                    }
                 }
+                let Some(data) = data else {
+                    return Err(LedgerError::Unreadable {
+                        ledger: id,
+                        entry,
+                        reason: "no surviving replica answered".into(),
+                    });
+                };
+                self.client.write_to(target, id, entry, &key, data).await
             }
-            let Some(data) = data else {
-                return Err(LedgerError::Unreadable {
-                    ledger: id,
-                    entry,
-                    reason: "no surviving replica answered".into(),
-                });
-            };
-            self.client.write_to(target, id, entry, &key, data).await?;
-            copied += 1;
-        }
+        };
+        // copies in flight together (one at a time, each write waited for its own journal
+        // sync: about 2 ms an entry)
+        let copied = futures::stream::iter(
+            (first..=end as u64).filter(|entry| write_set(*entry).any(|i| bookies[i] == dead)),
+        )
+        .map(copy)
+        .buffer_unordered(COPIES_IN_FLIGHT)
+        .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
+        .await?;
         Ok(copied)
     }
 }
