@@ -225,7 +225,7 @@ struct EntryCache {
     /// None for a non-persistent topic: its cache is its storage and only its own `max`
     /// bounds it (another topic's entries must not push its undelivered ones out).
     budget: Option<Arc<CacheBudget>>,
-    /// `bytes_added` when housekeeping last looked: unchanged since means idle.
+    /// `entries_added` when housekeeping last looked: unchanged since means idle.
     seen_added: u64,
     hits: u64,
     misses: u64,
