@@ -110,15 +110,17 @@ struct Parsed {
 
 /// Splits an entry into its messages, inflating a compressed payload. A payload that cannot
 /// be opened here (encrypted, or not inflating) is one message judged by its outer key and
-/// never a tombstone: kept rather than lost.
-fn parse(raw: &Bytes, pos: Position) -> Result<Parsed, MlError> {
+/// never a tombstone: kept rather than lost (said once, by the pass that passes `report`).
+fn parse(raw: &Bytes, report: Option<Position>) -> Result<Parsed, MlError> {
     let e = pentry::parse_entry(raw.clone())
         .map_err(|err| MlError::Unsupported(format!("unreadable entry: {err}")))?;
     let meta = e.metadata;
     let outer_key = key_of(meta.partition_key.as_deref(), meta.ordering_key.as_deref());
     let payload = if meta.encryption_keys.is_empty() {
         inflate(&meta, e.payload).inspect_err(|err| {
-            warn!(position = %pos, error = %err, "entry kept whole by compaction");
+            if let Some(pos) = report {
+                warn!(position = %pos, error = %err, "entry kept whole by compaction");
+            }
         })
     } else {
         Err(MlError::Unsupported("encrypted".into()))
@@ -240,7 +242,7 @@ pub async fn compact(
     let mut latest: HashMap<Vec<u8>, (Position, usize, bool)> = HashMap::new();
     let mut p = ml.next_position(ml.before_first());
     while let Some(pos) = p.filter(|q| *q <= horizon) {
-        for (i, (k, tomb)) in parse(&ml.read(pos).await?, pos)?
+        for (i, (k, tomb)) in parse(&ml.read(pos).await?, Some(pos))?
             .keys
             .into_iter()
             .enumerate()
@@ -269,7 +271,7 @@ pub async fn compact(
             meta,
             keys,
             records,
-        } = parse(&raw, pos)?;
+        } = parse(&raw, None)?;
         let alive: Vec<bool> = keys
             .iter()
             .enumerate()
@@ -382,7 +384,7 @@ pub async fn load(
         if let Ok(Parsed {
             records: Some(records),
             ..
-        }) = parse(&framed.slice(16..), pos)
+        }) = parse(&framed.slice(16..), None)
             && records.iter().any(|(s, _)| s.compacted_out == Some(true))
         {
             live.insert(
@@ -434,7 +436,7 @@ mod tests {
         let at = Position::new(1, 0);
         for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let raw = batch_entry(codec, &["a", "b", "c"]);
-            let p = parse(&raw, at).unwrap();
+            let p = parse(&raw, Some(at)).unwrap();
             let keys: Vec<_> = p.keys.iter().map(|(k, _)| k.clone().unwrap()).collect();
             assert_eq!(
                 keys,
@@ -444,7 +446,7 @@ mod tests {
             let rewritten =
                 rewrite_batch(p.meta, p.records.unwrap(), &[true, false, true]).unwrap();
             // what load() finds again: the same codec, "b" emptied and compacted out
-            let again = parse(&rewritten, at).unwrap();
+            let again = parse(&rewritten, None).unwrap();
             assert_eq!(again.meta.compression, Some(codec.proto() as i32));
             let records = again.records.unwrap();
             assert_eq!(records[1].0.compacted_out, Some(true));
@@ -465,7 +467,7 @@ mod tests {
             ..Default::default()
         };
         let raw = pentry::encode_entry(&meta, b"not lz4 at all");
-        let p = parse(&raw, Position::new(1, 0)).unwrap();
+        let p = parse(&raw, Some(Position::new(1, 0))).unwrap();
         assert_eq!(p.keys, vec![(Some(b"outer".to_vec()), false)]);
         assert!(p.records.is_none());
     }
