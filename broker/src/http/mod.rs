@@ -473,21 +473,13 @@ async fn path_topic(
     svc: &BrokerService,
     (tenant, ns, topic): &(String, String, String),
 ) -> Result<Arc<Topic>, Response> {
-    loaded_topic(svc, &topic_name(tenant, ns, topic)?).await
-}
-
-/// The topic a path names, loaded; 404 if it does not exist (a non-persistent topic exists
-/// while it is loaded).
-pub(super) async fn loaded_topic(
-    svc: &BrokerService,
-    t: &TopicName,
-) -> Result<Arc<Topic>, Response> {
-    match svc.topic_exists(t).await {
+    let t = topic_name(tenant, ns, topic)?;
+    match svc.topic_exists(&t).await {
         Ok(true) => {}
         Ok(false) => return Err(err(StatusCode::NOT_FOUND, "Topic not found")),
         Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
     }
-    svc.topic(t, false)
+    svc.topic(&t, false)
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))
 }

@@ -123,11 +123,7 @@ async fn namespace_must_exist(svc: &BrokerService, t: &TopicName) -> Result<(), 
 
 /// Stats of a persistent or a non-persistent topic.
 async fn stats(State(svc): Svc, Path(p): TopicPath) -> Response {
-    let t = match parse(&p.0, &p.1, &p.2, &p.3) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match super::loaded_topic(&svc, &t).await {
+    match loaded(&svc, &p).await {
         Ok(topic) => axum::Json(super::topic_stats(&topic).await).into_response(),
         Err(r) => r,
     }
