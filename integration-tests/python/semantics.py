@@ -343,14 +343,19 @@ def check_idle_cache():
         raise AssertionError("no magnetar_entry_cache_bytes in /metrics")
 
     p = client.create_producer(topic("cached"), batching_enabled=False)
-    for i in range(20):
+
+    def sent_and_cached(n):
+        # each look sends first, so the topic is never idle for a whole pass while looking
         p.send(b"x" * 1000)
-    assert cached() >= 20 * 1000, cached()
+        return cached() >= n
+
+    for i in range(19):
+        p.send(b"x" * 1000)
+    wait_for(lambda: sent_and_cached(20 * 1000), "the topic's entries in the cache")
     wait_housekeeping(web, 3)
     wait_for(lambda: cached() == 0, "idle topics to let go of their cache")
     # and a topic that takes entries again caches them again
-    p.send(b"y" * 1000)
-    assert cached() >= 1000, cached()
+    wait_for(lambda: sent_and_cached(1000), "new entries in the cache")
     p.close()
 
 
