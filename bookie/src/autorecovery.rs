@@ -16,6 +16,7 @@ use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use tracing::{info, warn};
 
 use crate::ledger::{LedgerClient, LedgerError, LedgerMeta, LedgerState};
+use crate::placement::{self, Candidate};
 
 /// Entries one fragment copy has in flight.
 const COPIES_IN_FLIGHT: usize = 64;
@@ -60,13 +61,8 @@ impl AutoRecovery {
     /// One pass over every ledger.
     pub async fn pass(&mut self) -> Result<PassReport, LedgerError> {
         let meta = self.client.meta_store().clone();
-        let available: BTreeSet<String> = self
-            .client
-            .available_bookies()
-            .await?
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
+        let candidates = self.client.available_bookies().await?;
+        let available: BTreeSet<String> = candidates.iter().map(|c| c.addr.clone()).collect();
         self.missing_since.retain(|b, _| !available.contains(b));
         let mut report = PassReport::default();
         let ids = match meta.children("/ledgers").await {
@@ -78,7 +74,7 @@ impl AutoRecovery {
                 continue;
             };
             report.ledgers_checked += 1;
-            if let Err(e) = self.check_ledger(id, &available, &mut report).await {
+            if let Err(e) = self.check_ledger(id, &candidates, &mut report).await {
                 warn!(ledger_id = id, error = %e, "auto-recovery of ledger failed; retried next pass");
             }
         }
@@ -88,7 +84,7 @@ impl AutoRecovery {
     async fn check_ledger(
         &mut self,
         id: u64,
-        available: &BTreeSet<String>,
+        candidates: &[Candidate],
         report: &mut PassReport,
     ) -> Result<(), LedgerError> {
         let key = format!("/ledgers/{id}");
@@ -115,7 +111,7 @@ impl AutoRecovery {
             let lost: Vec<String> = meta.fragments[i]
                 .bookies
                 .iter()
-                .filter(|b| !available.contains(*b))
+                .filter(|b| !candidates.iter().any(|c| &c.addr == *b))
                 .filter(|b| {
                     let since = *self.missing_since.entry((*b).clone()).or_insert(now);
                     now.duration_since(since) >= self.grace
@@ -123,9 +119,14 @@ impl AutoRecovery {
                 .cloned()
                 .collect();
             for dead in lost {
-                let in_use: BTreeSet<&String> = meta.fragments[i].bookies.iter().collect();
-                let Some(target) = available.iter().find(|b| !in_use.contains(b)).cloned() else {
-                    warn!(ledger_id = id, bookie = %dead, "no spare bookie to re-replicate to");
+                let in_use = &meta.fragments[i].bookies;
+                let spare: Vec<Candidate> = candidates
+                    .iter()
+                    .filter(|c| !in_use.contains(&c.addr))
+                    .cloned()
+                    .collect();
+                let Some(target) = placement::place(spare, 1, meta.affinity.as_ref()).pop() else {
+                    warn!(ledger_id = id, bookie = %dead, affinity = ?meta.affinity, "no spare bookie to re-replicate to");
                     continue;
                 };
                 let copied = self

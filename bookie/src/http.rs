@@ -34,6 +34,57 @@ async fn metrics(State(b): State<Arc<Bookie>>) -> impl IntoResponse {
     render_metrics(&b)
 }
 
+/// Several bookies' metrics in one exposition: one bookie's as [`render_metrics`] writes
+/// them; more, each sample labelled `bookie="host:port"` and grouped under its family.
+pub fn render_metrics_of(bookies: &[(String, Arc<Bookie>)]) -> String {
+    if let [(_, b)] = bookies {
+        return render_metrics(b);
+    }
+    // family name -> (HELP and TYPE lines, samples), in the order first seen
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (name, b) in bookies {
+        let text = render_metrics(b);
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let family = rest.split(' ').next().unwrap_or_default().to_string();
+                current = Some(match families.iter().position(|f| f.0 == family) {
+                    Some(i) => i,
+                    None => {
+                        families.push((family, vec![line.to_string()], Vec::new()));
+                        families.len() - 1
+                    }
+                });
+                continue;
+            }
+            let Some(i) = current else { continue };
+            if line.starts_with('#') {
+                if families[i].2.is_empty() && !families[i].1.iter().any(|l| l == line) {
+                    families[i].1.push(line.to_string());
+                }
+                continue;
+            }
+            let label = format!("bookie=\"{name}\"");
+            let sample = match line.find(['{', ' ']) {
+                Some(at) if line[at..].starts_with('{') => {
+                    format!("{}{{{label},{}", &line[..at], &line[at + 1..])
+                }
+                Some(at) => format!("{}{{{label}}}{}", &line[..at], &line[at..]),
+                None => continue,
+            };
+            families[i].2.push(sample);
+        }
+    }
+    let mut out = String::new();
+    for (_, head, samples) in families {
+        for l in head.iter().chain(&samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The bookie's metrics in Prometheus text form (the standalone adds them to its own).
 pub fn render_metrics(b: &Bookie) -> String {
     let s = b.stats();
@@ -209,4 +260,42 @@ pub fn render_metrics(b: &Bookie) -> String {
         "From an add's arrival at the bookie to its answer.",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::server::BookieConfig;
+
+    #[test]
+    fn several_bookies_share_one_exposition() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let bookies: Vec<(String, Arc<Bookie>)> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let b = Bookie::open(BookieConfig::new(d.path().to_path_buf()), None).unwrap();
+                (format!("127.0.0.1:{}", 3181 + i), b)
+            })
+            .collect();
+        let one = render_metrics_of(&bookies[..1]);
+        assert_eq!(one, render_metrics(&bookies[0].1));
+        let both = render_metrics_of(&bookies);
+        // each family once, its samples labelled per bookie, histograms included
+        assert_eq!(both.matches("# TYPE bookie_adds_total ").count(), 1);
+        assert!(both.contains("bookie_adds_total{bookie=\"127.0.0.1:3181\"} 0\n"));
+        assert!(both.contains("bookie_adds_total{bookie=\"127.0.0.1:3182\"} 0\n"));
+        assert!(both.contains("bookie_add_latency_seconds_count{bookie=\"127.0.0.1:3182\"}"));
+        assert!(both.contains("bookie_add_latency_seconds_bucket{bookie=\"127.0.0.1:3181\",le="));
+        // a family's samples follow its header, never another family's
+        let mut family = String::new();
+        for line in both.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} under {family}");
+            }
+        }
+    }
 }

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::client::{BookieClient, ClientError};
+use crate::placement::{self, Affinity, Candidate, RACKS_INFO_PATH, RacksInfo};
 use crate::protocol::{self, Status};
 
 pub const BOOKIES_PATH: &str = "/bookies/available";
@@ -60,6 +61,10 @@ pub struct LedgerMeta {
     pub fragments: Vec<Fragment>,
     /// Hex key the writer presents to bookies.
     pub writer_key: String,
+    /// The bookie groups its ensembles come from, kept so that ensemble changes and
+    /// re-replication honour them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
 }
 
 impl LedgerMeta {
@@ -119,8 +124,13 @@ impl LedgerMeta {
 pub enum LedgerError {
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("need {need} bookies, {have} available")]
-    NotEnoughBookies { need: usize, have: usize },
+    #[error("need {need} bookies, {have} available{}", where_.as_ref().map(|w| format!(" in {w}")).unwrap_or_default())]
+    NotEnoughBookies {
+        need: usize,
+        have: usize,
+        /// The affinity that limited the choice, if any.
+        where_: Option<Affinity>,
+    },
     #[error("invalid quorum: ensemble {e}, write {qw}, ack {qa} (need e >= qw >= qa >= 1)")]
     InvalidQuorum { e: usize, qw: usize, qa: usize },
     #[error("ledger {0} does not exist")]
@@ -270,8 +280,9 @@ impl LedgerClient {
             .map_err(err)
     }
 
-    /// Registered bookies with their racks.
-    pub async fn available_bookies(&self) -> Result<Vec<(String, Option<String>)>, LedgerError> {
+    /// Registered bookies with their racks and groups (from the racks map, when it has them).
+    pub async fn available_bookies(&self) -> Result<Vec<Candidate>, LedgerError> {
+        let racks = self.racks_info().await?;
         let mut out = Vec::new();
         for name in self.meta.children(BOOKIES_PATH).await? {
             let key = format!("{BOOKIES_PATH}/{name}");
@@ -283,53 +294,65 @@ impl LedgerClient {
                     None
                 }
             };
-            out.push((name, rack));
+            out.push(Candidate::new(name, rack, &racks));
         }
         Ok(out)
     }
 
-    /// Picks `n` distinct bookies, spreading over racks first.
-    fn place(mut candidates: Vec<(String, Option<String>)>, n: usize) -> Vec<String> {
-        use rand::seq::SliceRandom;
-        candidates.shuffle(&mut rand::rng());
-        let mut chosen = Vec::with_capacity(n);
-        let mut racks_used = BTreeSet::new();
-        for (addr, rack) in &candidates {
-            if chosen.len() == n {
-                break;
+    /// The operator's map of bookies to groups and racks; an unreadable one is reported and
+    /// treated as empty, so a bad edit cannot stop every topic from rolling its ledger.
+    pub async fn racks_info(&self) -> Result<RacksInfo, LedgerError> {
+        match self.meta.get_json::<RacksInfo>(RACKS_INFO_PATH).await {
+            Ok(v) => Ok(v.map(|v| v.value).unwrap_or_default()),
+            Err(MetaError::Corrupt { reason, .. }) => {
+                warn!(key = RACKS_INFO_PATH, %reason, "unreadable racks map; placing without it");
+                Ok(RacksInfo::new())
             }
-            if racks_used.insert(rack.clone()) {
-                chosen.push(addr.clone());
-            }
+            Err(e) => Err(e.into()),
         }
-        for (addr, _) in &candidates {
-            if chosen.len() == n {
-                break;
-            }
-            if !chosen.contains(addr) {
-                chosen.push(addr.clone());
-            }
-        }
-        chosen
     }
 
+    /// Picks `n` bookies among `candidates` as `affinity` allows, or says how many it had.
+    fn place(
+        candidates: Vec<Candidate>,
+        n: usize,
+        affinity: Option<&Affinity>,
+    ) -> Result<Vec<String>, LedgerError> {
+        let chosen = placement::place(candidates, n, affinity);
+        if chosen.len() < n {
+            return Err(LedgerError::NotEnoughBookies {
+                need: n,
+                have: chosen.len(),
+                where_: affinity.cloned(),
+            });
+        }
+        Ok(chosen)
+    }
+
+    /// A ledger on bookies of any group (see [`LedgerClient::create_with`]).
     pub async fn create(
         &self,
         e: usize,
         qw: usize,
         qa: usize,
     ) -> Result<LedgerWriter, LedgerError> {
+        self.create_with(e, qw, qa, None).await
+    }
+
+    /// A new ledger whose ensemble comes from the bookies `affinity` allows (none: the shared
+    /// pool first).
+    pub async fn create_with(
+        &self,
+        e: usize,
+        qw: usize,
+        qa: usize,
+        affinity: Option<Affinity>,
+    ) -> Result<LedgerWriter, LedgerError> {
         if !(e >= qw && qw >= qa && qa >= 1) {
             return Err(LedgerError::InvalidQuorum { e, qw, qa });
         }
         let available = self.available_bookies().await?;
-        if available.len() < e {
-            return Err(LedgerError::NotEnoughBookies {
-                need: e,
-                have: available.len(),
-            });
-        }
-        let bookies = Self::place(available, e);
+        let bookies = Self::place(available, e, affinity.as_ref())?;
         let id = self.ids.next_id().await?;
         let key_bytes: [u8; 16] = rand::random();
         let writer_key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -344,12 +367,13 @@ impl LedgerClient {
                 bookies,
             }],
             writer_key,
+            affinity,
         };
         let version = self
             .meta
             .put_json(&ledger_key(id), &meta, Expected::Absent)
             .await?;
-        info!(ledger_id = id, ensemble = ?meta.fragments[0].bookies, "ledger created");
+        info!(ledger_id = id, ensemble = ?meta.fragments[0].bookies, affinity = ?meta.affinity, "ledger created");
         Ok(LedgerWriter::new(self.clone(), id, meta, version))
     }
 
@@ -361,6 +385,11 @@ impl LedgerClient {
             .ok_or(LedgerError::NoSuchLedger(id))?;
         v.value.validate(id)?;
         Ok((v.value, v.version))
+    }
+
+    /// A ledger's record as stored (checked).
+    pub async fn metadata(&self, id: u64) -> Result<LedgerMeta, LedgerError> {
+        Ok(self.load(id).await?.0)
     }
 
     /// Opens a closed ledger for reading.
@@ -861,20 +890,22 @@ impl LedgerWriter {
             }
         };
         let available = inner.client.available_bookies().await?;
-        let (candidates, bad) = {
+        let (candidates, affinity) = {
             let mut st = inner.state.lock();
             st.bad.insert(failed.to_string());
-            let bad = st.bad.clone();
-            let c: Vec<(String, Option<String>)> = available
+            let bad = &st.bad;
+            let c: Vec<Candidate> = available
                 .into_iter()
-                .filter(|(a, _)| !current.contains(a) && !bad.contains(a))
+                .filter(|c| !current.contains(&c.addr) && !bad.contains(&c.addr))
                 .collect();
-            (c, bad)
+            (c, st.meta.affinity.clone())
         };
-        let Some(replacement) = LedgerClient::place(candidates, 1).pop() else {
+        let Some(replacement) = placement::place(candidates, 1, affinity.as_ref()).pop() else {
+            let bad = inner.state.lock().bad.clone();
             return Err(LedgerError::NotEnoughBookies {
                 need: current.len(),
                 have: current.len() - bad.iter().filter(|b| current.contains(b)).count(),
+                where_: affinity,
             });
         };
         loop {
@@ -1028,31 +1059,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placement_spreads_over_racks_first() {
-        let bookies: Vec<(String, Option<String>)> = (0..6)
-            .map(|i| (format!("10.0.0.{i}:3181"), Some(format!("rack-{}", i % 3))))
-            .collect();
-        for _ in 0..50 {
-            let chosen = LedgerClient::place(bookies.clone(), 3);
-            let racks: BTreeSet<_> = chosen
-                .iter()
-                .map(|a| {
-                    bookies
-                        .iter()
-                        .find(|(b, _)| b == a)
-                        .and_then(|(_, r)| r.clone())
-                })
-                .collect();
-            assert_eq!(chosen.len(), 3);
-            assert_eq!(racks.len(), 3, "one bookie per rack: {chosen:?}");
-        }
-        // more bookies than racks: still distinct bookies
-        let chosen = LedgerClient::place(bookies.clone(), 5);
-        let distinct: BTreeSet<_> = chosen.iter().collect();
-        assert_eq!(distinct.len(), 5);
-    }
-
-    #[test]
     fn damaged_records_are_refused() {
         let good = LedgerMeta {
             ensemble_size: 2,
@@ -1065,6 +1071,7 @@ mod tests {
                 bookies: vec!["a".into(), "b".into()],
             }],
             writer_key: String::new(),
+            affinity: None,
         };
         good.validate(1).unwrap();
         let mut m = good.clone();
@@ -1098,6 +1105,7 @@ mod tests {
                 },
             ],
             writer_key: String::new(),
+            affinity: None,
         };
         assert_eq!(meta.write_set(0), vec!["a", "b"]);
         assert_eq!(meta.write_set(1), vec!["b", "c"]);

@@ -14,6 +14,7 @@ pub mod histogram;
 pub mod http;
 pub mod journal;
 pub mod ledger;
+pub mod placement;
 pub mod protocol;
 pub mod registration;
 pub mod server;

@@ -261,7 +261,8 @@ pub async fn compact(
     };
     // pass 2: what survives, to a ledger of its own
     let (e, qw, qa) = quorum;
-    let writer = client.create(e, qw, qa).await?;
+    // the compacted view is the namespace's data too: it stays on the namespace's bookies
+    let writer = client.create_with(e, qw, qa, ml.affinity()).await?;
     let mut positions = Vec::new();
     let mut live = HashMap::new();
     let mut p = ml.next_position(ml.before_first());

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use magnetar_bookie::ledger::{LedgerClient, LedgerError, LedgerReader, LedgerWriter};
+use magnetar_bookie::placement::Affinity;
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,8 @@ pub struct MlConfig {
     /// Non-persistent topics: entries live only in the (bounded) entry cache, nothing is
     /// written to bookies or the metadata store, and what the cache drops is gone.
     pub in_memory: bool,
+    /// The bookie groups the topic's ledgers are placed on (its namespace's bookie affinity).
+    pub affinity: Option<Affinity>,
 }
 
 impl Default for MlConfig {
@@ -86,6 +89,7 @@ impl Default for MlConfig {
             track_producers: false,
             producer_snapshot_every: 1000,
             in_memory: false,
+            affinity: None,
         }
     }
 }
@@ -141,6 +145,8 @@ impl MlState {
             fenced: false,
             terminated,
             producers: None,
+            affinity: None,
+            roll_soon: false,
         }
     }
 
@@ -315,6 +321,10 @@ struct MlState {
     terminated: Option<Position>,
     /// Present when tracking producers (deduplication).
     producers: Option<ProducerSeqs>,
+    /// Where the next ledger goes.
+    affinity: Option<Affinity>,
+    /// The current ledger is on bookies `affinity` no longer allows: roll at the next append.
+    roll_soon: bool,
 }
 
 #[derive(Debug, Default)]
@@ -343,10 +353,11 @@ impl MlInner {
         key: String,
         (client, meta): (LedgerClient, MetaStore),
         cfg: MlConfig,
-        state: MlState,
+        mut state: MlState,
         last: Position,
     ) -> Arc<MlInner> {
         let (last_tx, _) = watch::channel(last);
+        state.affinity = cfg.affinity.clone();
         Arc::new(MlInner {
             name: name.to_string(),
             key,
@@ -442,7 +453,12 @@ impl ManagedLedger {
             Some(_) => None,
             None => Some(
                 client
-                    .create(cfg.ensemble_size, cfg.write_quorum, cfg.ack_quorum)
+                    .create_with(
+                        cfg.ensemble_size,
+                        cfg.write_quorum,
+                        cfg.ack_quorum,
+                        cfg.affinity.clone(),
+                    )
                     .await?,
             ),
         };
@@ -637,6 +653,28 @@ impl ManagedLedger {
             .await?
             .and_then(|v| v.value.producers);
         self.rebuild_producers(snap).await
+    }
+
+    /// Places the topic's next ledgers by `affinity`; when the current ledger's bookies do not
+    /// match it, the next append rolls over to a ledger that does (an idle topic moves when it
+    /// next writes). True when that roll was asked for.
+    pub fn set_affinity(&self, affinity: Option<Affinity>) -> bool {
+        if self.inner.cfg.in_memory {
+            return false;
+        }
+        let mut st = self.inner.state.lock();
+        if st.affinity == affinity {
+            return false;
+        }
+        let current = st.current.as_ref().map(|w| w.metadata().affinity);
+        st.roll_soon = current.is_some_and(|a| a != affinity);
+        st.affinity = affinity;
+        st.roll_soon
+    }
+
+    /// The affinity the topic's next ledger is placed by.
+    pub fn affinity(&self) -> Option<Affinity> {
+        self.inner.state.lock().affinity.clone()
     }
 
     pub fn tracks_producers(&self) -> bool {
@@ -1304,6 +1342,7 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                             let info = st.ledgers.get(&w.id());
                             let age = info.map_or(0, |l| now_ms().saturating_sub(l.timestamp_ms));
                             broken
+                                || st.roll_soon
                                 || info.is_some_and(|l| {
                                     l.entries + pending.len() as u64 >= inner.cfg.max_entries_per_ledger
                                         || l.size >= inner.cfg.max_ledger_bytes
@@ -1558,14 +1597,22 @@ async fn put_record(inner: &MlInner, record: &MlRecord, version: u64) -> Result<
 
 async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
     seal_current(inner, broken).await?;
+    let affinity = inner.state.lock().affinity.clone();
     let writer = inner
         .client
-        .create(
+        .create_with(
             inner.cfg.ensemble_size,
             inner.cfg.write_quorum,
             inner.cfg.ack_quorum,
+            affinity.clone(),
         )
         .await?;
+    {
+        let mut st = inner.state.lock();
+        if st.affinity == affinity {
+            st.roll_soon = false;
+        }
+    }
     let id = writer.id();
     let res = write_record(inner, |st| {
         st.ledgers.insert(

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use magnetar_bookie::placement::Affinity;
 use serde::{Deserialize, Serialize};
 
 use crate::ratelimit::Rate;
@@ -48,6 +49,29 @@ pub struct NamespacePolicies {
     pub subscription_dispatch_rate: HashMap<String, DispatchRate>,
     #[serde(default, rename = "clusterSubscribeRate")]
     pub subscribe_rate: HashMap<String, SubscribeRate>,
+    /// The bookie groups the namespace's ledgers are kept on.
+    #[serde(default, rename = "bookieAffinityGroup")]
+    pub bookie_affinity_group: Option<BookieAffinityGroup>,
+}
+
+/// Pulsar's `BookieAffinityGroupData`: comma-separated group names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BookieAffinityGroup {
+    #[serde(rename = "bookieAffinityGroupPrimary")]
+    pub primary: String,
+    #[serde(
+        rename = "bookieAffinityGroupSecondary",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary: Option<String>,
+}
+
+impl BookieAffinityGroup {
+    pub fn affinity(&self) -> Option<Affinity> {
+        Affinity::from_lists(&self.primary, self.secondary.as_deref())
+    }
 }
 
 /// Pulsar's `SubscribeRate`: subscribes per consumer (client) per period; -1 or 0: none.
@@ -240,6 +264,8 @@ pub struct Effective {
     pub subscription_dispatch_rate: Rate,
     /// At most this many SUBSCRIBEs per client in this window.
     pub subscribe_rate: Option<(u32, Duration)>,
+    /// Where the namespace's ledgers go (None: the shared bookies first).
+    pub affinity: Option<Affinity>,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -358,6 +384,10 @@ impl Effective {
                 let n = u32::try_from(r.per_consumer).ok().filter(|n| *n > 0)?;
                 Some((n, Duration::from_secs(r.period_secs.max(1) as u64)))
             }),
+            affinity: p
+                .bookie_affinity_group
+                .as_ref()
+                .and_then(BookieAffinityGroup::affinity),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use magnetar_bookie::ledger::LedgerClient;
+use magnetar_bookie::ledger::{LedgerClient, LedgerError};
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use magnetar_protocol::ServerError;
 use parking_lot::Mutex;
@@ -158,6 +158,8 @@ impl From<MlError> for ClientError {
             MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
             MlError::Meta(_) => ServerError::MetadataError,
             MlError::Terminated(_) => ServerError::TopicTerminatedError,
+            // bookies may come back (or be added to the group): the client retries
+            MlError::Ledger(LedgerError::NotEnoughBookies { .. }) => ServerError::ServiceNotReady,
             _ => ServerError::PersistenceError,
         };
         ClientError::new(code, e.to_string())
@@ -365,6 +367,7 @@ impl BrokerService {
                     cfg.in_memory = true;
                 } else {
                     cfg.track_producers = eff.deduplication;
+                    cfg.affinity = eff.affinity.clone();
                 }
                 let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
                 let topic =
@@ -601,6 +604,9 @@ impl BrokerService {
                     }
                 };
                 t.apply_rates(&eff);
+                if t.ml.set_affinity(eff.affinity.clone()) {
+                    info!(topic = %t.full, affinity = ?eff.affinity, "bookie affinity changed; the next write rolls to a ledger placed by it");
+                }
                 if let Err(e) = t.enforce_policies(&eff).await {
                     warn!(topic = %t.full, error = %e, "enforcing policies failed");
                 }

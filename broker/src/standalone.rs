@@ -15,6 +15,7 @@ use magnetar_bookie::server::{self, Bookie, BookieConfig};
 use magnetar_broker::managed_ledger::MlConfig;
 use magnetar_broker::service::{BrokerConfig, BrokerService};
 use magnetar_broker::subscription::DispatchConfig;
+use magnetar_meta::MetaStore;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -44,6 +45,13 @@ pub struct StandaloneArgs {
     /// address names it in ledger metadata [default: 3181].
     #[arg(long, env = "MAGNETAR_BOOKIE_PORT")]
     bookie_port: Option<u16>,
+    /// In-process bookies: each has its own journal and ledger storage (bookie N keeps them
+    /// in `bookie-N` under the data dir — link that to another disk to give it its own) and
+    /// listens on the bookie port + N - 1. With more than one, racks-info groups and
+    /// namespace bookie affinity keep a noisy tenant's writes off the others' journals
+    /// [default: 1].
+    #[arg(long, env = "MAGNETAR_BOOKIES")]
+    bookies: Option<u16>,
     /// Cluster name [default: standalone].
     #[arg(long, env = "MAGNETAR_CLUSTER")]
     cluster: Option<String>,
@@ -181,6 +189,7 @@ impl StandaloneArgs {
             broker_port,
             web_port,
             bookie_port,
+            bookies,
             cluster,
             max_message_size,
             allow_auto_topic_creation,
@@ -219,6 +228,76 @@ impl StandaloneArgs {
         );
         Ok(self)
     }
+}
+
+/// An in-process bookie: serving its port, registered, flushing in the background.
+struct LocalBookie {
+    bookie: Arc<Bookie>,
+    name: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_bookie(
+    args: &StandaloneArgs,
+    dir: PathBuf,
+    addr: SocketAddr,
+    meta: &MetaStore,
+) -> Result<LocalBookie> {
+    let mut bcfg = BookieConfig::new(dir);
+    if let Some(us) = args.journal_max_group_wait_us {
+        bcfg.journal.max_group_wait = Duration::from_micros(us);
+    }
+    bcfg.min_free_disk_bytes = 256 << 20;
+    if let Some(s) = args.bookie_gc_interval_secs {
+        bcfg.gc_interval = Duration::from_secs(s.max(1));
+    }
+    if let Some(mb) = args.bookie_journal_max_size_mb {
+        bcfg.journal.max_file_bytes = mb.max(1) << 20;
+    }
+    if let Some(n) = args.bookie_journal_spare_files {
+        bcfg.journal.spare_files = n;
+    }
+    bcfg.max_entry_bytes = args
+        .max_message_size
+        .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE)
+        + magnetar_protocol::FRAME_PADDING
+        + 64 * 1024;
+    let bookie_meta = meta.clone();
+    let bookie = tokio::task::spawn_blocking(move || Bookie::open(bcfg, Some(bookie_meta)))
+        .await
+        .context("open bookie")??;
+    let listener = server::bind(addr).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(Arc::clone(&bookie), listener, async {
+        let _ = stopped.await;
+    }));
+    tokio::spawn(Arc::clone(&bookie).run_flusher());
+    let name = format!("{}:{}", addr.ip(), addr.port());
+    tokio::spawn(magnetar_bookie::registration::register(
+        meta.clone(),
+        name.clone(),
+        None,
+        Duration::from_secs(10),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta
+        .children(BOOKIES_PATH)
+        .await
+        .map(|c| c.contains(&name))
+        .unwrap_or(false)
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("the in-process bookie {name} did not register within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(LocalBookie {
+        bookie,
+        name,
+        stop,
+        task,
+    })
 }
 
 async fn terminated() {
@@ -335,57 +414,21 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         .await
         .with_context(|| format!("open metadata store {meta_url}"))?;
 
-    // bookie
-    let mut bcfg = BookieConfig::new(data_dir.join("bookie"));
-    if let Some(us) = args.journal_max_group_wait_us {
-        bcfg.journal.max_group_wait = Duration::from_micros(us);
+    // bookies
+    let count = args.bookies.unwrap_or(1).max(1);
+    let first_port = args.bookie_port.unwrap_or(3181);
+    let mut bookies = Vec::with_capacity(count as usize);
+    for n in 1..=count {
+        let dir = data_dir.join(if n == 1 {
+            "bookie".to_string()
+        } else {
+            format!("bookie-{n}")
+        });
+        let port = first_port
+            .checked_add(n - 1)
+            .with_context(|| format!("bookie {n} would listen past port 65535"))?;
+        bookies.push(start_bookie(&args, dir, SocketAddr::new(bind, port), &meta).await?);
     }
-    bcfg.min_free_disk_bytes = 256 << 20;
-    if let Some(s) = args.bookie_gc_interval_secs {
-        bcfg.gc_interval = Duration::from_secs(s.max(1));
-    }
-    if let Some(mb) = args.bookie_journal_max_size_mb {
-        bcfg.journal.max_file_bytes = mb.max(1) << 20;
-    }
-    if let Some(n) = args.bookie_journal_spare_files {
-        bcfg.journal.spare_files = n;
-    }
-    bcfg.max_entry_bytes = args
-        .max_message_size
-        .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE)
-        + magnetar_protocol::FRAME_PADDING
-        + 64 * 1024;
-    let bookie_meta = meta.clone();
-    let bookie = tokio::task::spawn_blocking(move || Bookie::open(bcfg, Some(bookie_meta)))
-        .await
-        .context("open bookie")??;
-    let bookie_addr = SocketAddr::new(bind, args.bookie_port.unwrap_or(3181));
-    let bookie_listener = server::bind(bookie_addr).await?;
-    let (stop_bookie, bookie_stopped) = tokio::sync::oneshot::channel::<()>();
-    let bookie_task = tokio::spawn(server::serve(Arc::clone(&bookie), bookie_listener, async {
-        let _ = bookie_stopped.await;
-    }));
-    tokio::spawn(Arc::clone(&bookie).run_flusher());
-    let bookie_name = format!("{}:{}", bind, bookie_addr.port());
-    tokio::spawn(magnetar_bookie::registration::register(
-        meta.clone(),
-        bookie_name.clone(),
-        None,
-        Duration::from_secs(10),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !meta
-        .children(BOOKIES_PATH)
-        .await
-        .map(|c| c.contains(&bookie_name))
-        .unwrap_or(false)
-    {
-        if Instant::now() > deadline {
-            anyhow::bail!("the in-process bookie did not register within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
     // broker
     let defaults = MlConfig::default();
     let ml = MlConfig {
@@ -495,13 +538,18 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 }),
         },
     };
-    // The broker reaches its own bookie by calling it, not through a loopback socket.
-    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10))
-        .with_local_bookie(&bookie_name, Arc::clone(&bookie));
+    // The broker reaches its own bookies by calling them, not through a loopback socket.
+    let mut ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
+    for b in &bookies {
+        ledgers = ledgers.with_local_bookie(&b.name, Arc::clone(&b.bookie));
+    }
     let svc = BrokerService::new(cfg, meta.clone(), ledgers);
-    let metrics_of = Arc::clone(&bookie);
+    let metrics_of: Vec<(String, Arc<Bookie>)> = bookies
+        .iter()
+        .map(|b| (b.name.clone(), Arc::clone(&b.bookie)))
+        .collect();
     let _ = svc.extra_metrics.set(Box::new(move || {
-        magnetar_bookie::http::render_metrics(&metrics_of)
+        magnetar_bookie::http::render_metrics_of(&metrics_of)
     }));
     svc.init_cluster()
         .await
@@ -533,7 +581,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         web_url = %svc.cfg.web_url(),
         service_url_tls = %svc.cfg.service_url_tls().unwrap_or_default(),
         web_url_tls = %svc.cfg.web_url_tls().unwrap_or_default(),
-        bookie = %bookie_name,
+        bookies = ?bookies.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
         data_dir = %data_dir.display(),
         ms = started.elapsed().as_millis() as u64,
         "magnetar standalone ready"
@@ -542,9 +590,11 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     magnetar_broker::connection::serve(Arc::clone(&svc), listener, terminated()).await;
     info!("shutting down: closing topics and flushing cursors");
     svc.shutdown().await;
-    let _ = stop_bookie.send(());
-    let _ = bookie_task.await;
-    bookie.flush().await.context("final bookie flush")?;
+    for b in bookies {
+        let _ = b.stop.send(());
+        let _ = b.task.await;
+        b.bookie.flush().await.context("final bookie flush")?;
+    }
     info!("standalone stopped");
     Ok(())
 }

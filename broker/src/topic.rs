@@ -429,6 +429,14 @@ impl Topic {
         self.compaction.lock().clone()
     }
 
+    /// The compacted view's ledger and how many entries it holds, once there is one.
+    pub fn compacted_ledger(&self) -> Option<(u64, usize)> {
+        self.compacted
+            .read()
+            .as_ref()
+            .map(|v| (v.ledger, v.positions.len()))
+    }
+
     /// The lowest position trimming may go to: the slowest durable cursor, and never past
     /// the compaction horizon (what comes after it is not compacted yet).
     pub fn trim_floor(&self) -> Option<Position> {

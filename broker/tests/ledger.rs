@@ -455,7 +455,7 @@ async fn wait_unregistered(client: &LedgerClient, addr: &str) -> Result<()> {
         WAIT,
         &format!("{addr}'s registration to lapse"),
         || async move {
-            matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|(a, _)| a == addr))
+            matches!(client.available_bookies().await, Ok(b) if !b.iter().any(|c| c.addr == addr))
         },
     )
     .await

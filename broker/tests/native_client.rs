@@ -940,3 +940,199 @@ async fn failover_key_shared_and_batch_receive() -> Result<()> {
     );
     Ok(())
 }
+
+/// The bookies of each of a topic's ledgers, from `internalStats?metadata=true`.
+fn ensembles(admin: &AdminClient, topic: &str) -> Result<Vec<BTreeSet<String>>> {
+    let path = topic.replace("://", "/");
+    let stats = admin.call(
+        "GET",
+        &format!("/admin/v2/{path}/internalStats?metadata=true"),
+        None,
+    )?;
+    let mut out = Vec::new();
+    for l in stats["ledgers"].as_array().context("ledgers")? {
+        let meta: serde_json::Value =
+            serde_json::from_str(l["metadata"].as_str().context("metadata")?)?;
+        let mut bookies = BTreeSet::new();
+        for f in meta["fragments"].as_array().context("fragments")? {
+            for b in f["bookies"].as_array().context("bookies")? {
+                bookies.insert(b.as_str().context("bookie")?.to_string());
+            }
+        }
+        out.push(bookies);
+    }
+    Ok(out)
+}
+
+/// Bookie affinity over three in-process bookies: a namespace given a group keeps its
+/// ledgers (and its compacted view) on that group's bookies, other namespaces stay on the
+/// shared one, a changed affinity moves a topic's next ledger at its next write, and a
+/// group without bookies refuses with a reason the client can retry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookie_affinity_keeps_a_namespace_on_its_bookies() -> Result<()> {
+    let sa = StandaloneProc::start(
+        bin(),
+        &["--bookies", "3", "--housekeeping-interval-secs", "1"],
+    )
+    .await?;
+    let admin = admin(&sa);
+    let all = admin.call("GET", "/admin/v2/bookies/all", None)?;
+    let mut bookies: Vec<String> = all["bookies"]
+        .as_array()
+        .context("bookies")?
+        .iter()
+        .filter_map(|b| b["bookieId"].as_str().map(str::to_string))
+        .collect();
+    bookies.sort();
+    assert_eq!(bookies.len(), 3, "{all}");
+    let only = |b: &str| vec![BTreeSet::from([b.to_string()])];
+    let rack = |b: &str| format!("/admin/v2/bookies/racks-info/{b}");
+    admin.call(
+        "POST",
+        &format!("{}?group=noisy", rack(&bookies[0])),
+        Some(&serde_json::json!({"rack": "/r1", "hostname": "h0"})),
+    )?;
+    admin.call(
+        "POST",
+        &format!("{}?group=spare", rack(&bookies[1])),
+        Some(&serde_json::json!({"rack": "/r2"})),
+    )?;
+    let racks = admin.call("GET", "/admin/v2/bookies/racks-info", None)?;
+    assert_eq!(racks["noisy"][&bookies[0]]["rack"], "/r1", "{racks}");
+    assert_eq!(
+        admin.call("GET", &rack(&bookies[1]), None)?,
+        serde_json::json!({"rack": "/r2"})
+    );
+
+    admin.create_tenant("loud", &["standalone"])?;
+    admin.create_namespace("loud/ns")?;
+    let affinity = "/admin/v2/namespaces/loud/ns/persistence/bookieAffinity";
+    admin.call(
+        "POST",
+        affinity,
+        Some(&serde_json::json!({"bookieAffinityGroupPrimary": "noisy"})),
+    )?;
+    assert_eq!(
+        admin.call("GET", affinity, None)?["bookieAffinityGroupPrimary"],
+        "noisy"
+    );
+    let client = Client::new(sa.service_url())?;
+    let loud = "persistent://loud/ns/t";
+    let producer = client.producer(loud).create().await?;
+    for i in 0..20 {
+        producer
+            .send(ProducerMessage::new(format!("v{}", i % 5)).with_key(format!("k{}", i % 5)))
+            .await?;
+    }
+    assert_eq!(ensembles(&admin, loud)?, only(&bookies[0]));
+    // the compacted view is written to a ledger of the same group
+    admin.call("PUT", "/admin/v2/persistent/loud/ns/t/compaction", None)?;
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        status = admin.call("GET", "/admin/v2/persistent/loud/ns/t/compaction", None)?;
+        if status["status"] != "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    let stats = admin.call(
+        "GET",
+        "/admin/v2/persistent/loud/ns/t/internalStats?metadata=true",
+        None,
+    )?;
+    let view: serde_json::Value = serde_json::from_str(
+        stats["compactedLedger"]["metadata"]
+            .as_str()
+            .context("compacted ledger metadata")?,
+    )?;
+    assert_eq!(
+        view["fragments"][0]["bookies"],
+        serde_json::json!([bookies[0]]),
+        "{stats}"
+    );
+
+    // a namespace without affinity: the shared bookie only
+    let quiet = unique("quiet");
+    client.producer(&quiet).create().await?.send("q").await?;
+    assert_eq!(ensembles(&admin, &quiet)?, only(&bookies[2]));
+
+    // a new affinity moves the topic at its next write (housekeeping applies it)
+    admin.call(
+        "POST",
+        affinity,
+        Some(&serde_json::json!({"bookieAffinityGroupPrimary": "spare"})),
+    )?;
+    let mut now = Vec::new();
+    for _ in 0..100 {
+        producer.send("moving").await?;
+        now = ensembles(&admin, loud)?;
+        if now.last() == only(&bookies[1]).last() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now.last(), only(&bookies[1]).last(), "{now:?}");
+    assert!(now.iter().all(|e| *e != only(&bookies[2])[0]), "{now:?}");
+
+    // a group with no bookies: refused, saying why (503: bookies may come)
+    admin.create_namespace("loud/nowhere")?;
+    admin.call(
+        "POST",
+        "/admin/v2/namespaces/loud/nowhere/persistence/bookieAffinity",
+        Some(&serde_json::json!({"bookieAffinityGroupPrimary": "absent"})),
+    )?;
+    match admin.create_topic("persistent://loud/nowhere/t", 0) {
+        Err(magnetar_client::admin::AdminError::Status { status, reason }) => {
+            assert_eq!(status, 503, "{reason}");
+            assert!(
+                reason.contains("0 available in groups [absent]"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // bad input and the map's own bookkeeping
+    for (method, path, body, want) in [
+        ("POST", rack("nonsense"), "{}", 412),
+        (
+            "POST",
+            format!("{}?group=a,b", rack(&bookies[2])),
+            "{}",
+            412,
+        ),
+        ("POST", rack(&bookies[2]), "{\"rack\": 5}", 400),
+        ("POST", rack(&bookies[2]), "{\"colour\": \"red\"}", 400),
+        (
+            "POST",
+            affinity.to_string(),
+            "{\"bookieAffinityGroupPrimary\": \" , \"}",
+            412,
+        ),
+        (
+            "POST",
+            affinity.to_string(),
+            "{\"bookieAffinityGroupPrimary\": \"a/b\"}",
+            412,
+        ),
+    ] {
+        let body: serde_json::Value = serde_json::from_str(body)?;
+        match admin.call(method, &path, Some(&body)) {
+            Err(magnetar_client::admin::AdminError::Status { status, .. }) => {
+                assert_eq!(status, want, "{method} {path} {body}")
+            }
+            other => panic!("{method} {path} {body}: {other:?}"),
+        }
+    }
+    admin.call("DELETE", &rack(&bookies[0]), None)?;
+    match admin.call("DELETE", &rack(&bookies[0]), None) {
+        Err(magnetar_client::admin::AdminError::Status { status, .. }) => assert_eq!(status, 404),
+        other => panic!("second delete: {other:?}"),
+    }
+    let racks = admin.call("GET", "/admin/v2/bookies/racks-info", None)?;
+    assert!(racks.get("noisy").is_none(), "{racks}");
+    admin.call("DELETE", affinity, None)?;
+    assert_eq!(admin.call("GET", affinity, None)?, serde_json::Value::Null);
+    Ok(())
+}

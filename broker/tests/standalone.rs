@@ -329,7 +329,52 @@ async fn magnetar_admin_cli() -> Result<()> {
         "acme/ns",
     ])?)?;
     assert_eq!(perms["app"], serde_json::json!(["consume", "produce"]));
+    // the one bookie into a group, the namespace onto it
+    let bookies: serde_json::Value =
+        serde_json::from_str(&ok(&["-o", "json", "bookies", "list-bookies"])?)?;
+    let bookie = bookies["bookies"][0]["bookieId"]
+        .as_str()
+        .context("a bookie")?
+        .to_string();
+    ok(&[
+        "bookies",
+        "set-bookie-rack",
+        "--bookie",
+        &bookie,
+        "--group",
+        "acme-disks",
+        "--rack",
+        "/r1",
+    ])?;
+    let racks: serde_json::Value =
+        serde_json::from_str(&ok(&["-o", "json", "bookies", "racks-placement"])?)?;
+    assert_eq!(racks["acme-disks"][&bookie]["rack"], "/r1", "{racks}");
+    ok(&[
+        "namespaces",
+        "set-bookie-affinity-group",
+        "acme/ns",
+        "--primary-group",
+        "acme-disks",
+    ])?;
+    assert!(ok(&["namespaces", "get-bookie-affinity-group", "acme/ns"])?.contains("acme-disks"));
     ok(&["topics", "create", "acme/ns/t"])?;
+    let internal: serde_json::Value = serde_json::from_str(&ok(&[
+        "-o",
+        "json",
+        "topics",
+        "stats-internal",
+        "acme/ns/t",
+        "--metadata",
+    ])?)?;
+    let meta = internal["ledgers"][0]["metadata"]
+        .as_str()
+        .context("ledger metadata")?;
+    assert!(
+        meta.contains(&bookie) && meta.contains("acme-disks"),
+        "{meta}"
+    );
+    ok(&["namespaces", "delete-bookie-affinity-group", "acme/ns"])?;
+    ok(&["bookies", "delete-bookie-rack", "--bookie", &bookie])?;
     ok(&[
         "subscriptions",
         "create",
@@ -374,6 +419,7 @@ async fn magnetar_admin_cli() -> Result<()> {
         "topics",
         "subscriptions",
         "brokers",
+        "bookies",
     ] {
         let (code, help, _) = run(&[group, "--help"], false)?;
         assert_eq!(code, 0);

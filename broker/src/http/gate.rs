@@ -64,6 +64,19 @@ pub(super) fn need(method: &Method, path: &str) -> Need {
         ["admin", "v2", "tenants", ..] | ["admin", "v2", "brokers", ..] => Need::SuperUser,
         ["admin", "v2", "namespaces", tenant] => tenant_need(tenant),
         ["admin", "v2", "namespaces", tenant, ns, "topics"] if get => ns_topics(tenant, ns),
+        // which disks a namespace may use is the operator's call, not the tenant's
+        [
+            "admin",
+            "v2",
+            "namespaces",
+            tenant,
+            ns,
+            "persistence",
+            "bookieAffinity",
+        ] if !get => match ns_topics(tenant, ns) {
+            Need::NamespaceTopics(..) => Need::SuperUser,
+            other => other,
+        },
         ["admin", "v2", "namespaces", tenant, ns, ..] => match ns_topics(tenant, ns) {
             Need::NamespaceTopics(t, _) => Need::TenantAdmin(t),
             other => other,
@@ -247,6 +260,23 @@ mod tests {
             ),
             (&Method::PUT, "/admin/v2/tenants/acme", Need::SuperUser),
             (&g, "/admin/v2/brokers", Need::SuperUser),
+            (&g, "/admin/v2/bookies/racks-info", Need::SuperUser),
+            (&p, "/admin/v2/bookies/racks-info/b:3181", Need::SuperUser),
+            (
+                &g,
+                "/admin/v2/namespaces/acme/ns/persistence/bookieAffinity",
+                Need::TenantAdmin("acme".into()),
+            ),
+            (
+                &p,
+                "/admin/v2/namespaces/acme/ns/persistence/bookieAffinity",
+                Need::SuperUser,
+            ),
+            (
+                &Method::DELETE,
+                "/admin/v2/namespaces/acme/ns/persistence/bookieAffinity",
+                Need::SuperUser,
+            ),
             (
                 &g,
                 "/admin/v2/namespaces/acme",

@@ -21,6 +21,7 @@ use crate::names::{TopicName, valid_segment};
 use crate::service::{BrokerService, PartitionedMetadata, partitioned_key, topic_policies_key};
 use crate::topic::Topic;
 
+mod bookies;
 mod gate;
 mod namespaces;
 pub mod openapi;
@@ -193,6 +194,11 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .merge(topics::routes())
         .merge(namespaces::routes())
         .merge(tenants::routes())
+        .merge(bookies::routes())
+        .route(
+            &ns("persistence/bookieAffinity"),
+            ns_field("bookieAffinityGroup", SetBy::Post, check_affinity, true),
+        )
         .route(
             &ns("maxProducersPerTopic"),
             ns_field("max_producers_per_topic", SetBy::Post, check_limit, true),
@@ -644,6 +650,23 @@ async fn policy_delete(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str)
         }
     })
     .await
+}
+
+/// Pulsar's `BookieAffinityGroupData`: a primary list of groups (comma separated), an
+/// optional secondary one.
+fn check_affinity(v: Value) -> Result<Value, String> {
+    let g: crate::policies::BookieAffinityGroup = from_object(v, "bookie affinity group")?;
+    let lists = [Some(&g.primary), g.secondary.as_ref()];
+    for group in lists.into_iter().flatten().flat_map(|l| l.split(',')) {
+        let group = group.trim();
+        if !group.is_empty() && !valid_segment(group) {
+            return Err(format!("invalid group name {group:?}"));
+        }
+    }
+    if g.affinity().is_none() {
+        return Err("bookieAffinityGroupPrimary names no group".into());
+    }
+    serde_json::to_value(g).map_err(|e| e.to_string())
 }
 
 fn check_retention(v: Value) -> Result<Value, String> {
@@ -1169,11 +1192,44 @@ pub async fn topic_stats(topic: &Topic) -> Value {
     })
 }
 
-async fn internal_stats(State(svc): Svc, Path(path): Path<(String, String, String)>) -> Response {
-    match path_topic(&svc, &path).await {
-        Ok(t) => axum::Json(topic_internal_stats(&t)).into_response(),
-        Err(r) => r,
+/// `?metadata=true` adds each ledger's record (ensembles, quorums, affinity) as Pulsar
+/// adds BookKeeper's: a string in the ledger's `metadata` field.
+async fn internal_stats(
+    State(svc): Svc,
+    Path(path): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let t = match path_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut stats = topic_internal_stats(&t);
+    if q.get("metadata").is_some_and(|v| v == "true") && !t.ml.in_memory() {
+        let mut ledgers: Vec<&mut Value> = Vec::new();
+        if let Value::Object(m) = &mut stats {
+            for (k, v) in m.iter_mut() {
+                match (k.as_str(), v) {
+                    ("ledgers", Value::Array(list)) => ledgers.extend(list.iter_mut()),
+                    ("compactedLedger", c) if c["ledgerId"].as_i64().is_some_and(|id| id >= 0) => {
+                        ledgers.push(c)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for l in ledgers {
+            let Some(id) = l.get("ledgerId").and_then(Value::as_u64) else {
+                continue;
+            };
+            match svc.ledgers.metadata(id).await {
+                Ok(m) => {
+                    l["metadata"] = Value::from(serde_json::to_string(&m).unwrap_or_default());
+                }
+                Err(e) => l["metadata"] = Value::from(format!("unavailable: {e}")),
+            }
+        }
     }
+    axum::Json(stats).into_response()
 }
 
 /// A topic's storage view with Pulsar's field names: ledgers and cursors.
@@ -1221,6 +1277,12 @@ pub fn topic_internal_stats(topic: &Topic) -> Value {
             "offloaded": false,
         })).collect::<Vec<_>>(),
         "cursors": cursors,
+        "compactedLedger": match topic.compacted_ledger() {
+            Some((id, entries)) => json!({
+                "ledgerId": id, "entries": entries, "size": -1, "offloaded": false,
+            }),
+            None => json!({"ledgerId": -1, "entries": -1, "size": -1, "offloaded": false}),
+        },
     })
 }
 

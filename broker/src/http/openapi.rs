@@ -192,6 +192,62 @@ const OPS: &[Op] = &[
     ),
     (
         "get",
+        "/admin/v2/bookies/all",
+        "List the registered bookies",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "/admin/v2/bookies/racks-info",
+        "The racks map: group, bookie, rack",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "/admin/v2/bookies/racks-info/{bookie}",
+        "A bookie's rack",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "/admin/v2/bookies/racks-info/{bookie}",
+        "Put a bookie in a group and rack",
+        Some("BookieInfo"),
+        &["group"],
+    ),
+    (
+        "delete",
+        "/admin/v2/bookies/racks-info/{bookie}",
+        "Take a bookie out of the racks map",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{ns}/persistence/bookieAffinity",
+        "Bookie affinity groups",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "{ns}/persistence/bookieAffinity",
+        "Keep the namespace's ledgers on these bookie groups",
+        Some("BookieAffinityGroupData"),
+        &[],
+    ),
+    (
+        "delete",
+        "{ns}/persistence/bookieAffinity",
+        "Remove the bookie affinity",
+        None,
+        &[],
+    ),
+    (
+        "get",
         "{ns}/compactionThreshold",
         "Compaction threshold",
         None,
@@ -560,7 +616,7 @@ const OPS: &[Op] = &[
         "/admin/v2/persistent/{tenant}/{namespace}/{topic}/internalStats",
         "Storage view of a topic",
         None,
-        &[],
+        &["metadata"],
     ),
     (
         "get",
@@ -856,7 +912,7 @@ fn param(name: &str) -> Value {
 
 fn query(name: &str) -> Value {
     let schema = match name {
-        "force" | "perPartition" => json!({"type": "boolean"}),
+        "force" | "perPartition" | "metadata" => json!({"type": "boolean"}),
         "messageTTL" => json!({"type": "integer", "minimum": 0}),
         "mode" => json!({"type": "string", "enum": ["PERSISTENT", "NON_PERSISTENT", "ALL"]}),
         "backlogQuotaType" => {
@@ -905,6 +961,11 @@ fn schemas() -> Value {
             "ratePeriodInSecond": int, "relativeToPublishRate": {"type": "boolean"}}},
         "MessageId": {"type": "object", "required": ["ledgerId", "entryId"], "properties": {
             "ledgerId": int, "entryId": int, "partitionIndex": int}},
+        "BookieInfo": {"type": "object", "properties": {
+            "rack": {"type": "string"}, "hostname": {"type": "string"}}},
+        "BookieAffinityGroupData": {"type": "object", "required": ["bookieAffinityGroupPrimary"],
+            "properties": {"bookieAffinityGroupPrimary": {"type": "string"},
+                "bookieAffinityGroupSecondary": {"type": "string"}}},
         "ResetCursorData": {"type": "object", "required": ["ledgerId", "entryId"], "properties": {
             "ledgerId": int, "entryId": int, "partitionIndex": int,
             "isExcluded": {"type": "boolean"}, "batchIndex": int}},

@@ -68,6 +68,42 @@ enum Group {
     /// Brokers: list, leader, owned namespaces, health.
     #[command(subcommand)]
     Brokers(Brokers),
+    /// Bookies: list them; put them in racks and affinity groups.
+    #[command(subcommand)]
+    Bookies(Bookies),
+}
+
+// verb names follow pulsar-admin's (list-bookies)
+#[allow(clippy::enum_variant_names)]
+#[derive(Subcommand)]
+enum Bookies {
+    /// List the registered bookies.
+    ListBookies,
+    /// Show the racks map: group -> bookie -> rack and hostname.
+    RacksPlacement,
+    /// Show one bookie's rack.
+    GetBookieRack {
+        #[arg(long, short = 'b')]
+        bookie: String,
+    },
+    /// Put a bookie (host:port) in a group and rack; it leaves any other group. Namespaces
+    /// with that group as their bookie affinity keep their ledgers on the group's bookies.
+    SetBookieRack {
+        #[arg(long, short = 'b')]
+        bookie: String,
+        /// Affinity group [default: default, the shared pool].
+        #[arg(long, short = 'g', default_value = "default")]
+        group: String,
+        #[arg(long, short = 'r')]
+        rack: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Take a bookie out of the racks map.
+    DeleteBookieRack {
+        #[arg(long, short = 'b')]
+        bookie: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +232,22 @@ enum Namespaces {
         #[arg(long, short = 'b')]
         bundle: Option<String>,
     },
+    /// Keep the namespace's ledgers on bookies of these groups (see `bookies
+    /// set-bookie-rack`); applies to each topic's next ledger, which a topic starts at its
+    /// next write.
+    SetBookieAffinityGroup {
+        namespace: String,
+        /// Groups tried first, comma separated.
+        #[arg(long, short = 'p')]
+        primary_group: String,
+        /// Groups used when the primary ones have too few bookies.
+        #[arg(long, short = 's')]
+        secondary_group: Option<String>,
+    },
+    /// Show the namespace's bookie affinity groups.
+    GetBookieAffinityGroup { namespace: String },
+    /// Remove the namespace's bookie affinity (back to the shared bookies).
+    DeleteBookieAffinityGroup { namespace: String },
     /// Set, show or remove a namespace policy.
     #[command(subcommand)]
     Policy(NsPolicy),
@@ -315,7 +367,12 @@ enum Topics {
     /// A topic's stats.
     Stats { topic: String },
     /// A topic's storage view: ledgers and cursors.
-    StatsInternal { topic: String },
+    StatsInternal {
+        topic: String,
+        /// Include each ledger's record: its bookies, quorums and affinity.
+        #[arg(long, short = 'm')]
+        metadata: bool,
+    },
     /// Stats summed over a partitioned topic's partitions.
     PartitionedStats {
         topic: String,
@@ -493,6 +550,41 @@ fn plan(cmd: &Group) -> Result<Vec<Req>, AdminError> {
             )),
             Brokers::Healthcheck => get(format!("{a}/brokers/health")),
         },
+        Group::Bookies(b) => match b {
+            Bookies::ListBookies => get(format!("{a}/bookies/all")),
+            Bookies::RacksPlacement => get(format!("{a}/bookies/racks-info")),
+            Bookies::GetBookieRack { bookie } => {
+                get(format!("{a}/bookies/racks-info/{}", seg(bookie)))
+            }
+            Bookies::SetBookieRack {
+                bookie,
+                group,
+                rack,
+                hostname,
+            } => {
+                let mut body = json!({});
+                if let Some(r) = rack {
+                    body["rack"] = json!(r);
+                }
+                if let Some(h) = hostname {
+                    body["hostname"] = json!(h);
+                }
+                (
+                    "POST",
+                    format!(
+                        "{a}/bookies/racks-info/{}?group={}",
+                        seg(bookie),
+                        seg(group)
+                    ),
+                    Some(body),
+                )
+            }
+            Bookies::DeleteBookieRack { bookie } => (
+                "DELETE",
+                format!("{a}/bookies/racks-info/{}", seg(bookie)),
+                None,
+            ),
+        },
     };
     Ok(vec![r])
 }
@@ -574,6 +666,29 @@ fn namespaces(n: &Namespaces) -> Result<Vec<Req>, AdminError> {
             ),
             None => ("PUT", format!("{}/unload", base(namespace)?), None),
         },
+        Namespaces::SetBookieAffinityGroup {
+            namespace,
+            primary_group,
+            secondary_group,
+        } => {
+            let mut body = json!({"bookieAffinityGroupPrimary": primary_group});
+            if let Some(s) = secondary_group {
+                body["bookieAffinityGroupSecondary"] = json!(s);
+            }
+            (
+                "POST",
+                format!("{}/persistence/bookieAffinity", base(namespace)?),
+                Some(body),
+            )
+        }
+        Namespaces::GetBookieAffinityGroup { namespace } => {
+            get(format!("{}/persistence/bookieAffinity", base(namespace)?))
+        }
+        Namespaces::DeleteBookieAffinityGroup { namespace } => (
+            "DELETE",
+            format!("{}/persistence/bookieAffinity", base(namespace)?),
+            None,
+        ),
         Namespaces::Policy(p) => return ns_policy(p, base),
     };
     Ok(vec![r])
@@ -705,7 +820,10 @@ fn topics(t: &Topics) -> Result<Vec<Req>, AdminError> {
             None,
         ),
         Topics::Stats { topic } => get(format!("{}/stats", base(topic)?)),
-        Topics::StatsInternal { topic } => get(format!("{}/internalStats", base(topic)?)),
+        Topics::StatsInternal { topic, metadata } => get(format!(
+            "{}/internalStats?metadata={metadata}",
+            base(topic)?
+        )),
         Topics::PartitionedStats {
             topic,
             per_partition,
