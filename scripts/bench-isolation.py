@@ -97,16 +97,18 @@ HISTOGRAMS = ("bookie_add_latency_seconds", "bookie_journal_sync_latency_seconds
 
 
 def histograms(web):
-    """The bookie's latency histograms from /metrics: {name: [(le, cumulative count)]}."""
+    """The bookies' latency histograms from /metrics: {(name, bookie): [(le, cumulative
+    count)]}; bookie is "" when the standalone runs one (its series are unlabelled)."""
     with urllib.request.urlopen(web + "/metrics", timeout=30) as r:
         text = r.read().decode()
-    out = {h: [] for h in HISTOGRAMS}
+    out = {}
     for line in text.splitlines():
         for h in HISTOGRAMS:
             if line.startswith(h + "_bucket{"):
                 le = line.split('le="')[1].split('"')[0]
-                out[h].append((float("inf") if le == "+Inf" else float(le),
-                               float(line.split()[-1])))
+                bookie = line.split('bookie="')[1].split('"')[0] if 'bookie="' in line else ""
+                out.setdefault((h, bookie), []).append(
+                    (float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
     return out
 
 
@@ -140,7 +142,7 @@ def run(url, web, me, kinds, topics, procs, window, rate, schedule, settle, warm
     procs["victim"] = [v]
     time.sleep(warm)
     windows = []
-    hist = {k: {h: None for h in HISTOGRAMS} for k in ["alone"] + list(kinds)}
+    hist = {k: {} for k in ["alone"] + list(kinds)}
     flood_msgs = {k: 0 for k in kinds}
     flood_secs = {k: 0.0 for k in kinds}
     for kind in schedule:
@@ -154,9 +156,9 @@ def run(url, web, me, kinds, topics, procs, window, rate, schedule, settle, warm
         h0 = histograms(web)
         time.sleep(max(0.0, start + window - time.monotonic()))
         h1 = histograms(web)
-        for h in HISTOGRAMS:
-            delta = [(le, c1 - c0) for (le, c1), (_, c0) in zip(h1[h], h0[h])]
-            acc = hist[kind][h]
+        for h in h1:
+            delta = [(le, c1 - c0) for (le, c1), (_, c0) in zip(h1[h], h0.get(h, []))]
+            acc = hist[kind].get(h)
             hist[kind][h] = delta if acc is None else [(le, a + d) for (le, a), (_, d)
                                                         in zip(acc, delta)]
         if kind != "alone":
@@ -183,6 +185,17 @@ def main():
         rest(web, "PUT", "/admin/v2/namespaces/%s/ns" % tenant)
     rest(web, "POST", "/admin/v2/namespaces/noisy/ns/publishRate",
          {"publishThrottlingRateInMsg": limit})
+    # AFFINITY=1 (with BOOKIES=2): the flooding tenants' ledgers go to a bookie of their own
+    if os.environ.get("AFFINITY"):
+        bookies = sorted(b["bookieId"] for b in rest(web, "GET", "/admin/v2/bookies/all")["bookies"])
+        if len(bookies) < 2:
+            sys.exit("AFFINITY needs BOOKIES=2 or more")
+        for b in bookies[1:]:
+            rest(web, "POST", "/admin/v2/bookies/racks-info/%s?group=noisy" % b, {"rack": "/flood"})
+        for tenant in ("noisy", "unlimited"):
+            rest(web, "POST", "/admin/v2/namespaces/%s/ns/persistence/bookieAffinity" % tenant,
+                 {"bookieAffinityGroupPrimary": "noisy"})
+        print("bookie affinity: victim on %s, flooders on %s" % (bookies[0], ", ".join(bookies[1:])))
     # FLOOD_DOMAIN=non-persistent takes the disk out of the picture
     domain = os.environ.get("FLOOD_DOMAIN", "persistent")
     kinds = {"flood-limited": "noisy"}
@@ -236,11 +249,11 @@ def main():
               % (kind, r["p50"], r["p99"], r["p999"], r["count"],
                  "; flood stored %d msg/s" % r["flood_stored_msgs_per_s"] if kind in kinds else ""))
         print("  %-16s p99 per window: %s" % ("", " ".join("%.1f" % x for x in per_window[kind])))
-        for h in HISTOGRAMS:
-            r[h] = {"p50_le_ms": bucket_pct(hist[kind][h], .5),
-                    "p99_le_ms": bucket_pct(hist[kind][h], .99)}
+        for (h, bookie), counts in sorted(hist[kind].items()):
+            name = h + ("@" + bookie if bookie else "")
+            r[name] = {"p50_le_ms": bucket_pct(counts, .5), "p99_le_ms": bucket_pct(counts, .99)}
             print("  %-16s %s: p50 <= %g ms, p99 <= %g ms"
-                  % ("", h, r[h]["p50_le_ms"], r[h]["p99_le_ms"]))
+                  % ("", name, r[name]["p50_le_ms"], r[name]["p99_le_ms"]))
     # pooled percentiles follow the worst windows of each kind; the median over rounds of
     # (flooded window p99 / the quiet window just before it) follows the typical window
     for n, kind in enumerate(kinds):

@@ -3,7 +3,8 @@
 # floods at its namespace publish rate limit, and (unless ONLY_LIMITED=1) while a tenant
 # without a limit floods, in alternating windows (see bench-isolation.py). Needs the release
 # binary and the venv that scripts/install-deps.sh makes (make bench-isolation).
-# WINDOW, ROUNDS, SETTLE, VICTIM_RATE, LIMIT, FLOOD_SCHED, FLOOD_DOMAIN override.
+# WINDOW, ROUNDS, SETTLE, VICTIM_RATE, LIMIT, FLOOD_SCHED, FLOOD_DOMAIN override; BOOKIES=2
+# AFFINITY=1 puts the flooding tenants on a bookie (journal) of their own.
 set -euo pipefail
 WINDOW="${WINDOW:-8}"
 VICTIM_RATE="${VICTIM_RATE:-1000}"

@@ -12,7 +12,7 @@ start_standalone() {
   local start
   start=$(date +%s%N)
   "$BIN" standalone --data-dir "$DIR/data" --broker-port "$BP" --web-port "$WP" \
-    --bookie-port "$KP" > "$DIR/log" 2>&1 &
+    --bookie-port "$KP" --bookies "${BOOKIES:-1}" > "$DIR/log" 2>&1 &
   PID=$!
   until curl -sf "http://127.0.0.1:$WP/admin/v2/brokers/health" >/dev/null; do sleep 0.005; done
   READY_MS=$(( ($(date +%s%N) - start) / 1000000 ))
