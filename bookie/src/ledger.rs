@@ -124,12 +124,12 @@ impl LedgerMeta {
 pub enum LedgerError {
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("need {need} bookies, {have} available{}", where_.as_ref().map(|w| format!(" in {w}")).unwrap_or_default())]
+    #[error("need {need} bookies, {have} available{}", affinity.as_ref().map(|a| format!(" in {a}")).unwrap_or_default())]
     NotEnoughBookies {
         need: usize,
         have: usize,
         /// The affinity that limited the choice, if any.
-        where_: Option<Affinity>,
+        affinity: Option<Affinity>,
     },
     #[error("invalid quorum: ensemble {e}, write {qw}, ack {qa} (need e >= qw >= qa >= 1)")]
     InvalidQuorum { e: usize, qw: usize, qa: usize },
@@ -323,7 +323,7 @@ impl LedgerClient {
             return Err(LedgerError::NotEnoughBookies {
                 need: n,
                 have: chosen.len(),
-                where_: affinity.cloned(),
+                affinity: affinity.cloned(),
             });
         }
         Ok(chosen)
@@ -905,7 +905,7 @@ impl LedgerWriter {
             return Err(LedgerError::NotEnoughBookies {
                 need: current.len(),
                 have: current.len() - bad.iter().filter(|b| current.contains(b)).count(),
-                where_: affinity,
+                affinity,
             });
         };
         loop {

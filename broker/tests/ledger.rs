@@ -1,6 +1,7 @@
 //! The ledger client against etcd and three real bookie processes (E=3, Qw=2, Qa=2):
 //! quorum writes read back, recovery fences a live writer and closes at the last acknowledged
-//! entry after the writer process is killed, and a corrupt replica is answered by another.
+//! entry after the writer process is killed, a corrupt replica is answered by another, and
+//! ensemble changes and auto-recovery keep a ledger on its affinity group.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -16,7 +17,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use magnetar_bookie::client::BookieClient;
 use magnetar_bookie::ledger::{LedgerClient, LedgerError};
+use magnetar_bookie::placement::{self, Affinity, BookieInfo, RACKS_INFO_PATH, RacksInfo};
 use magnetar_bookie::protocol::Status;
+use magnetar_meta::{Expected, MetadataStoreExt};
 use magnetar_testkit::{BookieProc, EtcdServer, metric_value, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -310,7 +313,18 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
     let client = cluster.client().await?;
     wait_registered(&client, 4).await?;
     cluster.bookies.push(spare);
-    let writer = client.create(3, 2, 2).await?;
+    // all four in the ledger's group: the replacement comes through the affinity's placement
+    let mut racks = RacksInfo::new();
+    for b in &cluster.bookies {
+        placement::set_bookie(&mut racks, "g", &b.addr.to_string(), BookieInfo::default());
+    }
+    client
+        .meta_store()
+        .put_json(RACKS_INFO_PATH, &racks, Expected::Absent)
+        .await?;
+    let writer = client
+        .create_with(3, 2, 2, Affinity::from_lists("g", None))
+        .await?;
     let victim_addr = writer.metadata().fragments[0].bookies[1].clone();
     const N: u64 = 100_000;
     let killer = {
@@ -391,12 +405,15 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
     Ok(())
 }
 
+/// Four of five bookies form the ledger's affinity group: the ensemble comes from the group,
+/// and when one of its bookies is lost, auto-recovery re-replicates to the group's spare, not
+/// to the ungrouped bookie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Result<()> {
     let etcd = EtcdServer::start().await?;
     let bin = Path::new(env!("CARGO_BIN_EXE_magnetar"));
     let mut bookies = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         bookies.push(
             BookieProc::start(
                 bin,
@@ -407,8 +424,28 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
     }
     let cluster = Cluster { etcd, bookies };
     let client = cluster.client().await?;
-    wait_registered(&client, 4).await?;
-    let writer = client.create(3, 2, 2).await?;
+    wait_registered(&client, 5).await?;
+    let outsider = cluster.bookies[4].addr.to_string();
+    let mut racks = RacksInfo::new();
+    for b in &cluster.bookies[..4] {
+        placement::set_bookie(
+            &mut racks,
+            "tenant-a",
+            &b.addr.to_string(),
+            BookieInfo::default(),
+        );
+    }
+    client
+        .meta_store()
+        .put_json(RACKS_INFO_PATH, &racks, Expected::Absent)
+        .await?;
+    let affinity = Affinity::from_lists("tenant-a", None);
+    let writer = client.create_with(3, 2, 2, affinity.clone()).await?;
+    assert!(
+        !writer.metadata().fragments[0].bookies.contains(&outsider),
+        "{:?}",
+        writer.metadata()
+    );
     for i in 0..1000 {
         writer.append(payload(i)).await?;
     }
@@ -435,6 +472,14 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
         "lost bookie still referenced: {:?}",
         meta.fragments
     );
+    assert!(
+        meta.fragments
+            .iter()
+            .all(|f| !f.bookies.contains(&outsider)),
+        "re-replicated outside the group: {:?}",
+        meta.fragments
+    );
+    assert_eq!(meta.affinity, affinity);
     assert_full_replication(&cluster, &victim, writer.id(), &meta, 0..1000, 1).await?;
     // a second pass finds nothing to do
     assert_eq!(auto.pass().await?.fragments_rereplicated, 0);
