@@ -9,7 +9,7 @@
 //! judged by their outer key. The record at
 //! `/compaction/{topic path}` names the ledger and horizon and changes only by CAS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -24,6 +24,9 @@ use tracing::{info, warn};
 
 use crate::managed_ledger::{ManagedLedger, MlError};
 use crate::position::Position;
+
+/// Compacted entries being written at once (one journal group can take them all).
+const APPENDS_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactionRecord {
@@ -265,6 +268,9 @@ pub async fn compact(
     let writer = client.create_with(e, qw, qa, ml.affinity()).await?;
     let mut positions = Vec::new();
     let mut live = HashMap::new();
+    // appends are pipelined: `submit` numbers each entry as it is called, so the view's
+    // entry k is positions[k] however the syncs group
+    let mut in_flight = VecDeque::with_capacity(APPENDS_IN_FLIGHT);
     let mut p = ml.next_position(ml.before_first());
     while let Some(pos) = p.filter(|q| *q <= horizon) {
         let raw = ml.read(pos).await?;
@@ -294,10 +300,18 @@ pub async fn compact(
             framed.put_u64(pos.ledger);
             framed.put_i64(pos.entry);
             framed.put_slice(&data);
-            writer.append(framed.freeze()).await?;
+            in_flight.push_back(writer.submit(framed.freeze())?);
             positions.push(pos);
+            if in_flight.len() >= APPENDS_IN_FLIGHT
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                oldest.await?;
+            }
         }
         p = ml.next_position(pos);
+    }
+    for add in in_flight {
+        add.await?;
     }
     writer.close().await?;
     let record = CompactionRecord {
