@@ -197,7 +197,9 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .merge(bookies::routes())
         .route(
             &ns("persistence/bookieAffinity"),
-            ns_field("bookieAffinityGroup", SetBy::Post, check_affinity, true),
+            get(get_affinity)
+                .post(|s, p, b| policy_set(s, p, "bookieAffinityGroup", b, check_affinity))
+                .delete(|s, p| policy_delete(s, p, "bookieAffinityGroup")),
         )
         .route(
             &ns("maxProducersPerTopic"),
@@ -650,6 +652,20 @@ async fn policy_delete(State(svc): Svc, Path((tenant, ns)): NsPath, field: &str)
         }
     })
     .await
+}
+
+/// A namespace without an affinity answers 404, as Pulsar's does.
+async fn get_affinity(State(svc): Svc, Path((tenant, ns)): NsPath) -> Response {
+    match namespace_record(&svc, &tenant, &ns).await {
+        Ok(v) => match v.get("bookieAffinityGroup") {
+            Some(g) if !g.is_null() => axum::Json(g.clone()).into_response(),
+            _ => err(
+                StatusCode::NOT_FOUND,
+                format!("Namespace {tenant}/{ns} has no bookie affinity group"),
+            ),
+        },
+        Err(r) => r,
+    }
 }
 
 /// Pulsar's `BookieAffinityGroupData`: a primary list of groups (comma separated), an
