@@ -345,6 +345,8 @@ struct MlInner {
     last: watch::Sender<Position>,
     stats: MlStats,
     record_writes: tokio::sync::Mutex<()>,
+    /// A background measurement of recovered ledgers is running.
+    measuring: std::sync::atomic::AtomicBool,
 }
 
 impl MlInner {
@@ -372,6 +374,7 @@ impl MlInner {
             last: last_tx,
             stats: MlStats::default(),
             record_writes: tokio::sync::Mutex::new(()),
+            measuring: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -959,7 +962,9 @@ impl ManagedLedger {
     }
 
     /// Counts the messages of a ledger this broker did not write, by reading it once, and
-    /// keeps the cumulative counts by entry.
+    /// keeps the cumulative counts by entry. A ledger recovered from an earlier owner has no
+    /// size yet (the owner died before recording it): the same read measures it, and the
+    /// size is recorded so backlog bytes, size retention and quotas count it.
     async fn count_ledger(&self, ledger: u64) -> Result<(), MlError> {
         let entries = {
             let st = self.inner.state.lock();
@@ -967,6 +972,7 @@ impl ManagedLedger {
         };
         let mut counts = Vec::with_capacity(entries as usize);
         let mut sum = 0u64;
+        let mut bytes = 0u64;
         let reads = futures::stream::iter((0..entries).map(|e| {
             let ml = self.clone();
             async move { ml.read(Position::new(ledger, e as i64)).await }
@@ -977,15 +983,68 @@ impl ManagedLedger {
             let d = d?;
             let n = magnetar_protocol::entry::peek_counted(&d).unwrap_or(1);
             sum += n as u64;
+            bytes += d.len() as u64;
             counts.push(sum);
         }
-        debug!(topic = %self.inner.name, ledger_id = ledger, entries, "counted messages");
-        let mut st = self.inner.state.lock();
-        if let Some(l) = st.ledgers.get_mut(&ledger) {
-            l.messages = Some(sum);
+        debug!(topic = %self.inner.name, ledger_id = ledger, entries, bytes, "counted messages");
+        let sized = {
+            let mut st = self.inner.state.lock();
+            let mut sized = false;
+            if let Some(l) = st.ledgers.get_mut(&ledger) {
+                l.messages = Some(sum);
+                if l.size == 0 && entries > 0 {
+                    l.size = bytes;
+                    sized = true;
+                }
+            }
+            st.counts.insert(ledger, counts);
+            sized
+        };
+        if sized {
+            // kept for the next owner too; losing this write only means measuring again
+            if let Err(e) = write_record(&self.inner, |st| st.record()).await {
+                warn!(topic = %self.inner.name, ledger_id = ledger, error = %e, "recording a measured ledger size failed");
+            } else {
+                info!(topic = %self.inner.name, ledger_id = ledger, bytes, "recovered ledger measured");
+            }
         }
-        st.counts.insert(ledger, counts);
         Ok(())
+    }
+
+    /// Measures, in the background and one at a time, the closed ledgers whose size is
+    /// unknown (recovered from an earlier owner); a no-op while a measurement runs. Called
+    /// by housekeeping, so a restart's recovered ledgers are read once, after the topic
+    /// already serves.
+    pub fn measure_unsized(&self) {
+        if self.inner.cfg.in_memory {
+            return;
+        }
+        let unmeasured: Vec<u64> = {
+            let st = self.inner.state.lock();
+            let current = st.current.as_ref().map(LedgerWriter::id);
+            st.ledgers
+                .values()
+                .filter(|l| l.size == 0 && l.entries > 0 && Some(l.ledger_id) != current)
+                .map(|l| l.ledger_id)
+                .collect()
+        };
+        if unmeasured.is_empty() || self.inner.measuring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ml = self.clone();
+        tokio::spawn(async move {
+            for id in unmeasured {
+                // a ledger trimmed meanwhile is simply gone
+                if !ml.inner.state.lock().ledgers.contains_key(&id) {
+                    continue;
+                }
+                if let Err(e) = ml.count_ledger(id).await {
+                    warn!(topic = %ml.inner.name, ledger_id = id, error = %e, "measuring a recovered ledger failed; retried next pass");
+                    break;
+                }
+            }
+            ml.inner.measuring.store(false, Ordering::Release);
+        });
     }
 
     /// The mark-delete position from which delivery starts at `p`: just before the first

@@ -620,6 +620,7 @@ impl BrokerService {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
                 t.ml.release_idle_cache();
+                t.ml.measure_unsized();
             }
             self.stats.housekeeping_runs.fetch_add(1, Ordering::Relaxed);
         }

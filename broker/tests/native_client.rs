@@ -471,6 +471,68 @@ async fn producers_and_consumers_survive_a_broker_restart() -> Result<()> {
     Ok(())
 }
 
+/// The ledger open at a kill -9 comes back with no recorded size (its writer died before
+/// recording it). It is measured after the restart — by the first backlog count that reads it,
+/// or else by housekeeping — so storage and backlog bytes (and with them size retention and
+/// backlog quotas) are what they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_ledger_is_measured_after_a_restart() -> Result<()> {
+    let mut sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--housekeeping-interval-secs",
+            "1",
+            "--default-retention-time-in-minutes",
+            "60",
+        ],
+    )
+    .await?;
+    // one topic with a subscription (its backlog count reads the ledger), one retained
+    // without any (only housekeeping measures it)
+    let (subscribed, retained) = (unique("measured"), unique("retained"));
+    {
+        let client = Client::new(sa.service_url())?;
+        let _consumer = earliest(&client, &subscribed, "s").await?;
+        for topic in [&subscribed, &retained] {
+            let producer = client.producer(topic).create().await?;
+            for i in 0..300u32 {
+                producer
+                    .send(ProducerMessage::new(vec![i as u8; 1000]))
+                    .await?;
+            }
+        }
+    }
+    let admin = admin(&sa);
+    let mut before = Vec::new();
+    for topic in [&subscribed, &retained] {
+        let stats = admin.topic_stats(topic, false)?;
+        assert!(
+            stats["storageSize"].as_u64().is_some_and(|s| s >= 300_000),
+            "{stats}"
+        );
+        before.push(stats);
+    }
+    sa.kill9();
+    sa.restart().await?;
+    for (topic, before) in [&subscribed, &retained].into_iter().zip(&before) {
+        let mut after = serde_json::Value::Null;
+        for _ in 0..300 {
+            after = admin.topic_stats(topic, false)?;
+            if after["storageSize"] == before["storageSize"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            after["storageSize"], before["storageSize"],
+            "{topic}: before {before}\nafter {after}"
+        );
+    }
+    let after = admin.topic_stats(&subscribed, false)?;
+    assert_eq!(after["subscriptions"]["s"]["msgBacklog"], 300, "{after}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_with_the_python_client_both_ways() -> Result<()> {
     let sa = StandaloneProc::start(bin(), &[]).await?;
