@@ -210,15 +210,21 @@ struct AppendReq {
 
 pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 
-/// The bytes the entry caches of a broker's persistent topics hold together.
+/// The bytes the entry caches of a broker's persistent topics hold together, and how many
+/// topics hold some (each one's fair share is the budget divided among them).
 #[derive(Debug, Default)]
 pub struct CacheBudget {
     used: AtomicUsize,
+    holders: AtomicUsize,
 }
 
 impl CacheBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn holders(&self) -> usize {
+        self.holders.load(Ordering::Relaxed)
     }
 }
 
@@ -255,22 +261,41 @@ impl EntryCache {
     }
 
     fn add_bytes(&mut self, n: usize) {
+        let was = self.bytes;
         self.bytes += n;
         if let Some(b) = &self.budget {
             b.used.fetch_add(n, Ordering::Relaxed);
+            if was == 0 && self.bytes > 0 {
+                b.holders.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     fn sub_bytes(&mut self, n: usize) {
+        let was = self.bytes;
         self.bytes -= n;
         if let Some(b) = &self.budget {
             b.used.fetch_sub(n, Ordering::Relaxed);
+            if was > 0 && self.bytes == 0 {
+                b.holders.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Keeps `data`, then lets go of this topic's oldest entries while the topic or the
-    /// budget is over; when other topics hold the budget, that can be the new entry too
-    /// (readers then go to the bookies).
+    /// This topic's part of an overdrawn budget: the budget split evenly among the topics
+    /// holding some of it (its own `max` without a shared budget).
+    fn fair_share(&self) -> usize {
+        self.budget
+            .as_ref()
+            .map_or(self.max, |b| self.max / b.holders().max(1))
+    }
+
+    /// Keeps `data`, then lets go of this topic's oldest entries while it is over its own
+    /// bound, or while the budget is overdrawn and it holds more than its fair share. A
+    /// topic under its share keeps its entries even then: the topics over theirs shrink at
+    /// their next insert or housekeeping pass ([`EntryCache::shed`]), so the first busy topic
+    /// cannot keep a later one from caching anything. The budget can so be overdrawn, by
+    /// at most what under-share topics add before that.
     fn insert(&mut self, p: Position, data: Bytes) {
         if self.max == 0 || data.len() > self.max {
             return;
@@ -279,12 +304,29 @@ impl EntryCache {
         if let Some(old) = self.entries.insert(p, data) {
             self.sub_bytes(old.len());
         }
-        while self.bytes > self.max || self.used() > self.max {
+        while self.bytes > self.max || self.over_share() {
             let Some((_, d)) = self.entries.pop_first() else {
                 break;
             };
             self.sub_bytes(d.len());
         }
+    }
+
+    fn over_share(&self) -> bool {
+        self.used() > self.max && self.bytes > self.fair_share()
+    }
+
+    /// Gives back what this topic holds beyond its fair share of an overdrawn budget.
+    fn shed(&mut self) -> usize {
+        let mut released = 0;
+        while self.over_share() {
+            let Some((_, d)) = self.entries.pop_first() else {
+                break;
+            };
+            released += d.len();
+            self.sub_bytes(d.len());
+        }
+        released
     }
 
     /// Keeps only the entries at or after `from`.
@@ -812,7 +854,8 @@ impl ManagedLedger {
     }
 
     /// Lets go of the entry cache of a persistent topic that took no entry since the last
-    /// call (housekeeping's period), so that idle topics do not hold the broker's budget.
+    /// call (housekeeping's period), so that idle topics do not hold the broker's budget; a
+    /// busy topic gives back what it holds beyond its fair share of an overdrawn budget.
     /// Returns the bytes released.
     pub fn release_idle_cache(&self) -> usize {
         if self.inner.cfg.in_memory {
@@ -821,7 +864,7 @@ impl ManagedLedger {
         let added = self.inner.stats.entries_added.load(Ordering::Relaxed);
         let mut c = self.inner.cache.lock();
         if std::mem::replace(&mut c.seen_added, added) != added {
-            return 0;
+            return c.shed();
         }
         let released = c.bytes;
         c.clear();
@@ -1720,23 +1763,34 @@ mod tests {
         for i in 0..6 {
             a.insert(Position::new(1, i), entry(100));
         }
-        assert_eq!((a.bytes, budget.used()), (600, 600));
-        // b fills the rest, then goes over: it lets go of its own oldest, not a's
+        assert_eq!((a.bytes, budget.used(), budget.holders()), (600, 600, 1));
+        // b fills the rest, then goes over: it keeps its fair share (half), from its own
+        // oldest on, never taking a's
         for i in 0..6 {
             b.insert(Position::new(2, i), entry(100));
         }
-        assert_eq!((a.bytes, b.bytes, budget.used()), (600, 400, 1000));
-        assert_eq!(b.entries.keys().next(), Some(&Position::new(2, 2)));
-        // a topic whose share is all taken keeps nothing rather than overdraw
+        assert_eq!((a.bytes, b.bytes, budget.used()), (600, 500, 1100));
+        assert_eq!(b.entries.keys().next(), Some(&Position::new(2, 1)));
+        // a, over its share of the overdrawn budget, shrinks at its next insert
+        a.insert(Position::new(1, 6), entry(100));
+        assert_eq!((a.bytes, b.bytes, budget.used()), (500, 500, 1000));
+        assert_eq!(a.entries.keys().next(), Some(&Position::new(1, 2)));
+        // a third busy topic still caches: the first ones do not starve it
         let mut c = EntryCache::new(1000, Some(Arc::clone(&budget)));
         c.insert(Position::new(3, 0), entry(100));
-        assert_eq!((c.bytes, budget.used()), (0, 1000));
-        a.keep_from(Position::new(1, 4));
-        assert_eq!((a.bytes, budget.used()), (200, 600));
+        assert_eq!((c.bytes, budget.used(), budget.holders()), (100, 1100, 3));
+        // housekeeping brings a and b back to their share (333 each)
+        assert_eq!(a.shed() + b.shed(), 100);
+        assert!(budget.used() <= 1000 && a.bytes <= 400 && b.bytes <= 500);
+        // within its bound and the budget, shedding gives nothing back
+        assert_eq!(c.shed(), 0);
+        a.keep_from(Position::new(1, 5));
+        assert_eq!(a.bytes, 200);
         drop(b);
-        assert_eq!(budget.used(), 200);
+        assert_eq!(budget.used(), 300);
         a.clear();
-        assert_eq!(budget.used(), 0);
+        c.clear();
+        assert_eq!((budget.used(), budget.holders()), (0, 0));
     }
 
     #[test]
