@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction
+.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ bench-standalone: deps ## standalone: time to healthy, RSS, produce/tail/catch-u
 bench-isolation: deps ## one tenant floods (rate-limited, then not): another tenant's publish latency
 	$(CARGO) build --release -p magnetar-broker --bin magnetar
 	scripts/bench-isolation.sh
+
+bench-cache: deps ## entry-cache fairness: a topic filling the budget vs another's read-back
+	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf
+	scripts/bench-cache.sh
 
 bench-compaction: deps ## one compaction of 60 000 entries over 30 000 keys, timed
 	$(CARGO) build --release -p magnetar-broker --bin magnetar

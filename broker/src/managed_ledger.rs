@@ -216,6 +216,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 pub struct CacheBudget {
     used: AtomicUsize,
     holders: AtomicUsize,
+    /// Reads the caches answered / that went to the bookies, over all topics.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl CacheBudget {
@@ -225,6 +228,14 @@ impl CacheBudget {
 
     pub fn holders(&self) -> usize {
         self.holders.load(Ordering::Relaxed)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
     }
 }
 
@@ -892,9 +903,19 @@ impl ManagedLedger {
             let mut c = self.inner.cache.lock();
             if let Some(d) = c.entries.get(&p).cloned() {
                 c.hits += 1;
+                self.inner
+                    .cfg
+                    .cache_budget
+                    .hits
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(d);
             }
             c.misses += 1;
+            self.inner
+                .cfg
+                .cache_budget
+                .misses
+                .fetch_add(1, Ordering::Relaxed);
         }
         if p.entry < 0 || p > self.last_confirmed() || self.inner.cfg.in_memory {
             return Err(MlError::NoSuchPosition(p));

@@ -1461,6 +1461,18 @@ async fn metrics(State(svc): Svc) -> Response {
         "What those caches may hold together (--managed-ledger-cache-size-mb).",
         svc.cfg.ml.cache_bytes as u64,
     );
+    let budget = &svc.cfg.ml.cache_budget;
+    let _ = writeln!(
+        out,
+        "# HELP magnetar_entry_cache_hits_total Entry reads the topics' caches answered.\n\
+         # TYPE magnetar_entry_cache_hits_total counter\n\
+         magnetar_entry_cache_hits_total {}\n\
+         # HELP magnetar_entry_cache_misses_total Entry reads that went to the bookies.\n\
+         # TYPE magnetar_entry_cache_misses_total counter\n\
+         magnetar_entry_cache_misses_total {}",
+        budget.hits(),
+        budget.misses()
+    );
     let topics = svc.loaded_topics();
     gauge(
         &mut out,
