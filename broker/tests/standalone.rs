@@ -202,6 +202,15 @@ async fn metrics_cardinality_is_bounded() -> Result<()> {
         let m = http_get(sa.web, "/metrics")?;
         // the in-process bookie's series come along
         assert!(m.contains("\nbookie_journal_groups_total "), "{m}");
+        for counter in [
+            "magnetar_entry_cache_hits_total",
+            "magnetar_entry_cache_misses_total",
+        ] {
+            assert!(
+                m.contains(&format!("\n# TYPE {counter} counter\n{counter} ")),
+                "{m}"
+            );
+        }
         let series: Vec<&str> = m
             .lines()
             .filter(|l| l.starts_with("pulsar_storage_size{"))
