@@ -224,6 +224,9 @@ pub struct PolicyDefaults {
     pub auto_topic_partitions: u32,
     /// The cluster whose entry of per-cluster policies (rates) applies.
     pub cluster: String,
+    /// Bookie groups for namespaces that name none (Pulsar's
+    /// `bookkeeperClientIsolationGroups`).
+    pub affinity: Option<Affinity>,
 }
 
 impl Default for PolicyDefaults {
@@ -238,6 +241,7 @@ impl Default for PolicyDefaults {
             auto_topic_creation: true,
             auto_topic_partitions: 0,
             cluster: "standalone".into(),
+            affinity: None,
         }
     }
 }
@@ -387,7 +391,8 @@ impl Effective {
             affinity: p
                 .bookie_affinity_group
                 .as_ref()
-                .and_then(BookieAffinityGroup::affinity),
+                .and_then(BookieAffinityGroup::affinity)
+                .or_else(|| d.affinity.clone()),
         }
     }
 }
@@ -440,5 +445,30 @@ mod tests {
         assert_eq!(empty.retention.time, Some(Duration::ZERO));
         assert!(empty.auto_topic_creation);
         assert_eq!(empty.auto_topic_partitions, 0);
+        assert_eq!(empty.affinity, None);
+    }
+
+    #[test]
+    fn a_namespace_affinity_wins_over_the_broker_default() {
+        let d = PolicyDefaults {
+            affinity: Affinity::from_lists("shared", None),
+            ..Default::default()
+        };
+        let p: NamespacePolicies = serde_json::from_str(
+            r#"{"bookieAffinityGroup": {"bookieAffinityGroupPrimary": "a, b",
+                "bookieAffinityGroupSecondary": "c"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Effective::resolve(&p, &d).affinity,
+            Affinity::from_lists("a,b", Some("c"))
+        );
+        let none = Effective::resolve(&NamespacePolicies::default(), &d);
+        assert_eq!(none.affinity, d.affinity);
+        // a stored record naming no group falls back to the default
+        let blank: NamespacePolicies =
+            serde_json::from_str(r#"{"bookieAffinityGroup": {"bookieAffinityGroupPrimary": ""}}"#)
+                .unwrap();
+        assert_eq!(Effective::resolve(&blank, &d).affinity, d.affinity);
     }
 }

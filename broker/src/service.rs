@@ -132,6 +132,7 @@ impl BrokerConfig {
             auto_topic_creation: self.allow_auto_topic_creation,
             auto_topic_partitions: self.default_num_partitions,
             cluster: self.cluster.clone(),
+            affinity: self.ml.affinity.clone(),
         }
     }
 }

@@ -52,6 +52,13 @@ pub struct StandaloneArgs {
     /// [default: 1].
     #[arg(long, env = "MAGNETAR_BOOKIES")]
     bookies: Option<u16>,
+    /// Bookie groups (racks-info) for the ledgers of namespaces without a bookie affinity of
+    /// their own, comma separated; unset, they use the shared pool first.
+    #[arg(long, env = "MAGNETAR_BOOKKEEPER_CLIENT_ISOLATION_GROUPS")]
+    bookkeeper_client_isolation_groups: Option<String>,
+    /// Groups those namespaces use when the isolation groups have too few bookies.
+    #[arg(long, env = "MAGNETAR_BOOKKEEPER_CLIENT_SECONDARY_ISOLATION_GROUPS")]
+    bookkeeper_client_secondary_isolation_groups: Option<String>,
     /// Cluster name [default: standalone].
     #[arg(long, env = "MAGNETAR_CLUSTER")]
     cluster: Option<String>,
@@ -190,6 +197,8 @@ impl StandaloneArgs {
             web_port,
             bookie_port,
             bookies,
+            bookkeeper_client_isolation_groups,
+            bookkeeper_client_secondary_isolation_groups,
             cluster,
             max_message_size,
             allow_auto_topic_creation,
@@ -450,6 +459,15 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         ),
         retention_bytes: args.default_retention_size_in_mb.unwrap_or(0) << 20,
         track_producers: args.broker_deduplication_enabled.unwrap_or(false),
+        affinity: args
+            .bookkeeper_client_isolation_groups
+            .as_deref()
+            .and_then(|p| {
+                magnetar_bookie::placement::Affinity::from_lists(
+                    p,
+                    args.bookkeeper_client_secondary_isolation_groups.as_deref(),
+                )
+            }),
         ..defaults
     };
     let broker_addr = SocketAddr::new(bind, args.broker_port.unwrap_or(6650));

@@ -1200,5 +1200,35 @@ async fn bookie_affinity_keeps_a_namespace_on_its_bookies() -> Result<()> {
         Err(magnetar_client::admin::AdminError::Status { status, .. }) => assert_eq!(status, 404),
         other => panic!("affinity after delete: {other:?}"),
     }
+
+    // the broker's default groups (Pulsar's bookkeeperClientIsolationGroups) hold namespaces
+    // without an affinity to their bookies, even with an ungrouped one free
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--bookies",
+            "2",
+            "--bookkeeper-client-isolation-groups",
+            "everyone",
+        ],
+    )
+    .await?;
+    let admin = self::admin(&sa);
+    let all = admin.call("GET", "/admin/v2/bookies/all", None)?;
+    let mut bookies: Vec<String> = all["bookies"]
+        .as_array()
+        .context("bookies")?
+        .iter()
+        .filter_map(|b| b["bookieId"].as_str().map(str::to_string))
+        .collect();
+    bookies.sort();
+    admin.call(
+        "POST",
+        &format!("{}?group=everyone", rack(&bookies[1])),
+        Some(&serde_json::json!({})),
+    )?;
+    let topic = unique("defaulted");
+    admin.create_topic(&topic, 0)?;
+    assert_eq!(ensembles(&admin, &topic)?, only(&bookies[1]));
     Ok(())
 }
