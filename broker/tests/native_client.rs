@@ -1003,6 +1003,19 @@ async fn failover_key_shared_and_batch_receive() -> Result<()> {
     Ok(())
 }
 
+/// The registered bookies, sorted.
+fn bookie_ids(admin: &AdminClient) -> Result<Vec<String>> {
+    let all = admin.call("GET", "/admin/v2/bookies/all", None)?;
+    let mut bookies: Vec<String> = all["bookies"]
+        .as_array()
+        .context("bookies")?
+        .iter()
+        .filter_map(|b| b["bookieId"].as_str().map(str::to_string))
+        .collect();
+    bookies.sort();
+    Ok(bookies)
+}
+
 /// The bookies of each of a topic's ledgers, from `internalStats?metadata=true`.
 fn ensembles(admin: &AdminClient, topic: &str) -> Result<Vec<BTreeSet<String>>> {
     let path = topic.replace("://", "/");
@@ -1038,15 +1051,8 @@ async fn bookie_affinity_keeps_a_namespace_on_its_bookies() -> Result<()> {
     )
     .await?;
     let admin = admin(&sa);
-    let all = admin.call("GET", "/admin/v2/bookies/all", None)?;
-    let mut bookies: Vec<String> = all["bookies"]
-        .as_array()
-        .context("bookies")?
-        .iter()
-        .filter_map(|b| b["bookieId"].as_str().map(str::to_string))
-        .collect();
-    bookies.sort();
-    assert_eq!(bookies.len(), 3, "{all}");
+    let bookies = bookie_ids(&admin)?;
+    assert_eq!(bookies.len(), 3, "{bookies:?}");
     let only = |b: &str| vec![BTreeSet::from([b.to_string()])];
     let rack = |b: &str| format!("/admin/v2/bookies/racks-info/{b}");
     admin.call(
@@ -1214,14 +1220,7 @@ async fn bookie_affinity_keeps_a_namespace_on_its_bookies() -> Result<()> {
     )
     .await?;
     let admin = self::admin(&sa);
-    let all = admin.call("GET", "/admin/v2/bookies/all", None)?;
-    let mut bookies: Vec<String> = all["bookies"]
-        .as_array()
-        .context("bookies")?
-        .iter()
-        .filter_map(|b| b["bookieId"].as_str().map(str::to_string))
-        .collect();
-    bookies.sort();
+    let bookies = bookie_ids(&admin)?;
     admin.call(
         "POST",
         &format!("{}?group=everyone", rack(&bookies[1])),
