@@ -250,8 +250,6 @@ struct EntryCache {
     budget: Option<Arc<CacheBudget>>,
     /// `entries_added` when housekeeping last looked: unchanged since means idle.
     seen_added: u64,
-    hits: u64,
-    misses: u64,
 }
 
 impl EntryCache {
@@ -262,8 +260,6 @@ impl EntryCache {
             max,
             budget,
             seen_added: 0,
-            hits: 0,
-            misses: 0,
         }
     }
 
@@ -315,22 +311,19 @@ impl EntryCache {
         if let Some(old) = self.entries.insert(p, data) {
             self.sub_bytes(old.len());
         }
-        while self.bytes > self.max || self.over_share() {
-            let Some((_, d)) = self.entries.pop_first() else {
-                break;
-            };
-            self.sub_bytes(d.len());
-        }
-    }
-
-    fn over_share(&self) -> bool {
-        self.used() > self.max && self.bytes > self.fair_share()
+        self.evict_while(|c| c.bytes > c.max);
+        self.shed();
     }
 
     /// Gives back what this topic holds beyond its fair share of an overdrawn budget.
     fn shed(&mut self) -> usize {
+        self.evict_while(|c| c.used() > c.max && c.bytes > c.fair_share())
+    }
+
+    /// Lets go of the oldest entries while `over` holds; the bytes released.
+    fn evict_while(&mut self, over: impl Fn(&EntryCache) -> bool) -> usize {
         let mut released = 0;
-        while self.over_share() {
+        while over(self) {
             let Some((_, d)) = self.entries.pop_first() else {
                 break;
             };
@@ -882,11 +875,6 @@ impl ManagedLedger {
         released
     }
 
-    pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
-        let c = self.inner.cache.lock();
-        (c.entries.len(), c.bytes, c.hits, c.misses)
-    }
-
     fn reader_for(&self, ledger: u64) -> Option<LedgerReader> {
         let st = self.inner.state.lock();
         if let Some(w) = &st.current
@@ -899,24 +887,13 @@ impl ManagedLedger {
 
     /// Reads one entry.
     pub async fn read(&self, p: Position) -> Result<Bytes, MlError> {
-        {
-            let mut c = self.inner.cache.lock();
-            if let Some(d) = c.entries.get(&p).cloned() {
-                c.hits += 1;
-                self.inner
-                    .cfg
-                    .cache_budget
-                    .hits
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(d);
-            }
-            c.misses += 1;
-            self.inner
-                .cfg
-                .cache_budget
-                .misses
-                .fetch_add(1, Ordering::Relaxed);
+        let cached = self.inner.cache.lock().entries.get(&p).cloned();
+        let budget = &self.inner.cfg.cache_budget;
+        if let Some(d) = cached {
+            budget.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
         }
+        budget.misses.fetch_add(1, Ordering::Relaxed);
         if p.entry < 0 || p > self.last_confirmed() || self.inner.cfg.in_memory {
             return Err(MlError::NoSuchPosition(p));
         }
