@@ -149,14 +149,6 @@ fn tiers(candidates: Vec<Candidate>, affinity: Option<&Affinity>) -> [Vec<Candid
     [first, second]
 }
 
-/// How many of `candidates` the affinity allows at all.
-pub fn eligible(candidates: &[Candidate], affinity: Option<&Affinity>) -> usize {
-    tiers(candidates.to_vec(), affinity)
-        .iter()
-        .map(Vec::len)
-        .sum()
-}
-
 /// Picks up to `n` distinct bookies: tier by tier, and within a tier one per rack before a
 /// second from any rack. Fewer than `n` means the allowed bookies ran out.
 pub fn place(candidates: Vec<Candidate>, n: usize, affinity: Option<&Affinity>) -> Vec<String> {
@@ -239,7 +231,6 @@ mod tests {
         }
         // too few: only what the groups allow, never a shared or foreign bookie
         assert_eq!(place(bookies.clone(), 3, Some(&noisy)).len(), 2);
-        assert_eq!(eligible(&bookies, Some(&noisy)), 2);
         // the secondary fills in after the primary
         let with_spare = Affinity::from_lists("noisy", Some("spare, ")).unwrap();
         for _ in 0..50 {

@@ -15,7 +15,7 @@ use magnetar_meta::MetadataStoreExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Stop, Svc, answered, err, meta_err};
+use super::{Stop, Svc, answered, err};
 use crate::names::valid_segment;
 use crate::service::BrokerService;
 
@@ -63,11 +63,13 @@ async fn all_bookies(State(svc): Svc) -> Response {
     }
 }
 
+/// The map as placement reads it (an unreadable record is reported in the log and reads as
+/// empty there too), so what an operator sees is what ledgers are placed by.
 async fn read_racks(svc: &BrokerService) -> Result<RacksInfo, Response> {
-    match svc.meta.get_json::<RacksInfo>(RACKS_INFO_PATH).await {
-        Ok(v) => Ok(v.map(|v| v.value).unwrap_or_default()),
-        Err(e) => Err(meta_err(e)),
-    }
+    svc.ledgers
+        .racks_info()
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn racks_info(State(svc): Svc) -> Response {
