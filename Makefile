@@ -25,6 +25,8 @@ build: deps ## debug build of everything
 test: deps lint ## formatting, clippy and every test, as CI runs them (installs what they need first)
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --all-targets -- --test-threads=$(TEST_THREADS)
+	# the managed ledger on its own: built without RocksDB, the bookie server or the broker
+	$(CARGO) test -p magnetar-managed-ledger --lib
 
 lint: deps ## formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

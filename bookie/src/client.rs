@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+#[cfg(feature = "server")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::protocol::{self, Op, Request, Response, Status};
+#[cfg(feature = "server")]
 use crate::server::Bookie;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +94,7 @@ enum Transport {
     Tcp(mpsc::Sender<(Request, Reply)>),
     /// The standalone's own bookie: requests are handled by a call, without encoding them,
     /// a socket, or copying the entries.
+    #[cfg(feature = "server")]
     Local(Arc<Bookie>),
 }
 
@@ -118,6 +121,7 @@ impl BookieClient {
     }
 
     /// A handle on `bookie`, running in this process and serving `addr` to others.
+    #[cfg(feature = "server")]
     pub fn local(addr: SocketAddr, bookie: Arc<Bookie>, timeout: Duration) -> BookieClient {
         BookieClient {
             addr,
@@ -134,6 +138,7 @@ impl BookieClient {
     pub fn is_connected(&self) -> bool {
         match &self.transport {
             Transport::Tcp(tx) => !tx.is_closed(),
+            #[cfg(feature = "server")]
             Transport::Local(_) => true,
         }
     }
@@ -157,6 +162,7 @@ impl BookieClient {
                     .map_err(|_| ClientError::Timeout(self.addr))?
                     .map_err(|_| ClientError::Disconnected(self.addr))?
             }
+            #[cfg(feature = "server")]
             Transport::Local(bookie) => tokio::time::timeout(self.timeout, bookie.handle(req))
                 .await
                 .map_err(|_| ClientError::Timeout(self.addr)),
@@ -194,6 +200,7 @@ impl BookieClient {
                     }
                 }
             }
+            #[cfg(feature = "server")]
             Transport::Local(bookie) => {
                 // The outcome is handed to the runtime: the journal's sync thread only spawns,
                 // and what follows an add (completing it in order, replacing a bookie) runs

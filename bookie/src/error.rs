@@ -32,6 +32,7 @@ pub enum BookieError {
 }
 
 impl BookieError {
+    #[cfg(feature = "server")]
     pub(crate) fn io(
         context: &'static str,
         path: impl Into<PathBuf>,

@@ -226,6 +226,7 @@ impl LedgerClient {
 
     /// Reaches the bookie registered as `addr` (`host:port`) by calling `bookie` in this
     /// process instead of connecting to it (the standalone's own bookie).
+    #[cfg(feature = "server")]
     pub fn with_local_bookie(self, addr: &str, bookie: Arc<crate::server::Bookie>) -> LedgerClient {
         if let Ok(sock) = addr.parse::<SocketAddr>() {
             let c = BookieClient::local(sock, bookie, self.pool.timeout);

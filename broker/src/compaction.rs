@@ -13,7 +13,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use magnetar_bookie::ledger::{LedgerClient, LedgerReader};
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use magnetar_protocol::compression::Compression;
 use magnetar_protocol::proto::SingleMessageMetadata;
@@ -22,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::managed_ledger::{ManagedLedger, MlError};
-use crate::position::Position;
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::storage::{Ledger, LedgerStorage};
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 
 /// Compacted entries being written at once (one journal group can take them all).
 const APPENDS_IN_FLIGHT: usize = 64;
@@ -46,7 +46,7 @@ pub struct CompactedView {
     /// set = message i is live), so that clients which ignore `compacted_out` (the C++ and
     /// Python ones) skip them as they skip messages already acknowledged.
     live: HashMap<Position, Vec<i64>>,
-    reader: OnceCell<LedgerReader>,
+    reader: OnceCell<Arc<dyn Ledger>>,
 }
 
 impl CompactedView {
@@ -66,10 +66,10 @@ impl CompactedView {
     }
 
     /// Reads compacted entry `i` (the entry as stored, without its position prefix).
-    pub async fn read(&self, client: &LedgerClient, i: usize) -> Result<Bytes, MlError> {
+    pub async fn read(&self, storage: &dyn LedgerStorage, i: usize) -> Result<Bytes, MlError> {
         let reader = self
             .reader
-            .get_or_try_init(|| client.open_closed(self.ledger))
+            .get_or_try_init(|| storage.open(self.ledger))
             .await?;
         let framed = reader.read(i as u64).await?;
         if framed.len() < 16 {
@@ -235,11 +235,7 @@ fn live_set(alive: impl ExactSizeIterator<Item = bool>) -> Vec<i64> {
 }
 
 /// Compacts `ml` up to its current end into a new ledger and returns the record and view.
-pub async fn compact(
-    ml: &ManagedLedger,
-    client: &LedgerClient,
-    quorum: (usize, usize, usize),
-) -> Result<(CompactionRecord, CompactedView), MlError> {
+pub async fn compact(ml: &ManagedLedger) -> Result<(CompactionRecord, CompactedView), MlError> {
     let horizon = ml.last_confirmed();
     // pass 1: each key's last message
     let mut latest: HashMap<Vec<u8>, (Position, usize, bool)> = HashMap::new();
@@ -263,9 +259,8 @@ pub async fn compact(
             .is_some_and(|(lp, li, tomb)| *lp == pos && *li == i && !tomb),
     };
     // pass 2: what survives, to a ledger of its own
-    let (e, qw, qa) = quorum;
     // the compacted view is the namespace's data too: it stays on the namespace's bookies
-    let writer = client.create_with(e, qw, qa, ml.affinity()).await?;
+    let writer = ml.storage().create(&ml.placement()).await?;
     let mut positions = Vec::new();
     let mut live = HashMap::new();
     // appends are pipelined: `submit` numbers each entry as it is called, so the view's
@@ -355,7 +350,11 @@ pub async fn publish(
 
 /// Deletes a topic's compacted view: its record, then its ledger (a ledger left behind by a
 /// failure here is only wasted space, never served).
-pub async fn delete(meta: &MetaStore, client: &LedgerClient, path: &str) -> Result<(), MlError> {
+pub async fn delete(
+    meta: &MetaStore,
+    storage: &dyn LedgerStorage,
+    path: &str,
+) -> Result<(), MlError> {
     let key = record_key(path);
     let Some(rec) = meta.get_json::<CompactionRecord>(&key).await? else {
         return Ok(());
@@ -364,7 +363,7 @@ pub async fn delete(meta: &MetaStore, client: &LedgerClient, path: &str) -> Resu
         Ok(()) | Err(MetaError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    if let Err(e) = client.delete(rec.value.ledger).await {
+    if let Err(e) = storage.delete(rec.value.ledger).await {
         warn!(ledger_id = rec.value.ledger, error = %e, "compacted ledger not deleted");
     }
     Ok(())
@@ -373,14 +372,14 @@ pub async fn delete(meta: &MetaStore, client: &LedgerClient, path: &str) -> Resu
 /// Loads a topic's compacted view, if it has one.
 pub async fn load(
     meta: &MetaStore,
-    client: &LedgerClient,
+    storage: &dyn LedgerStorage,
     path: &str,
 ) -> Result<Option<Arc<CompactedView>>, MlError> {
     let Some(rec) = meta.get_json::<CompactionRecord>(&record_key(path)).await? else {
         return Ok(None);
     };
     let r = rec.value;
-    let reader = client.open_closed(r.ledger).await?;
+    let reader = storage.open(r.ledger).await?;
     let mut positions = Vec::with_capacity(r.entries as usize);
     let mut live = HashMap::new();
     for i in 0..r.entries {

@@ -24,11 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Identity};
 use crate::authz::TopicOp;
+use crate::entries::highest_sequence;
 use crate::key_shared::KeySharedSpec;
-use crate::managed_ledger::highest_sequence;
-use crate::managed_ledger::{AppendWait, MlError};
 use crate::names::TopicName;
-use crate::position::Position;
 use crate::service::{BrokerService, ClientError};
 use crate::stats::Meter;
 use crate::subscription::{BatchAck, ClientTraits, Consumer, SubscribeError, Subscription};
@@ -36,6 +34,8 @@ use crate::topic::{
     Grant, PRODUCER_FENCED, PRODUCER_READY, PRODUCER_WAITING, ProducerInfo, SendCheck,
     SubscribeOpts, Topic,
 };
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::{AppendWait, MlError};
 
 pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
 
@@ -723,7 +723,7 @@ impl Connection {
             producer_id: p.producer_id,
             conn: self.tx.clone(),
             address: self.peer.to_string(),
-            connected_since: crate::managed_ledger::now_ms().to_string(),
+            connected_since: magnetar_managed_ledger::clock::now_ms().to_string(),
             meter: Arc::clone(&meter),
             access_mode,
             state: Arc::clone(&state),

@@ -15,7 +15,15 @@ use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::position::Position;
+use magnetar_managed_ledger::position::Position;
+
+/// Where a durable subscription keeps its delayed-delivery index: beside its cursor's record,
+/// under `/delayed/` (None for a cursor kept in memory, whose index is in memory too).
+pub fn prefix_of(cursor: &magnetar_managed_ledger::Cursor) -> Option<String> {
+    cursor
+        .key()
+        .map(|k| k.replacen("/cursors/", "/delayed/", 1))
+}
 
 /// Most entries in one persisted segment.
 pub const SEGMENT_ENTRIES: usize = 1000;

@@ -194,24 +194,7 @@ fn non_partitioned() -> String {
     "non-partitioned".into()
 }
 
-/// How consumed ledgers are kept: each limit None = forever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    pub time: Option<Duration>,
-    pub bytes: Option<u64>,
-}
-
-impl Retention {
-    /// From Pulsar's numbers: negative = forever, 0 = not at all.
-    pub fn from_limits(minutes: i64, mb: i64) -> Retention {
-        Retention {
-            time: u64::try_from(minutes)
-                .ok()
-                .map(|m| Duration::from_secs(m * 60)),
-            bytes: u64::try_from(mb).ok().map(|m| m << 20),
-        }
-    }
-}
+pub use magnetar_managed_ledger::Retention;
 
 /// Broker-wide defaults for what namespaces leave unset.
 #[derive(Debug, Clone)]

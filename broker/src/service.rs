@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use magnetar_bookie::ledger::{LedgerClient, LedgerError};
-use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
+use magnetar_bookie::ledger::LedgerClient;
+use magnetar_managed_ledger::Retention;
+use magnetar_managed_ledger::storage::{BookieStorage, MemoryStorage};
+use magnetar_managed_ledger::{LedgerStorage, StorageError};
+use magnetar_meta::{Expected, MemoryStore, MetaError, MetaStore, MetadataStoreExt};
 use magnetar_protocol::ServerError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -15,11 +18,11 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use crate::authz::{AuthPolicies, Authorizer, TenantInfo, TopicOp};
-use crate::managed_ledger::{ManagedLedger, MlConfig, MlError};
 use crate::names::{Domain, TopicName};
-use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, Retention, TopicPolicies};
+use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, TopicPolicies};
 use crate::subscription::DispatchConfig;
 use crate::topic::Topic;
+use magnetar_managed_ledger::{ManagedLedger, MlConfig, MlError};
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -33,6 +36,8 @@ pub struct BrokerConfig {
     pub web_port_tls: Option<u16>,
     pub max_message_size: usize,
     pub allow_auto_topic_creation: bool,
+    /// Retention for namespaces that set none.
+    pub default_retention: Retention,
     pub keepalive: Duration,
     pub ml: MlConfig,
     pub dispatch: DispatchConfig,
@@ -65,6 +70,7 @@ impl Default for BrokerConfig {
             web_port_tls: None,
             max_message_size: magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE,
             allow_auto_topic_creation: true,
+            default_retention: Retention::from_limits(0, 0),
             keepalive: Duration::from_secs(30),
             ml: MlConfig::default(),
             dispatch: DispatchConfig::default(),
@@ -123,16 +129,13 @@ impl BrokerConfig {
 
     pub fn policy_defaults(&self) -> PolicyDefaults {
         PolicyDefaults {
-            retention: Retention {
-                time: Some(self.ml.retention_time),
-                bytes: Some(self.ml.retention_bytes),
-            },
+            retention: self.default_retention,
             ttl: self.default_ttl,
             deduplication: self.ml.track_producers,
             auto_topic_creation: self.allow_auto_topic_creation,
             auto_topic_partitions: self.default_num_partitions,
             cluster: self.cluster.clone(),
-            affinity: self.ml.affinity.clone(),
+            affinity: self.ml.placement.affinity.clone(),
         }
     }
 }
@@ -159,8 +162,11 @@ impl From<MlError> for ClientError {
             MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
             MlError::Meta(_) => ServerError::MetadataError,
             MlError::Terminated(_) => ServerError::TopicTerminatedError,
-            // bookies may come back (or be added to the group): the client retries
-            MlError::Ledger(LedgerError::NotEnoughBookies { .. }) => ServerError::ServiceNotReady,
+            // bookies may come back (or be added to the group), a busy storage catch up: the
+            // client retries
+            MlError::Storage(StorageError::Unavailable(_) | StorageError::Overloaded(_)) => {
+                ServerError::ServiceNotReady
+            }
             _ => ServerError::PersistenceError,
         };
         ClientError::new(code, e.to_string())
@@ -196,6 +202,10 @@ pub struct BrokerService {
     pub cfg: BrokerConfig,
     pub meta: MetaStore,
     pub ledgers: LedgerClient,
+    /// Where persistent topics' ledgers live (the bookies, through `ledgers`).
+    pub storage: Arc<dyn LedgerStorage>,
+    /// The records of non-persistent topics' logs: in memory, gone with the process.
+    volatile: MetaStore,
     topics: Mutex<HashMap<String, TopicCell>>,
     /// Topics being deleted: not loaded again until the deletion is over.
     deleting: Mutex<std::collections::HashSet<String>>,
@@ -224,19 +234,25 @@ pub fn partitioned_key(t: &TopicName) -> String {
 }
 
 impl BrokerService {
-    pub fn new(cfg: BrokerConfig, meta: MetaStore, ledgers: LedgerClient) -> Arc<BrokerService> {
-        Arc::new(BrokerService {
+    pub fn new(
+        cfg: BrokerConfig,
+        meta: MetaStore,
+        ledgers: LedgerClient,
+    ) -> Result<Arc<BrokerService>, MetaError> {
+        Ok(Arc::new(BrokerService {
             cfg,
             meta,
+            storage: Arc::new(BookieStorage::new(ledgers.clone())),
             ledgers,
+            volatile: Arc::new(MemoryStore::new()?),
             topics: Mutex::default(),
             deleting: Mutex::default(),
             stats: BrokerStats::default(),
             next_producer: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            started_ms: crate::managed_ledger::now_ms(),
+            started_ms: magnetar_managed_ledger::clock::now_ms(),
             extra_metrics: std::sync::OnceLock::new(),
-        })
+        }))
     }
 
     /// Creates cluster, tenant `public` and namespace `public/default` if missing.
@@ -363,14 +379,7 @@ impl BrokerService {
             .get_or_try_init(|| async {
                 // read once: deduplication is fixed at open, the rates are set on the topic
                 let eff = self.topic_policies(t).await.map_err(MlError::from)?;
-                let mut cfg = self.cfg.ml.clone();
-                if t.domain == Domain::NonPersistent {
-                    cfg.in_memory = true;
-                } else {
-                    cfg.track_producers = eff.deduplication;
-                    cfg.affinity = eff.affinity.clone();
-                }
-                let ml = ManagedLedger::open(&full, &t.path(), self.ledgers.clone(), cfg).await?;
+                let ml = self.open_log(t, &eff).await?;
                 let topic =
                     Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone())
                         .await?;
@@ -380,6 +389,32 @@ impl BrokerService {
             .await
             .map_err(ClientError::from)?;
         Ok(Arc::clone(topic))
+    }
+
+    /// Opens a topic's log: on the bookies for a persistent topic; in memory for a
+    /// non-persistent one, bounded by the cache size (its memory is all it has), with its
+    /// record in the volatile store.
+    async fn open_log(&self, t: &TopicName, eff: &Effective) -> Result<ManagedLedger, MlError> {
+        let mut cfg = self.cfg.ml.clone();
+        cfg.format = Arc::new(crate::entries::PulsarEntries);
+        let (storage, meta): (Arc<dyn LedgerStorage>, MetaStore) = match t.domain {
+            Domain::Persistent => {
+                cfg.track_producers = eff.deduplication;
+                cfg.placement.affinity = eff.affinity.clone();
+                (Arc::clone(&self.storage), self.meta.clone())
+            }
+            Domain::NonPersistent => {
+                let bound = cfg.cache_bytes.max(1 << 20);
+                cfg.cache_bytes = 0;
+                cfg.track_producers = false;
+                cfg.placement.affinity = None;
+                (
+                    Arc::new(MemoryStorage::bounded(bound)),
+                    self.volatile.clone(),
+                )
+            }
+        };
+        ManagedLedger::open(&t.to_string(), &t.path(), storage, meta, cfg).await
     }
 
     /// A namespace's policies with the broker's defaults filling the gaps. A stored record
@@ -605,7 +640,7 @@ impl BrokerService {
                     }
                 };
                 t.apply_rates(&eff);
-                if t.ml.set_affinity(eff.affinity.clone()) {
+                if t.persistent() && t.ml.set_affinity(eff.affinity.clone()) {
                     info!(topic = %t.full, affinity = ?eff.affinity, "bookie affinity changed; the next write rolls to a ledger placed by it");
                 }
                 if let Err(e) = t.enforce_policies(&eff).await {
@@ -657,13 +692,14 @@ impl BrokerService {
     async fn delete_loaded(&self, t: &TopicName, topic: &Topic) -> Result<(), ClientError> {
         topic.close().await;
         if t.domain == Domain::NonPersistent {
+            topic.ml.delete().await?;
             return Ok(());
         }
         let subs: Vec<String> = topic.subscriptions.lock().keys().cloned().collect();
         for s in subs {
             topic.remove_subscription(&s).await?;
         }
-        crate::compaction::delete(&self.meta, &self.ledgers, &t.path()).await?;
+        crate::compaction::delete(&self.meta, self.storage.as_ref(), &t.path()).await?;
         topic.ml.delete().await?;
         match self
             .meta
@@ -681,6 +717,12 @@ impl BrokerService {
         let cell = self.topics.lock().remove(full);
         if let Some(t) = cell.and_then(|c| c.get().cloned()) {
             t.close().await;
+            // what a non-persistent topic held is gone with it
+            if !t.persistent()
+                && let Err(e) = t.ml.delete().await
+            {
+                warn!(topic = %t.full, error = %e, "forgetting an unloaded non-persistent log failed");
+            }
         }
     }
 

@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use magnetar_bookie::ledger::{BOOKIES_PATH, LedgerClient};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
-use magnetar_broker::managed_ledger::MlConfig;
 use magnetar_broker::service::{BrokerConfig, BrokerService};
 use magnetar_broker::subscription::DispatchConfig;
+use magnetar_managed_ledger::{MlConfig, Placement, Retention};
 use magnetar_meta::MetaStore;
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -454,20 +454,19 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         cache_bytes: args
             .managed_ledger_cache_size_mb
             .map_or(defaults.cache_bytes, |m| m << 20),
-        retention_time: Duration::from_secs(
-            args.default_retention_time_in_minutes.unwrap_or(0) * 60,
-        ),
-        retention_bytes: args.default_retention_size_in_mb.unwrap_or(0) << 20,
         track_producers: args.broker_deduplication_enabled.unwrap_or(false),
-        affinity: args
-            .bookkeeper_client_isolation_groups
-            .as_deref()
-            .and_then(|p| {
-                magnetar_bookie::placement::Affinity::from_lists(
-                    p,
-                    args.bookkeeper_client_secondary_isolation_groups.as_deref(),
-                )
-            }),
+        placement: Placement {
+            affinity: args
+                .bookkeeper_client_isolation_groups
+                .as_deref()
+                .and_then(|p| {
+                    magnetar_bookie::placement::Affinity::from_lists(
+                        p,
+                        args.bookkeeper_client_secondary_isolation_groups.as_deref(),
+                    )
+                }),
+            ..defaults.placement.clone()
+        },
         ..defaults
     };
     let broker_addr = SocketAddr::new(bind, args.broker_port.unwrap_or(6650));
@@ -517,6 +516,11 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
             .max_message_size
             .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE),
         allow_auto_topic_creation: args.allow_auto_topic_creation.unwrap_or(true),
+        // Pulsar's numbers: 0 = none, negative = forever
+        default_retention: Retention::from_limits(
+            args.default_retention_time_in_minutes.unwrap_or(0) as i64,
+            args.default_retention_size_in_mb.unwrap_or(0) as i64,
+        ),
         keepalive: Duration::from_secs(args.keep_alive_interval_seconds.unwrap_or(30).max(1)),
         ml,
         auth: token_auth(&args)?,
@@ -561,7 +565,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     for b in &bookies {
         ledgers = ledgers.with_local_bookie(&b.name, Arc::clone(&b.bookie));
     }
-    let svc = BrokerService::new(cfg, meta.clone(), ledgers);
+    let svc = BrokerService::new(cfg, meta.clone(), ledgers).context("start the broker")?;
     let metrics_of: Vec<(String, Arc<Bookie>)> = bookies
         .iter()
         .map(|b| (b.name.clone(), Arc::clone(&b.bookie)))

@@ -23,14 +23,14 @@ use tracing::{debug, warn};
 
 use crate::compaction::CompactedView;
 use crate::connection::ConnTx;
-use crate::cursor::Cursor;
 use crate::delayed::{self, DelayedIndex};
 use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
-use crate::managed_ledger::ManagedLedger;
-use crate::managed_ledger::{MlError, now_ms};
-use crate::position::Position;
 use crate::ratelimit::RateLimiter;
 use crate::stats::Meter;
+use magnetar_managed_ledger::clock::now_ms;
+use magnetar_managed_ledger::cursor::Cursor;
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 
 /// Protocol version from which clients understand ACTIVE_CONSUMER_CHANGE.
 const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
@@ -148,7 +148,7 @@ impl Consumer {
             unacked: AtomicI64::new(0),
             out: Meter::default(),
             acks: Meter::default(),
-            connected_since: crate::managed_ledger::now_ms().to_string(),
+            connected_since: magnetar_managed_ledger::clock::now_ms().to_string(),
             address,
             kicked: AtomicBool::new(false),
             last_progress_ms: AtomicU64::new(now_ms()),
@@ -397,7 +397,7 @@ impl Subscription {
         topic_limit: Arc<RateLimiter>,
     ) -> Arc<Self> {
         let md = cursor.mark_delete();
-        let delayed_prefix = cursor.delayed_prefix();
+        let delayed_prefix = delayed::prefix_of(&cursor);
         let horizon_ms = cfg.delayed_horizon.as_millis() as u64;
         let s = Arc::new(Subscription {
             name: name.to_string(),
@@ -718,7 +718,7 @@ impl Subscription {
             && p <= view.horizon
         {
             return match view.index_of(p) {
-                Some(i) => view.read(self.ml.ledger_client(), i).await,
+                Some(i) => view.read(self.ml.storage().as_ref(), i).await,
                 None => Err(MlError::NoSuchPosition(p)),
             };
         }
@@ -747,7 +747,7 @@ impl Subscription {
             if skip {
                 continue;
             }
-            match view.read(self.ml.ledger_client(), i).await {
+            match view.read(self.ml.storage().as_ref(), i).await {
                 Ok(d) => out.push((p, d)),
                 Err(e) => {
                     warn!(subscription = %self.name, position = %p, error = %e, "compacted entry unreadable; skipped");
@@ -1092,7 +1092,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
     let lease = sub.cfg.key_shared_lease;
     // the delayed-delivery index of a durable subscription comes back from its segments
     let horizon_ms = sub.cfg.delayed_horizon.as_millis() as u64;
-    if let Some(prefix) = sub.cursor.delayed_prefix() {
+    if let Some(prefix) = delayed::prefix_of(&sub.cursor) {
         let mut idx = DelayedIndex::new(Some(prefix), horizon_ms);
         match delayed::restore(sub.cursor.meta(), &mut idx, now_ms()).await {
             Ok(()) => sub.state.lock().delayed = idx,

@@ -15,15 +15,16 @@ use tracing::{info, warn};
 
 use crate::compaction::{self, CompactionState};
 use crate::connection::ConnTx;
-use crate::cursor::Cursor;
-use crate::managed_ledger::{ManagedLedger, MlError, now_ms};
-use crate::names::TopicName;
+use crate::names::{Domain, TopicName};
 use crate::policies::{Effective, QuotaPolicy};
-use crate::position::Position;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::service::ClientError;
 use crate::stats::Meter;
 use crate::subscription::{CompactedHandle, DispatchConfig, Subscription};
+use magnetar_managed_ledger::clock::now_ms;
+use magnetar_managed_ledger::cursor::Cursor;
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 
 #[derive(Debug, Clone)]
 pub struct ProducerInfo {
@@ -168,8 +169,8 @@ impl Topic {
             subscribes: Mutex::default(),
         });
         let path = t.name.path();
-        if !t.ml.in_memory() {
-            match compaction::load(&t.meta, t.ml.ledger_client(), &path).await {
+        if t.persistent() {
+            match compaction::load(&t.meta, t.ml.storage().as_ref(), &path).await {
                 Ok(view) => *t.compacted.write() = view,
                 Err(e) => {
                     warn!(topic = %t.full, error = %e, "compacted view not loaded; compacted readers read the log")
@@ -224,7 +225,7 @@ impl Topic {
             self.ml.last_confirmed()
         };
         // a non-persistent topic keeps no cursors: every subscription lives in memory
-        let cursor = if opts.durable && !self.ml.in_memory() {
+        let cursor = if opts.durable && self.persistent() {
             Cursor::open_durable(
                 self.ml.clone(),
                 self.meta.clone(),
@@ -388,9 +389,20 @@ impl Topic {
         }
     }
 
+    /// Whether the topic's log is durable (`persistent://`), not kept in memory only.
+    pub fn persistent(&self) -> bool {
+        self.name.domain == Domain::Persistent
+    }
+
     /// Terminates the topic (see `ManagedLedger::terminate`) and lets the dispatchers tell
     /// consumers that have read everything.
     pub async fn terminate(&self) -> Result<Position, MlError> {
+        if !self.persistent() {
+            return Err(MlError::Unsupported(format!(
+                "{} is non-persistent; only persistent topics can be terminated",
+                self.full
+            )));
+        }
         let last = self.ml.terminate().await?;
         for s in self.subscriptions.lock().values() {
             s.poke();
@@ -404,7 +416,7 @@ impl Topic {
         if let Some(s) = s {
             s.close();
             s.cursor.delete().await.map_err(MlError::from)?;
-            if let Some(prefix) = s.cursor.delayed_prefix() {
+            if let Some(prefix) = crate::delayed::prefix_of(&s.cursor) {
                 crate::delayed::delete_all(s.cursor.meta(), &prefix).await;
             }
         }
@@ -441,7 +453,17 @@ impl Topic {
     /// the compaction horizon (what comes after it is not compacted yet).
     pub fn trim_floor(&self) -> Option<Position> {
         let horizon = self.compacted.read().as_ref().map(|v| v.horizon);
-        match (self.slowest_cursor(), horizon) {
+        // a non-persistent topic keeps entries for its (in-memory) subscriptions only
+        let slowest = if self.persistent() {
+            self.slowest_cursor()
+        } else {
+            self.subscriptions
+                .lock()
+                .values()
+                .map(|s| s.cursor.mark_delete())
+                .min()
+        };
+        match (slowest, horizon) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -460,7 +482,7 @@ impl Topic {
     /// Starts a compaction in the background; false if one is running (or the topic is
     /// non-persistent).
     pub fn trigger_compaction(self: &Arc<Self>) -> bool {
-        if self.ml.in_memory() {
+        if !self.persistent() {
             return false;
         }
         {
@@ -486,18 +508,18 @@ impl Topic {
     }
 
     async fn compact(&self) -> Result<(), MlError> {
-        let client = self.ml.ledger_client();
-        let (record, view) = compaction::compact(&self.ml, client, self.ml.quorum()).await?;
+        let storage = self.ml.storage();
+        let (record, view) = compaction::compact(&self.ml).await?;
         let old = match compaction::publish(&self.meta, &self.name.path(), &record).await {
             Ok(old) => old,
             Err(e) => {
-                let _ = client.delete(record.ledger).await;
+                let _ = storage.delete(record.ledger).await;
                 return Err(e);
             }
         };
         *self.compacted.write() = Some(Arc::new(view));
         if let Some(old) = old.filter(|o| *o != record.ledger)
-            && let Err(e) = client.delete(old).await
+            && let Err(e) = storage.delete(old).await
         {
             warn!(topic = %self.full, ledger_id = old, error = %e, "superseded compacted ledger not deleted");
         }
@@ -507,7 +529,7 @@ impl Topic {
     /// Applies message TTL and backlog quotas (housekeeping); producers are closed when
     /// the topic goes over a quota that turns them away.
     pub async fn enforce_policies(&self, eff: &Effective) -> Result<(), MlError> {
-        if !self.ml.in_memory() {
+        if self.persistent() {
             self.set_deduplication(eff.deduplication).await?;
         }
         if let Some(ttl) = eff.ttl {

@@ -16,6 +16,7 @@ mod local;
 mod memory;
 mod ops;
 mod records;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod store;
 
@@ -26,6 +27,7 @@ pub use idgen::IdGenerator;
 pub use memory::MemoryStore;
 pub use ops::{MAX_SESSION_TTL, MIN_SESSION_TTL};
 pub use records::{MAX_CAS_ATTEMPTS, MetadataStoreExt, decode_json, encode_json};
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
 pub use store::{
     EventKind, Expected, MetaStore, MetadataStore, Op, Session, SessionId, SessionState, Version,
@@ -45,6 +47,7 @@ pub async fn connect(url: &str) -> Result<MetaStore> {
         .ok_or_else(|| bad("expected scheme://..., e.g. rocksdb:///var/lib/magnetar/meta"))?;
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new()?)),
+        #[cfg(feature = "rocksdb")]
         "rocksdb" => {
             if rest.is_empty() {
                 return Err(bad("no path given"));
@@ -55,6 +58,8 @@ pub async fn connect(url: &str) -> Result<MetaStore> {
                 .map_err(|e| MetaError::Backend(format!("open task failed: {e}")))??;
             Ok(Arc::new(store))
         }
+        #[cfg(not(feature = "rocksdb"))]
+        "rocksdb" => Err(bad("this build has no RocksDB backend (feature `rocksdb`)")),
         "etcd" => {
             let endpoints: Vec<String> = rest
                 .trim_end_matches('/')

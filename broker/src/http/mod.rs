@@ -1220,7 +1220,7 @@ async fn internal_stats(
         Err(r) => return r,
     };
     let mut stats = topic_internal_stats(&t);
-    if q.get("metadata").is_some_and(|v| v == "true") && !t.ml.in_memory() {
+    if q.get("metadata").is_some_and(|v| v == "true") && t.persistent() {
         let mut ledgers: Vec<&mut Value> = Vec::new();
         if let Value::Object(m) = &mut stats {
             for (k, v) in m.iter_mut() {

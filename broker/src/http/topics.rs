@@ -19,10 +19,10 @@ use super::namespaces::Force;
 use super::{Svc, err, meta_err, object_at, object_body, object_in, topic_stats, update_record};
 use crate::authz::check_actions;
 use crate::names::TopicName;
-use crate::position::Position;
 use crate::service::{BrokerService, ClientError};
 use crate::subscription::Subscription;
 use crate::topic::{SubscribeOpts, Topic};
+use magnetar_managed_ledger::position::Position;
 
 type TopicPath = Path<(String, String, String, String)>;
 type SubPath = Path<(String, String, String, String, String)>;

@@ -1,20 +1,21 @@
-//! The managed ledger: one topic's log as an ordered list of bookie ledgers.
+//! The managed ledger: one topic's log as an ordered list of ledgers.
 //!
-//! Only the owning broker writes it. Its record (`/managed-ledgers/{path}`) lists the ledgers
-//! and changes only by compare-and-set, so a broker that lost the topic to another cannot
-//! change it. On open, the last ledger is recovered (fenced and sealed) before anything is
+//! Only the owning broker writes it. Its record lists the ledgers and changes only by
+//! compare-and-set, so a broker that lost the topic to another cannot change it. On open, the
+//! ledgers a previous owner left open are recovered (fenced and sealed) before anything is
 //! served; appends go through one appender task that pipelines them into the current ledger
 //! and rolls over by entry count, size and age.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use magnetar_bookie::ledger::{LedgerClient, LedgerError, LedgerReader, LedgerWriter};
 use magnetar_bookie::placement::Affinity;
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use parking_lot::Mutex;
@@ -22,12 +23,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::cache::{CacheBudget, DEFAULT_CACHE_BYTES, EntryCache};
+use crate::clock::{self, SharedClock};
+use crate::format::{EntryFormat, OpaqueEntries};
 use crate::position::Position;
+use crate::storage::{
+    AppendFuture, Ledger, LedgerStorage, Placement, READ_CONCURRENCY, StorageError,
+};
+use crate::tier::Tier;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MlError {
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Storage(#[from] StorageError),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("managed ledger {0} was fenced: another broker owns it now")]
@@ -42,54 +50,64 @@ pub enum MlError {
     Unsupported(String),
 }
 
-/// How ledgers are created and rolled over.
+/// How consumed ledgers are kept: each limit None = forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub time: Option<Duration>,
+    pub bytes: Option<u64>,
+}
+
+impl Retention {
+    /// From Pulsar's numbers: negative = forever, 0 = not at all.
+    pub fn from_limits(minutes: i64, mb: i64) -> Retention {
+        Retention {
+            time: u64::try_from(minutes)
+                .ok()
+                .map(|m| Duration::from_secs(m * 60)),
+            bytes: u64::try_from(mb).ok().map(|m| m << 20),
+        }
+    }
+}
+
+/// How ledgers are created and rolled over, and what the log is told from outside.
 #[derive(Debug, Clone)]
 pub struct MlConfig {
-    pub ensemble_size: usize,
-    pub write_quorum: usize,
-    pub ack_quorum: usize,
+    /// Replication and placement of new ledgers.
+    pub placement: Placement,
     pub max_entries_per_ledger: u64,
     pub max_ledger_bytes: u64,
     pub max_ledger_age: Duration,
-    /// Bytes of recent entries kept in memory for tailing readers: what all persistent
-    /// topics sharing `cache_budget` hold together (Pulsar's managedLedgerCacheSizeMB is per
-    /// broker too); a non-persistent topic holds up to this much on its own.
+    /// Bytes of recent entries kept in memory for tailing readers: what all the logs sharing
+    /// `cache_budget` hold together; 0 turns the cache off (a log whose storage is memory).
     pub cache_bytes: usize,
-    /// Shared by every topic opened with clones of this config.
+    /// Shared by every log opened with clones of this config.
     pub cache_budget: Arc<CacheBudget>,
-    /// Keep consumed ledgers this long (0: trim as soon as every cursor is past them).
-    pub retention_time: Duration,
-    /// ... or while they fit in this many bytes (0: no size-based retention).
-    pub retention_bytes: u64,
     /// Track each producer's highest persisted sequence id (deduplication), rebuilt on open
     /// from the snapshot in the log's record plus the entries after it.
     pub track_producers: bool,
     /// Entries between snapshots of the producer sequence ids.
     pub producer_snapshot_every: u64,
-    /// Non-persistent topics: entries live only in the (bounded) entry cache, nothing is
-    /// written to bookies or the metadata store, and what the cache drops is gone.
-    pub in_memory: bool,
-    /// The bookie groups the topic's ledgers are placed on (its namespace's bookie affinity).
-    pub affinity: Option<Affinity>,
+    /// What entries hold (messages, publish time, producer sequence).
+    pub format: Arc<dyn EntryFormat>,
+    pub clock: SharedClock,
+    /// Where offloaded ledgers are read from (None: no tier).
+    pub tier: Option<Arc<dyn Tier>>,
 }
 
 impl Default for MlConfig {
     fn default() -> Self {
         MlConfig {
-            ensemble_size: 1,
-            write_quorum: 1,
-            ack_quorum: 1,
+            placement: Placement::default(),
             max_entries_per_ledger: 50_000,
             max_ledger_bytes: 2 << 30,
             max_ledger_age: Duration::from_secs(4 * 3600),
             cache_bytes: DEFAULT_CACHE_BYTES,
             cache_budget: Arc::default(),
-            retention_time: Duration::ZERO,
-            retention_bytes: 0,
             track_producers: false,
             producer_snapshot_every: 1000,
-            in_memory: false,
-            affinity: None,
+            format: Arc::new(OpaqueEntries),
+            clock: clock::system(),
+            tier: None,
         }
     }
 }
@@ -107,6 +125,23 @@ pub struct LedgerInfo {
     /// Close time, ms since the epoch (None while open).
     #[serde(default)]
     pub closed_ms: Option<u64>,
+    /// What a tier recorded when it copied the (closed) ledger: reads go to the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<serde_json::Value>,
+}
+
+impl LedgerInfo {
+    fn new(ledger_id: u64, now: u64) -> LedgerInfo {
+        LedgerInfo {
+            ledger_id,
+            entries: 0,
+            size: 0,
+            messages: Some(0),
+            timestamp_ms: now,
+            closed_ms: None,
+            offload: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -127,43 +162,9 @@ struct ProducerSnapshot {
     sequences: BTreeMap<String, i64>,
 }
 
-impl MlState {
-    fn new(
-        ledgers: BTreeMap<u64, LedgerInfo>,
-        version: u64,
-        current: Option<LedgerWriter>,
-        counts: HashMap<u64, Vec<u64>>,
-        terminated: Option<Position>,
-    ) -> MlState {
-        MlState {
-            ledgers,
-            version,
-            current,
-            readers: HashMap::new(),
-            counts,
-            closed: false,
-            fenced: false,
-            terminated,
-            producers: None,
-            affinity: None,
-            roll_soon: false,
-        }
-    }
-
-    fn record(&self) -> MlRecord {
-        MlRecord {
-            ledgers: self.ledgers.values().cloned().collect(),
-            terminated: self.terminated.map(|p| (p.ledger, p.entry)),
-            producers: self.producers.as_ref().map(|t| ProducerSnapshot {
-                at: (t.at.ledger, t.at.entry),
-                sequences: t
-                    .sequences
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .collect(),
-            }),
-        }
-    }
+/// The key of a log's record: `path` is the topic's (`tenant/ns/domain/topic`).
+pub fn record_key(path: &str) -> String {
+    format!("/managed-ledgers/{path}")
 }
 
 /// Highest persisted sequence id per producer, in log order.
@@ -187,178 +188,13 @@ impl ProducerSeqs {
     }
 }
 
-/// `AppendReq::messages` values that are commands to the appender, not appends.
-const CLOSE_MARKER: u32 = u32::MAX;
-const TERMINATE_MARKER: u32 = u32::MAX - 1;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Resolves with an append's position once it is durable (a dropped sender: the log closed).
-pub type AppendWait = oneshot::Receiver<Result<Position, MlError>>;
-
-struct AppendReq {
-    data: Bytes,
-    messages: u32,
-    /// (producer name, sequence id) to record once durable, when tracking producers.
-    producer: Option<(Arc<str>, i64)>,
-    reply: oneshot::Sender<Result<Position, MlError>>,
-}
-
-pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
-
-/// The bytes the entry caches of a broker's persistent topics hold together, and how many
-/// topics hold some (each one's fair share is the budget divided among them).
-#[derive(Debug, Default)]
-pub struct CacheBudget {
-    used: AtomicUsize,
-    holders: AtomicUsize,
-    /// Reads the caches answered / that went to the bookies, over all topics.
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-impl CacheBudget {
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    pub fn holders(&self) -> usize {
-        self.holders.load(Ordering::Relaxed)
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
-    pub fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
-    }
-}
-
-/// Bounded FIFO of a topic's recent entries.
-#[derive(Debug)]
-struct EntryCache {
-    entries: BTreeMap<Position, Bytes>,
-    bytes: usize,
-    max: usize,
-    /// None for a non-persistent topic: its cache is its storage and only its own `max`
-    /// bounds it (another topic's entries must not push its undelivered ones out).
-    budget: Option<Arc<CacheBudget>>,
-    /// `entries_added` when housekeeping last looked: unchanged since means idle.
-    seen_added: u64,
-}
-
-impl EntryCache {
-    fn new(max: usize, budget: Option<Arc<CacheBudget>>) -> EntryCache {
-        EntryCache {
-            entries: BTreeMap::new(),
-            bytes: 0,
-            max,
-            budget,
-            seen_added: 0,
-        }
-    }
-
-    fn used(&self) -> usize {
-        self.budget.as_ref().map_or(self.bytes, |b| b.used())
-    }
-
-    fn add_bytes(&mut self, n: usize) {
-        let was = self.bytes;
-        self.bytes += n;
-        if let Some(b) = &self.budget {
-            b.used.fetch_add(n, Ordering::Relaxed);
-            if was == 0 && self.bytes > 0 {
-                b.holders.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn sub_bytes(&mut self, n: usize) {
-        let was = self.bytes;
-        self.bytes -= n;
-        if let Some(b) = &self.budget {
-            b.used.fetch_sub(n, Ordering::Relaxed);
-            if was > 0 && self.bytes == 0 {
-                b.holders.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// This topic's part of an overdrawn budget: the budget split evenly among the topics
-    /// holding some of it (its own `max` without a shared budget).
-    fn fair_share(&self) -> usize {
-        self.budget
-            .as_ref()
-            .map_or(self.max, |b| self.max / b.holders().max(1))
-    }
-
-    /// Keeps `data`, then lets go of this topic's oldest entries while it is over its own
-    /// bound, or while the budget is overdrawn and it holds more than its fair share. A
-    /// topic under its share keeps its entries even then: the topics over theirs shrink at
-    /// their next insert or housekeeping pass ([`EntryCache::shed`]), so the first busy topic
-    /// cannot keep a later one from caching anything. The budget can so be overdrawn, by
-    /// at most what under-share topics add before that.
-    fn insert(&mut self, p: Position, data: Bytes) {
-        if self.max == 0 || data.len() > self.max {
-            return;
-        }
-        self.add_bytes(data.len());
-        if let Some(old) = self.entries.insert(p, data) {
-            self.sub_bytes(old.len());
-        }
-        self.evict_while(|c| c.bytes > c.max);
-        self.shed();
-    }
-
-    /// Gives back what this topic holds beyond its fair share of an overdrawn budget.
-    fn shed(&mut self) -> usize {
-        self.evict_while(|c| c.used() > c.max && c.bytes > c.fair_share())
-    }
-
-    /// Lets go of the oldest entries while `over` holds; the bytes released.
-    fn evict_while(&mut self, over: impl Fn(&EntryCache) -> bool) -> usize {
-        let mut released = 0;
-        while over(self) {
-            let Some((_, d)) = self.entries.pop_first() else {
-                break;
-            };
-            released += d.len();
-            self.sub_bytes(d.len());
-        }
-        released
-    }
-
-    /// Keeps only the entries at or after `from`.
-    fn keep_from(&mut self, from: Position) {
-        let keep = self.entries.split_off(&from);
-        let dropped: usize = self.entries.values().map(Bytes::len).sum();
-        self.entries = keep;
-        self.sub_bytes(dropped);
-    }
-
-    fn clear(&mut self) {
-        let all = self.bytes;
-        self.entries.clear();
-        self.sub_bytes(all);
-    }
-}
-
-impl Drop for EntryCache {
-    fn drop(&mut self) {
-        self.clear();
-    }
-}
-
 struct MlState {
     ledgers: BTreeMap<u64, LedgerInfo>,
     version: u64,
-    current: Option<LedgerWriter>,
-    readers: HashMap<u64, LedgerReader>,
+    /// The ledger appends go to.
+    current: Option<Arc<dyn Ledger>>,
+    /// Closed ledgers opened for reading.
+    readers: HashMap<u64, Arc<dyn Ledger>>,
     /// Per ledger, cumulative message counts by entry (where known).
     counts: HashMap<u64, Vec<u64>>,
     closed: bool,
@@ -373,6 +209,27 @@ struct MlState {
     roll_soon: bool,
 }
 
+impl MlState {
+    fn record(&self) -> MlRecord {
+        MlRecord {
+            ledgers: self.ledgers.values().cloned().collect(),
+            terminated: self.terminated.map(|p| (p.ledger, p.entry)),
+            producers: self.producers.as_ref().map(|t| ProducerSnapshot {
+                at: (t.at.ledger, t.at.entry),
+                sequences: t
+                    .sequences
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+            }),
+        }
+    }
+
+    fn entries_in(&self, ledger: u64) -> u64 {
+        self.ledgers.get(&ledger).map_or(0, |l| l.entries)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct MlStats {
     pub entries_added: AtomicU64,
@@ -383,7 +240,7 @@ pub struct MlStats {
 struct MlInner {
     name: String,
     key: String,
-    client: LedgerClient,
+    storage: Arc<dyn LedgerStorage>,
     meta: MetaStore,
     cfg: MlConfig,
     state: Mutex<MlState>,
@@ -392,44 +249,40 @@ struct MlInner {
     stats: MlStats,
     record_writes: tokio::sync::Mutex<()>,
     /// A background measurement of recovered ledgers is running.
-    measuring: std::sync::atomic::AtomicBool,
+    measuring: AtomicBool,
 }
 
 impl MlInner {
-    fn new(
-        name: &str,
-        key: String,
-        (client, meta): (LedgerClient, MetaStore),
-        cfg: MlConfig,
-        mut state: MlState,
-        last: Position,
-    ) -> Arc<MlInner> {
-        let (last_tx, _) = watch::channel(last);
-        state.affinity = cfg.affinity.clone();
-        Arc::new(MlInner {
-            name: name.to_string(),
-            key,
-            client,
-            meta,
-            cache: Mutex::new(EntryCache::new(
-                cfg.cache_bytes,
-                (!cfg.in_memory).then(|| Arc::clone(&cfg.cache_budget)),
-            )),
-            cfg,
-            state: Mutex::new(state),
-            last: last_tx,
-            stats: MlStats::default(),
-            record_writes: tokio::sync::Mutex::new(()),
-            measuring: std::sync::atomic::AtomicBool::new(false),
-        })
+    fn now(&self) -> u64 {
+        self.cfg.clock.now_ms()
     }
+}
+
+/// Resolves with an append's position once it is durable (a dropped sender: the log closed).
+pub type AppendWait = oneshot::Receiver<Result<Position, MlError>>;
+
+struct AppendReq {
+    data: Bytes,
+    messages: u32,
+    /// (producer name, sequence id) to record once durable, when tracking producers.
+    producer: Option<(Arc<str>, i64)>,
+    reply: oneshot::Sender<Result<Position, MlError>>,
+}
+
+/// What the appender task is asked to do, in order.
+enum Command {
+    Append(AppendReq),
+    /// Finish what is in flight, seal the current ledger, take nothing more.
+    Close(oneshot::Sender<Result<(), MlError>>),
+    /// Finish what is in flight, seal, and record the last position as final.
+    Terminate(oneshot::Sender<Result<Position, MlError>>),
 }
 
 /// A topic's log. Cheap to clone.
 #[derive(Clone)]
 pub struct ManagedLedger {
     inner: Arc<MlInner>,
-    appends: mpsc::Sender<AppendReq>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl std::fmt::Debug for ManagedLedger {
@@ -441,19 +294,18 @@ impl std::fmt::Debug for ManagedLedger {
 }
 
 impl ManagedLedger {
-    /// Opens (creating if needed) the log at `/managed-ledgers/{path}`: recovers its last
-    /// ledger if a previous owner left it open, then starts a fresh ledger for appends.
+    /// Opens (creating if needed) the log whose record is `record_key(path)` in `meta`:
+    /// recovers the ledgers a previous owner left open, then starts a fresh ledger for
+    /// appends (none for a terminated log).
     pub async fn open(
         name: &str,
         path: &str,
-        client: LedgerClient,
+        storage: Arc<dyn LedgerStorage>,
+        meta: MetaStore,
         cfg: MlConfig,
     ) -> Result<ManagedLedger, MlError> {
-        if cfg.in_memory {
-            return Ok(Self::open_in_memory(name, path, client, cfg));
-        }
-        let meta = client.meta_store().clone();
-        let key = format!("/managed-ledgers/{path}");
+        let key = record_key(path);
+        let now = cfg.clock.now_ms();
         let (mut record, mut version) = match meta.get_json::<MlRecord>(&key).await? {
             Some(v) => (v.value, Some(v.version)),
             None => (MlRecord::default(), None),
@@ -464,23 +316,23 @@ impl ManagedLedger {
             if info.closed_ms.is_some() {
                 continue;
             }
-            let reader = match client.open_for_recovery(info.ledger_id).await {
-                Ok(r) => r,
-                Err(LedgerError::NoSuchLedger(_)) => {
+            let last = match storage.recover(info.ledger_id).await {
+                Ok(last) => last,
+                Err(StorageError::NoSuchLedger(_)) => {
                     warn!(
                         topic = name,
                         ledger_id = info.ledger_id,
                         "ledger record missing; dropping it from the log"
                     );
                     info.entries = 0;
-                    info.closed_ms = Some(now_ms());
+                    info.closed_ms = Some(now);
                     empty.push(info.ledger_id);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            info.entries = (reader.last_entry() + 1) as u64;
-            info.closed_ms = Some(now_ms());
+            info.entries = (last + 1) as u64;
+            info.closed_ms = Some(now);
             info.messages = None;
             info.size = 0;
             if info.entries == 0 {
@@ -500,40 +352,24 @@ impl ManagedLedger {
         // a terminated topic takes no appends, so it gets no ledger to write
         let writer = match terminated {
             Some(_) => None,
-            None => Some(
-                client
-                    .create_with(
-                        cfg.ensemble_size,
-                        cfg.write_quorum,
-                        cfg.ack_quorum,
-                        cfg.affinity.clone(),
-                    )
-                    .await?,
-            ),
+            None => Some(storage.create(&cfg.placement).await?),
         };
         if let Some(w) = &writer {
-            record.ledgers.push(LedgerInfo {
-                ledger_id: w.id(),
-                entries: 0,
-                size: 0,
-                messages: Some(0),
-                timestamp_ms: now_ms(),
-                closed_ms: None,
-            });
+            record.ledgers.push(LedgerInfo::new(w.id(), now));
         }
         let expected = version.map_or(Expected::Absent, Expected::Version);
         match meta.put_json(&key, &record, expected).await {
             Ok(v) => version = Some(v),
             Err(MetaError::BadVersion { .. }) => {
                 if let Some(w) = &writer {
-                    let _ = client.delete(w.id()).await;
+                    let _ = storage.delete(w.id()).await;
                 }
                 return Err(MlError::Fenced(name.to_string()));
             }
             Err(e) => return Err(e.into()),
         }
         for id in empty {
-            if let Err(e) = client.delete(id).await {
+            if let Err(e) = storage.delete(id).await {
                 warn!(topic = name, ledger_id = id, error = %e, "could not delete empty ledger");
             }
         }
@@ -560,76 +396,62 @@ impl ManagedLedger {
         if let Some(w) = &writer {
             counts.insert(w.id(), Vec::new());
         }
-        let inner = MlInner::new(
-            name,
+        let state = MlState {
+            ledgers,
+            version: version.unwrap_or(0),
+            current: writer,
+            readers: HashMap::new(),
+            counts,
+            closed: false,
+            fenced: false,
+            terminated,
+            producers: None,
+            affinity: cfg.placement.affinity.clone(),
+            roll_soon: false,
+        };
+        let inner = Arc::new(MlInner {
+            name: name.to_string(),
             key,
-            (client, meta),
+            storage,
+            meta,
+            cache: Mutex::new(EntryCache::new(
+                cfg.cache_bytes,
+                Arc::clone(&cfg.cache_budget),
+            )),
             cfg,
-            MlState::new(ledgers, version.unwrap_or(0), writer, counts, terminated),
-            last,
-        );
+            state: Mutex::new(state),
+            last: watch::channel(last).0,
+            stats: MlStats::default(),
+            record_writes: tokio::sync::Mutex::new(()),
+            measuring: AtomicBool::new(false),
+        });
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(appender(Arc::clone(&inner), rx));
         info!(topic = name, last = %last, "managed ledger open");
-        let ml = ManagedLedger { inner, appends: tx };
+        let ml = ManagedLedger {
+            inner,
+            commands: tx,
+        };
         if ml.inner.cfg.track_producers {
             ml.rebuild_producers(record.producers).await?;
         }
         Ok(ml)
     }
 
-    /// A log kept only in memory (non-persistent topics): numbered like a real one, in
-    /// in-memory "ledgers" of `max_entries_per_ledger` entries that are dropped once the
-    /// cache has let go of all their entries.
-    fn open_in_memory(
-        name: &str,
-        path: &str,
-        client: LedgerClient,
-        cfg: MlConfig,
-    ) -> ManagedLedger {
-        let meta = client.meta_store().clone();
-        let first = LedgerInfo {
-            ledger_id: 1,
-            entries: 0,
-            size: 0,
-            messages: Some(0),
-            timestamp_ms: now_ms(),
-            closed_ms: None,
-        };
-        let mut cfg = cfg;
-        cfg.cache_bytes = cfg.cache_bytes.max(1 << 20); // the cache is all there is
-        let inner = MlInner::new(
-            name,
-            format!("(in memory) {path}"),
-            (client, meta),
-            cfg,
-            MlState::new(
-                BTreeMap::from([(1, first)]),
-                0,
-                None,
-                HashMap::from([(1, Vec::new())]),
-                None,
-            ),
-            Position::new(1, -1),
-        );
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(memory_appender(Arc::clone(&inner), rx));
-        info!(topic = name, "in-memory log open");
-        ManagedLedger { inner, appends: tx }
+    pub fn storage(&self) -> &Arc<dyn LedgerStorage> {
+        &self.inner.storage
     }
 
-    pub fn ledger_client(&self) -> &LedgerClient {
-        &self.inner.client
+    pub fn meta(&self) -> &MetaStore {
+        &self.inner.meta
     }
 
-    /// (ensemble, write quorum, ack quorum) of new ledgers.
-    pub fn quorum(&self) -> (usize, usize, usize) {
-        let c = &self.inner.cfg;
-        (c.ensemble_size, c.write_quorum, c.ack_quorum)
-    }
-
-    pub fn in_memory(&self) -> bool {
-        self.inner.cfg.in_memory
+    /// Replication and placement of this log's ledgers (the affinity as now in force).
+    pub fn placement(&self) -> Placement {
+        Placement {
+            affinity: self.affinity(),
+            ..self.inner.cfg.placement.clone()
+        }
     }
 
     /// Producer sequence ids from the snapshot, brought up to date by the entries after it;
@@ -661,10 +483,10 @@ impl ManagedLedger {
                 break;
             }
             let data = self.read(pos).await?;
-            if let Ok(m) = magnetar_protocol::entry::peek_metadata(&data) {
-                let name: Arc<str> = Arc::from(m.producer_name.as_str());
+            if let Some((name, seq)) = self.inner.cfg.format.producer_sequence(&data) {
+                let name: Arc<str> = Arc::from(name.as_str());
                 if let Some(seqs) = self.inner.state.lock().producers.as_mut() {
-                    seqs.note(&name, sequence_of(&m), pos);
+                    seqs.note(&name, seq, pos);
                 }
             }
             replayed += 1;
@@ -688,7 +510,7 @@ impl ManagedLedger {
     /// Starts or stops tracking producer sequence ids (deduplication switched at runtime);
     /// starting replays the log from the last snapshot.
     pub async fn set_producer_tracking(&self, on: bool) -> Result<(), MlError> {
-        if on == self.tracks_producers() || self.inner.cfg.in_memory {
+        if on == self.tracks_producers() {
             return Ok(());
         }
         if !on {
@@ -704,24 +526,21 @@ impl ManagedLedger {
         self.rebuild_producers(snap).await
     }
 
-    /// Places the topic's next ledgers by `affinity`; when the current ledger's bookies do not
-    /// match it, the next append rolls over to a ledger that does (an idle topic moves when it
+    /// Places the log's next ledgers by `affinity`; when the current ledger's data does not
+    /// match it, the next append rolls over to a ledger that does (an idle log moves when it
     /// next writes). True when that roll was asked for.
     pub fn set_affinity(&self, affinity: Option<Affinity>) -> bool {
-        if self.inner.cfg.in_memory {
-            return false;
-        }
         let mut st = self.inner.state.lock();
         if st.affinity == affinity {
             return false;
         }
-        let current = st.current.as_ref().map(|w| w.metadata().affinity);
+        let current = st.current.as_ref().map(|w| w.affinity());
         st.roll_soon = current.is_some_and(|a| a != affinity);
         st.affinity = affinity;
         st.roll_soon
     }
 
-    /// The affinity the topic's next ledger is placed by.
+    /// The affinity the log's next ledger is placed by.
     pub fn affinity(&self) -> Option<Affinity> {
         self.inner.state.lock().affinity.clone()
     }
@@ -765,13 +584,13 @@ impl ManagedLedger {
         producer: Option<(Arc<str>, i64)>,
     ) -> Result<AppendWait, MlError> {
         let (reply, rx) = oneshot::channel();
-        self.appends
-            .send(AppendReq {
+        self.commands
+            .send(Command::Append(AppendReq {
                 data,
                 messages,
                 producer,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| MlError::Closed(self.inner.name.clone()))?;
         Ok(rx)
@@ -796,14 +615,10 @@ impl ManagedLedger {
             .map_or(Position::new(0, -1), |l| Position::new(l.ledger_id, -1))
     }
 
-    fn entries_in(st: &MlState, ledger: u64) -> u64 {
-        st.ledgers.get(&ledger).map_or(0, |l| l.entries)
-    }
-
     /// The entry after `p`, if it has been written.
     pub fn next_position(&self, p: Position) -> Option<Position> {
         let st = self.inner.state.lock();
-        if ((p.entry + 1) as u64) < Self::entries_in(&st, p.ledger) {
+        if ((p.entry + 1) as u64) < st.entries_in(p.ledger) {
             return Some(p.next_in_ledger());
         }
         st.ledgers
@@ -857,14 +672,11 @@ impl ManagedLedger {
         self.inner.state.lock().current.as_ref().map(|w| w.id())
     }
 
-    /// Lets go of the entry cache of a persistent topic that took no entry since the last
-    /// call (housekeeping's period), so that idle topics do not hold the broker's budget; a
-    /// busy topic gives back what it holds beyond its fair share of an overdrawn budget.
-    /// Returns the bytes released.
+    /// Lets go of the entry cache of a log that took no entry since the last call
+    /// (housekeeping's period), so that idle topics do not hold the broker's budget; a busy
+    /// one gives back what it holds beyond its fair share of an overdrawn budget. Returns the
+    /// bytes released.
     pub fn release_idle_cache(&self) -> usize {
-        if self.inner.cfg.in_memory {
-            return 0;
-        }
         let added = self.inner.stats.entries_added.load(Ordering::Relaxed);
         let mut c = self.inner.cache.lock();
         if std::mem::replace(&mut c.seen_added, added) != added {
@@ -875,45 +687,61 @@ impl ManagedLedger {
         released
     }
 
-    fn reader_for(&self, ledger: u64) -> Option<LedgerReader> {
-        let st = self.inner.state.lock();
-        if let Some(w) = &st.current
-            && w.id() == ledger
-        {
-            return Some(w.reader());
-        }
-        st.readers.get(&ledger).cloned()
+    /// The ledger that holds `ledger`'s entries for reading: the current writer, a reader
+    /// already open, or one opened now (from the tier if the ledger was offloaded).
+    async fn ledger_for(&self, p: Position) -> Result<Arc<dyn Ledger>, MlError> {
+        let ledger = p.ledger;
+        let info = {
+            let st = self.inner.state.lock();
+            if let Some(w) = &st.current
+                && w.id() == ledger
+            {
+                return Ok(Arc::clone(w));
+            }
+            if let Some(r) = st.readers.get(&ledger) {
+                return Ok(Arc::clone(r));
+            }
+            st.ledgers.get(&ledger).cloned()
+        };
+        let Some(info) = info else {
+            return Err(MlError::NoSuchPosition(p));
+        };
+        let r = match (&info.offload, &self.inner.cfg.tier) {
+            (Some(_), Some(tier)) => tier.open(info).await?,
+            _ => self.inner.storage.open(ledger).await?,
+        };
+        self.inner
+            .state
+            .lock()
+            .readers
+            .insert(ledger, Arc::clone(&r));
+        Ok(r)
     }
 
     /// Reads one entry.
     pub async fn read(&self, p: Position) -> Result<Bytes, MlError> {
-        let cached = self.inner.cache.lock().entries.get(&p).cloned();
-        let budget = &self.inner.cfg.cache_budget;
-        if let Some(d) = cached {
-            budget.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(d);
+        {
+            let cache = self.inner.cache.lock();
+            if cache.enabled() {
+                if let Some(d) = cache.entries.get(&p) {
+                    cache.budget().hit();
+                    return Ok(d.clone());
+                }
+                cache.budget().miss();
+            }
         }
-        budget.misses.fetch_add(1, Ordering::Relaxed);
-        if p.entry < 0 || p > self.last_confirmed() || self.inner.cfg.in_memory {
+        if p.entry < 0 || p > self.last_confirmed() {
             return Err(MlError::NoSuchPosition(p));
         }
-        let reader = match self.reader_for(p.ledger) {
-            Some(r) => r,
-            None => {
-                if !self.inner.state.lock().ledgers.contains_key(&p.ledger) {
-                    return Err(MlError::NoSuchPosition(p));
-                }
-                let r = self.inner.client.open_closed(p.ledger).await?;
-                self.inner.state.lock().readers.insert(p.ledger, r.clone());
-                r
-            }
-        };
-        Ok(reader.read(p.entry as u64).await?)
+        let ledger = self.ledger_for(p).await?;
+        Ok(ledger.read(p.entry as u64).await?)
     }
 
     /// Reads up to `max` entries from `from` on (inclusive, skipping positions `skip` says
-    /// to), stopping at the last durable entry. Reads run concurrently. Also returns the last
-    /// position examined (read or skipped), where the next read should continue after.
+    /// to), stopping at the last durable entry. Reads run concurrently; an entry the storage
+    /// has let go of (a bounded memory storage) is passed over as if skipped. Also returns
+    /// the last position examined (read or skipped), where the next read should continue
+    /// after.
     pub async fn read_from(
         &self,
         from: Position,
@@ -928,10 +756,7 @@ impl ManagedLedger {
             if pos > last || positions.len() >= max {
                 break;
             }
-            // in memory, what the cache dropped is gone: passed over like a skip
-            let gone =
-                self.inner.cfg.in_memory && !self.inner.cache.lock().entries.contains_key(&pos);
-            if !gone && !skip(pos) {
+            if !skip(pos) {
                 positions.push(pos);
             }
             examined = Some(pos);
@@ -939,14 +764,18 @@ impl ManagedLedger {
         }
         let reads = futures::stream::iter(positions.into_iter().map(|pos| {
             let ml = self.clone();
-            async move { ml.read(pos).await.map(|d| (pos, d)) }
+            async move { (pos, ml.read(pos).await) }
         }))
-        .buffered(32)
+        .buffered(READ_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
         let mut out = Vec::with_capacity(reads.len());
-        for r in reads {
-            out.push(r?);
+        for (pos, r) in reads {
+            match r {
+                Ok(d) => out.push((pos, d)),
+                Err(MlError::Storage(StorageError::Gone { .. })) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok((out, examined))
     }
@@ -1007,10 +836,7 @@ impl ManagedLedger {
     /// size yet (the owner died before recording it): the same read measures it, and the
     /// size is recorded so backlog bytes, size retention and quotas count it.
     async fn count_ledger(&self, ledger: u64) -> Result<(), MlError> {
-        let entries = {
-            let st = self.inner.state.lock();
-            Self::entries_in(&st, ledger)
-        };
+        let entries = self.inner.state.lock().entries_in(ledger);
         let mut counts = Vec::with_capacity(entries as usize);
         let mut sum = 0u64;
         let mut bytes = 0u64;
@@ -1018,12 +844,19 @@ impl ManagedLedger {
             let ml = self.clone();
             async move { ml.read(Position::new(ledger, e as i64)).await }
         }))
-        .buffered(32);
+        .buffered(READ_CONCURRENCY);
         futures::pin_mut!(reads);
+        let format = &self.inner.cfg.format;
         while let Some(d) = reads.next().await {
-            let d = d?;
-            let n = magnetar_protocol::entry::peek_counted(&d).unwrap_or(1);
-            sum += n as u64;
+            let d = match d {
+                Ok(d) => d,
+                // let go of by the storage: counted as nothing
+                Err(MlError::Storage(StorageError::Gone { .. })) => Bytes::new(),
+                Err(e) => return Err(e),
+            };
+            if !d.is_empty() {
+                sum += format.messages(&d);
+            }
             bytes += d.len() as u64;
             counts.push(sum);
         }
@@ -1057,12 +890,9 @@ impl ManagedLedger {
     /// by housekeeping, so a restart's recovered ledgers are read once, after the topic
     /// already serves.
     pub fn measure_unsized(&self) {
-        if self.inner.cfg.in_memory {
-            return;
-        }
         let unmeasured: Vec<u64> = {
             let st = self.inner.state.lock();
-            let current = st.current.as_ref().map(LedgerWriter::id);
+            let current = st.current.as_ref().map(|w| w.id());
             st.ledgers
                 .values()
                 .filter(|l| l.size == 0 && l.entries > 0 && Some(l.ledger_id) != current)
@@ -1119,8 +949,7 @@ impl ManagedLedger {
         ts_ms: u64,
         first_ledger: u64,
     ) -> Result<Option<Position>, MlError> {
-        let publish_time =
-            |d: &Bytes| magnetar_protocol::entry::peek_metadata(d).map_or(0, |m| m.publish_time);
+        let format = &self.inner.cfg.format;
         let ledgers: Vec<(u64, u64)> = {
             let st = self.inner.state.lock();
             st.ledgers
@@ -1140,7 +969,7 @@ impl ManagedLedger {
                 continue;
             }
             let tail = self.read(Position::new(id, last_entry)).await?;
-            if publish_time(&tail) < ts_ms {
+            if format.publish_time(&tail) < ts_ms {
                 continue;
             }
             // binary search for the first entry at or after ts in this ledger
@@ -1148,7 +977,7 @@ impl ManagedLedger {
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
                 let d = self.read(Position::new(id, mid)).await?;
-                if publish_time(&d) >= ts_ms {
+                if format.publish_time(&d) >= ts_ms {
                     hi = mid;
                 } else {
                     lo = mid + 1;
@@ -1159,22 +988,8 @@ impl ManagedLedger {
         Ok(None)
     }
 
-    /// Drops in-memory ledgers before the oldest entry the cache still holds.
-    fn trim_in_memory(&self) -> usize {
-        let oldest = self.inner.cache.lock().entries.keys().next().copied();
-        let mut st = self.inner.state.lock();
-        let newest = st.ledgers.keys().next_back().copied().unwrap_or(0);
-        let keep_from = oldest.map_or(newest, |p| p.ledger).min(newest);
-        let gone: Vec<u64> = st.ledgers.range(..keep_from).map(|(id, _)| *id).collect();
-        for id in &gone {
-            st.ledgers.remove(id);
-            st.counts.remove(id);
-        }
-        gone.len()
-    }
-
     /// Bytes stored after `p` (whole ledgers after it, and its own ledger pro rata; ledgers
-    /// recovered from an earlier owner count 0 until rewritten, their size being unknown).
+    /// recovered from an earlier owner count 0 until measured, their size being unknown).
     pub fn bytes_after(&self, p: Position) -> u64 {
         let st = self.inner.state.lock();
         st.ledgers
@@ -1214,17 +1029,38 @@ impl ManagedLedger {
         self.before_first()
     }
 
-    /// Deletes ledgers every cursor has consumed, subject to retention. `slowest` is the
-    /// lowest mark-delete position over the durable cursors (None: no cursors).
+    /// Closed ledgers whose storage no longer holds any of their entries (a bounded memory
+    /// storage let go of them): nothing is left to keep them for.
+    async fn ledgers_gone(&self) -> Vec<u64> {
+        let closed: Vec<u64> = {
+            let st = self.inner.state.lock();
+            let current = st.current.as_ref().map(|w| w.id());
+            st.ledgers
+                .values()
+                .filter(|l| Some(l.ledger_id) != current && l.closed_ms.is_some())
+                .filter(|l| l.entries > 0 && l.offload.is_none())
+                .map(|l| l.ledger_id)
+                .collect()
+        };
+        let mut gone = Vec::new();
+        for id in closed {
+            if let Ok(Some(0)) = self.inner.storage.stored_bytes(id).await {
+                gone.push(id);
+            }
+        }
+        gone
+    }
+
+    /// Deletes ledgers every cursor has consumed, subject to retention, and ledgers the
+    /// storage already let go of. `slowest` is the lowest mark-delete position over the
+    /// cursors that hold data back (None: none does).
     pub async fn trim(
         &self,
         slowest: Option<Position>,
-        retention: crate::policies::Retention,
+        retention: Retention,
     ) -> Result<usize, MlError> {
-        if self.inner.cfg.in_memory {
-            return Ok(self.trim_in_memory());
-        }
-        let now = now_ms();
+        let now = self.inner.now();
+        let gone = self.ledgers_gone().await;
         let victims = {
             let st = self.inner.state.lock();
             if st.fenced || st.closed {
@@ -1259,7 +1095,14 @@ impl ManagedLedger {
                     kept_bytes += l.size;
                     continue;
                 }
-                victims.push(l.ledger_id);
+                victims.push(l.clone());
+            }
+            for id in gone {
+                if !victims.iter().any(|v| v.ledger_id == id)
+                    && let Some(l) = st.ledgers.get(&id)
+                {
+                    victims.push(l.clone());
+                }
             }
             victims
         };
@@ -1268,70 +1111,98 @@ impl ManagedLedger {
         }
         // dropped from memory with the record write, so no later write brings them back
         write_record(&self.inner, |st| {
-            for id in &victims {
-                st.ledgers.remove(id);
-                st.readers.remove(id);
-                st.counts.remove(id);
+            for v in &victims {
+                st.ledgers.remove(&v.ledger_id);
+                st.readers.remove(&v.ledger_id);
+                st.counts.remove(&v.ledger_id);
             }
             st.record()
         })
         .await?;
-        {
-            self.inner.cache.lock().keep_from(Position::new(
-                victims.iter().max().copied().unwrap_or(0) + 1,
-                -1,
-            ));
+        let newest = victims.iter().map(|v| v.ledger_id).max().unwrap_or(0);
+        self.inner
+            .cache
+            .lock()
+            .keep_from(Position::new(newest + 1, -1));
+        for v in &victims {
+            self.delete_ledger(v).await;
         }
-        for id in &victims {
-            if let Err(e) = self.inner.client.delete(*id).await {
-                warn!(topic = %self.inner.name, ledger_id = id, error = %e, "ledger trimmed from the log but not deleted");
+        let ids: Vec<u64> = victims.iter().map(|v| v.ledger_id).collect();
+        info!(topic = %self.inner.name, ledgers = ?ids, "trimmed consumed ledgers");
+        Ok(victims.len())
+    }
+
+    /// Deletes a ledger's data wherever it is (a failure leaves only wasted space: the
+    /// ledger is already out of the log).
+    async fn delete_ledger(&self, l: &LedgerInfo) {
+        let id = l.ledger_id;
+        match self.inner.storage.delete(id).await {
+            Ok(()) | Err(StorageError::NoSuchLedger(_)) => {}
+            Err(e) => {
+                warn!(topic = %self.inner.name, ledger_id = id, error = %e, "ledger dropped from the log but not deleted")
             }
         }
-        info!(topic = %self.inner.name, ledgers = ?victims, "trimmed consumed ledgers");
-        Ok(victims.len())
+        if l.offload.is_some()
+            && let Some(tier) = &self.inner.cfg.tier
+            && let Err(e) = tier.delete(l.clone()).await
+        {
+            warn!(topic = %self.inner.name, ledger_id = id, error = %e, "offloaded copy of a dropped ledger not deleted");
+        }
+    }
+
+    /// Records what a tier wrote for closed ledger `id` (its reads go to the tier from now
+    /// on). The ledger's data was copied first, so a failure here leaves a copy nobody
+    /// refers to, never a ledger that cannot be read.
+    pub async fn mark_offloaded(&self, id: u64, offload: serde_json::Value) -> Result<(), MlError> {
+        {
+            let st = self.inner.state.lock();
+            let current = st.current.as_ref().map(|w| w.id());
+            match st.ledgers.get(&id) {
+                Some(l) if l.closed_ms.is_some() && Some(id) != current => {}
+                _ => {
+                    return Err(MlError::Unsupported(format!(
+                        "ledger {id} is not a closed ledger of {}",
+                        self.inner.name
+                    )));
+                }
+            }
+        }
+        write_record(&self.inner, |st| {
+            if let Some(l) = st.ledgers.get_mut(&id) {
+                l.offload = Some(offload);
+            }
+            st.readers.remove(&id);
+            st.record()
+        })
+        .await
     }
 
     /// Seals the current ledger and stops accepting appends (pending ones finish first).
     pub async fn close(&self) -> Result<(), MlError> {
         let (tx, rx) = oneshot::channel();
-        if self
-            .appends
-            .send(AppendReq {
-                data: Bytes::new(),
-                messages: CLOSE_MARKER,
-                producer: None,
-                reply: tx,
-            })
-            .await
-            .is_err()
-        {
+        if self.commands.send(Command::Close(tx)).await.is_err() {
             return Ok(());
         }
-        rx.await.unwrap_or(Ok(Position::new(0, -1))).map(|_| ())
+        rx.await.unwrap_or(Ok(()))
     }
 
-    /// Terminates the topic: appends queued before this finish, later ones fail with
-    /// `Terminated`, and the log's last position is recorded durably and returned.
-    /// Terminating twice returns the same position.
+    /// Terminates the log: appends queued before this finish, later ones fail with
+    /// `Terminated`, and the last position is recorded durably and returned. Terminating
+    /// twice returns the same position.
     pub async fn terminate(&self) -> Result<Position, MlError> {
         if let Some(p) = self.terminated() {
             return Ok(p);
         }
         let (tx, rx) = oneshot::channel();
-        self.appends
-            .send(AppendReq {
-                data: Bytes::new(),
-                messages: TERMINATE_MARKER,
-                producer: None,
-                reply: tx,
-            })
+        self.commands
+            .send(Command::Terminate(tx))
             .await
             .map_err(|_| MlError::Closed(self.inner.name.clone()))?;
         rx.await
             .unwrap_or_else(|_| Err(MlError::Closed(self.inner.name.clone())))
     }
 
-    /// The last position of a terminated topic; None while it takes appends.
+    /// The last position of a terminated log; None while it takes appends.
     pub fn terminated(&self) -> Option<Position> {
         self.inner.state.lock().terminated
     }
@@ -1339,9 +1210,9 @@ impl ManagedLedger {
     /// Deletes the whole log: every ledger and the record.
     pub async fn delete(&self) -> Result<(), MlError> {
         let _ = self.close().await;
-        let (ids, version) = {
+        let (ledgers, version) = {
             let st = self.inner.state.lock();
-            (st.ledgers.keys().copied().collect::<Vec<_>>(), st.version)
+            (st.ledgers.values().cloned().collect::<Vec<_>>(), st.version)
         };
         match self
             .inner
@@ -1355,21 +1226,37 @@ impl ManagedLedger {
             }
             Err(e) => return Err(e.into()),
         }
-        for id in ids {
-            if let Err(e) = self.inner.client.delete(id).await {
-                warn!(topic = %self.inner.name, ledger_id = id, error = %e, "could not delete ledger");
-            }
+        for l in &ledgers {
+            self.delete_ledger(l).await;
         }
         Ok(())
     }
 }
 
+/// An append in flight: the storage's future, and the request it answers.
+struct InFlight {
+    fut: AppendFuture,
+    req: Option<AppendReq>,
+    ledger: u64,
+}
+
+impl Future for InFlight {
+    type Output = (Result<u64, StorageError>, AppendReq, u64);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = std::task::ready!(self.fut.as_mut().poll(cx));
+        match self.req.take() {
+            Some(req) => Poll::Ready((res, req, self.ledger)),
+            // polled again after completing: FuturesOrdered never does that
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// The single writer of a managed ledger: takes appends in order, pipelines them into the
 /// current ledger, and rolls over between them.
-async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
-    type Pending =
-        std::pin::Pin<Box<dyn Future<Output = (Result<u64, LedgerError>, AppendReq, u64)> + Send>>;
-    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<Command>) {
+    let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
     let mut broken = false;
     loop {
         tokio::select! {
@@ -1393,39 +1280,24 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                     }
                 }
             }
-            req = rx.recv() => {
-                let Some(req) = req else { break };
-                if req.messages == TERMINATE_MARKER {
-                    while let Some((res, r, ledger)) = pending.next().await {
-                        match res {
-                            Ok(entry) => {
-                                completed(&inner, ledger, entry, r);
-                            }
-                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
-                        }
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                let req = match cmd {
+                    Command::Append(req) => req,
+                    Command::Terminate(reply) => {
+                        drain(&inner, &mut pending, &mut broken).await;
+                        let _ = reply.send(terminate(&inner, broken).await);
+                        continue;
                     }
-                    let _ = req.reply.send(terminate(&inner, broken).await);
-                    continue;
-                }
-                if req.messages == CLOSE_MARKER {
-                    // close: finish what is in flight, then seal
-                    while let Some((res, r, ledger)) = pending.next().await {
-                        match res {
-                            Ok(entry) => {
-                                completed(&inner, ledger, entry, r);
-                            }
-                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
-                        }
+                    Command::Close(reply) => {
+                        drain(&inner, &mut pending, &mut broken).await;
+                        let res = seal_current(&inner, broken).await;
+                        inner.state.lock().closed = true;
+                        let _ = reply.send(res);
+                        refuse_the_rest(&inner, rx).await;
+                        return;
                     }
-                    let res = seal_current(&inner, broken).await;
-                    inner.state.lock().closed = true;
-                    let _ = req.reply.send(res.map(|_| Position::new(0, -1)));
-                    rx.close();
-                    while let Some(r) = rx.recv().await {
-                        let _ = r.reply.send(Err(MlError::Closed(inner.name.clone())));
-                    }
-                    return;
-                }
+                };
                 let roll = {
                     let st = inner.state.lock();
                     if st.fenced {
@@ -1440,7 +1312,7 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                         None => true,
                         Some(w) => {
                             let info = st.ledgers.get(&w.id());
-                            let age = info.map_or(0, |l| now_ms().saturating_sub(l.timestamp_ms));
+                            let age = info.map_or(0, |l| inner.now().saturating_sub(l.timestamp_ms));
                             broken
                                 || st.roll_soon
                                 || info.is_some_and(|l| {
@@ -1452,14 +1324,7 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                     }
                 };
                 if roll {
-                    while let Some((res, r, ledger)) = pending.next().await {
-                        match res {
-                            Ok(entry) => {
-                                completed(&inner, ledger, entry, r);
-                            }
-                            Err(e) => { broken = true; let _ = r.reply.send(Err(e.into())); }
-                        }
-                    }
+                    drain(&inner, &mut pending, &mut broken).await;
                     match rollover(&inner, broken).await {
                         Ok(()) => broken = false,
                         Err(e) => {
@@ -1476,7 +1341,7 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
                 };
                 let ledger = writer.id();
                 match writer.submit(req.data.clone()) {
-                    Ok(fut) => pending.push_back(Box::pin(async move { (fut.await, req, ledger) })),
+                    Ok(fut) => pending.push_back(InFlight { fut, req: Some(req), ledger }),
                     Err(e) => {
                         broken = true;
                         let _ = req.reply.send(Err(e.into()));
@@ -1487,56 +1352,35 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
     }
 }
 
-/// The appender of an in-memory log: numbers entries and puts them in the cache.
-async fn memory_appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<AppendReq>) {
-    while let Some(req) = rx.recv().await {
-        match req.messages {
-            CLOSE_MARKER => {
-                inner.state.lock().closed = true;
-                let _ = req.reply.send(Ok(Position::new(0, -1)));
-                rx.close();
-                while let Some(r) = rx.recv().await {
-                    let _ = r.reply.send(Err(MlError::Closed(inner.name.clone())));
-                }
-                return;
+/// Waits for every append in flight and answers each.
+async fn drain(inner: &MlInner, pending: &mut FuturesOrdered<InFlight>, broken: &mut bool) {
+    while let Some((res, req, ledger)) = pending.next().await {
+        match res {
+            Ok(entry) => {
+                completed(inner, ledger, entry, req);
             }
-            TERMINATE_MARKER => {
-                let _ = req.reply.send(Err(MlError::Unsupported(format!(
-                    "{} is non-persistent; only persistent topics can be terminated",
-                    inner.name
-                ))));
+            Err(e) => {
+                *broken = true;
+                let _ = req.reply.send(Err(e.into()));
             }
-            _ => {
-                let (ledger, entry) = {
-                    let mut st = inner.state.lock();
-                    let (id, entries) = st
-                        .ledgers
-                        .iter()
-                        .next_back()
-                        .map_or((1, 0), |(id, l)| (*id, l.entries));
-                    if entries >= inner.cfg.max_entries_per_ledger {
-                        let next = id + 1;
-                        st.ledgers.insert(
-                            next,
-                            LedgerInfo {
-                                ledger_id: next,
-                                entries: 0,
-                                size: 0,
-                                messages: Some(0),
-                                timestamp_ms: now_ms(),
-                                closed_ms: None,
-                            },
-                        );
-                        if let Some(l) = st.ledgers.get_mut(&id) {
-                            l.closed_ms = Some(now_ms());
-                        }
-                        st.counts.insert(next, Vec::new());
-                        (next, 0)
-                    } else {
-                        (id, entries)
-                    }
-                };
-                completed(&inner, ledger, entry, req);
+        }
+    }
+}
+
+/// After a close: every command still queued or sent later is refused.
+async fn refuse_the_rest(inner: &MlInner, mut rx: mpsc::Receiver<Command>) {
+    rx.close();
+    while let Some(cmd) = rx.recv().await {
+        let closed = MlError::Closed(inner.name.clone());
+        match cmd {
+            Command::Append(r) => {
+                let _ = r.reply.send(Err(closed));
+            }
+            Command::Close(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Command::Terminate(reply) => {
+                let _ = reply.send(Err(closed));
             }
         }
     }
@@ -1577,49 +1421,31 @@ fn completed(inner: &MlInner, ledger: u64, entry: u64, req: AppendReq) -> bool {
     snapshot
 }
 
-/// The sequence id an entry stands for: the highest of its batch (given, or the first plus
-/// the batch size, as batch members are numbered consecutively).
-pub fn sequence_of(m: &magnetar_protocol::MessageMetadata) -> i64 {
-    highest_sequence(
-        m.sequence_id,
-        m.highest_sequence_id,
-        m.num_messages_in_batch,
-    )
-}
-
-/// See [`sequence_of`]; the same rule for a SEND's fields.
-pub fn highest_sequence(sequence_id: u64, highest: Option<u64>, messages: Option<i32>) -> i64 {
-    let seq = sequence_id as i64;
-    match highest {
-        Some(h) if h as i64 >= seq && h > 0 => h as i64,
-        _ => seq + (messages.unwrap_or(1).max(1) as i64 - 1),
-    }
-}
-
 /// Closes the current ledger (recovering it if its writer failed) and records that.
 async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
     let writer = inner.state.lock().current.take();
     let Some(writer) = writer else { return Ok(()) };
     let id = writer.id();
     let last = if broken {
-        inner.client.open_for_recovery(id).await?.last_entry()
+        inner.storage.recover(id).await?
     } else {
         match writer.close().await {
             Ok(l) => l,
-            Err(LedgerError::Fenced(_)) => {
+            Err(StorageError::Fenced(_)) => {
                 inner.state.lock().fenced = true;
                 return Err(MlError::Fenced(inner.name.clone()));
             }
             Err(e) => {
                 warn!(topic = %inner.name, ledger_id = id, error = %e, "close failed; recovering the ledger");
-                inner.client.open_for_recovery(id).await?.last_entry()
+                inner.storage.recover(id).await?
             }
         }
     };
+    let now = inner.now();
     write_record(inner, |st| {
         if let Some(l) = st.ledgers.get_mut(&id) {
             l.entries = (last + 1) as u64;
-            l.closed_ms = Some(now_ms());
+            l.closed_ms = Some(now);
             if let Some(c) = st.counts.get(&id) {
                 let n = c.get(last as usize).copied().unwrap_or(0);
                 if let Some(l) = st.ledgers.get_mut(&id) {
@@ -1634,7 +1460,7 @@ async fn seal_current(inner: &MlInner, broken: bool) -> Result<(), MlError> {
     })
     .await?;
     if last < 0 {
-        let _ = inner.client.delete(id).await;
+        let _ = inner.storage.delete(id).await;
     }
     info!(topic = %inner.name, ledger_id = id, last_entry = last, "ledger closed");
     Ok(())
@@ -1698,15 +1524,11 @@ async fn put_record(inner: &MlInner, record: &MlRecord, version: u64) -> Result<
 async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
     seal_current(inner, broken).await?;
     let affinity = inner.state.lock().affinity.clone();
-    let writer = inner
-        .client
-        .create_with(
-            inner.cfg.ensemble_size,
-            inner.cfg.write_quorum,
-            inner.cfg.ack_quorum,
-            affinity.clone(),
-        )
-        .await?;
+    let placement = Placement {
+        affinity: affinity.clone(),
+        ..inner.cfg.placement.clone()
+    };
+    let writer = inner.storage.create(&placement).await?;
     {
         let mut st = inner.state.lock();
         if st.affinity == affinity {
@@ -1714,18 +1536,9 @@ async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
         }
     }
     let id = writer.id();
+    let now = inner.now();
     let res = write_record(inner, |st| {
-        st.ledgers.insert(
-            id,
-            LedgerInfo {
-                ledger_id: id,
-                entries: 0,
-                size: 0,
-                messages: Some(0),
-                timestamp_ms: now_ms(),
-                closed_ms: None,
-            },
-        );
+        st.ledgers.insert(id, LedgerInfo::new(id, now));
         st.record()
     })
     .await;
@@ -1739,68 +1552,11 @@ async fn rollover(inner: &MlInner, broken: bool) -> Result<(), MlError> {
         }
         Err(e) => {
             inner.state.lock().ledgers.remove(&id);
-            let _ = inner.client.delete(id).await;
+            let _ = inner.storage.delete(id).await;
             Err(e)
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(n: usize) -> Bytes {
-        Bytes::from(vec![0u8; n])
-    }
-
-    #[test]
-    fn persistent_topics_share_one_budget() {
-        let budget = Arc::new(CacheBudget::default());
-        let mut a = EntryCache::new(1000, Some(Arc::clone(&budget)));
-        let mut b = EntryCache::new(1000, Some(Arc::clone(&budget)));
-        for i in 0..6 {
-            a.insert(Position::new(1, i), entry(100));
-        }
-        assert_eq!((a.bytes, budget.used(), budget.holders()), (600, 600, 1));
-        // b fills the rest, then goes over: it keeps its fair share (half), from its own
-        // oldest on, never taking a's
-        for i in 0..6 {
-            b.insert(Position::new(2, i), entry(100));
-        }
-        assert_eq!((a.bytes, b.bytes, budget.used()), (600, 500, 1100));
-        assert_eq!(b.entries.keys().next(), Some(&Position::new(2, 1)));
-        // a, over its share of the overdrawn budget, shrinks at its next insert
-        a.insert(Position::new(1, 6), entry(100));
-        assert_eq!((a.bytes, b.bytes, budget.used()), (500, 500, 1000));
-        assert_eq!(a.entries.keys().next(), Some(&Position::new(1, 2)));
-        // a third busy topic still caches: the first ones do not starve it
-        let mut c = EntryCache::new(1000, Some(Arc::clone(&budget)));
-        c.insert(Position::new(3, 0), entry(100));
-        assert_eq!((c.bytes, budget.used(), budget.holders()), (100, 1100, 3));
-        // housekeeping brings a and b back to their share (333 each)
-        assert_eq!(a.shed() + b.shed(), 100);
-        assert!(budget.used() <= 1000 && a.bytes <= 400 && b.bytes <= 500);
-        // within its bound and the budget, shedding gives nothing back
-        assert_eq!(c.shed(), 0);
-        a.keep_from(Position::new(1, 5));
-        assert_eq!(a.bytes, 200);
-        drop(b);
-        assert_eq!(budget.used(), 300);
-        a.clear();
-        c.clear();
-        assert_eq!((budget.used(), budget.holders()), (0, 0));
-    }
-
-    #[test]
-    fn a_non_persistent_topic_is_bounded_on_its_own() {
-        let mut np = EntryCache::new(300, None);
-        for i in 0..5 {
-            np.insert(Position::new(1, i), entry(100));
-        }
-        assert_eq!(np.bytes, 300);
-        assert_eq!(np.entries.keys().next(), Some(&Position::new(1, 2)));
-        // an entry larger than the whole cache is not kept
-        np.insert(Position::new(1, 5), entry(301));
-        assert_eq!(np.bytes, 300);
-    }
-}
+mod tests;

@@ -18,6 +18,9 @@ use tracing::{debug, warn};
 use crate::managed_ledger::ManagedLedger;
 use crate::position::{Position, RangeSet};
 
+/// How long a failed cursor write waits before it is tried again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CursorRecord {
     pub mark_delete: Position,
@@ -73,7 +76,8 @@ impl std::fmt::Debug for Cursor {
     }
 }
 
-fn cursor_key(path: &str, name: &str) -> String {
+/// Where a durable cursor of the log at `path` keeps its state.
+pub fn cursor_key(path: &str, name: &str) -> String {
     format!("/cursors/{path}/{name}")
 }
 
@@ -159,11 +163,9 @@ impl Cursor {
         })
     }
 
-    /// Where a durable subscription keeps its delayed-delivery index.
-    pub fn delayed_prefix(&self) -> Option<String> {
-        self.key
-            .as_ref()
-            .map(|k| k.replacen("/cursors/", "/delayed/", 1))
+    /// The record a durable cursor persists to (None: kept in memory only).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     pub fn meta(&self) -> &MetaStore {
@@ -351,7 +353,7 @@ async fn flusher(c: Arc<Cursor>) {
             }
             Err(e) => {
                 warn!(cursor = %key, error = %e, "cursor write failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(RETRY_AFTER).await;
                 c.dirty.notify_one();
             }
         }
