@@ -7,17 +7,15 @@
 
 pub mod auth;
 pub mod authz;
-pub mod compaction;
-pub mod connection;
-pub mod delayed;
-pub mod entries;
+pub mod cluster;
+pub mod config;
+pub mod error;
 pub mod http;
-pub mod key_shared;
 pub mod names;
 pub mod policies;
+pub mod protocol;
 pub mod ratelimit;
 pub mod service;
 pub mod stats;
-pub mod subscription;
 pub mod tls;
 pub mod topic;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
+use magnetar_broker::config::read_config;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -251,17 +252,6 @@ impl BookieArgs {
         );
         Ok(self)
     }
-}
-
-/// Reads a `--config` TOML file (None: no file given).
-fn read_config<T: serde::de::DeserializeOwned>(
-    path: Option<&std::path::Path>,
-) -> Result<Option<T>> {
-    let Some(path) = path else { return Ok(None) };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-    let file = toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
-    Ok(Some(file))
 }
 
 /// `magnetar bookie`'s write cache: at 64 KiB entries and ~450 MB/s, 256 MiB instead of

@@ -7,177 +7,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use magnetar_bookie::ledger::LedgerClient;
-use magnetar_managed_ledger::Retention;
+use magnetar_managed_ledger::LedgerStorage;
 use magnetar_managed_ledger::storage::{BookieStorage, MemoryStorage};
-use magnetar_managed_ledger::{LedgerStorage, StorageError};
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 use magnetar_meta::{Expected, MemoryStore, MetaError, MetaStore, MetadataStoreExt};
-use magnetar_protocol::ServerError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::authz::{AuthPolicies, Authorizer, TenantInfo, TopicOp};
+use crate::authz::{AuthPolicies, TenantInfo, TopicOp};
+use crate::cluster::keys;
+use crate::cluster::lookup::{self, Located};
+use crate::cluster::ownership::{OwnEverything, Owner, Ownership};
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
 use crate::names::{Domain, TopicName};
-use crate::policies::{Effective, NamespacePolicies, PolicyDefaults, TopicPolicies};
-use crate::subscription::DispatchConfig;
+use crate::policies::{Effective, NamespacePolicies, TopicPolicies};
 use crate::topic::Topic;
-use magnetar_managed_ledger::{ManagedLedger, MlConfig, MlError};
-
-#[derive(Debug, Clone)]
-pub struct BrokerConfig {
-    pub cluster: String,
-    /// Host clients are told to connect to.
-    pub advertised_address: String,
-    pub broker_port: u16,
-    pub web_port: u16,
-    /// `pulsar+ssl://` and HTTPS ports, when TLS is on.
-    pub broker_port_tls: Option<u16>,
-    pub web_port_tls: Option<u16>,
-    pub max_message_size: usize,
-    pub allow_auto_topic_creation: bool,
-    /// Retention for namespaces that set none.
-    pub default_retention: Retention,
-    pub keepalive: Duration,
-    pub ml: MlConfig,
-    pub dispatch: DispatchConfig,
-    /// Message TTL for namespaces that set none.
-    pub default_ttl: Option<Duration>,
-    /// Partitions of auto-created topics (0: non-partitioned).
-    pub default_num_partitions: u32,
-    /// Token authentication (None: off).
-    pub auth: Option<crate::auth::TokenAuth>,
-    /// The role of clients that present no credentials when authentication is on (None:
-    /// they are refused).
-    pub anonymous_role: Option<String>,
-    /// Who may do what (off unless authorization is enabled).
-    pub authz: Authorizer,
-    /// How often connections are checked for expired credentials (Pulsar's
-    /// authenticationRefreshCheckSeconds).
-    pub auth_refresh_check: Duration,
-    /// Up to this many loaded topics, /metrics has series per topic; beyond, per namespace.
-    pub metrics_max_topics: usize,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            cluster: "standalone".into(),
-            advertised_address: "127.0.0.1".into(),
-            broker_port: 6650,
-            web_port: 8080,
-            broker_port_tls: None,
-            web_port_tls: None,
-            max_message_size: magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE,
-            allow_auto_topic_creation: true,
-            default_retention: Retention::from_limits(0, 0),
-            keepalive: Duration::from_secs(30),
-            ml: MlConfig::default(),
-            dispatch: DispatchConfig::default(),
-            default_ttl: None,
-            default_num_partitions: 0,
-            auth: None,
-            anonymous_role: None,
-            authz: Authorizer::default(),
-            auth_refresh_check: Duration::from_secs(60),
-            metrics_max_topics: 1000,
-        }
-    }
-}
-
-impl BrokerConfig {
-    /// The role behind a token (or behind none), when authentication is on.
-    pub fn authenticate(
-        &self,
-        token: Option<&str>,
-    ) -> Result<Option<crate::auth::Identity>, crate::auth::AuthError> {
-        let Some(auth) = &self.auth else {
-            return Ok(None);
-        };
-        match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => auth.identify(t).map(Some),
-            None => self
-                .anonymous_role
-                .clone()
-                .map(|role| {
-                    Some(crate::auth::Identity {
-                        role,
-                        expires: None,
-                    })
-                })
-                .ok_or(crate::auth::AuthError::Missing),
-        }
-    }
-
-    pub fn service_url(&self) -> String {
-        format!("pulsar://{}:{}", self.advertised_address, self.broker_port)
-    }
-
-    pub fn web_url(&self) -> String {
-        format!("http://{}:{}", self.advertised_address, self.web_port)
-    }
-
-    pub fn service_url_tls(&self) -> Option<String> {
-        self.broker_port_tls
-            .map(|p| format!("pulsar+ssl://{}:{p}", self.advertised_address))
-    }
-
-    pub fn web_url_tls(&self) -> Option<String> {
-        self.web_port_tls
-            .map(|p| format!("https://{}:{p}", self.advertised_address))
-    }
-
-    pub fn policy_defaults(&self) -> PolicyDefaults {
-        PolicyDefaults {
-            retention: self.default_retention,
-            ttl: self.default_ttl,
-            deduplication: self.ml.track_producers,
-            auto_topic_creation: self.allow_auto_topic_creation,
-            auto_topic_partitions: self.default_num_partitions,
-            cluster: self.cluster.clone(),
-            affinity: self.ml.placement.affinity.clone(),
-        }
-    }
-}
-
-/// An error for a client: the protocol's code and a message.
-#[derive(Debug, Clone)]
-pub struct ClientError {
-    pub code: ServerError,
-    pub message: String,
-}
-
-impl ClientError {
-    pub fn new(code: ServerError, message: impl Into<String>) -> ClientError {
-        ClientError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<MlError> for ClientError {
-    fn from(e: MlError) -> Self {
-        let code = match &e {
-            MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
-            MlError::Meta(_) => ServerError::MetadataError,
-            MlError::Terminated(_) => ServerError::TopicTerminatedError,
-            // bookies may come back (or be added to the group), a busy storage catch up: the
-            // client retries
-            MlError::Storage(StorageError::Unavailable(_) | StorageError::Overloaded(_)) => {
-                ServerError::ServiceNotReady
-            }
-            _ => ServerError::PersistenceError,
-        };
-        ClientError::new(code, e.to_string())
-    }
-}
-
-impl From<MetaError> for ClientError {
-    fn from(e: MetaError) -> Self {
-        ClientError::new(ServerError::MetadataError, e.to_string())
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionedMetadata {
@@ -206,6 +53,8 @@ pub struct BrokerService {
     pub storage: Arc<dyn LedgerStorage>,
     /// The records of non-persistent topics' logs: in memory, gone with the process.
     volatile: MetaStore,
+    /// Which bundles this broker serves.
+    pub ownership: Arc<dyn Ownership>,
     topics: Mutex<HashMap<String, TopicCell>>,
     /// Topics being deleted: not loaded again until the deletion is over.
     deleting: Mutex<std::collections::HashSet<String>>,
@@ -225,14 +74,6 @@ impl std::fmt::Debug for BrokerService {
     }
 }
 
-pub fn topic_policies_key(t: &TopicName) -> String {
-    format!("/admin/topic-policies/{}", t.path())
-}
-
-pub fn partitioned_key(t: &TopicName) -> String {
-    format!("/admin/partitioned-topics/{}", t.path())
-}
-
 impl BrokerService {
     pub fn new(
         cfg: BrokerConfig,
@@ -245,6 +86,7 @@ impl BrokerService {
             storage: Arc::new(BookieStorage::new(ledgers.clone())),
             ledgers,
             volatile: Arc::new(MemoryStore::new()?),
+            ownership: Arc::new(OwnEverything),
             topics: Mutex::default(),
             deleting: Mutex::default(),
             stats: BrokerStats::default(),
@@ -255,12 +97,17 @@ impl BrokerService {
         }))
     }
 
+    /// Where `t` is served (see [`lookup::locate`]).
+    pub async fn locate(&self, t: &TopicName) -> Result<Located, BrokerError> {
+        lookup::locate(self.ownership.as_ref(), &self.cfg.urls(), t).await
+    }
+
     /// Creates cluster, tenant `public` and namespace `public/default` if missing.
     pub async fn init_cluster(&self) -> Result<(), MetaError> {
         let c = &self.cfg.cluster;
         let records = [
             (
-                format!("/admin/clusters/{c}"),
+                keys::cluster(c),
                 serde_json::json!({
                     "serviceUrl": self.cfg.web_url(),
                     "brokerServiceUrl": self.cfg.service_url(),
@@ -269,11 +116,11 @@ impl BrokerService {
                 }),
             ),
             (
-                "/admin/policies/public".to_string(),
+                keys::tenant("public"),
                 serde_json::json!({"adminRoles": [], "allowedClusters": [c]}),
             ),
             (
-                "/admin/policies/public/default".to_string(),
+                keys::namespace("public", "default"),
                 serde_json::json!({"replication_clusters": [c]}),
             ),
         ];
@@ -296,16 +143,16 @@ impl BrokerService {
         )
     }
 
-    pub async fn partitions(&self, t: &TopicName) -> Result<Option<u32>, ClientError> {
+    pub async fn partitions(&self, t: &TopicName) -> Result<Option<u32>, BrokerError> {
         Ok(self
             .meta
-            .get_json::<PartitionedMetadata>(&partitioned_key(t))
+            .get_json::<PartitionedMetadata>(&keys::partitioned_topic(t))
             .await?
             .map(|v| v.value.partitions))
     }
 
     /// Whether a persistent topic has a log.
-    pub async fn topic_exists(&self, t: &TopicName) -> Result<bool, ClientError> {
+    pub async fn topic_exists(&self, t: &TopicName) -> Result<bool, BrokerError> {
         if self
             .topics
             .lock()
@@ -317,28 +164,22 @@ impl BrokerService {
         if t.domain == Domain::NonPersistent {
             return Ok(false); // exists only while loaded
         }
-        Ok(self
-            .meta
-            .get(&format!("/managed-ledgers/{}", t.path()))
-            .await?
-            .is_some())
+        Ok(self.meta.get(&keys::managed_ledger(t)).await?.is_some())
     }
 
     /// The loaded topic, loading (and creating, if `create`) it first.
-    pub async fn topic(&self, t: &TopicName, create: bool) -> Result<Arc<Topic>, ClientError> {
+    pub async fn topic(&self, t: &TopicName, create: bool) -> Result<Arc<Topic>, BrokerError> {
         if !self.ready.load(Ordering::Acquire) {
-            return Err(ClientError::new(
-                ServerError::ServiceNotReady,
-                "broker is starting or stopping",
+            return Err(BrokerError::NotReady(
+                "broker is starting or stopping".into(),
             ));
         }
         let full = t.to_string();
         if self.deleting.lock().contains(&full) {
             // clients retry this; by then the topic is gone and may be created afresh
-            return Err(ClientError::new(
-                ServerError::ServiceNotReady,
-                format!("Topic {full} is being deleted"),
-            ));
+            return Err(BrokerError::NotReady(format!(
+                "Topic {full} is being deleted"
+            )));
         }
         let cell = {
             let map = self.topics.lock();
@@ -349,30 +190,33 @@ impl BrokerService {
         {
             return Ok(Arc::clone(topic));
         }
+        if let Owner::Broker(urls) = self.ownership.owner_of(t).await? {
+            return Err(BrokerError::NotReady(format!(
+                "{full} is served by {}; look it up again",
+                urls.service_url
+            )));
+        }
         let exists = self.topic_exists(t).await?;
         if !create && !exists {
-            return Err(ClientError::new(
-                ServerError::TopicNotFound,
-                format!("Topic {full} does not exist"),
-            ));
+            return Err(BrokerError::TopicNotFound(format!(
+                "Topic {full} does not exist"
+            )));
         }
         if !exists
             && t.domain == Domain::Persistent
             && let Some(max) = self.topic_policies(t).await?.max_topics
             && self.namespace_topics(&t.tenant, &t.namespace).await?.len() >= max
         {
-            return Err(ClientError::new(
-                ServerError::NotAllowedError,
-                format!("Exceed maximum number of topics in namespace ({max})"),
-            ));
+            return Err(BrokerError::NotAllowed(format!(
+                "Exceed maximum number of topics in namespace ({max})"
+            )));
         }
         if let Some(p) = self.partitions(t).await?
             && p > 0
         {
-            return Err(ClientError::new(
-                ServerError::NotAllowedError,
-                format!("{full} is a partitioned topic; use its partitions"),
-            ));
+            return Err(BrokerError::NotAllowed(format!(
+                "{full} is a partitioned topic; use its partitions"
+            )));
         }
         let cell = Arc::clone(self.topics.lock().entry(full.clone()).or_default());
         let topic = cell
@@ -387,7 +231,7 @@ impl BrokerService {
                 Ok::<_, MlError>(topic)
             })
             .await
-            .map_err(ClientError::from)?;
+            .map_err(BrokerError::from)?;
         Ok(Arc::clone(topic))
     }
 
@@ -396,7 +240,7 @@ impl BrokerService {
     /// record in the volatile store.
     async fn open_log(&self, t: &TopicName, eff: &Effective) -> Result<ManagedLedger, MlError> {
         let mut cfg = self.cfg.ml.clone();
-        cfg.format = Arc::new(crate::entries::PulsarEntries);
+        cfg.format = Arc::new(crate::topic::entries::PulsarEntries);
         let (storage, meta): (Arc<dyn LedgerStorage>, MetaStore) = match t.domain {
             Domain::Persistent => {
                 cfg.track_producers = eff.deduplication;
@@ -431,7 +275,7 @@ impl BrokerService {
     ) -> Result<NamespacePolicies, MetaError> {
         let stored = self
             .meta
-            .get_json::<serde_json::Value>(&format!("/admin/policies/{tenant}/{ns}"))
+            .get_json::<serde_json::Value>(&keys::namespace(tenant, ns))
             .await?;
         let policies = match stored {
             Some(v) => serde_json::from_value::<NamespacePolicies>(v.value).unwrap_or_else(|e| {
@@ -457,7 +301,7 @@ impl BrokerService {
     ) -> Result<Effective, MetaError> {
         let own = self
             .meta
-            .get_json::<TopicPolicies>(&topic_policies_key(t))
+            .get_json::<TopicPolicies>(&keys::topic_policies(t))
             .await
             .unwrap_or_else(|e| {
                 warn!(topic = %t, error = %e, "unreadable topic policies; using the namespace's");
@@ -473,13 +317,13 @@ impl BrokerService {
 
     /// Partitions an auto-created topic gets in this namespace: None if auto-creation is
     /// off, Some(0) for a non-partitioned topic.
-    pub async fn auto_creation(&self, t: &TopicName) -> Result<Option<u32>, ClientError> {
+    pub async fn auto_creation(&self, t: &TopicName) -> Result<Option<u32>, BrokerError> {
         let e = self.effective_policies(&t.tenant, &t.namespace).await?;
         Ok(e.auto_topic_creation.then_some(e.auto_topic_partitions))
     }
 
     /// Whether using `t` may create it (loaded topics need no look at the policies).
-    pub async fn may_auto_create(&self, t: &TopicName) -> Result<bool, ClientError> {
+    pub async fn may_auto_create(&self, t: &TopicName) -> Result<bool, BrokerError> {
         if self.loaded(&t.to_string()).is_some() {
             return Ok(true);
         }
@@ -488,14 +332,14 @@ impl BrokerService {
 
     /// Creates the partitioned-topic record for `t` (auto-creation); Ok if it appeared
     /// meanwhile. Returns the partition count in force.
-    pub async fn create_partitioned(&self, t: &TopicName, n: u32) -> Result<u32, ClientError> {
+    pub async fn create_partitioned(&self, t: &TopicName, n: u32) -> Result<u32, BrokerError> {
         let meta = PartitionedMetadata {
             partitions: n,
             properties: HashMap::new(),
         };
         match self
             .meta
-            .put_json(&partitioned_key(t), &meta, Expected::Absent)
+            .put_json(&keys::partitioned_topic(t), &meta, Expected::Absent)
             .await
         {
             Ok(_) => {
@@ -512,14 +356,14 @@ impl BrokerService {
     pub async fn tenant_info(&self, tenant: &str) -> Result<Option<TenantInfo>, MetaError> {
         Ok(self
             .meta
-            .get_json::<TenantInfo>(&format!("/admin/policies/{tenant}"))
+            .get_json::<TenantInfo>(&keys::tenant(tenant))
             .await?
             .map(|v| v.value))
     }
 
     /// A namespace's grants (empty if the namespace has none or does not exist).
     pub async fn auth_policies(&self, tenant: &str, ns: &str) -> Result<AuthPolicies, MetaError> {
-        let key = format!("/admin/policies/{tenant}/{ns}");
+        let key = keys::namespace(tenant, ns);
         let Some(v) = self.meta.get_json::<serde_json::Value>(&key).await? else {
             return Ok(AuthPolicies::default());
         };
@@ -535,7 +379,7 @@ impl BrokerService {
         role: Option<&str>,
         t: &TopicName,
         op: TopicOp<'_>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), BrokerError> {
         let authz = &self.cfg.authz;
         if authz.is_super_user(role) {
             return Ok(());
@@ -545,7 +389,7 @@ impl BrokerService {
         let judged = t.partitioned_parent().unwrap_or_else(|| t.clone());
         authz
             .allow_topic(role, &judged.to_string(), tenant.as_ref(), &auth, op)
-            .map_err(|d| ClientError::new(ServerError::AuthorizationError, d.0))
+            .map_err(|d| BrokerError::Unauthorized(d.0))
     }
 
     /// Refuses (AuthorizationError) listing a namespace's topics to roles with no grant there.
@@ -554,7 +398,7 @@ impl BrokerService {
         role: Option<&str>,
         tenant: &str,
         ns: &str,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), BrokerError> {
         let authz = &self.cfg.authz;
         if authz.is_super_user(role) {
             return Ok(());
@@ -563,7 +407,7 @@ impl BrokerService {
         let auth = self.auth_policies(tenant, ns).await?;
         authz
             .allow_namespace_topics(role, &format!("{tenant}/{ns}"), info.as_ref(), &auth)
-            .map_err(|d| ClientError::new(ServerError::AuthorizationError, d.0))
+            .map_err(|d| BrokerError::Unauthorized(d.0))
     }
 
     /// Topics loaded in this broker.
@@ -584,10 +428,10 @@ impl BrokerService {
         &self,
         tenant: &str,
         ns: &str,
-    ) -> Result<Vec<String>, ClientError> {
+    ) -> Result<Vec<String>, BrokerError> {
         let names = self
             .meta
-            .children(&format!("/managed-ledgers/{tenant}/{ns}/persistent"))
+            .children(&keys::managed_ledgers(tenant, ns))
             .await?;
         Ok(names
             .into_iter()
@@ -664,21 +508,20 @@ impl BrokerService {
 
     /// Deletes a topic: its subscriptions, compacted view, log and policies. Refused
     /// (NotAllowedError) while clients are connected, unless `force`, which disconnects them.
-    pub async fn delete_topic(&self, t: &TopicName, force: bool) -> Result<(), ClientError> {
+    pub async fn delete_topic(&self, t: &TopicName, force: bool) -> Result<(), BrokerError> {
         let topic = self.topic(t, false).await?;
         if !force && topic.in_use() {
-            return Err(ClientError::new(
-                ServerError::NotAllowedError,
-                "Topic has active producers/subscriptions",
+            return Err(BrokerError::NotAllowed(
+                "Topic has active producers/subscriptions".into(),
             ));
         }
         // forgotten first, and kept from loading again (a disconnected client comes back at
         // once) until its records are gone
         if !self.deleting.lock().insert(topic.full.clone()) {
-            return Err(ClientError::new(
-                ServerError::ServiceNotReady,
-                format!("Topic {} is being deleted", topic.full),
-            ));
+            return Err(BrokerError::NotReady(format!(
+                "Topic {} is being deleted",
+                topic.full
+            )));
         }
         self.topics.lock().remove(&topic.full);
         let res = self.delete_loaded(t, &topic).await;
@@ -689,7 +532,7 @@ impl BrokerService {
         res
     }
 
-    async fn delete_loaded(&self, t: &TopicName, topic: &Topic) -> Result<(), ClientError> {
+    async fn delete_loaded(&self, t: &TopicName, topic: &Topic) -> Result<(), BrokerError> {
         topic.close().await;
         if t.domain == Domain::NonPersistent {
             topic.ml.delete().await?;
@@ -699,11 +542,11 @@ impl BrokerService {
         for s in subs {
             topic.remove_subscription(&s).await?;
         }
-        crate::compaction::delete(&self.meta, self.storage.as_ref(), &t.path()).await?;
+        crate::topic::compaction::delete(&self.meta, self.storage.as_ref(), &t.path()).await?;
         topic.ml.delete().await?;
         match self
             .meta
-            .delete(&topic_policies_key(t), Expected::Any)
+            .delete(&keys::topic_policies(t), Expected::Any)
             .await
         {
             Ok(()) | Err(MetaError::NotFound(_)) => {}

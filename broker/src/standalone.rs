@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use magnetar_bookie::ledger::{BOOKIES_PATH, LedgerClient};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
-use magnetar_broker::service::{BrokerConfig, BrokerService};
-use magnetar_broker::subscription::DispatchConfig;
+use magnetar_broker::config::{BrokerConfig, read_config};
+use magnetar_broker::service::BrokerService;
+use magnetar_broker::topic::subscription::DispatchConfig;
 use magnetar_managed_ledger::{MlConfig, Placement, Retention};
 use magnetar_meta::MetaStore;
 use serde::Deserialize;
@@ -183,7 +184,7 @@ pub struct StandaloneArgs {
 impl StandaloneArgs {
     /// Fills every unset flag from the config file.
     pub fn merge_file(mut self) -> Result<StandaloneArgs> {
-        let Some(file) = crate::read_config::<StandaloneArgs>(self.config.as_deref())? else {
+        let Some(file) = read_config::<StandaloneArgs>(self.config.as_deref())? else {
             return Ok(self);
         };
         macro_rules! fill {
@@ -584,7 +585,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 warn!(error = %e, "https server stopped");
             }
         });
-        tokio::spawn(magnetar_broker::connection::serve_tls(
+        tokio::spawn(magnetar_broker::protocol::serve_tls(
             Arc::clone(&svc),
             broker_tls,
             std::future::pending(),
@@ -609,7 +610,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         "magnetar standalone ready"
     );
 
-    magnetar_broker::connection::serve(Arc::clone(&svc), listener, terminated()).await;
+    magnetar_broker::protocol::serve(Arc::clone(&svc), listener, terminated()).await;
     info!("shutting down: closing topics and flushing cursors");
     svc.shutdown().await;
     for b in bookies {

@@ -16,14 +16,14 @@ pub mod cursor;
 pub mod format;
 pub mod managed_ledger;
 pub mod position;
+pub mod record;
 pub mod storage;
 pub mod tier;
 
 pub use cache::CacheBudget;
 pub use cursor::Cursor;
 pub use format::EntryFormat;
-pub use managed_ledger::{
-    AppendWait, LedgerInfo, ManagedLedger, MlConfig, MlError, MlStats, Retention,
-};
+pub use managed_ledger::{AppendWait, ManagedLedger, MlConfig, MlError, MlStats, Retention};
 pub use position::{Position, RangeSet};
+pub use record::LedgerInfo;
 pub use storage::{LedgerStorage, Placement, StorageError};

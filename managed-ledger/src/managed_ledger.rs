@@ -19,7 +19,6 @@ use futures::stream::FuturesOrdered;
 use magnetar_bookie::placement::Affinity;
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -27,6 +26,7 @@ use crate::cache::{CacheBudget, DEFAULT_CACHE_BYTES, EntryCache};
 use crate::clock::{self, SharedClock};
 use crate::format::{EntryFormat, OpaqueEntries};
 use crate::position::Position;
+use crate::record::{LedgerInfo, MlRecord, ProducerSnapshot, record_key};
 use crate::storage::{
     AppendFuture, Ledger, LedgerStorage, Placement, READ_CONCURRENCY, StorageError,
 };
@@ -110,61 +110,6 @@ impl Default for MlConfig {
             tier: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LedgerInfo {
-    pub ledger_id: u64,
-    pub entries: u64,
-    pub size: u64,
-    /// Messages in the ledger (batches count each message); None until counted.
-    #[serde(default)]
-    pub messages: Option<u64>,
-    /// Creation time, ms since the epoch.
-    pub timestamp_ms: u64,
-    /// Close time, ms since the epoch (None while open).
-    #[serde(default)]
-    pub closed_ms: Option<u64>,
-    /// What a tier recorded when it copied the (closed) ledger: reads go to the tier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offload: Option<serde_json::Value>,
-}
-
-impl LedgerInfo {
-    fn new(ledger_id: u64, now: u64) -> LedgerInfo {
-        LedgerInfo {
-            ledger_id,
-            entries: 0,
-            size: 0,
-            messages: Some(0),
-            timestamp_ms: now,
-            closed_ms: None,
-            offload: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct MlRecord {
-    ledgers: Vec<LedgerInfo>,
-    /// Set once the topic is terminated: its last entry (ledger, entry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    terminated: Option<(u64, i64)>,
-    /// Producers' highest sequence ids as of an entry (deduplication).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    producers: Option<ProducerSnapshot>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ProducerSnapshot {
-    /// Every entry up to this (ledger, entry) is reflected.
-    at: (u64, i64),
-    sequences: BTreeMap<String, i64>,
-}
-
-/// The key of a log's record: `path` is the topic's (`tenant/ns/domain/topic`).
-pub fn record_key(path: &str) -> String {
-    format!("/managed-ledgers/{path}")
 }
 
 /// Highest persisted sequence id per producer, in log order.

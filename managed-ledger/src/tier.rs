@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::managed_ledger::LedgerInfo;
+use crate::record::LedgerInfo;
 use crate::storage::{Ledger, StorageFuture};
 
 pub trait Tier: Send + Sync + fmt::Debug {

@@ -1,4 +1,4 @@
-use crate::Expected;
+use crate::version::Expected;
 
 /// Everything a metadata operation can fail with.
 ///

@@ -19,6 +19,7 @@ mod records;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod store;
+mod version;
 
 pub use cache::RecordCache;
 pub use error::{MetaError, Result};

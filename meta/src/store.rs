@@ -10,34 +10,10 @@ use futures::Stream;
 use tokio::sync::{mpsc, watch};
 
 use crate::Result;
-
-/// A record's version: the store-wide revision of the change that last wrote it. Versions of
-/// one key strictly increase, and a watcher sees changes in version order.
-pub type Version = u64;
+pub use crate::version::{Expected, Version};
 
 /// Identifies a session (an etcd lease id in the etcd backend).
 pub type SessionId = i64;
-
-/// What a conditional write expects to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expected {
-    /// Write whatever is there.
-    Any,
-    /// The key must not exist (create).
-    Absent,
-    /// The key must exist at exactly this version.
-    Version(Version),
-}
-
-impl fmt::Display for Expected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expected::Any => f.write_str("any version"),
-            Expected::Absent => f.write_str("no record"),
-            Expected::Version(v) => write!(f, "version {v}"),
-        }
-    }
-}
 
 /// A value together with the version it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use magnetar_meta::MetadataStoreExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Stop, Svc, answered, err};
+use super::common::{Stop, Svc, answered, err};
 use crate::names::valid_segment;
 use crate::service::BrokerService;
 

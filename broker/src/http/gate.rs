@@ -8,13 +8,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use magnetar_protocol::ServerError;
 use percent_encoding::percent_decode_str;
 
-use super::err;
+use super::common::err;
 use crate::authz::TopicOp;
+use crate::error::BrokerError;
 use crate::names::{TopicName, valid_segment};
-use crate::service::{BrokerService, ClientError};
+use crate::service::BrokerService;
 
 /// What a request needs of its caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,11 +194,11 @@ pub(super) async fn gate(
 
 async fn check(svc: &BrokerService, role: Option<&str>, need: Need) -> Result<(), Response> {
     let authz = &svc.cfg.authz;
-    let refused = |e: ClientError| {
-        if e.code == ServerError::AuthorizationError {
-            err(StatusCode::FORBIDDEN, e.message)
+    let refused = |e: BrokerError| {
+        if matches!(e, BrokerError::Unauthorized(_)) {
+            err(StatusCode::FORBIDDEN, e.to_string())
         } else {
-            err(StatusCode::INTERNAL_SERVER_ERROR, e.message)
+            err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     };
     match need {

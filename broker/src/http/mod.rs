@@ -14,61 +14,29 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use common::{
+    Force, NsPath, Stop, Svc, TopicPath, answered, bundles_of, client_err, err, existing_topic,
+    from_object, meta_err, namespace_record, object_at, object_body, path_topic, topic_name,
+    update_policies, update_record,
+};
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
+use namespaces::check_rate;
 use serde_json::{Value, json};
+use stats::topic_internal_stats;
 
+use crate::cluster::bundles::{Bundles, topic_hash};
+use crate::cluster::keys;
 use crate::names::{TopicName, valid_segment};
-use crate::service::{BrokerService, PartitionedMetadata, partitioned_key, topic_policies_key};
-use crate::topic::Topic;
+use crate::service::{BrokerService, PartitionedMetadata};
 
 mod bookies;
+mod common;
 mod gate;
 mod namespaces;
 pub mod openapi;
+mod stats;
 mod tenants;
 mod topics;
-
-type Svc = State<Arc<BrokerService>>;
-
-fn err(status: StatusCode, reason: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"reason": reason.into()}))).into_response()
-}
-
-/// A request body that must be a JSON object of type `T`. serde alone would also read a
-/// struct from an array (`[10, 10]`); Pulsar's bodies are objects, so those are refused too.
-fn object_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad {what}: {e}"))?;
-    from_object(v, what)
-}
-
-/// [`object_body`] for a body already parsed.
-fn from_object<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, String> {
-    if !v.is_object() {
-        return Err(format!("{what} is a JSON object"));
-    }
-    serde_json::from_value(v).map_err(|e| format!("bad {what}: {e}"))
-}
-
-type Object = serde_json::Map<String, Value>;
-
-/// The object at `m[key]`, made an empty one first if it is absent or anything else.
-fn object_in<'a>(m: &'a mut Object, key: &str) -> Option<&'a mut Object> {
-    let slot = m.entry(key.to_string()).or_insert(Value::Null);
-    if !slot.is_object() {
-        *slot = Value::Object(Object::new());
-    }
-    slot.as_object_mut()
-}
-
-/// [`object_in`] for a record; None only if `v` is not an object (records reach their
-/// changes checked as objects).
-fn object_at<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Object> {
-    v.as_object_mut().and_then(|m| object_in(m, key))
-}
-
-fn meta_err(e: MetaError) -> Response {
-    err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
 
 pub fn router(svc: Arc<BrokerService>) -> Router {
     let ns = |suffix: &str| format!("/admin/v2/namespaces/{{tenant}}/{{ns}}/{suffix}");
@@ -279,15 +247,10 @@ async fn clusters(State(svc): Svc) -> Response {
 }
 
 async fn tenants(State(svc): Svc) -> Response {
-    match svc.meta.children("/admin/policies").await {
+    match svc.meta.children(keys::TENANTS).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => meta_err(e),
     }
-}
-
-fn topic_name(tenant: &str, ns: &str, topic: &str) -> Result<TopicName, Response> {
-    TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}"))
-        .map_err(|e| err(StatusCode::PRECONDITION_FAILED, e.to_string()))
 }
 
 async fn list_topics(State(svc): Svc, Path((tenant, ns)): Path<(String, String)>) -> Response {
@@ -296,7 +259,7 @@ async fn list_topics(State(svc): Svc, Path((tenant, ns)): Path<(String, String)>
     }
     match svc.namespace_topics(&tenant, &ns).await {
         Ok(t) => axum::Json(t).into_response(),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.message),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -321,7 +284,7 @@ async fn get_partitions(
     };
     match svc
         .meta
-        .get_json::<PartitionedMetadata>(&partitioned_key(&t))
+        .get_json::<PartitionedMetadata>(&keys::partitioned_topic(&t))
         .await
     {
         Ok(Some(v)) => axum::Json(v.value).into_response(),
@@ -379,11 +342,11 @@ async fn create_partitions(
             );
         }
         Ok(false) => {}
-        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.message),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     match svc
         .meta
-        .put_json(&partitioned_key(&t), &meta, Expected::Absent)
+        .put_json(&keys::partitioned_topic(&t), &meta, Expected::Absent)
         .await
     {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -416,7 +379,7 @@ async fn grow_partitions(
     };
     let res = svc
         .meta
-        .update_json::<PartitionedMetadata, _, Stop>(&partitioned_key(&t), |current| {
+        .update_json::<PartitionedMetadata, _, Stop>(&keys::partitioned_topic(&t), |current| {
             let Some(mut meta) = current else {
                 return Err(Stop::Reply(err(
                     StatusCode::NOT_FOUND,
@@ -444,7 +407,7 @@ async fn grow_partitions(
 async fn delete_partitions(
     State(svc): Svc,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
-    axum::extract::Query(q): axum::extract::Query<namespaces::Force>,
+    axum::extract::Query(q): axum::extract::Query<Force>,
 ) -> Response {
     let t = match topic_name(&tenant, &ns, &topic) {
         Ok(t) => t,
@@ -453,21 +416,25 @@ async fn delete_partitions(
     let n = match svc.partitions(&t).await {
         Ok(Some(n)) => n,
         Ok(None) => return err(StatusCode::NOT_FOUND, "Partitioned topic does not exist"),
-        Err(e) => return topics::client_err(e),
+        Err(e) => return client_err(e),
     };
     for i in 0..n {
         let pt = t.partition_name(i);
         match svc.topic_exists(&pt).await {
             Ok(true) => {
                 if let Err(e) = svc.delete_topic(&pt, q.force).await {
-                    return topics::client_err(e);
+                    return client_err(e);
                 }
             }
             Ok(false) => {}
-            Err(e) => return topics::client_err(e),
+            Err(e) => return client_err(e),
         }
     }
-    match svc.meta.delete(&partitioned_key(&t), Expected::Any).await {
+    match svc
+        .meta
+        .delete(&keys::partitioned_topic(&t), Expected::Any)
+        .await
+    {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(MetaError::NotFound(_)) => {
             err(StatusCode::NOT_FOUND, "Partitioned topic does not exist")
@@ -476,38 +443,16 @@ async fn delete_partitions(
     }
 }
 
-/// The topic a `{tenant}/{ns}/{topic}` path names, loaded (404 if it has no log).
-async fn path_topic(
-    svc: &BrokerService,
-    (tenant, ns, topic): &(String, String, String),
-) -> Result<Arc<Topic>, Response> {
-    let t = topic_name(tenant, ns, topic)?;
-    match svc.topic_exists(&t).await {
-        Ok(true) => {}
-        Ok(false) => return Err(err(StatusCode::NOT_FOUND, "Topic not found")),
-        Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
-    }
-    svc.topic(&t, false)
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))
-}
-
-type NsPath = Path<(String, String)>;
-
 async fn list_namespaces(State(svc): Svc, Path(tenant): Path<String>) -> Response {
     if !valid_segment(&tenant) {
         return err(StatusCode::PRECONDITION_FAILED, "Invalid tenant name");
     }
-    match svc.meta.get(&format!("/admin/policies/{tenant}")).await {
+    match svc.meta.get(&keys::tenant(&tenant)).await {
         Ok(Some(_)) => {}
         Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
         Err(e) => return meta_err(e),
     }
-    match svc
-        .meta
-        .children(&format!("/admin/policies/{tenant}"))
-        .await
-    {
+    match svc.meta.children(&keys::tenant(&tenant)).await {
         Ok(names) => axum::Json(
             names
                 .into_iter()
@@ -567,17 +512,13 @@ async fn create_namespace(
     if policies.get("replication_clusters").is_none() {
         policies["replication_clusters"] = json!([svc.cfg.cluster]);
     }
-    match namespaces::Bundles::requested(policies.get("bundles")) {
+    match Bundles::requested(policies.get("bundles")) {
         Ok(b) => policies["bundles"] = json!(b),
         Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
     }
     match svc
         .meta
-        .put_json(
-            &format!("/admin/policies/{tenant}/{ns}"),
-            &policies,
-            Expected::Absent,
-        )
+        .put_json(&keys::namespace(&tenant, &ns), &policies, Expected::Absent)
         .await
     {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -812,104 +753,10 @@ async fn remove_deduplication(
     .await
 }
 
-fn valid_namespace(tenant: &str, ns: &str) -> Result<(), Response> {
-    if valid_segment(tenant) && valid_segment(ns) {
-        Ok(())
-    } else {
-        Err(err(
-            StatusCode::PRECONDITION_FAILED,
-            "Invalid namespace name",
-        ))
-    }
-}
-
-/// A namespace's policies record, read once (412 for a bad name, 404 if there is none).
-async fn namespace_record(svc: &BrokerService, tenant: &str, ns: &str) -> Result<Value, Response> {
-    valid_namespace(tenant, ns)?;
-    match svc
-        .meta
-        .get_json::<Value>(&format!("/admin/policies/{tenant}/{ns}"))
-        .await
-    {
-        Ok(Some(v)) => Ok(v.value),
-        Ok(None) => Err(err(StatusCode::NOT_FOUND, "Namespace does not exist")),
-        Err(e) => Err(meta_err(e)),
-    }
-}
-
-async fn namespace_exists(svc: &BrokerService, tenant: &str, ns: &str) -> Result<(), Response> {
-    namespace_record(svc, tenant, ns).await.map(|_| ())
-}
-
-/// Read-modify-write of a namespace's policies, by compare-and-set (retried on conflict).
-/// Takes effect for topics loaded afterwards.
-async fn update_policies(
-    svc: &BrokerService,
-    tenant: &str,
-    ns: &str,
-    change: impl Fn(&mut Value) + Send + Sync,
-) -> Response {
-    // an absent record is a 404 from the update itself: no read before it
-    if let Err(r) = valid_namespace(tenant, ns) {
-        return r;
-    }
-    let key = format!("/admin/policies/{tenant}/{ns}");
-    update_record(svc, &key, None, change).await
-}
-
-/// Why a read-modify-write of a record stopped: the store failed, or there is an answer.
-enum Stop {
-    Meta(MetaError),
-    Reply(Response),
-}
-
-/// 204 for a finished read-modify-write, else the answer it stopped with.
-fn answered<T>(res: Result<T, Stop>) -> Response {
-    match res {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(Stop::Reply(r)) => r,
-        Err(Stop::Meta(e)) => meta_err(e),
-    }
-}
-
 impl From<MetaError> for Stop {
     fn from(e: MetaError) -> Self {
         Stop::Meta(e)
     }
-}
-
-/// Changes a JSON policies record by the store's compare-and-set loop. An absent record
-/// starts as `absent` (None: 404); a stored value that is not an object is reported, not
-/// indexed into.
-async fn update_record(
-    svc: &BrokerService,
-    key: &str,
-    absent: Option<Value>,
-    change: impl Fn(&mut Value) + Send + Sync,
-) -> Response {
-    let res = svc
-        .meta
-        .update_json::<Value, _, Stop>(key, |current| {
-            let mut v = match current.or_else(|| absent.clone()) {
-                Some(v) => v,
-                None => {
-                    return Err(Stop::Reply(err(
-                        StatusCode::NOT_FOUND,
-                        "Namespace does not exist",
-                    )));
-                }
-            };
-            if !v.is_object() {
-                return Err(Stop::Reply(err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the record at {key} is not a JSON object"),
-                )));
-            }
-            change(&mut v);
-            Ok(v)
-        })
-        .await;
-    answered(res)
 }
 
 fn check_threshold(v: Value) -> Result<Value, String> {
@@ -941,32 +788,12 @@ async fn compaction_status(
         Err(r) => return r,
     };
     let (status, error) = match topic.compaction_state() {
-        crate::compaction::CompactionState::NotRun => ("NOT_RUN", String::new()),
-        crate::compaction::CompactionState::Running => ("RUNNING", String::new()),
-        crate::compaction::CompactionState::Success => ("SUCCESS", String::new()),
-        crate::compaction::CompactionState::Error(e) => ("ERROR", e),
+        crate::topic::compaction::CompactionState::NotRun => ("NOT_RUN", String::new()),
+        crate::topic::compaction::CompactionState::Running => ("RUNNING", String::new()),
+        crate::topic::compaction::CompactionState::Success => ("SUCCESS", String::new()),
+        crate::topic::compaction::CompactionState::Error(e) => ("ERROR", e),
     };
     axum::Json(json!({"status": status, "lastError": error})).into_response()
-}
-
-type TopicPath = Path<(String, String, String)>;
-
-/// The topic a path names, which must exist (topic policies are for existing topics).
-async fn existing_topic(
-    svc: &BrokerService,
-    path: &(String, String, String),
-) -> Result<TopicName, Response> {
-    let t = topic_name(&path.0, &path.1, &path.2)?;
-    let partitioned = svc
-        .partitions(&t)
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.message))?;
-    match svc.topic_exists(&t).await {
-        Ok(true) => Ok(t),
-        Ok(false) if partitioned.is_some() => Ok(t),
-        Ok(false) => Err(err(StatusCode::NOT_FOUND, "Topic not found")),
-        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.message)),
-    }
 }
 
 async fn topic_policy_get(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
@@ -974,7 +801,7 @@ async fn topic_policy_get(State(svc): Svc, Path(path): TopicPath, field: &str) -
         Ok(t) => t,
         Err(r) => return r,
     };
-    match svc.meta.get_json::<Value>(&topic_policies_key(&t)).await {
+    match svc.meta.get_json::<Value>(&keys::topic_policies(&t)).await {
         Ok(v) => axum::Json(
             v.and_then(|v| v.value.get(field).cloned())
                 .unwrap_or(Value::Null),
@@ -994,7 +821,7 @@ async fn update_topic_policies(
         Ok(t) => t,
         Err(r) => return r,
     };
-    update_record(svc, &topic_policies_key(&t), Some(json!({})), change).await
+    update_record(svc, &keys::topic_policies(&t), Some(json!({})), change).await
 }
 
 async fn topic_policy_delete(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
@@ -1034,7 +861,7 @@ async fn set_topic_rate(
     field: &'static str,
     body: axum::body::Bytes,
 ) -> Response {
-    let rate = match namespaces::check_rate(field, &body) {
+    let rate = match check_rate(field, &body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -1104,110 +931,6 @@ async fn terminate(State(svc): Svc, Path(path): Path<(String, String, String)>) 
     }
 }
 
-fn avg((msgs, bytes): (u64, u64)) -> f64 {
-    if msgs > 0 {
-        bytes as f64 / msgs as f64
-    } else {
-        0.0
-    }
-}
-
-pub async fn topic_stats(topic: &Topic) -> Value {
-    let (_, storage) = topic.ml.totals();
-    let (msg_in, bytes_in) = topic.input.totals();
-    let rates = topic.rates();
-    let publishers: Vec<Value> = topic
-        .producers
-        .lock()
-        .by_name
-        .values()
-        .map(|p| {
-            json!({
-                "producerName": p.name,
-                "producerId": p.producer_id,
-                "address": p.address,
-                "connectedSince": p.connected_since,
-                "msgInCounter": p.meter.totals().0,
-                "bytesInCounter": p.meter.totals().1,
-                "accessMode": p.access_mode.as_str_name(),
-                "msgRateIn": p.meter.rates().0,
-                "msgThroughputIn": p.meter.rates().1,
-                "averageMsgSize": avg(p.meter.totals()),
-            })
-        })
-        .collect();
-    let subs: Vec<_> = topic.subscriptions.lock().values().cloned().collect();
-    let mut subscriptions = serde_json::Map::new();
-    let mut out_msgs = 0;
-    let mut out_bytes = 0;
-    for s in subs {
-        let backlog = s.backlog().await;
-        let (msg_out, bytes_out) = s.out.totals();
-        let (held, locked, hung) = s.key_shared_stats();
-        let (delayed, delayed_segments) = s.delayed_entries();
-        let (rate_out, throughput_out) = s.out.rates();
-        out_msgs += msg_out;
-        out_bytes += bytes_out;
-        let consumers: Vec<Value> = s
-            .consumers()
-            .iter()
-            .map(|c| {
-                json!({
-                    "consumerName": c.name,
-                    "availablePermits": c.permits.load(Ordering::Relaxed),
-                    "unackedMessages": c.unacked.load(Ordering::Relaxed).max(0),
-                    "msgOutCounter": c.out.totals().0,
-                    "bytesOutCounter": c.out.totals().1,
-                    "address": c.address,
-                    "connectedSince": c.connected_since,
-                    "msgRateOut": c.out.rates().0,
-                    "msgThroughputOut": c.out.rates().1,
-                    "messageAckRate": c.acks.rates().0,
-                    "blockedConsumerOnUnackedMsgs": false,
-                })
-            })
-            .collect();
-        subscriptions.insert(
-            s.name.clone(),
-            json!({
-                "msgBacklog": backlog,
-                "type": format!("{:?}", s.sub_type()).replace("KeyShared", "Key_Shared"),
-                "isDurable": s.cursor.is_durable(),
-                "msgOutCounter": msg_out,
-                "bytesOutCounter": bytes_out,
-                "msgRateOut": rate_out,
-                "msgThroughputOut": throughput_out,
-                "msgRateRedeliver": s.redelivered.rates().0,
-                "msgDelayed": delayed,
-                "delayedIndexSegments": delayed_segments,
-                "keySharedHeldEntries": held,
-                "keySharedLockedSlots": locked,
-                "keySharedHungConsumers": hung,
-                "redeliveryQueue": s.redelivery_queue(),
-                "unackedMessages": s.pending_entries(),
-                "consumers": consumers,
-            }),
-        );
-    }
-    json!({
-        "msgRateIn": rates.0,
-        "msgThroughputIn": rates.1,
-        "msgRateOut": rates.2,
-        "msgThroughputOut": rates.3,
-        "msgInCounter": msg_in,
-        "bytesInCounter": bytes_in,
-        "msgOutCounter": out_msgs,
-        "bytesOutCounter": out_bytes,
-        "averageMsgSize": avg((msg_in, bytes_in)),
-        "storageSize": storage,
-        "backlogSize": 0,
-        "publishers": publishers,
-        "subscriptions": subscriptions,
-        "replication": {},
-        "deduplicationStatus": if topic.deduplicating() { "Enabled" } else { "Disabled" },
-    })
-}
-
 /// `?metadata=true` adds each ledger's record (ensembles, quorums, affinity) as Pulsar
 /// adds BookKeeper's: a string in the ledger's `metadata` field.
 async fn internal_stats(
@@ -1248,74 +971,25 @@ async fn internal_stats(
     axum::Json(stats).into_response()
 }
 
-/// A topic's storage view with Pulsar's field names: ledgers and cursors.
-pub fn topic_internal_stats(topic: &Topic) -> Value {
-    let ml = &topic.ml;
-    let (entries, size) = ml.totals();
-    let ledgers = ml.ledgers();
-    let current = ml.current_ledger();
-    let cur = ledgers.iter().find(|l| Some(l.ledger_id) == current);
-    let subs: Vec<_> = topic.subscriptions.lock().values().cloned().collect();
-    let mut cursors = BTreeMap::new();
-    for s in subs {
-        let md = s.cursor.mark_delete();
-        let ranges = s.cursor.individually_acked_ranges();
-        let text: Vec<String> = ranges
-            .iter()
-            .map(|(a, b)| format!("({}:{}..{}:{}]", a.ledger, a.entry - 1, b.ledger, b.entry))
-            .collect();
-        cursors.insert(
-            s.name.clone(),
-            json!({
-                "markDeletePosition": md.to_string(),
-                "readPosition": ml.next_position(md).unwrap_or(md.next_in_ledger()).to_string(),
-                "individuallyDeletedMessages": format!("[{}]", text.join(", ")),
-                "totalNonContiguousDeletedMessagesRange": ranges.len(),
-                "cursorLedger": -1,
-                "state": "Open",
-                "active": !s.consumers().is_empty(),
-            }),
-        );
-    }
-    json!({
-        "entriesAddedCounter": ml.stats().entries_added.load(Ordering::Relaxed),
-        "numberOfEntries": entries,
-        "totalSize": size,
-        "currentLedgerEntries": cur.map_or(0, |l| l.entries),
-        "currentLedgerSize": cur.map_or(0, |l| l.size),
-        "lastLedgerCreatedTimestamp": cur.map_or(0, |l| l.timestamp_ms).to_string(),
-        "lastConfirmedEntry": ml.last_confirmed().to_string(),
-        "state": "LedgerOpened",
-        "ledgers": ledgers.iter().map(|l| json!({
-            "ledgerId": l.ledger_id,
-            "entries": l.entries,
-            "size": l.size,
-            "offloaded": false,
-        })).collect::<Vec<_>>(),
-        "cursors": cursors,
-        "compactedLedger": match topic.compacted_ledger() {
-            Some((id, entries)) => json!({
-                "ledgerId": id, "entries": entries, "size": -1, "offloaded": false,
-            }),
-            None => json!({"ledgerId": -1, "entries": -1, "size": -1, "offloaded": false}),
-        },
-    })
-}
-
 async fn lookup(
     State(svc): Svc,
     Path((domain, tenant, ns, topic)): Path<(String, String, String, String)>,
 ) -> Response {
-    if let Err(r) = TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}")) {
-        return err(StatusCode::PRECONDITION_FAILED, r.to_string());
+    let t = match TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}")) {
+        Ok(t) => t,
+        Err(r) => return err(StatusCode::PRECONDITION_FAILED, r.to_string()),
+    };
+    match svc.locate(&t).await {
+        Ok(at) => axum::Json(json!({
+            "brokerUrl": at.urls.service_url,
+            "brokerUrlTls": at.urls.service_url_tls.unwrap_or_default(),
+            "httpUrl": at.urls.web_url,
+            "httpUrlTls": at.urls.web_url_tls.unwrap_or_default(),
+            "nativeUrl": at.urls.service_url,
+        }))
+        .into_response(),
+        Err(e) => client_err(e),
     }
-    axum::Json(json!({
-        "brokerUrl": svc.cfg.service_url(),
-        "brokerUrlTls": svc.cfg.service_url_tls().unwrap_or_default(),
-        "httpUrl": svc.cfg.web_url(),
-        "httpUrlTls": svc.cfg.web_url_tls().unwrap_or_default(),
-    }))
-    .into_response()
 }
 
 /// The namespace bundle (hash range) a topic belongs to.
@@ -1327,11 +1001,11 @@ async fn lookup_bundle(
         Ok(t) => t,
         Err(e) => return err(StatusCode::PRECONDITION_FAILED, e.to_string()),
     };
-    let bundles = match namespaces::bundles_of(&svc, &tenant, &ns).await {
+    let bundles = match bundles_of(&svc, &tenant, &ns).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match bundles.bundle_of(namespaces::topic_hash(&t)) {
+    match bundles.bundle_of(topic_hash(&t)) {
         Some(b) => axum::Json(b).into_response(),
         None => err(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1388,7 +1062,7 @@ async fn set_replication(
                 format!("Invalid cluster id {c:?}"),
             );
         }
-        match svc.meta.get(&format!("/admin/clusters/{c}")).await {
+        match svc.meta.get(&keys::cluster(c)).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return err(

@@ -12,8 +12,9 @@ use axum::routing::get;
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
-use super::{Stop, Svc, answered, err, meta_err, object_body};
+use super::common::{Stop, Svc, answered, bundles_of, err, meta_err, object_body};
 use crate::authz::TenantInfo;
+use crate::cluster::keys;
 use crate::names::valid_segment;
 use crate::service::BrokerService;
 
@@ -42,16 +43,8 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
         )
 }
 
-fn cluster_key(c: &str) -> String {
-    format!("/admin/clusters/{c}")
-}
-
-fn tenant_key(t: &str) -> String {
-    format!("/admin/policies/{t}")
-}
-
 async fn get_cluster(State(svc): Svc, Path(c): Path<String>) -> Response {
-    match svc.meta.get_json::<Value>(&cluster_key(&c)).await {
+    match svc.meta.get_json::<Value>(&keys::cluster(&c)).await {
         Ok(Some(v)) => axum::Json(v.value).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, "Cluster does not exist"),
         Err(e) => meta_err(e),
@@ -83,7 +76,7 @@ async fn create_cluster(
     };
     match svc
         .meta
-        .put_json(&cluster_key(&c), &data, Expected::Absent)
+        .put_json(&keys::cluster(&c), &data, Expected::Absent)
         .await
     {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -103,7 +96,7 @@ async fn update_cluster(
     };
     let res = svc
         .meta
-        .update_json::<Value, _, Stop>(&cluster_key(&c), |cur| match cur {
+        .update_json::<Value, _, Stop>(&keys::cluster(&c), |cur| match cur {
             Some(_) => Ok(data.clone()),
             None => Err(Stop::Reply(err(
                 StatusCode::NOT_FOUND,
@@ -122,7 +115,7 @@ async fn delete_cluster(State(svc): Svc, Path(c): Path<String>) -> Response {
             "This broker's own cluster cannot be deleted",
         );
     }
-    let tenants = match svc.meta.children("/admin/policies").await {
+    let tenants = match svc.meta.children(keys::TENANTS).await {
         Ok(t) => t,
         Err(e) => return meta_err(e),
     };
@@ -138,7 +131,7 @@ async fn delete_cluster(State(svc): Svc, Path(c): Path<String>) -> Response {
             Err(e) => return meta_err(e),
         }
     }
-    match svc.meta.delete(&cluster_key(&c), Expected::Any).await {
+    match svc.meta.delete(&keys::cluster(&c), Expected::Any).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(MetaError::NotFound(_)) => err(StatusCode::NOT_FOUND, "Cluster does not exist"),
         Err(e) => meta_err(e),
@@ -161,7 +154,7 @@ async fn tenant_body(svc: &BrokerService, body: &[u8]) -> Result<TenantInfo, Res
         object_body(body, "tenant info").map_err(|m| err(StatusCode::BAD_REQUEST, m))?
     };
     for c in &info.allowed_clusters {
-        match svc.meta.get(&cluster_key(c)).await {
+        match svc.meta.get(&keys::cluster(c)).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(err(
@@ -192,7 +185,7 @@ async fn create_tenant(
     }
     match svc
         .meta
-        .put_json(&tenant_key(&t), &info, Expected::Absent)
+        .put_json(&keys::tenant(&t), &info, Expected::Absent)
         .await
     {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -212,7 +205,7 @@ async fn update_tenant(
     };
     let res = svc
         .meta
-        .update_json::<TenantInfo, _, Stop>(&tenant_key(&t), |cur| match cur {
+        .update_json::<TenantInfo, _, Stop>(&keys::tenant(&t), |cur| match cur {
             Some(_) => Ok(info.clone()),
             None => Err(Stop::Reply(err(
                 StatusCode::NOT_FOUND,
@@ -225,7 +218,7 @@ async fn update_tenant(
 
 /// Deletes an empty tenant (409 while it has namespaces).
 async fn delete_tenant(State(svc): Svc, Path(t): Path<String>) -> Response {
-    let key = tenant_key(&t);
+    let key = keys::tenant(&t);
     let rec = match svc.meta.get(&key).await {
         Ok(Some(r)) => r,
         Ok(None) => return err(StatusCode::NOT_FOUND, "Tenant does not exist"),
@@ -268,27 +261,31 @@ async fn leader(State(svc): Svc) -> Response {
         .into_response()
 }
 
-/// A single broker owns every bundle of every namespace.
+/// The bundles this broker owns, by namespace.
 async fn owned_namespaces(State(svc): Svc, Path((c, b)): Path<(String, String)>) -> Response {
     if c != svc.cfg.cluster || b != broker_id(&svc) {
         return err(StatusCode::NOT_FOUND, "Broker not found");
     }
-    let tenants = match svc.meta.children("/admin/policies").await {
+    let tenants = match svc.meta.children(keys::TENANTS).await {
         Ok(t) => t,
         Err(e) => return meta_err(e),
     };
     let mut out = serde_json::Map::new();
     for t in tenants {
-        let namespaces = match svc.meta.children(&tenant_key(&t)).await {
+        let namespaces = match svc.meta.children(&keys::tenant(&t)).await {
             Ok(n) => n,
             Err(e) => return meta_err(e),
         };
         for ns in namespaces {
-            let bundles = match super::namespaces::bundles_of(&svc, &t, &ns).await {
+            let bundles = match bundles_of(&svc, &t, &ns).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            let namespace = format!("{t}/{ns}");
             for range in bundles.ranges() {
+                if !svc.ownership.owns_bundle(&namespace, &range) {
+                    continue;
+                }
                 out.insert(
                     format!("{t}/{ns}/{range}"),
                     json!({"broker_assignment": "shared", "is_controlled": false, "is_active": true}),

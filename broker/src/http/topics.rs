@@ -9,23 +9,27 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use magnetar_protocol::ServerError;
+use magnetar_managed_ledger::position::Position;
 use magnetar_protocol::entry as pentry;
 use magnetar_protocol::proto::command_subscribe::SubType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::namespaces::Force;
-use super::{Svc, err, meta_err, object_at, object_body, object_in, topic_stats, update_record};
+use super::common::{
+    Force, Svc, client_err, err, meta_err, object_at, object_body, object_in, update_record,
+};
+use super::stats::{topic_internal_stats, topic_stats};
 use crate::authz::check_actions;
+use crate::cluster::keys;
 use crate::names::TopicName;
-use crate::service::{BrokerService, ClientError};
-use crate::subscription::Subscription;
+use crate::service::BrokerService;
+use crate::topic::subscription::Subscription;
 use crate::topic::{SubscribeOpts, Topic};
-use magnetar_managed_ledger::position::Position;
 
 type TopicPath = Path<(String, String, String, String)>;
+
 type SubPath = Path<(String, String, String, String, String)>;
+
 /// A subscription path with one more segment (a count, a time, a position).
 type SubArgPath = Path<(String, String, String, String, String, String)>;
 
@@ -85,22 +89,6 @@ pub(super) fn routes() -> Router<Arc<BrokerService>> {
         )
 }
 
-/// A ClientError as an HTTP answer with Pulsar's status for it.
-pub(super) fn client_err(e: ClientError) -> Response {
-    let status = match e.code {
-        ServerError::TopicNotFound | ServerError::SubscriptionNotFound => StatusCode::NOT_FOUND,
-        ServerError::AuthorizationError => StatusCode::FORBIDDEN,
-        ServerError::AuthenticationError => StatusCode::UNAUTHORIZED,
-        ServerError::NotAllowedError | ServerError::InvalidTopicName => {
-            StatusCode::PRECONDITION_FAILED
-        }
-        ServerError::ProducerBusy | ServerError::ConsumerBusy => StatusCode::CONFLICT,
-        ServerError::ServiceNotReady => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    err(status, e.message)
-}
-
 fn parse(domain: &str, tenant: &str, ns: &str, topic: &str) -> Result<TopicName, Response> {
     if domain != "persistent" && domain != "non-persistent" {
         return Err(err(StatusCode::NOT_FOUND, "unknown topic domain"));
@@ -112,7 +100,7 @@ fn parse(domain: &str, tenant: &str, ns: &str, topic: &str) -> Result<TopicName,
 async fn namespace_must_exist(svc: &BrokerService, t: &TopicName) -> Result<(), Response> {
     match svc
         .meta
-        .get(&format!("/admin/policies/{}/{}", t.tenant, t.namespace))
+        .get(&keys::namespace(&t.tenant, &t.namespace))
         .await
     {
         Ok(Some(_)) => Ok(()),
@@ -124,7 +112,7 @@ async fn namespace_must_exist(svc: &BrokerService, t: &TopicName) -> Result<(), 
 /// Stats of a persistent or a non-persistent topic.
 async fn stats(State(svc): Svc, Path(p): TopicPath) -> Response {
     match loaded(&svc, &p).await {
-        Ok(topic) => axum::Json(super::topic_stats(&topic).await).into_response(),
+        Ok(topic) => axum::Json(topic_stats(&topic).await).into_response(),
         Err(r) => r,
     }
 }
@@ -170,7 +158,7 @@ async fn list_partitioned(
     }
     match svc
         .meta
-        .children(&format!("/admin/partitioned-topics/{tenant}/{ns}/{domain}"))
+        .children(&keys::partitioned_topics(&tenant, &ns, &domain))
         .await
     {
         Ok(names) => axum::Json(
@@ -618,7 +606,7 @@ async fn partitioned_internal_stats(State(svc): Svc, Path(p): TopicPath) -> Resp
     };
     let partitions: serde_json::Map<String, Value> = topics
         .iter()
-        .map(|t| (t.full.clone(), super::topic_internal_stats(t)))
+        .map(|t| (t.full.clone(), topic_internal_stats(t)))
         .collect();
     axum::Json(json!({"metadata": {"partitions": n}, "partitions": partitions})).into_response()
 }
@@ -663,7 +651,7 @@ async fn change_topic_grant(
     };
     let topic = t.to_string();
     let role = role.to_string();
-    let key = format!("/admin/policies/{}/{}", t.tenant, t.namespace);
+    let key = keys::namespace(&t.tenant, &t.namespace);
     update_record(svc, &key, None, move |policies| {
         let grants = object_at(policies, "auth_policies")
             .and_then(|a| object_in(a, "destination_auth"))

@@ -156,6 +156,30 @@ pub fn lookup_connect(request_id: u64, url: &str, url_tls: Option<&str>) -> Base
     }
 }
 
+/// A lookup answered elsewhere: the client asks `url` again (authoritative: that broker
+/// is the owner, not one more hop).
+pub fn lookup_redirect(
+    request_id: u64,
+    url: &str,
+    url_tls: Option<&str>,
+    authoritative: bool,
+) -> BaseCommand {
+    use command_lookup_topic_response::LookupType;
+    BaseCommand {
+        lookup_topic_response: Some(CommandLookupTopicResponse {
+            broker_service_url: Some(url.into()),
+            broker_service_url_tls: url_tls.map(Into::into),
+            response: Some(LookupType::Redirect as i32),
+            request_id,
+            authoritative: Some(authoritative),
+            error: None,
+            message: None,
+            proxy_through_service_url: Some(false),
+        }),
+        ..base(Type::LookupResponse)
+    }
+}
+
 pub fn lookup_failed(
     request_id: u64,
     error: ServerError,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use magnetar_protocol::BaseCommand;
 use magnetar_protocol::batch::decode_batch;
+use magnetar_protocol::compression::Compression;
 use magnetar_protocol::entry::parse_entry;
 use magnetar_protocol::proto::{
     CommandAck, CommandCloseConsumer, CommandFlow, CommandGetLastMessageId, CommandMessage,
@@ -28,12 +29,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::client::{Backoff, Client, TopicMode, topic_name};
 use crate::conn::{Connection, ConsumerEvent};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, ProducerMessage};
-use crate::producer::Producer;
-use magnetar_protocol::compression::Compression;
+use crate::producer::{Producer, ProducerBuilder};
+use crate::service::{Backoff, Client, TopicMode, topic_name};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SubscriptionType {
@@ -406,7 +406,10 @@ impl Letters {
         if let Some(p) = m.get(topic) {
             return Ok(p.clone());
         }
-        let p = self.client.producer(topic).batching(false).create().await?;
+        let p = ProducerBuilder::new(self.client.clone(), topic.to_string())
+            .batching(false)
+            .create()
+            .await?;
         m.insert(topic.to_string(), p.clone());
         Ok(p)
     }

@@ -28,8 +28,9 @@ mod error;
 mod message;
 mod producer;
 mod reader;
+mod service;
 
-pub use client::{Client, ClientBuilder, ClientOptions, TopicMode, topic_name};
+pub use client::ClientBuilder;
 pub use conn::Authentication;
 pub use consumer::{
     Consumer, ConsumerBuilder, ConsumerOptions, DeadLetterPolicy, InitialPosition, SubscriptionType,
@@ -42,3 +43,4 @@ pub use producer::{
     AccessMode, Producer, ProducerBuilder, ProducerOptions, RoutingMode, SendFuture,
 };
 pub use reader::{Reader, ReaderBuilder};
+pub use service::{Client, ClientOptions, TopicMode, topic_name};

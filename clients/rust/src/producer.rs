@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use magnetar_protocol::compression::Compression;
 use magnetar_protocol::entry::encode_entry;
 use magnetar_protocol::proto::{
     CommandCloseProducer, CommandProducer, CommandSend, KeyValue, MessageMetadata,
@@ -28,11 +29,10 @@ use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::client::{Backoff, Client, topic_name};
 use crate::conn::{Connection, ProducerEvent};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, ProducerMessage, now_ms};
-use magnetar_protocol::compression::Compression;
+use crate::service::{Backoff, Client, topic_name};
 
 /// Fewer entries than this in flight count as an idle pipeline: an open batch goes at once.
 const IDLE_PIPELINE: usize = 2;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::client::Client;
-use crate::consumer::{Consumer, ConsumerOptions, SubscriptionType};
+use crate::consumer::{Consumer, ConsumerBuilder, ConsumerOptions, SubscriptionType};
 use crate::error::Result;
 use crate::message::{Message, MessageId};
+use crate::service::Client;
 
 pub struct ReaderBuilder {
     client: Client,
@@ -82,7 +82,10 @@ impl ReaderBuilder {
             start_inclusive: self.inclusive,
             ..Default::default()
         };
-        let consumer = self.client.consumer().options(opts).subscribe().await?;
+        let consumer = ConsumerBuilder::new(self.client.clone())
+            .options(opts)
+            .subscribe()
+            .await?;
         Ok(Reader { consumer })
     }
 }

@@ -1,9 +1,9 @@
 //! One client connection: the Pulsar protocol state machine.
 //!
-//! A reader loop decodes frames and handles commands in order; a writer task owns the socket's
-//! write half and coalesces outgoing frames. Each producer has a receipt task that answers its
-//! SENDs in order as their appends complete, so publishing is pipelined while receipts keep
-//! the order clients require. A malformed frame closes this connection only.
+//! A reader loop decodes frames and handles commands in order; the writer task (`outbound`)
+//! owns the socket's write half. Each producer has a receipt task (`receipts`), so publishing
+//! is pipelined while receipts keep their order. A malformed frame closes this connection
+//! only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,142 +11,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
+use magnetar_managed_ledger::position::Position;
 use magnetar_protocol::commands;
 use magnetar_protocol::frame::FrameError;
 use magnetar_protocol::proto::command_ack::AckType;
 use magnetar_protocol::proto::command_subscribe::{InitialPosition, SubType};
 use magnetar_protocol::proto::*;
 use magnetar_protocol::{FRAME_PADDING, PROTOCOL_VERSION, entry as pentry, frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Identity};
 use crate::authz::TopicOp;
-use crate::entries::highest_sequence;
-use crate::key_shared::KeySharedSpec;
+use crate::error::BrokerError;
 use crate::names::TopicName;
-use crate::service::{BrokerService, ClientError};
+use crate::protocol::outbound::{ConnTx, write_loop};
+use crate::protocol::receipts::{ProducerJob, ReceiptJob, receipts};
+use crate::service::BrokerService;
 use crate::stats::Meter;
-use crate::subscription::{BatchAck, ClientTraits, Consumer, SubscribeError, Subscription};
-use crate::topic::{
+use crate::topic::entries::highest_sequence;
+use crate::topic::key_shared::KeySharedSpec;
+use crate::topic::link::Link;
+use crate::topic::producers::{
     Grant, PRODUCER_FENCED, PRODUCER_READY, PRODUCER_WAITING, ProducerInfo, SendCheck,
-    SubscribeOpts, Topic,
 };
-use magnetar_managed_ledger::position::Position;
-use magnetar_managed_ledger::{AppendWait, MlError};
+use crate::topic::subscription::{BatchAck, ClientTraits, Consumer, SubscribeError, Subscription};
+use crate::topic::{SubscribeOpts, Topic};
 
 pub const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
 
-pub enum Out {
-    Cmd(BaseCommand),
-    Msg(BaseCommand, Bytes),
-    Close,
-}
-
-/// The sending side of a connection, shared with topics and dispatchers.
-#[derive(Clone, Debug)]
-pub struct ConnTx(mpsc::UnboundedSender<Out>);
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Out::Cmd(c) => write!(f, "Cmd({})", commands::type_name(c.r#type)),
-            Out::Msg(..) => f.write_str("Msg"),
-            Out::Close => f.write_str("Close"),
-        }
-    }
-}
-
-impl ConnTx {
-    pub fn send(&self, cmd: BaseCommand) {
-        let _ = self.0.send(Out::Cmd(cmd));
-    }
-
-    pub fn send_message(&self, cmd: BaseCommand, entry: Bytes) {
-        let _ = self.0.send(Out::Msg(cmd, entry));
-    }
-
-    pub fn close(&self) {
-        let _ = self.0.send(Out::Close);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-}
-
-/// Accepts connections until `shutdown` resolves.
-pub async fn serve(
-    svc: Arc<BrokerService>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let svc = Arc::clone(&svc);
-                    let _ = stream.set_nodelay(true);
-                    let (rd, wr) = stream.into_split();
-                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Serves `pulsar+ssl://` connections from a TLS listener until `shutdown` resolves.
-pub async fn serve_tls(
-    svc: Arc<BrokerService>,
-    mut listener: crate::tls::TlsListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            next = listener.next() => match next {
-                Some((stream, peer)) => {
-                    let svc = Arc::clone(&svc);
-                    let (rd, wr) = tokio::io::split(stream);
-                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
-                }
-                None => return,
-            }
-        }
-    }
-}
-
-struct ReceiptJob {
-    sequence_id: u64,
-    highest_sequence_id: Option<u64>,
-    messages: u32,
-    bytes: usize,
-    wait: AppendWait,
-}
-
-enum ProducerJob {
-    Receipt(ReceiptJob),
-    /// A resend of something already accepted (deduplication): answered in order, with
-    /// the (-1, -1) receipt once the original is durable.
-    Duplicate {
-        sequence_id: u64,
-        highest_sequence_id: Option<u64>,
-        seq: i64,
-    },
-    /// CLOSE_PRODUCER: answer once every earlier receipt went out.
-    Close(u64),
-}
-
-struct ProducerState {
+pub(crate) struct ProducerState {
     topic: Arc<Topic>,
     name: String,
     /// The name as the log records it with sequence ids (deduplication).
@@ -157,15 +52,17 @@ struct ProducerState {
     jobs: mpsc::UnboundedSender<ProducerJob>,
 }
 
-struct ConsumerState {
+pub(crate) struct ConsumerState {
     topic: Arc<Topic>,
     sub: Arc<Subscription>,
     consumer: Arc<Consumer>,
 }
 
-struct Connection {
+pub(crate) struct Connection {
     svc: Arc<BrokerService>,
     tx: ConnTx,
+    /// The same queue, as topics hold it.
+    link: Link,
     peer: SocketAddr,
     protocol: i32,
     client_version: String,
@@ -179,23 +76,24 @@ struct Connection {
     consumers: HashMap<u64, ConsumerState>,
 }
 
-fn pos(id: &MessageIdData) -> Position {
+pub(crate) fn pos(id: &MessageIdData) -> Position {
     Position::new(id.ledger_id, id.entry_id as i64)
 }
 
 impl Connection {
-    async fn run<R, W>(svc: Arc<BrokerService>, mut rd: R, wr: W, peer: SocketAddr)
+    pub(crate) async fn run<R, W>(svc: Arc<BrokerService>, mut rd: R, wr: W, peer: SocketAddr)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = ConnTx::new();
         let writer = tokio::spawn(write_loop(wr, rx));
         svc.stats.connections.fetch_add(1, Ordering::Relaxed);
         svc.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let mut conn = Connection {
             svc: Arc::clone(&svc),
-            tx: ConnTx(tx),
+            link: Arc::new(tx.clone()),
+            tx,
             peer,
             protocol: 0,
             client_version: String::new(),
@@ -515,31 +413,40 @@ impl Connection {
         }
     }
 
-    fn error(&self, request_id: u64, e: ClientError) {
-        self.tx.send(commands::error(request_id, e.code, e.message));
+    fn error(&self, request_id: u64, e: BrokerError) {
+        self.tx
+            .send(commands::error(request_id, e.code(), e.to_string()));
     }
 
-    fn parse_topic(&self, name: &str) -> Result<TopicName, ClientError> {
-        TopicName::parse(name)
-            .map_err(|e| ClientError::new(ServerError::InvalidTopicName, e.to_string()))
+    fn parse_topic(&self, name: &str) -> Result<TopicName, BrokerError> {
+        TopicName::parse(name).map_err(|e| BrokerError::InvalidTopicName(e.to_string()))
     }
 
     async fn handle_lookup(&self, l: CommandLookupTopic) {
-        let checked = async {
+        let located = async {
             let t = self.parse_topic(&l.topic)?;
             self.svc
                 .authorize_topic(self.role(), &t, TopicOp::Lookup)
-                .await
+                .await?;
+            self.svc.locate(&t).await
         };
-        match checked.await {
-            Ok(()) => self.tx.send(commands::lookup_connect(
+        match located.await {
+            Ok(at) if at.here => self.tx.send(commands::lookup_connect(
                 l.request_id,
-                &self.svc.cfg.service_url(),
-                self.svc.cfg.service_url_tls().as_deref(),
+                &at.urls.service_url,
+                at.urls.service_url_tls.as_deref(),
             )),
-            Err(e) => self
-                .tx
-                .send(commands::lookup_failed(l.request_id, e.code, e.message)),
+            Ok(at) => self.tx.send(commands::lookup_redirect(
+                l.request_id,
+                &at.urls.service_url,
+                at.urls.service_url_tls.as_deref(),
+                true,
+            )),
+            Err(e) => self.tx.send(commands::lookup_failed(
+                l.request_id,
+                e.code(),
+                e.to_string(),
+            )),
         }
     }
 
@@ -561,10 +468,9 @@ impl Connection {
                 None
             };
             match auto {
-                None => Err(ClientError::new(
-                    ServerError::TopicNotFound,
-                    format!("Topic {t} does not exist"),
-                )),
+                None => Err(BrokerError::TopicNotFound(format!(
+                    "Topic {t} does not exist"
+                ))),
                 // a partition's name is never itself partitioned
                 Some(n) if n > 0 && t.partition().is_none() => {
                     self.svc.create_partitioned(&t, n).await
@@ -578,8 +484,8 @@ impl Connection {
                 .send(commands::partitioned_metadata_ok(p.request_id, n)),
             Err(e) => self.tx.send(commands::partitioned_metadata_failed(
                 p.request_id,
-                e.code,
-                e.message,
+                e.code(),
+                e.to_string(),
             )),
         }
     }
@@ -588,10 +494,7 @@ impl Connection {
         let Some((tenant, ns)) = g.namespace.split_once('/') else {
             return self.error(
                 g.request_id,
-                ClientError::new(
-                    ServerError::MetadataError,
-                    "namespace must be tenant/namespace",
-                ),
+                BrokerError::Metadata("namespace must be tenant/namespace".into()),
             );
         };
         if let Err(e) = self
@@ -646,7 +549,7 @@ impl Connection {
                 .await;
         }
         if let Err(e) = allowed {
-            warn!(peer = %self.peer, topic = %topic, error = %e.message, "producer refused");
+            warn!(peer = %self.peer, topic = %topic, error = %e, "producer refused");
             return self.error(p.request_id, e);
         }
         let create = match self.svc.may_auto_create(&topic).await {
@@ -672,10 +575,7 @@ impl Connection {
             {
                 return self.error(
                     p.request_id,
-                    ClientError::new(
-                        ServerError::ProducerBusy,
-                        format!("Topic reached max producers limit ({max})"),
-                    ),
+                    BrokerError::ProducerBusy(format!("Topic reached max producers limit ({max})")),
                 );
             }
         }
@@ -685,10 +585,7 @@ impl Connection {
         if topic.ml.terminated().is_some() {
             return self.error(
                 p.request_id,
-                ClientError::new(
-                    ServerError::TopicTerminatedError,
-                    format!("Topic {} was terminated", topic.full),
-                ),
+                BrokerError::Terminated(format!("Topic {} was terminated", topic.full)),
             );
         }
         // dead-letter producers ask for a subscription so nothing they write is missed
@@ -721,7 +618,7 @@ impl Connection {
             key,
             name: name.clone(),
             producer_id: p.producer_id,
-            conn: self.tx.clone(),
+            conn: Arc::clone(&self.link),
             address: self.peer.to_string(),
             connected_since: magnetar_managed_ledger::clock::now_ms().to_string(),
             meter: Arc::clone(&meter),
@@ -836,8 +733,8 @@ impl Connection {
             Ok(w) => w,
             Err(e) => {
                 ps.topic.reset_send_check(&ps.name);
-                let e = ClientError::from(e);
-                fail(e.code, e.message);
+                let e = BrokerError::from(e);
+                fail(e.code(), e.to_string());
                 return Ok(());
             }
         };
@@ -884,10 +781,7 @@ impl Connection {
         let r = async {
             let t = self.parse_topic(&s.topic)?;
             if s.subscription.is_empty() {
-                return Err(ClientError::new(
-                    ServerError::MetadataError,
-                    "empty subscription name",
-                ));
+                return Err(BrokerError::Metadata("empty subscription name".into()));
             }
             self.svc
                 .authorize_topic(self.role(), &t, TopicOp::Consume(Some(&s.subscription)))
@@ -896,15 +790,12 @@ impl Connection {
                 s.force_topic_creation.unwrap_or(true) && self.svc.may_auto_create(&t).await?;
             let topic = self.svc.topic(&t, create).await?;
             let sub_type = SubType::try_from(s.sub_type).map_err(|_| {
-                ClientError::new(
-                    ServerError::NotAllowedError,
-                    format!("unknown subscription type {}", s.sub_type),
-                )
+                BrokerError::NotAllowed(format!("unknown subscription type {}", s.sub_type))
             })?;
             let key_shared = if sub_type == SubType::KeyShared {
                 Some(
                     KeySharedSpec::from_proto(s.key_shared_meta.as_ref())
-                        .map_err(|m| ClientError::new(ServerError::ConsumerAssignError, m))?,
+                        .map_err(BrokerError::ConsumerAssign)?,
                 )
             } else {
                 None
@@ -919,22 +810,18 @@ impl Connection {
             };
             let eff = self.svc.topic_policies(&topic.name).await?;
             if !topic.admit_subscribe(&self.peer.ip().to_string(), eff.subscribe_rate) {
-                return Err(ClientError::new(
-                    ServerError::TooManyRequests,
-                    "Too many subscribe requests from this client; try again later",
+                return Err(BrokerError::TooManyRequests(
+                    "Too many subscribe requests from this client; try again later".into(),
                 ));
             }
             if opts.durable
                 && !eff.auto_subscription_creation
                 && !topic.subscriptions.lock().contains_key(&s.subscription)
             {
-                return Err(ClientError::new(
-                    ServerError::SubscriptionNotFound,
-                    format!(
-                        "Subscription {} does not exist and the namespace does not create subscriptions",
-                        s.subscription
-                    ),
-                ));
+                return Err(BrokerError::SubscriptionNotFound(format!(
+                    "Subscription {} does not exist and the namespace does not create subscriptions",
+                    s.subscription
+                )));
             }
             // limits are checked before the subscription is made, so a refusal leaves none
             let (on_topic, on_sub) = {
@@ -948,18 +835,16 @@ impl Connection {
             if let Some(max) = eff.max_consumers
                 && on_topic >= max
             {
-                return Err(ClientError::new(
-                    ServerError::ConsumerBusy,
-                    format!("Topic reached max consumers limit ({max})"),
-                ));
+                return Err(BrokerError::ConsumerBusy(format!(
+                    "Topic reached max consumers limit ({max})"
+                )));
             }
             if let Some(max) = eff.max_consumers_per_subscription
                 && on_sub >= max
             {
-                return Err(ClientError::new(
-                    ServerError::ConsumerBusy,
-                    format!("Subscription reached max consumers limit ({max})"),
-                ));
+                return Err(BrokerError::ConsumerBusy(format!(
+                    "Subscription reached max consumers limit ({max})"
+                )));
             }
             let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
             let name = s
@@ -971,7 +856,7 @@ impl Connection {
                 s.consumer_id,
                 name,
                 s.priority_level.unwrap_or(0),
-                self.tx.clone(),
+                Arc::clone(&self.link),
                 ClientTraits {
                     protocol: self.protocol,
                     close_after_seek: !self.client_version.starts_with("pulsar-rs"),
@@ -982,9 +867,8 @@ impl Connection {
             );
             let read_compacted = s.read_compacted.unwrap_or(false);
             if read_compacted && !matches!(sub_type, SubType::Exclusive | SubType::Failover) {
-                return Err(ClientError::new(
-                    ServerError::NotAllowedError,
-                    "reading the compacted view needs an Exclusive or Failover subscription",
+                return Err(BrokerError::NotAllowed(
+                    "reading the compacted view needs an Exclusive or Failover subscription".into(),
                 ));
             }
             sub.add_consumer(
@@ -994,13 +878,9 @@ impl Connection {
                 read_compacted,
             )
             .map_err(|e| match e {
-                SubscribeError::Closed => {
-                    ClientError::new(ServerError::ServiceNotReady, e.to_string())
-                }
-                SubscribeError::KeySharedAssign(m) => {
-                    ClientError::new(ServerError::ConsumerAssignError, m)
-                }
-                _ => ClientError::new(ServerError::ConsumerBusy, e.to_string()),
+                SubscribeError::Closed => BrokerError::NotReady(e.to_string()),
+                SubscribeError::KeySharedAssign(m) => BrokerError::ConsumerAssign(m),
+                _ => BrokerError::ConsumerBusy(e.to_string()),
             })?;
             Ok((topic, sub, consumer))
         };
@@ -1113,17 +993,14 @@ impl Connection {
         let Some(cs) = self.consumers.get(&u.consumer_id) else {
             return self.error(
                 u.request_id,
-                ClientError::new(ServerError::MetadataError, "Consumer not found"),
+                BrokerError::Metadata("Consumer not found".into()),
             );
         };
         let others = cs.sub.consumers().iter().any(|c| c.key != cs.consumer.key);
         if others && !u.force.unwrap_or(false) {
             return self.error(
                 u.request_id,
-                ClientError::new(
-                    ServerError::ConsumerBusy,
-                    "Subscription has other connected consumers",
-                ),
+                BrokerError::ConsumerBusy("Subscription has other connected consumers".into()),
             );
         }
         let topic = Arc::clone(&cs.topic);
@@ -1145,7 +1022,7 @@ impl Connection {
         let Some(cs) = self.consumers.get(&s.consumer_id) else {
             return self.error(
                 s.request_id,
-                ClientError::new(ServerError::MetadataError, "Consumer not found"),
+                BrokerError::Metadata("Consumer not found".into()),
             );
         };
         let ml = &cs.topic.ml;
@@ -1161,25 +1038,21 @@ impl Connection {
             match ml.start_before_time(ts, 0).await {
                 Ok(p) => p,
                 Err(e) => {
-                    return self.error(
-                        s.request_id,
-                        ClientError::new(ServerError::UnknownError, e.to_string()),
-                    );
+                    return self.error(s.request_id, BrokerError::Unknown(e.to_string()));
                 }
             }
         } else {
             return self.error(
                 s.request_id,
-                ClientError::new(
-                    ServerError::MetadataError,
-                    "Message id and message publish time were not present",
+                BrokerError::Metadata(
+                    "Message id and message publish time were not present".into(),
                 ),
             );
         };
         let detached = cs.sub.detach_consumers();
         let seq = cs.sub.reset(md);
         if let Err(e) = cs.sub.cursor.persisted(seq).await {
-            return self.error(s.request_id, ClientError::new(ServerError::UnknownError, e));
+            return self.error(s.request_id, BrokerError::Unknown(e));
         }
         info!(topic = %cs.topic.full, subscription = %cs.sub.name, mark_delete = %md, "subscription reset");
         self.tx.send(commands::success(s.request_id));
@@ -1197,7 +1070,7 @@ impl Connection {
         let Some(cs) = self.consumers.get(&g.consumer_id) else {
             return self.error(
                 g.request_id,
-                ClientError::new(ServerError::ConsumerNotFound, "Consumer not found"),
+                BrokerError::ConsumerNotFound("Consumer not found".into()),
             );
         };
         let ml = &cs.topic.ml;
@@ -1281,109 +1154,6 @@ impl Connection {
         let ids: Vec<u64> = self.consumers.keys().copied().collect();
         for id in ids {
             self.close_consumer(id);
-        }
-    }
-}
-
-/// Answers one producer's SENDs in order as their appends complete.
-async fn receipts(
-    (producer_id, name): (u64, String),
-    topic: Arc<Topic>,
-    tx: ConnTx,
-    mut jobs: mpsc::UnboundedReceiver<ProducerJob>,
-    meter: Arc<Meter>,
-) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            ProducerJob::Receipt(j) => match j
-                .wait
-                .await
-                .unwrap_or_else(|_| Err(MlError::Closed(topic.full.clone())))
-            {
-                Ok(p) => {
-                    topic.record_publish(j.messages, j.bytes);
-                    meter.record(j.messages as u64, j.bytes as u64);
-                    tx.send(commands::send_receipt(
-                        producer_id,
-                        j.sequence_id,
-                        j.highest_sequence_id,
-                        p.ledger,
-                        p.entry as u64,
-                    ));
-                }
-                Err(e) => {
-                    warn!(topic = %topic.full, producer_id, error = %e, "publish failed");
-                    topic.reset_send_check(&name);
-                    let e = ClientError::from(e);
-                    tx.send(commands::send_error(
-                        producer_id,
-                        j.sequence_id,
-                        e.code,
-                        e.message,
-                    ));
-                }
-            },
-            ProducerJob::Duplicate {
-                sequence_id,
-                highest_sequence_id,
-                seq,
-            } => {
-                if topic.ml.producer_sequence(&name).is_some_and(|p| p >= seq) {
-                    debug!(topic = %topic.full, producer = %name, seq, "duplicate dropped");
-                    tx.send(commands::send_receipt(
-                        producer_id,
-                        sequence_id,
-                        highest_sequence_id,
-                        u64::MAX,
-                        u64::MAX,
-                    ));
-                } else {
-                    // the original is still in flight elsewhere (or failed): the client
-                    // resends after this error, and then the outcome is known
-                    tx.send(commands::send_error(
-                        producer_id,
-                        sequence_id,
-                        ServerError::PersistenceError,
-                        "a message with this sequence id is still being stored".to_string(),
-                    ));
-                }
-            }
-            ProducerJob::Close(request_id) => {
-                tx.send(commands::success(request_id));
-                return;
-            }
-        }
-    }
-}
-
-async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::UnboundedReceiver<Out>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        while let Some(out) = next.take() {
-            match out {
-                Out::Cmd(c) => frame::encode_command(&c, &mut buf),
-                Out::Msg(c, e) => frame::encode_message(&c, &e, &mut buf),
-                Out::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !buf.is_empty() {
-            if let Err(e) = wr.write_all(&buf).await {
-                debug!(error = %e, "write failed");
-                return;
-            }
-            buf.clear();
-        }
-        if close {
-            let _ = wr.shutdown().await;
-            return;
         }
     }
 }

@@ -6,11 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use magnetar_managed_ledger::position::Position;
 use magnetar_protocol::hash::{KEY_SHARED_SLOTS, murmur3_32};
 use magnetar_protocol::proto::KeySharedMeta;
 use magnetar_protocol::proto::key_shared_meta::KeySharedMode;
-
-use magnetar_managed_ledger::position::Position;
 
 /// Points each AUTO_SPLIT consumer places on the hash ring (Pulsar's default is also 100):
 /// enough that slots spread evenly and a joining consumer takes about 1/n of them.

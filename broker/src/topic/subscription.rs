@@ -15,22 +15,22 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use magnetar_managed_ledger::clock::now_ms;
+use magnetar_managed_ledger::cursor::Cursor;
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 use magnetar_protocol::proto::command_subscribe::SubType;
 use magnetar_protocol::{commands, entry as pentry};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::compaction::CompactedView;
-use crate::connection::ConnTx;
-use crate::delayed::{self, DelayedIndex};
-use crate::key_shared::{KeySharedSpec, OrderLocks, Selector};
 use crate::ratelimit::RateLimiter;
 use crate::stats::Meter;
-use magnetar_managed_ledger::clock::now_ms;
-use magnetar_managed_ledger::cursor::Cursor;
-use magnetar_managed_ledger::position::Position;
-use magnetar_managed_ledger::{ManagedLedger, MlError};
+use crate::topic::compaction::CompactedView;
+use crate::topic::delayed::{self, DelayedIndex};
+use crate::topic::key_shared::{KeySharedSpec, OrderLocks, Selector};
+use crate::topic::link::Link;
 
 /// Protocol version from which clients understand ACTIVE_CONSUMER_CHANGE.
 const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
@@ -82,7 +82,7 @@ pub struct Consumer {
     pub consumer_id: u64,
     pub name: String,
     pub priority: i32,
-    pub conn: ConnTx,
+    pub conn: Link,
     pub client_protocol: i32,
     /// Whether to send CLOSE_CONSUMER after a seek so the client subscribes again (C++ and
     /// Java need it; the Rust crate replaces its consumer itself and must not get it).
@@ -130,7 +130,7 @@ impl Consumer {
         consumer_id: u64,
         name: String,
         priority: i32,
-        conn: ConnTx,
+        conn: Link,
         traits: ClientTraits,
         partition: i32,
         address: String,

@@ -13,6 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use magnetar_managed_ledger::position::Position;
+use magnetar_managed_ledger::storage::{Ledger, LedgerStorage};
+use magnetar_managed_ledger::{ManagedLedger, MlError};
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use magnetar_protocol::compression::Compression;
 use magnetar_protocol::proto::SingleMessageMetadata;
@@ -21,9 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use magnetar_managed_ledger::position::Position;
-use magnetar_managed_ledger::storage::{Ledger, LedgerStorage};
-use magnetar_managed_ledger::{ManagedLedger, MlError};
+use crate::cluster::keys;
 
 /// Compacted entries being written at once (one journal group can take them all).
 const APPENDS_IN_FLIGHT: usize = 64;
@@ -93,7 +94,7 @@ pub enum CompactionState {
 }
 
 pub fn record_key(path: &str) -> String {
-    format!("/compaction/{path}")
+    keys::compaction(path)
 }
 
 /// The key of a message: the partition key (what Pulsar compacts by), else the ordering key.

@@ -11,18 +11,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use magnetar_managed_ledger::position::Position;
 use magnetar_meta::{Expected, MetaError, MetaStore, MetadataStoreExt};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use magnetar_managed_ledger::position::Position;
+use crate::cluster::keys;
 
 /// Where a durable subscription keeps its delayed-delivery index: beside its cursor's record,
 /// under `/delayed/` (None for a cursor kept in memory, whose index is in memory too).
 pub fn prefix_of(cursor: &magnetar_managed_ledger::Cursor) -> Option<String> {
-    cursor
-        .key()
-        .map(|k| k.replacen("/cursors/", "/delayed/", 1))
+    cursor.key().map(keys::delayed_index)
 }
 
 /// Most entries in one persisted segment.

@@ -1,78 +1,41 @@
-//! A persistent topic: its managed ledger, producers and subscriptions.
+//! A topic: its managed ledger, producers and subscriptions, and everything that decides
+//! about them: producer admission and deduplication (`producers`), subscriptions and their
+//! dispatchers (`subscription`, with `key_shared` and `delayed`), compaction (`compaction`),
+//! and what the log is told of Pulsar entries (`entries`). Topics reach client connections
+//! only through [`link::ClientLink`]; they never import the protocol layer.
 
-use std::collections::{HashMap, VecDeque};
+pub mod compaction;
+pub mod delayed;
+pub mod entries;
+pub mod key_shared;
+pub mod link;
+pub mod producers;
+pub mod subscription;
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnetar_meta::MetaStore;
-use magnetar_protocol::ServerError;
-use magnetar_protocol::proto::ProducerAccessMode;
-use magnetar_protocol::proto::command_subscribe::SubType;
-use parking_lot::Mutex;
-use tracing::{info, warn};
-
-use crate::compaction::{self, CompactionState};
-use crate::connection::ConnTx;
-use crate::names::{Domain, TopicName};
-use crate::policies::{Effective, QuotaPolicy};
-use crate::ratelimit::{Rate, RateLimiter};
-use crate::service::ClientError;
-use crate::stats::Meter;
-use crate::subscription::{CompactedHandle, DispatchConfig, Subscription};
 use magnetar_managed_ledger::clock::now_ms;
 use magnetar_managed_ledger::cursor::Cursor;
 use magnetar_managed_ledger::position::Position;
 use magnetar_managed_ledger::{ManagedLedger, MlError};
+use magnetar_meta::MetaStore;
+use magnetar_protocol::proto::command_subscribe::SubType;
+use parking_lot::Mutex;
+use tracing::{info, warn};
 
-#[derive(Debug, Clone)]
-pub struct ProducerInfo {
-    /// Unique in this broker (names can be reused by a reconnecting client).
-    pub key: u64,
-    pub name: String,
-    pub producer_id: u64,
-    pub conn: ConnTx,
-    pub address: String,
-    pub connected_since: String,
-    pub meter: Arc<Meter>,
-    pub access_mode: ProducerAccessMode,
-    /// Shared with the producer's connection: waiting, ready or fenced.
-    pub state: Arc<AtomicU8>,
-}
-
-/// [`ProducerInfo::state`] values.
-pub const PRODUCER_WAITING: u8 = 0;
-pub const PRODUCER_READY: u8 = 1;
-pub const PRODUCER_FENCED: u8 = 2;
-
-static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
-
-impl ProducerInfo {
-    pub fn next_key() -> u64 {
-        NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-/// A topic's producers and who may write: Shared producers side by side, or one exclusive
-/// producer (with WaitForExclusive producers queued behind it).
-#[derive(Default)]
-pub struct Producers {
-    pub by_name: HashMap<String, ProducerInfo>,
-    exclusive: Option<u64>,
-    /// Bumped whenever an exclusive producer takes the topic (in memory only).
-    epoch: u64,
-    waiting: VecDeque<(ProducerInfo, u64)>,
-}
-
-/// How a producer request ended.
-#[derive(Debug)]
-pub enum Grant {
-    /// Writing now; the topic epoch for exclusive producers.
-    Ready(Option<u64>),
-    /// Queued behind the exclusive producer (WaitForExclusive).
-    Waiting,
-}
+use crate::cluster::keys;
+use crate::error::BrokerError;
+use crate::names::{Domain, TopicName};
+use crate::policies::{Effective, QuotaPolicy};
+use crate::ratelimit::{Rate, RateLimiter};
+use crate::stats::Meter;
+use crate::topic::compaction::CompactionState;
+use crate::topic::producers::{Dedup, Grant, ProducerInfo, Producers, Promoted, SendCheck};
+use crate::topic::subscription::{CompactedHandle, DispatchConfig, Subscription};
 
 pub struct Topic {
     pub name: TopicName,
@@ -89,7 +52,7 @@ pub struct Topic {
     pub partition: i32,
     dispatch: DispatchConfig,
     /// Deduplication: the highest sequence id accepted (queued or persisted) per producer.
-    dedup: Mutex<Option<HashMap<String, i64>>>,
+    dedup: Mutex<Dedup>,
     /// Backlog quota state: QUOTA_OK, or the refusal producers get.
     quota: AtomicU8,
     /// The compacted view (shared with the subscriptions) and how compaction stands.
@@ -106,23 +69,14 @@ pub struct Topic {
 }
 
 const QUOTA_OK: u8 = 0;
+
 const QUOTA_HOLD: u8 = 1;
+
 const QUOTA_EXCEPTION: u8 = 2;
 
 /// The publish time before which messages are older than `age`.
 fn cutoff_of(age: Duration) -> u64 {
     now_ms().saturating_sub(age.as_millis() as u64)
-}
-
-/// What deduplication says of a SEND.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendCheck {
-    /// Not deduplicating, or an entry dedup skips (a chunk before the last).
-    Unchecked,
-    /// New: append it and record this sequence id.
-    New(i64),
-    /// Seen before: answer without storing.
-    Duplicate(i64),
 }
 
 impl std::fmt::Debug for Topic {
@@ -147,7 +101,8 @@ impl Topic {
         dispatch: DispatchConfig,
     ) -> Result<Arc<Topic>, MlError> {
         let partition = name.partition().map_or(-1, |p| p as i32);
-        let ml_tracks = ml.tracks_producers();
+        let mut dedup = Dedup::default();
+        dedup.switch(ml.tracks_producers());
         let t = Arc::new(Topic {
             full: name.to_string(),
             name,
@@ -159,7 +114,7 @@ impl Topic {
             input: Meter::default(),
             partition,
             dispatch,
-            dedup: Mutex::new(ml_tracks.then(HashMap::new)),
+            dedup: Mutex::new(dedup),
             quota: AtomicU8::new(QUOTA_OK),
             compacted: CompactedHandle::default(),
             compaction: Mutex::default(),
@@ -179,7 +134,7 @@ impl Topic {
         }
         let names = t
             .meta
-            .children(&format!("/cursors/{path}"))
+            .children(&keys::cursors(&t.name))
             .await
             .map_err(MlError::from)?;
         for sub in names {
@@ -265,127 +220,42 @@ impl Topic {
         Ok(s)
     }
 
-    /// Admits a producer under the access rules (Pulsar's): a Shared producer is refused
-    /// while an exclusive one writes or waits; Exclusive is refused while anyone else
-    /// writes; ExclusiveWithFencing fences everyone else; WaitForExclusive queues.
+    /// Admits a producer (see [`Producers::admit`]); producers an exclusive one fences are
+    /// closed.
     pub fn add_producer(
         &self,
         p: ProducerInfo,
         request_id: u64,
         client_epoch: Option<u64>,
-    ) -> Result<Grant, ClientError> {
-        use ProducerAccessMode as M;
-        let mut ps = self.producers.lock();
-        if let Some(other) = ps.by_name.get(&p.name)
-            && !other.conn.is_closed()
-        {
-            return Err(ClientError::new(
-                ServerError::ProducerBusy,
-                format!(
-                    "Producer with name '{}' is already connected to topic",
-                    p.name
-                ),
-            ));
+    ) -> Result<Grant, BrokerError> {
+        let (grant, fenced) = self.producers.lock().admit(p, request_id, client_epoch)?;
+        for o in fenced {
+            o.conn
+                .send(magnetar_protocol::commands::close_producer(o.producer_id));
+            info!(topic = %self.full, producer = %o.name, "producer fenced by an exclusive producer");
         }
-        let exclusive_name = |ps: &Producers| {
-            ps.by_name
-                .values()
-                .find(|o| Some(o.key) == ps.exclusive)
-                .map_or_else(|| "a waiting producer".to_string(), |o| o.name.clone())
-        };
-        let taken = ps.exclusive.is_some() || !ps.waiting.is_empty();
-        match p.access_mode {
-            M::Shared => {
-                if taken {
-                    return Err(ClientError::new(
-                        ServerError::ProducerBusy,
-                        format!("Topic has an exclusive producer: {}", exclusive_name(&ps)),
-                    ));
-                }
-                p.state.store(PRODUCER_READY, Ordering::Release);
-                ps.by_name.insert(p.name.clone(), p);
-                Ok(Grant::Ready(None))
-            }
-            M::Exclusive | M::WaitForExclusive => {
-                let busy = taken || !ps.by_name.is_empty();
-                if busy && p.access_mode == M::WaitForExclusive {
-                    ps.waiting.push_back((p, request_id));
-                    return Ok(Grant::Waiting);
-                }
-                if busy {
-                    let why = if taken {
-                        format!("Topic has an exclusive producer: {}", exclusive_name(&ps))
-                    } else {
-                        "Topic has shared producers".to_string()
-                    };
-                    return Err(ClientError::new(ServerError::ProducerFenced, why));
-                }
-                if let Some(e) = client_epoch
-                    && e < ps.epoch
-                {
-                    return Err(ClientError::new(
-                        ServerError::ProducerFenced,
-                        format!("Topic epoch moved on to {} (producer has {e})", ps.epoch),
-                    ));
-                }
-                Ok(Grant::Ready(Some(Self::grant_exclusive(&mut ps, p))))
-            }
-            M::ExclusiveWithFencing => {
-                let ps = &mut *ps;
-                let fenced: Vec<ProducerInfo> = ps
-                    .by_name
-                    .drain()
-                    .map(|(_, o)| o)
-                    .chain(ps.waiting.drain(..).map(|(o, _)| o))
-                    .collect();
-                for o in fenced {
-                    o.state.store(PRODUCER_FENCED, Ordering::Release);
-                    o.conn
-                        .send(magnetar_protocol::commands::close_producer(o.producer_id));
-                    info!(topic = %self.full, producer = %o.name, "producer fenced by an exclusive producer");
-                }
-                ps.exclusive = None;
-                Ok(Grant::Ready(Some(Self::grant_exclusive(ps, p))))
-            }
-        }
-    }
-
-    fn grant_exclusive(ps: &mut Producers, p: ProducerInfo) -> u64 {
-        ps.epoch += 1;
-        ps.exclusive = Some(p.key);
-        p.state.store(PRODUCER_READY, Ordering::Release);
-        ps.by_name.insert(p.name.clone(), p);
-        ps.epoch
+        Ok(grant)
     }
 
     /// Removes a producer (by its unique key) and lets the next waiting exclusive
     /// producer in once the topic is free.
     pub fn remove_producer(&self, name: &str, key: u64) {
-        let mut ps = self.producers.lock();
-        if ps.by_name.get(name).is_some_and(|p| p.key == key) {
-            ps.by_name.remove(name);
-        }
-        ps.waiting.retain(|(p, _)| p.key != key);
-        if ps.exclusive == Some(key) {
-            ps.exclusive = None;
-        }
-        while ps.exclusive.is_none() && ps.by_name.is_empty() {
-            let Some((p, request_id)) = ps.waiting.pop_front() else {
-                break;
-            };
-            if p.conn.is_closed() {
-                continue;
-            }
-            let (conn, name) = (p.conn.clone(), p.name.clone());
-            let epoch = Self::grant_exclusive(&mut ps, p);
-            info!(topic = %self.full, producer = %name, epoch, "waiting exclusive producer takes the topic");
-            conn.send(magnetar_protocol::commands::producer_success_with(
-                request_id,
-                &name,
-                -1,
-                Some(epoch),
-                true,
-            ));
+        let promoted = self.producers.lock().remove(name, key);
+        if let Some(Promoted {
+            producer: p,
+            request_id,
+            epoch,
+        }) = promoted
+        {
+            info!(topic = %self.full, producer = %p.name, epoch, "waiting exclusive producer takes the topic");
+            p.conn
+                .send(magnetar_protocol::commands::producer_success_with(
+                    request_id,
+                    &p.name,
+                    -1,
+                    Some(epoch),
+                    true,
+                ));
         }
     }
 
@@ -416,8 +286,8 @@ impl Topic {
         if let Some(s) = s {
             s.close();
             s.cursor.delete().await.map_err(MlError::from)?;
-            if let Some(prefix) = crate::delayed::prefix_of(&s.cursor) {
-                crate::delayed::delete_all(s.cursor.meta(), &prefix).await;
+            if let Some(prefix) = crate::topic::delayed::prefix_of(&s.cursor) {
+                crate::topic::delayed::delete_all(s.cursor.meta(), &prefix).await;
             }
         }
         Ok(())
@@ -555,19 +425,16 @@ impl Topic {
     }
 
     /// The refusal a new producer gets while the topic is over a backlog quota.
-    pub fn quota_refusal(&self) -> Option<ClientError> {
+    pub fn quota_refusal(&self) -> Option<BrokerError> {
         match self.quota.load(Ordering::Acquire) {
-            QUOTA_HOLD => Some(ClientError::new(
-                ServerError::ProducerBlockedQuotaExceededError,
-                format!(
-                    "{}: backlog quota exceeded; waiting for consumers",
-                    self.full
-                ),
-            )),
-            QUOTA_EXCEPTION => Some(ClientError::new(
-                ServerError::ProducerBlockedQuotaExceededException,
-                format!("{}: backlog quota exceeded", self.full),
-            )),
+            QUOTA_HOLD => Some(BrokerError::QuotaHold(format!(
+                "{}: backlog quota exceeded; waiting for consumers",
+                self.full
+            ))),
+            QUOTA_EXCEPTION => Some(BrokerError::QuotaExceeded(format!(
+                "{}: backlog quota exceeded",
+                self.full
+            ))),
             _ => None,
         }
     }
@@ -653,9 +520,9 @@ impl Topic {
         }
         if on {
             self.ml.set_producer_tracking(true).await?;
-            *self.dedup.lock() = Some(HashMap::new());
+            self.dedup.lock().switch(true);
         } else {
-            *self.dedup.lock() = None;
+            self.dedup.lock().switch(false);
             self.ml.set_producer_tracking(false).await?;
         }
         info!(topic = %self.full, on, "deduplication switched");
@@ -663,34 +530,21 @@ impl Topic {
     }
 
     pub fn deduplicating(&self) -> bool {
-        self.dedup.lock().is_some()
+        self.dedup.lock().on()
     }
 
-    /// Deduplication check of a SEND whose entry stands for sequence id `seq`; a new one is
-    /// accepted at once, so a resend racing the original is caught too.
+    /// Deduplication check of a SEND whose entry stands for sequence id `seq`.
     pub fn check_send(&self, producer: &str, seq: i64) -> SendCheck {
-        let mut guard = self.dedup.lock();
-        let Some(pushed) = guard.as_mut() else {
-            return SendCheck::Unchecked;
-        };
-        let last = match pushed.get(producer) {
-            Some(s) => *s,
-            None => self.ml.producer_sequence(producer).unwrap_or(-1),
-        };
-        if seq <= last {
-            return SendCheck::Duplicate(seq);
-        }
-        pushed.insert(producer.to_string(), seq);
-        SendCheck::New(seq)
+        self.dedup
+            .lock()
+            .check(producer, seq, || self.ml.producer_sequence(producer))
     }
 
     /// After a failed append: forget what was accepted but not persisted, so the client's
     /// resend is stored.
     pub fn reset_send_check(&self, producer: &str) {
-        let persisted = self.ml.producer_sequence(producer).unwrap_or(-1);
-        if let Some(pushed) = self.dedup.lock().as_mut() {
-            pushed.insert(producer.to_string(), persisted);
-        }
+        let persisted = self.ml.producer_sequence(producer);
+        self.dedup.lock().reset(producer, persisted);
     }
 
     /// Recomputes every rate of this topic, its producers, subscriptions and consumers.

@@ -1,0 +1,90 @@
+//! Every metadata key the broker reads or writes, built here and nowhere else. The layout is
+//! Pulsar's where Pulsar has one (`/admin/...`), so its field names and tooling habits carry
+//! over; the logs' and cursors' records are the managed ledger's own.
+
+use crate::names::TopicName;
+
+/// Children: the cluster names.
+pub const CLUSTERS: &str = "/admin/clusters";
+/// Children: the tenant names (each tenant's record is its policies root).
+pub const TENANTS: &str = "/admin/policies";
+
+pub fn cluster(name: &str) -> String {
+    format!("{CLUSTERS}/{name}")
+}
+
+/// A tenant's record; its children are its namespaces.
+pub fn tenant(tenant: &str) -> String {
+    format!("{TENANTS}/{tenant}")
+}
+
+/// A namespace's policies (bundles, grants and every namespace policy inside).
+pub fn namespace(tenant: &str, ns: &str) -> String {
+    format!("{TENANTS}/{tenant}/{ns}")
+}
+
+/// A topic's own policies, over its namespace's.
+pub fn topic_policies(t: &TopicName) -> String {
+    format!("/admin/topic-policies/{}", t.path())
+}
+
+/// A partitioned topic's record (its partition count).
+pub fn partitioned_topic(t: &TopicName) -> String {
+    format!("/admin/partitioned-topics/{}", t.path())
+}
+
+/// Children: the partitioned topics of a namespace in one domain.
+pub fn partitioned_topics(tenant: &str, ns: &str, domain: &str) -> String {
+    format!("/admin/partitioned-topics/{tenant}/{ns}/{domain}")
+}
+
+/// A topic's log.
+pub fn managed_ledger(t: &TopicName) -> String {
+    magnetar_managed_ledger::record::record_key(&t.path())
+}
+
+/// Children: the persistent topics of a namespace that have a log.
+pub fn managed_ledgers(tenant: &str, ns: &str) -> String {
+    magnetar_managed_ledger::record::record_key(&format!("{tenant}/{ns}/persistent"))
+}
+
+/// Children: a topic's durable subscriptions.
+pub fn cursors(t: &TopicName) -> String {
+    magnetar_managed_ledger::cursor::cursor_key(&t.path(), "")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The delayed-delivery index of the subscription whose cursor record is `cursor_key`.
+pub fn delayed_index(cursor_key: &str) -> String {
+    cursor_key.replacen("/cursors/", "/delayed/", 1)
+}
+
+/// The compacted view of the topic whose path (`TopicName::path`) is `path`.
+pub fn compaction(path: &str) -> String {
+    format!("/compaction/{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_their_layout() {
+        let t = TopicName::parse("persistent://a/b/c").unwrap();
+        assert_eq!(namespace("a", "b"), "/admin/policies/a/b");
+        assert_eq!(managed_ledger(&t), "/managed-ledgers/a/b/persistent/c");
+        assert_eq!(managed_ledgers("a", "b"), "/managed-ledgers/a/b/persistent");
+        assert_eq!(cursors(&t), "/cursors/a/b/persistent/c");
+        assert_eq!(
+            delayed_index("/cursors/a/b/persistent/c/s"),
+            "/delayed/a/b/persistent/c/s"
+        );
+        assert_eq!(compaction(&t.path()), "/compaction/a/b/persistent/c");
+        assert_eq!(
+            partitioned_topic(&t),
+            "/admin/partitioned-topics/a/b/persistent/c"
+        );
+        assert_eq!(topic_policies(&t), "/admin/topic-policies/a/b/persistent/c");
+    }
+}

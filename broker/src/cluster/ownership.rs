@@ -1,0 +1,55 @@
+//! Who serves a topic: the broker that owns the bundle it falls in. A broker serves only
+//! topics of bundles it owns and redirects lookups for the others to their owner. A
+//! standalone broker owns everything ([`OwnEverything`]); in a cluster, ownership is an
+//! ephemeral record per bundle, bound to the owner's metadata session.
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+
+use crate::error::BrokerError;
+use crate::names::TopicName;
+
+/// A broker's addresses, as lookups hand them to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrls {
+    /// `pulsar://host:port`
+    pub service_url: String,
+    /// `pulsar+ssl://host:port`, when TLS is on.
+    pub service_url_tls: Option<String>,
+    /// `http://host:port`
+    pub web_url: String,
+    pub web_url_tls: Option<String>,
+}
+
+/// Who owns a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This broker: it serves the bundle's topics.
+    Me,
+    /// Another broker, where clients must go.
+    Broker(BrokerUrls),
+}
+
+pub trait Ownership: Send + Sync + fmt::Debug {
+    /// The owner of the bundle `topic` falls in; an implementation may take an unowned
+    /// bundle for this broker here.
+    fn owner_of<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<Owner, BrokerError>>;
+
+    /// Whether this broker owns bundle `range` (`0xLOWER_0xUPPER`) of `tenant/ns` now.
+    fn owns_bundle(&self, namespace: &str, range: &str) -> bool;
+}
+
+/// A broker on its own: every bundle of every namespace is its.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OwnEverything;
+
+impl Ownership for OwnEverything {
+    fn owner_of<'a>(&'a self, _: &'a TopicName) -> BoxFuture<'a, Result<Owner, BrokerError>> {
+        Box::pin(futures::future::ready(Ok(Owner::Me)))
+    }
+
+    fn owns_bundle(&self, _: &str, _: &str) -> bool {
+        true
+    }
+}

@@ -1,0 +1,128 @@
+//! What can go wrong for a client, as the broker's own words; the protocol's ServerError codes
+//! and HTTP statuses are chosen here, and used only where a reply leaves the broker (the
+//! connection and the admin API).
+
+use magnetar_managed_ledger::{MlError, StorageError};
+use magnetar_meta::MetaError;
+use magnetar_protocol::ServerError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    TopicNotFound(String),
+    #[error("{0}")]
+    SubscriptionNotFound(String),
+    #[error("{0}")]
+    ConsumerNotFound(String),
+    #[error("{0}")]
+    InvalidTopicName(String),
+    /// Refused by a rule or a limit (not by a role's rights).
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Not now: starting, stopping, being deleted, or storage short of nodes. Clients retry.
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    ProducerBusy(String),
+    #[error("{0}")]
+    ProducerFenced(String),
+    #[error("{0}")]
+    ConsumerBusy(String),
+    /// A Key_Shared consumer's hash ranges cannot be given to it.
+    #[error("{0}")]
+    ConsumerAssign(String),
+    /// The role may not do this.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Over a backlog quota whose producers wait (producer_request_hold).
+    #[error("{0}")]
+    QuotaHold(String),
+    /// Over a backlog quota whose producers are refused (producer_exception).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    Terminated(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Metadata(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Log(#[from] MlError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl BrokerError {
+    /// The protocol's code for this error.
+    pub fn code(&self) -> ServerError {
+        use BrokerError as E;
+        match self {
+            E::TopicNotFound(_) => ServerError::TopicNotFound,
+            E::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
+            E::ConsumerNotFound(_) => ServerError::ConsumerNotFound,
+            E::InvalidTopicName(_) => ServerError::InvalidTopicName,
+            E::NotAllowed(_) => ServerError::NotAllowedError,
+            E::NotReady(_) => ServerError::ServiceNotReady,
+            E::ProducerBusy(_) => ServerError::ProducerBusy,
+            E::ProducerFenced(_) => ServerError::ProducerFenced,
+            E::ConsumerBusy(_) => ServerError::ConsumerBusy,
+            E::ConsumerAssign(_) => ServerError::ConsumerAssignError,
+            E::Unauthorized(_) => ServerError::AuthorizationError,
+            E::QuotaHold(_) => ServerError::ProducerBlockedQuotaExceededError,
+            E::QuotaExceeded(_) => ServerError::ProducerBlockedQuotaExceededException,
+            E::Terminated(_) => ServerError::TopicTerminatedError,
+            E::TooManyRequests(_) => ServerError::TooManyRequests,
+            E::Metadata(_) | E::Meta(_) => ServerError::MetadataError,
+            E::Unknown(_) => ServerError::UnknownError,
+            E::Log(e) => match e {
+                MlError::Fenced(_) | MlError::Closed(_) => ServerError::ServiceNotReady,
+                MlError::Meta(_) => ServerError::MetadataError,
+                MlError::Terminated(_) => ServerError::TopicTerminatedError,
+                // bookies may come back (or be added to the group), a busy storage catch up:
+                // the client retries
+                MlError::Storage(StorageError::Unavailable(_) | StorageError::Overloaded(_)) => {
+                    ServerError::ServiceNotReady
+                }
+                _ => ServerError::PersistenceError,
+            },
+        }
+    }
+
+    /// The HTTP status an admin request that failed so answers with.
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            ServerError::TopicNotFound | ServerError::SubscriptionNotFound => 404,
+            ServerError::AuthorizationError => 403,
+            ServerError::AuthenticationError => 401,
+            ServerError::NotAllowedError | ServerError::InvalidTopicName => 412,
+            ServerError::ProducerBusy | ServerError::ConsumerBusy => 409,
+            ServerError::ServiceNotReady => 503,
+            _ => 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_codes_clients_retry_on() {
+        let not_ready = BrokerError::Log(MlError::Storage(StorageError::Unavailable(
+            "need 2 bookies, 1 available".into(),
+        )));
+        assert_eq!(not_ready.code(), ServerError::ServiceNotReady);
+        assert_eq!(not_ready.http_status(), 503);
+        assert_eq!(not_ready.to_string(), "need 2 bookies, 1 available");
+        let failed = BrokerError::Log(MlError::Storage(StorageError::Failed("disk".into())));
+        assert_eq!(failed.code(), ServerError::PersistenceError);
+        assert_eq!(BrokerError::TopicNotFound("t".into()).http_status(), 404);
+        assert_eq!(BrokerError::Unauthorized("r".into()).http_status(), 403);
+        assert_eq!(
+            BrokerError::QuotaHold("q".into()).code(),
+            ServerError::ProducerBlockedQuotaExceededError
+        );
+    }
+}
