@@ -13,6 +13,7 @@ use magnetar_broker::config::read_config;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+mod args;
 mod standalone;
 use standalone::StandaloneArgs;
 

@@ -1,0 +1,531 @@
+//! Every setting a broker takes, shared by `magnetar standalone` and `magnetar broker`:
+//! flags (each also `MAGNETAR_<FLAG>`), their part of a `--config` file, and what they become
+//! (listeners bound, the broker's configuration, the served ports).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Command};
+use magnetar_broker::config::BrokerConfig;
+use magnetar_broker::service::BrokerService;
+use magnetar_broker::tls::TlsListener;
+use magnetar_broker::topic::subscription::DispatchConfig;
+use magnetar_managed_ledger::{MlConfig, Placement, Retention};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+#[derive(Args, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Broker")]
+pub struct BrokerArgs {
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "MAGNETAR_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Host clients are told to connect to [default: the bind address].
+    #[arg(long, env = "MAGNETAR_ADVERTISED_ADDRESS")]
+    pub advertised_address: Option<String>,
+    /// Pulsar binary protocol port [default: 6650].
+    #[arg(long, env = "MAGNETAR_BROKER_PORT")]
+    pub broker_port: Option<u16>,
+    /// HTTP port: admin API, health, metrics [default: 8080].
+    #[arg(long, env = "MAGNETAR_WEB_PORT")]
+    pub web_port: Option<u16>,
+    /// Bookie groups (racks-info) for the ledgers of namespaces without a bookie affinity of
+    /// their own, comma separated; unset, they use the shared pool first.
+    #[arg(long, env = "MAGNETAR_BOOKKEEPER_CLIENT_ISOLATION_GROUPS")]
+    pub bookkeeper_client_isolation_groups: Option<String>,
+    /// Groups those namespaces use when the isolation groups have too few bookies.
+    #[arg(long, env = "MAGNETAR_BOOKKEEPER_CLIENT_SECONDARY_ISOLATION_GROUPS")]
+    pub bookkeeper_client_secondary_isolation_groups: Option<String>,
+    /// Cluster name [default: standalone].
+    #[arg(long, env = "MAGNETAR_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Largest message accepted, in bytes; announced to clients [default: 5242880].
+    #[arg(long, env = "MAGNETAR_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Create topics on first use [default: true].
+    #[arg(long, env = "MAGNETAR_ALLOW_AUTO_TOPIC_CREATION")]
+    pub allow_auto_topic_creation: Option<bool>,
+    /// Roll a topic's ledger over after this many entries [default: 50000].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER")]
+    pub managed_ledger_max_entries_per_ledger: Option<u64>,
+    /// Roll a topic's ledger over after this many minutes [default: 240].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_LEDGER_ROLLOVER_TIME_MINUTES")]
+    pub managed_ledger_max_ledger_rollover_time_minutes: Option<u64>,
+    /// Roll a topic's ledger over at this size in MB [default: 2048].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_MAX_SIZE_PER_LEDGER_MBYTES")]
+    pub managed_ledger_max_size_per_ledger_mbytes: Option<u64>,
+    /// Entry cache of all persistent topics together, in MB (a non-persistent topic: its
+    /// own) [default: 128].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_CACHE_SIZE_MB")]
+    pub managed_ledger_cache_size_mb: Option<usize>,
+    /// Keep consumed messages this many minutes [default: 0].
+    #[arg(long, env = "MAGNETAR_DEFAULT_RETENTION_TIME_IN_MINUTES")]
+    pub default_retention_time_in_minutes: Option<u64>,
+    /// Keep consumed messages up to this many MB [default: 0].
+    #[arg(long, env = "MAGNETAR_DEFAULT_RETENTION_SIZE_IN_MB")]
+    pub default_retention_size_in_mb: Option<u64>,
+    /// Deduplicate producers (by name and sequence id) in namespaces whose policy does not
+    /// say otherwise [default: false].
+    #[arg(long, env = "MAGNETAR_BROKER_DEDUPLICATION_ENABLED")]
+    pub broker_deduplication_enabled: Option<bool>,
+    /// Message TTL in seconds for namespaces that set none (0: none) [default: 0].
+    #[arg(long, env = "MAGNETAR_TTL_DURATION_DEFAULT_IN_SECONDS")]
+    pub ttl_duration_default_in_seconds: Option<u64>,
+    /// What auto-creation makes: `non-partitioned` or `partitioned`
+    /// [default: non-partitioned].
+    #[arg(long, env = "MAGNETAR_ALLOW_AUTO_TOPIC_CREATION_TYPE")]
+    pub allow_auto_topic_creation_type: Option<String>,
+    /// Partitions of auto-created partitioned topics [default: 1].
+    #[arg(long, env = "MAGNETAR_DEFAULT_NUM_PARTITIONS")]
+    pub default_num_partitions: Option<u32>,
+    /// Keepalive interval: PING an idle client, drop it if the next tick hears nothing
+    /// [default: 30].
+    #[arg(long, env = "MAGNETAR_KEEP_ALIVE_INTERVAL_SECONDS")]
+    pub keep_alive_interval_seconds: Option<u64>,
+    /// How often consumed ledgers are trimmed and rates computed, in seconds [default: 10].
+    #[arg(long, env = "MAGNETAR_HOUSEKEEPING_INTERVAL_SECS")]
+    pub housekeeping_interval_secs: Option<u64>,
+    /// Key_Shared: move a consumer's hash slots (and its unacknowledged messages of them) to
+    /// other consumers after it has acknowledged nothing for this long, in ms [default: 30000].
+    #[arg(long, env = "MAGNETAR_KEY_SHARED_LEASE_MS")]
+    pub key_shared_lease_ms: Option<u64>,
+    /// Key_Shared: most entries held back for busy hash slots before read-ahead stops
+    /// [default: 5000].
+    #[arg(long, env = "MAGNETAR_KEY_SHARED_MAX_HELD_ENTRIES")]
+    pub key_shared_max_held_entries: Option<usize>,
+    /// Delayed delivery: messages due within this many ms wait in memory; later ones are
+    /// persisted in buckets this wide [default: 60000].
+    #[arg(long, env = "MAGNETAR_DELAYED_DELIVERY_BUCKET_MS")]
+    pub delayed_delivery_bucket_ms: Option<u64>,
+    /// Require a token (JWT) from every client, on the binary protocol and HTTP (health and
+    /// /metrics stay open) [default: false].
+    #[arg(long, env = "MAGNETAR_AUTHENTICATION_ENABLED")]
+    pub authentication_enabled: Option<bool>,
+    /// HS256 secret key: a file (raw or base64, as `magnetar tokens create-secret-key`
+    /// writes it), `file:///path`, `data:;base64,...` or `env:VAR`.
+    #[arg(long, env = "MAGNETAR_TOKEN_SECRET_KEY")]
+    pub token_secret_key: Option<PathBuf>,
+    /// RS256 public key (PEM, as `magnetar tokens create-key-pair` writes it): a file,
+    /// `file:///path`, `data:;base64,...` or `env:VAR`.
+    #[arg(long, env = "MAGNETAR_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<PathBuf>,
+    /// The claim naming the role [default: sub].
+    #[arg(long, env = "MAGNETAR_TOKEN_AUTH_CLAIM")]
+    pub token_auth_claim: Option<String>,
+    /// Role of clients without credentials (default: they are refused).
+    #[arg(long, env = "MAGNETAR_ANONYMOUS_USER_ROLE")]
+    pub anonymous_user_role: Option<String>,
+    /// Check every request against grants: super-users, tenant admins, namespace and topic
+    /// permissions (needs --authentication-enabled) [default: false].
+    #[arg(long, env = "MAGNETAR_AUTHORIZATION_ENABLED")]
+    pub authorization_enabled: Option<bool>,
+    /// Roles that may do everything, comma separated.
+    #[arg(long, env = "MAGNETAR_SUPER_USER_ROLES", value_delimiter = ',')]
+    pub super_user_roles: Option<Vec<String>>,
+    /// PEM certificate chain: with --tls-key-file, serves `pulsar+ssl://` and HTTPS too.
+    #[arg(long, env = "MAGNETAR_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "MAGNETAR_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Binary protocol TLS port [default: 6651].
+    #[arg(long, env = "MAGNETAR_BROKER_PORT_TLS")]
+    pub broker_port_tls: Option<u16>,
+    /// HTTPS port [default: 8443].
+    #[arg(long, env = "MAGNETAR_WEB_PORT_TLS")]
+    pub web_port_tls: Option<u16>,
+    /// How often connections are checked for expired tokens; a client that can refresh
+    /// is challenged, others are disconnected [default: 60].
+    #[arg(long, env = "MAGNETAR_AUTHENTICATION_REFRESH_CHECK_SECONDS")]
+    pub authentication_refresh_check_seconds: Option<u64>,
+    /// /metrics keeps series per topic up to this many loaded topics, then sums them per
+    /// namespace, bounding what Prometheus has to store [default: 1000].
+    #[arg(long, env = "MAGNETAR_METRICS_MAX_TOPICS")]
+    pub metrics_max_topics: Option<usize>,
+}
+
+impl BrokerArgs {
+    /// The settings' names as a config file spells them.
+    pub fn keys() -> Vec<String> {
+        BrokerArgs::augment_args(Command::new("broker"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    }
+
+    /// Fills every unset flag from the config file's values.
+    pub fn fill_from(&mut self, file: BrokerArgs) {
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            bind,
+            advertised_address,
+            broker_port,
+            web_port,
+            bookkeeper_client_isolation_groups,
+            bookkeeper_client_secondary_isolation_groups,
+            cluster,
+            max_message_size,
+            allow_auto_topic_creation,
+            managed_ledger_max_entries_per_ledger,
+            managed_ledger_max_ledger_rollover_time_minutes,
+            managed_ledger_max_size_per_ledger_mbytes,
+            managed_ledger_cache_size_mb,
+            default_retention_time_in_minutes,
+            default_retention_size_in_mb,
+            broker_deduplication_enabled,
+            ttl_duration_default_in_seconds,
+            allow_auto_topic_creation_type,
+            default_num_partitions,
+            keep_alive_interval_seconds,
+            housekeeping_interval_secs,
+            key_shared_lease_ms,
+            key_shared_max_held_entries,
+            delayed_delivery_bucket_ms,
+            authentication_enabled,
+            token_secret_key,
+            token_public_key,
+            token_auth_claim,
+            anonymous_user_role,
+            authorization_enabled,
+            super_user_roles,
+            tls_cert_file,
+            tls_key_file,
+            broker_port_tls,
+            web_port_tls,
+            authentication_refresh_check_seconds,
+            metrics_max_topics
+        );
+    }
+
+    pub fn bind_address(&self) -> IpAddr {
+        self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+            .unwrap_or(magnetar_protocol::DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    pub fn housekeeping_interval(&self) -> Duration {
+        Duration::from_secs(self.housekeeping_interval_secs.unwrap_or(10).max(1))
+    }
+
+    /// Binds the broker's ports (0 picks a free one).
+    pub async fn bind(&self) -> Result<Listeners> {
+        let bind = self.bind_address();
+        let broker_addr = SocketAddr::new(bind, self.broker_port.unwrap_or(6650));
+        let web_addr = SocketAddr::new(bind, self.web_port.unwrap_or(8080));
+        let broker = TcpListener::bind(broker_addr)
+            .await
+            .with_context(|| format!("bind broker port {broker_addr}"))?;
+        let web = TcpListener::bind(web_addr)
+            .await
+            .with_context(|| format!("bind web port {web_addr}"))?;
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let cfg = magnetar_broker::tls::server_config(cert, key)?;
+                let b = SocketAddr::new(bind, self.broker_port_tls.unwrap_or(6651));
+                let w = SocketAddr::new(bind, self.web_port_tls.unwrap_or(8443));
+                let b = TcpListener::bind(b)
+                    .await
+                    .with_context(|| format!("bind broker TLS port {b}"))?;
+                let w = TcpListener::bind(w)
+                    .await
+                    .with_context(|| format!("bind web TLS port {w}"))?;
+                Some((
+                    TlsListener::new(b, Arc::clone(&cfg))?,
+                    TlsListener::new(w, cfg)?,
+                ))
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both --tls-cert-file and --tls-key-file"),
+        };
+        Ok(Listeners { broker, web, tls })
+    }
+
+    /// The managed ledgers' settings the flags give.
+    pub fn ml_config(&self) -> MlConfig {
+        let defaults = MlConfig::default();
+        MlConfig {
+            max_entries_per_ledger: self
+                .managed_ledger_max_entries_per_ledger
+                .unwrap_or(defaults.max_entries_per_ledger)
+                .max(1),
+            max_ledger_age: self
+                .managed_ledger_max_ledger_rollover_time_minutes
+                .map_or(defaults.max_ledger_age, |m| Duration::from_secs(m * 60)),
+            max_ledger_bytes: self
+                .managed_ledger_max_size_per_ledger_mbytes
+                .map_or(defaults.max_ledger_bytes, |m| m << 20),
+            cache_bytes: self
+                .managed_ledger_cache_size_mb
+                .map_or(defaults.cache_bytes, |m| m << 20),
+            track_producers: self.broker_deduplication_enabled.unwrap_or(false),
+            placement: Placement {
+                affinity: self
+                    .bookkeeper_client_isolation_groups
+                    .as_deref()
+                    .and_then(|p| {
+                        magnetar_bookie::placement::Affinity::from_lists(
+                            p,
+                            self.bookkeeper_client_secondary_isolation_groups.as_deref(),
+                        )
+                    }),
+                ..defaults.placement.clone()
+            },
+            ..defaults
+        }
+    }
+
+    /// The broker's configuration, for the ports `listeners` hold.
+    pub fn config(&self, listeners: &Listeners, default_cluster: &str) -> Result<BrokerConfig> {
+        let (broker_port_tls, web_port_tls) = listeners.tls_ports()?;
+        let dispatch = DispatchConfig::default();
+        Ok(BrokerConfig {
+            cluster: self
+                .cluster
+                .clone()
+                .unwrap_or_else(|| default_cluster.into()),
+            advertised_address: self
+                .advertised_address
+                .clone()
+                .unwrap_or_else(|| self.bind_address().to_string()),
+            broker_port: listeners
+                .broker
+                .local_addr()
+                .context("broker address")?
+                .port(),
+            web_port: listeners.web.local_addr().context("web address")?.port(),
+            broker_port_tls,
+            web_port_tls,
+            max_message_size: self.max_message_size(),
+            allow_auto_topic_creation: self.allow_auto_topic_creation.unwrap_or(true),
+            // Pulsar's numbers: 0 = none, negative = forever
+            default_retention: Retention::from_limits(
+                self.default_retention_time_in_minutes.unwrap_or(0) as i64,
+                self.default_retention_size_in_mb.unwrap_or(0) as i64,
+            ),
+            keepalive: Duration::from_secs(self.keep_alive_interval_seconds.unwrap_or(30).max(1)),
+            ml: self.ml_config(),
+            auth: self.token_auth()?,
+            anonymous_role: self.anonymous_user_role.clone(),
+            authz: self.authorizer()?,
+            metrics_max_topics: self.metrics_max_topics.unwrap_or(1000),
+            auth_refresh_check: Duration::from_secs(
+                self.authentication_refresh_check_seconds
+                    .unwrap_or(60)
+                    .max(1),
+            ),
+            default_ttl: self
+                .ttl_duration_default_in_seconds
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            default_num_partitions: match self.allow_auto_topic_creation_type.as_deref() {
+                None | Some("non-partitioned") => 0,
+                Some("partitioned") => self.default_num_partitions.unwrap_or(1).clamp(1, 10_000),
+                Some(other) => anyhow::bail!(
+                    "--allow-auto-topic-creation-type must be non-partitioned or partitioned, not {other:?}"
+                ),
+            },
+            dispatch: DispatchConfig {
+                key_shared_lease: self
+                    .key_shared_lease_ms
+                    .map_or(dispatch.key_shared_lease, |ms| {
+                        Duration::from_millis(ms.max(1))
+                    }),
+                key_shared_max_held: self
+                    .key_shared_max_held_entries
+                    .unwrap_or(dispatch.key_shared_max_held)
+                    .max(1),
+                delayed_horizon: self
+                    .delayed_delivery_bucket_ms
+                    .map_or(dispatch.delayed_horizon, |ms| {
+                        Duration::from_millis(ms.max(1))
+                    }),
+            },
+        })
+    }
+
+    /// Who may do what, as the flags say. Authorization without authentication would judge
+    /// every caller as nobody, so that combination is refused.
+    fn authorizer(&self) -> Result<magnetar_broker::authz::Authorizer> {
+        let enabled = self.authorization_enabled.unwrap_or(false);
+        if enabled && !self.authentication_enabled.unwrap_or(false) {
+            anyhow::bail!("--authorization-enabled needs --authentication-enabled");
+        }
+        Ok(magnetar_broker::authz::Authorizer {
+            enabled,
+            super_users: self
+                .super_user_roles
+                .iter()
+                .flatten()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect(),
+        })
+    }
+
+    /// The token checker the flags describe (None: authentication off).
+    fn token_auth(&self) -> Result<Option<magnetar_broker::auth::TokenAuth>> {
+        use magnetar_broker::auth::{TokenAuth, decode_secret};
+        if !self.authentication_enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let claim = self.token_auth_claim.as_deref().unwrap_or("sub");
+        match (&self.token_secret_key, &self.token_public_key) {
+            (Some(p), None) => {
+                let secret = match read_key(p)? {
+                    Key::Decoded(k) => k,
+                    Key::Stored(raw) => decode_secret(&raw),
+                };
+                Ok(Some(TokenAuth::with_secret(&secret, claim)))
+            }
+            (None, Some(p)) => {
+                let pem = match read_key(p)? {
+                    Key::Decoded(k) | Key::Stored(k) => k,
+                };
+                Ok(Some(TokenAuth::with_public_key(&pem, claim)?))
+            }
+            _ => anyhow::bail!(
+                "--authentication-enabled needs exactly one of --token-secret-key and --token-public-key"
+            ),
+        }
+    }
+}
+
+/// A broker's bound ports.
+pub struct Listeners {
+    pub broker: TcpListener,
+    pub web: TcpListener,
+    /// `pulsar+ssl://` and HTTPS, when TLS is on.
+    pub tls: Option<(TlsListener, TlsListener)>,
+}
+
+impl Listeners {
+    fn tls_ports(&self) -> Result<(Option<u16>, Option<u16>)> {
+        use axum::serve::Listener;
+        Ok(match &self.tls {
+            Some((b, w)) => (Some(b.local_addr()?.port()), Some(w.local_addr()?.port())),
+            None => (None, None),
+        })
+    }
+}
+
+/// Serves a broker on its listeners until `shutdown`: HTTP (and HTTPS), housekeeping, and the
+/// binary protocol; then closes its topics, flushing their cursors.
+pub async fn serve(
+    svc: Arc<BrokerService>,
+    listeners: Listeners,
+    housekeeping: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = magnetar_broker::http::router(Arc::clone(&svc));
+    if let Some((broker_tls, web_tls)) = listeners.tls {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(web_tls, app).await {
+                warn!(error = %e, "https server stopped");
+            }
+        });
+        tokio::spawn(magnetar_broker::protocol::serve_tls(
+            Arc::clone(&svc),
+            broker_tls,
+            std::future::pending(),
+        ));
+    }
+    let web = listeners.web;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(web, app).await {
+            warn!(error = %e, "http server stopped");
+        }
+    });
+    tokio::spawn(Arc::clone(&svc).housekeeping(housekeeping));
+    svc.ready.store(true, Ordering::Release);
+    magnetar_broker::protocol::serve(Arc::clone(&svc), listeners.broker, shutdown).await;
+    tracing::info!("shutting down: closing topics and flushing cursors");
+    svc.shutdown().await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A key's bytes: decoded from a `data:` URL, or as stored in a file or variable (a secret
+/// may still be base64 text there).
+pub enum Key {
+    Decoded(Vec<u8>),
+    Stored(Vec<u8>),
+}
+
+/// Reads a key named as Pulsar names them: `file:///path`, `data:;base64,...`, `env:VAR`,
+/// or a plain path.
+pub fn read_key(spec: &Path) -> Result<Key> {
+    use base64::Engine;
+    let text = spec.to_string_lossy();
+    if let Some(data) = text.strip_prefix("data:") {
+        let (kind, payload) = data
+            .split_once(',')
+            .context("a data: key needs a comma before its payload")?;
+        return Ok(Key::Decoded(if kind.ends_with(";base64") {
+            base64::engine::general_purpose::STANDARD
+                .decode(payload.trim())
+                .context("the data: key is not base64")?
+        } else {
+            payload.as_bytes().to_vec()
+        }));
+    }
+    if let Some(var) = text.strip_prefix("env:") {
+        let v = std::env::var(var).with_context(|| format!("key variable {var} is not set"))?;
+        return Ok(Key::Stored(v.into_bytes()));
+    }
+    let path = text.strip_prefix("file://").map_or(spec, Path::new);
+    let raw = std::fs::read(path).with_context(|| format!("read key {}", path.display()))?;
+    Ok(Key::Stored(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn bytes(k: Key) -> (bool, Vec<u8>) {
+        match k {
+            Key::Decoded(b) => (true, b),
+            Key::Stored(b) => (false, b),
+        }
+    }
+
+    #[test]
+    fn keys_are_read_as_pulsar_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, b"stored").unwrap();
+        assert_eq!(bytes(read_key(&f).unwrap()), (false, b"stored".to_vec()));
+        let url = PathBuf::from(format!("file://{}", f.display()));
+        assert_eq!(bytes(read_key(&url).unwrap()), (false, b"stored".to_vec()));
+        let data = PathBuf::from("data:;base64,a2V5");
+        assert_eq!(bytes(read_key(&data).unwrap()), (true, b"key".to_vec()));
+        assert!(read_key(Path::new("data:;base64,%%%")).is_err());
+        assert!(read_key(Path::new("env:MAGNETAR_TEST_SURELY_UNSET")).is_err());
+        assert!(read_key(&dir.path().join("absent")).is_err());
+    }
+}
