@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::client::{BookieClient, ClientError};
 use crate::placement::{self, Affinity, Candidate, RACKS_INFO_PATH, RacksInfo};
 use crate::protocol::{self, Status};
+use crate::recovery;
 
 pub const BOOKIES_PATH: &str = "/bookies/available";
 const LEDGER_ID_KEY: &str = "/counters/ledger-id";
@@ -463,9 +464,7 @@ impl LedgerClient {
         let Some(frag) = meta.fragments.last() else {
             return Ok(-1);
         };
-        let e = frag.bookies.len();
-        // Fenced on more than e - qa bookies, no write set can gather qa acks any more.
-        let need = e - meta.ack_quorum + 1;
+        let need = recovery::fencing_quorum(frag.bookies.len(), meta.ack_quorum);
         let mut fences: FuturesUnordered<_> = frag
             .bookies
             .iter()
@@ -478,18 +477,15 @@ impl LedgerClient {
                 }
             })
             .collect();
-        let mut fenced = 0;
-        let mut max_lac = -1i64;
+        let mut lacs = Vec::new();
         let mut errors = Vec::new();
         while let Some(r) = fences.next().await {
             match r {
-                Ok((lac, _)) => {
-                    fenced += 1;
-                    max_lac = max_lac.max(lac);
-                }
+                Ok((lac, _)) => lacs.push(lac),
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        let fenced = lacs.len();
         if fenced < need {
             return Err(LedgerError::RecoveryStuck {
                 ledger: id,
@@ -500,15 +496,13 @@ impl LedgerClient {
                 ),
             });
         }
+        let mut entry = recovery::first_unconfirmed(lacs);
         debug!(
             ledger_id = id,
-            lac = max_lac,
+            from = entry,
             "fenced; reading past the last confirmed entry"
         );
         let key = Bytes::from(meta.writer_key.clone().into_bytes());
-        // Entries up to the largest LAC seen were acknowledged; after it, each entry found on
-        // any replica may have been, and is written back to its whole write set.
-        let mut entry = (max_lac + 1) as u64;
         loop {
             let set = meta.write_set(entry);
             let mut found = None;
@@ -534,9 +528,10 @@ impl LedgerClient {
                     Err(e) => errors.push(e.to_string()),
                 }
             }
+            let verdict =
+                recovery::verdict(found.is_some(), missing, meta.write_quorum, meta.ack_quorum);
             let Some(data) = found else {
-                // Absent from enough replicas that it can never have reached qa.
-                if missing > meta.write_quorum - meta.ack_quorum {
+                if verdict == recovery::Verdict::End {
                     return Ok(entry as i64 - 1);
                 }
                 return Err(LedgerError::RecoveryStuck {

@@ -3,7 +3,7 @@
 //! the RocksDB index into those files, caches, GC (`storage`), latency histograms
 //! (`histogram`), the bookie wire protocol and its server (`protocol`, `server`, `http`), one
 //! pipelined connection to a bookie (`client`), the ledger client with quorum writes, fencing,
-//! recovery and ensemble changes (`ledger`), and auto-recovery (`autorecovery`). Ledger and
+//! recovery and ensemble changes (`ledger`, with recovery's decisions kept pure in `recovery`), and auto-recovery (`autorecovery`). Ledger and
 //! bookie records live in `meta`. It depends on `meta` only and must never import `broker` or
 //! `tiering`. Feature `server` (default) holds the node itself; without it only the client side
 //! builds, with no RocksDB.
@@ -19,6 +19,7 @@ pub mod journal;
 pub mod ledger;
 pub mod placement;
 pub mod protocol;
+pub mod recovery;
 pub mod registration;
 #[cfg(feature = "server")]
 pub mod server;

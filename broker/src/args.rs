@@ -350,6 +350,7 @@ impl BrokerArgs {
                     .map_or(dispatch.delayed_horizon, |ms| {
                         Duration::from_millis(ms.max(1))
                     }),
+                ..dispatch
             },
         })
     }

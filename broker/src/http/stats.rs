@@ -56,10 +56,11 @@ pub(super) async fn topic_stats(topic: &Topic) -> Value {
             .consumers()
             .iter()
             .map(|c| {
+                let (permits, unacked) = s.consumer_counts(c);
                 json!({
                     "consumerName": c.name,
-                    "availablePermits": c.permits.load(Ordering::Relaxed),
-                    "unackedMessages": c.unacked.load(Ordering::Relaxed).max(0),
+                    "availablePermits": permits,
+                    "unackedMessages": unacked.max(0),
                     "msgOutCounter": c.out.totals().0,
                     "bytesOutCounter": c.out.totals().1,
                     "address": c.address,

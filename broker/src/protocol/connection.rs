@@ -930,7 +930,7 @@ impl Connection {
         }
         let sub = Arc::clone(&cs.sub);
         cs.consumer.acks.record(a.message_id.len() as u64, 0);
-        cs.consumer.progressed();
+        cs.sub.progressed(&cs.consumer);
         let index = |id: &MessageIdData| id.batch_index.and_then(|b| usize::try_from(b).ok());
         let seq = if a.ack_type == AckType::Cumulative as i32 {
             let Some(id) = a.message_id.first() else {
@@ -1118,11 +1118,12 @@ impl Connection {
             ));
         };
         let c = &cs.consumer;
+        let (permits, unacked) = cs.sub.consumer_counts(c);
         let stats = CommandConsumerStatsResponse {
             request_id: s.request_id,
             consumer_name: Some(c.name.clone()),
-            available_permits: Some(c.permits.load(Ordering::Relaxed).max(0) as u64),
-            unacked_messages: Some(c.unacked.load(Ordering::Relaxed).max(0) as u64),
+            available_permits: Some(permits.max(0) as u64),
+            unacked_messages: Some(unacked.max(0) as u64),
             blocked_consumer_on_unacked_msgs: Some(false),
             address: Some(c.address.clone()),
             connected_since: Some(c.connected_since.clone()),

@@ -6,6 +6,7 @@
 
 pub mod compaction;
 pub mod delayed;
+pub mod dispatch;
 pub mod entries;
 pub mod key_shared;
 pub mod link;

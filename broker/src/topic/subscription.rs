@@ -1,21 +1,19 @@
-//! Subscriptions and their dispatchers: who gets which entry, permits, redelivery.
+//! A subscription: its cursor, its consumers, and the task that dispatches to them.
 //!
-//! One dispatcher task per subscription reads entries after the cursor (or the positions
-//! queued for redelivery, which go first and keep their order), and hands whole entries to
-//! consumers that have permits: the active consumer for Exclusive/Failover, round robin for
-//! Shared, and for Key_Shared the consumer owning the entry's hash slot (see `key_shared`):
-//! an entry whose slot is still locked by another consumer's unacknowledged entries is held,
-//! in order, and later entries of that slot queue behind it. Every delivered entry is remembered with its consumer until acknowledged, so a
-//! consumer that leaves gives its entries back. Redelivery counts are kept for every
-//! subscription type, so client-side dead-letter policies work everywhere.
+//! The decisions (who gets which entry, permits, redelivery, Key_Shared order, delayed
+//! entries) are [`Dispatch`]'s, a state machine with no I/O. This is its shell: one dispatcher
+//! task per subscription asks it what to read, reads the log (or the compacted view), parses
+//! what dispatch needs of each entry, hands the entries to it and sends the deliveries it
+//! decides on, then charges the rate limits and counts the metrics. Acks, flow, nacks, seeks
+//! and consumers coming and going are told to the machine as they arrive.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnetar_managed_ledger::clock::now_ms;
+use magnetar_managed_ledger::clock::{self, SharedClock};
 use magnetar_managed_ledger::cursor::Cursor;
 use magnetar_managed_ledger::position::Position;
 use magnetar_managed_ledger::{ManagedLedger, MlError};
@@ -29,13 +27,17 @@ use crate::ratelimit::RateLimiter;
 use crate::stats::Meter;
 use crate::topic::compaction::CompactedView;
 use crate::topic::delayed::{self, DelayedIndex};
-use crate::topic::key_shared::{KeySharedSpec, OrderLocks, Selector};
+pub use crate::topic::dispatch::SubscribeError;
+use crate::topic::dispatch::{
+    ActiveChange, ConsumerSpec, Delivery, Dispatch, EntryMeta, Limits, READ_BATCH,
+};
+use crate::topic::key_shared::KeySharedSpec;
 use crate::topic::link::Link;
 
 /// Protocol version from which clients understand ACTIVE_CONSUMER_CHANGE.
 const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
 
-static NEXT_CONSUMER_KEY: AtomicU64 = AtomicU64::new(1);
+static NEXT_CONSUMER_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Most messages one entry can hold (each batch record takes at least a few bytes of a 5 MiB
 /// entry); larger claimed batch sizes are refused rather than allocated for.
@@ -53,6 +55,8 @@ pub struct DispatchConfig {
     /// Delayed delivery: entries due within this are kept in memory; later ones are
     /// persisted in buckets this wide and loaded as their time nears.
     pub delayed_horizon: Duration,
+    /// The time dispatch decides by (delivery times, leases).
+    pub clock: SharedClock,
 }
 
 impl Default for DispatchConfig {
@@ -61,6 +65,7 @@ impl Default for DispatchConfig {
             key_shared_lease: Duration::from_secs(30),
             key_shared_max_held: 5_000,
             delayed_horizon: Duration::from_secs(60),
+            clock: clock::system(),
         }
     }
 }
@@ -75,6 +80,8 @@ pub enum BatchAck<'a> {
     Through(usize),
 }
 
+/// A consumer as its connection and the subscription share it: who it is and where its
+/// messages go. Its permits and unacknowledged counts are the dispatch machine's.
 pub struct Consumer {
     /// Unique in this broker.
     pub key: u64,
@@ -88,8 +95,6 @@ pub struct Consumer {
     /// Java need it; the Rust crate replaces its consumer itself and must not get it).
     pub close_after_seek: bool,
     pub partition: i32,
-    pub permits: AtomicI64,
-    pub unacked: AtomicI64,
     pub out: Meter,
     /// Messages acknowledged (counted per ack command entry).
     pub acks: Meter,
@@ -97,10 +102,6 @@ pub struct Consumer {
     pub address: String,
     /// Closed by the broker (CLOSE_CONSUMER sent); the client will subscribe again.
     pub kicked: AtomicBool,
-    /// Last ack, or the delivery that ended an idle spell (ms): how hung consumers are found.
-    pub last_progress_ms: AtomicU64,
-    /// Found hung (Key_Shared): passed over for slots until it acknowledges something.
-    pub hung: AtomicBool,
     /// Whether the client handles REACHED_END_OF_TOPIC (the C++ client drops the
     /// connection on it), and whether it was sent.
     pub end_of_topic_ok: bool,
@@ -144,217 +145,21 @@ impl Consumer {
             client_protocol: traits.protocol,
             close_after_seek: traits.close_after_seek,
             partition,
-            permits: AtomicI64::new(0),
-            unacked: AtomicI64::new(0),
             out: Meter::default(),
             acks: Meter::default(),
-            connected_since: magnetar_managed_ledger::clock::now_ms().to_string(),
+            connected_since: clock::now_ms().to_string(),
             address,
             kicked: AtomicBool::new(false),
-            last_progress_ms: AtomicU64::new(now_ms()),
-            hung: AtomicBool::new(false),
             end_of_topic_ok: traits.end_of_topic,
             end_of_topic_sent: AtomicBool::new(false),
         })
     }
-
-    /// Has acked nothing for `lease` while holding unacknowledged messages or asking for
-    /// none (no permits); once found so, it stays hung until it acknowledges (taking its
-    /// messages back does not cure it: the client still holds them).
-    fn stalled(&self, now: u64, lease: Duration) -> bool {
-        if self.hung.load(Ordering::Relaxed) {
-            return true;
-        }
-        let idle = now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
-            > lease.as_millis() as u64;
-        let hung = idle
-            && (self.unacked.load(Ordering::Relaxed) > 0
-                || self.permits.load(Ordering::Relaxed) <= 0);
-        if hung {
-            self.hung.store(true, Ordering::Relaxed);
-        }
-        hung
-    }
-
-    /// The consumer acknowledged something.
-    pub fn progressed(&self) {
-        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
-        self.hung.store(false, Ordering::Relaxed);
-    }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SubscribeError {
-    #[error("Exclusive consumer is already connected")]
-    ExclusiveBusy,
-    #[error("Subscription is of a different type: {existing:?}")]
-    TypeMismatch { existing: SubType },
-    #[error("Subscription is closed")]
-    Closed,
-    #[error("{0}")]
-    KeySharedAssign(String),
-}
-
-struct Delivered {
-    consumer: u64,
-    messages: u32,
-}
-
-struct SubState {
-    sub_type: SubType,
-    consumers: Vec<Arc<Consumer>>,
-    active: Option<u64>,
-    /// The last position read from the log for first delivery.
-    read_after: Position,
-    redeliver: BTreeSet<Position>,
-    redelivery_counts: HashMap<Position, u32>,
-    pending: HashMap<Position, Delivered>,
-    rr: usize,
-    /// Bumped by every reset (seek), so a read that raced one is thrown away.
-    epoch: u64,
-    /// Key_Shared: slot owners and per-slot order.
-    selector: Selector,
-    order: OrderLocks,
-    /// Shared/Key_Shared: entries waiting for their delivery time.
-    delayed: DelayedIndex,
-}
-
-impl SubState {
-    fn consumer(&self, key: u64) -> Option<&Arc<Consumer>> {
-        self.consumers.iter().find(|c| c.key == key)
-    }
-
-    /// Takes a delivered entry back from its consumer (acked, or to be redelivered).
-    fn take_pending(&mut self, p: Position) -> Option<Delivered> {
-        let d = self.pending.remove(&p)?;
-        if let Some(c) = self.consumer(d.consumer) {
-            c.unacked.fetch_sub(d.messages as i64, Ordering::Relaxed);
-        }
-        self.order.undelivered(p, now_ms());
-        Some(d)
-    }
-
-    /// Queues an entry for (re)delivery ahead of new ones.
-    fn hold(&mut self, p: Position) {
-        if self.redeliver.insert(p) {
-            self.order.held(p);
-        }
-    }
-
-    fn unhold(&mut self, p: Position) {
-        if self.redeliver.remove(&p) {
-            self.order.unheld(p);
-        }
-    }
-
-    /// Takes a delivered entry back and queues it again, counting a redelivery if `count`.
-    fn requeue(&mut self, p: Position, count: bool) {
-        self.take_pending(p);
-        self.hold(p);
-        if count {
-            *self.redelivery_counts.entry(p).or_insert(0) += 1;
-        }
-    }
-
-    /// The entry is acknowledged: forget it everywhere.
-    fn release(&mut self, p: Position) {
-        self.take_pending(p);
-        self.unhold(p);
-        self.redelivery_counts.remove(&p);
-        self.order.forget(p);
-    }
-
-    /// Forgets all delivery state; returns persisted delayed-index records to delete.
-    fn clear(&mut self) -> Vec<String> {
-        self.redeliver.clear();
-        self.pending.clear();
-        self.redelivery_counts.clear();
-        self.order.clear();
-        let stale = self.delayed.clear();
-        for c in &self.consumers {
-            c.unacked.store(0, Ordering::Relaxed);
-        }
-        stale
-    }
-
-    /// Whether entries are delayed for this subscription type (as in Pulsar, only Shared
-    /// and Key_Shared honour a delivery time).
-    fn delays(&self) -> bool {
-        matches!(self.sub_type, SubType::Shared | SubType::KeyShared)
-    }
-
-    /// Key_Shared: the consumer for `slot` now, passing over hung consumers.
-    fn slot_target(&self, slot: u32, now: u64, lease: Duration) -> Option<u64> {
-        self.selector.select(slot, |k| {
-            self.consumer(k).is_none_or(|c| c.stalled(now, lease))
-        })
-    }
-
-    /// Key_Shared: where an entry of `slot` may go now, if anywhere. `spent` counts entries
-    /// already promised to consumers in this pass.
-    fn key_shared_route(
-        &self,
-        slot: u32,
-        now: u64,
-        lease: Duration,
-        spent: &HashMap<u64, i64>,
-    ) -> Option<Arc<Consumer>> {
-        let target = self.slot_target(slot, now, lease)?;
-        if !self.selector.allow_out_of_order()
-            && let Some(lock) = self.order.locks.get(&slot)
-            && lock.owner != target
-        {
-            return None;
-        }
-        let c = self.consumer(target)?;
-        let left = c.permits.load(Ordering::Acquire) - spent.get(&target).copied().unwrap_or(0);
-        (left > 0).then(|| Arc::clone(c))
-    }
-
-    /// Key_Shared: takes back the entries of slots whose owner stopped acking (hung, or
-    /// sitting on the slot for a whole lease) while entries of the slot wait for another
-    /// consumer. Returns whether anything moved.
-    fn revoke_expired_locks(&mut self, now: u64, lease: Duration) -> bool {
-        let lease_ms = lease.as_millis() as u64;
-        let expired: Vec<(u32, u64)> = self
-            .order
-            .locks
-            .iter()
-            .filter(|(slot, lock)| {
-                self.order.has_held(**slot)
-                    && self.slot_target(**slot, now, lease) != Some(lock.owner)
-                    && (now.saturating_sub(lock.since_ms) > lease_ms
-                        || self
-                            .consumer(lock.owner)
-                            .is_none_or(|c| c.stalled(now, lease)))
-            })
-            .map(|(slot, lock)| (*slot, lock.owner))
-            .collect();
-        for &(slot, owner) in &expired {
-            let mine: Vec<Position> = self
-                .pending
-                .iter()
-                .filter(|(p, d)| d.consumer == owner && self.order.slot_of(p) == Some(slot))
-                .map(|(p, _)| *p)
-                .collect();
-            warn!(
-                slot,
-                consumer = owner,
-                entries = mine.len(),
-                "Key_Shared consumer stopped acknowledging; its slot moves to another consumer"
-            );
-            // what it holds is gone from our books but not from its queue: until it acks
-            // again it gets no slots, or it would sit on them with no permits
-            if let Some(c) = self.consumer(owner) {
-                c.hung.store(true, Ordering::Relaxed);
-            }
-            for p in mine {
-                self.requeue(p, true);
-            }
-            self.order.locks.remove(&slot);
-        }
-        !expired.is_empty()
-    }
+/// The machine and the consumers it names, under one lock.
+struct Shared {
+    dispatch: Dispatch,
+    consumers: HashMap<u64, Arc<Consumer>>,
 }
 
 /// A topic's compacted view as its subscriptions see it (replaced by each compaction).
@@ -368,7 +173,7 @@ pub struct Subscription {
     compacted: CompactedHandle,
     /// Its consumer reads the compacted view up to the horizon (Exclusive/Failover).
     read_compacted: AtomicBool,
-    state: Mutex<SubState>,
+    state: Mutex<Shared>,
     wake: Notify,
     closed: AtomicBool,
     pub out: Meter,
@@ -399,6 +204,10 @@ impl Subscription {
         let md = cursor.mark_delete();
         let delayed_prefix = delayed::prefix_of(&cursor);
         let horizon_ms = cfg.delayed_horizon.as_millis() as u64;
+        let limits = Limits {
+            key_shared_lease: cfg.key_shared_lease,
+            key_shared_max_held: cfg.key_shared_max_held,
+        };
         let s = Arc::new(Subscription {
             name: name.to_string(),
             cursor,
@@ -406,19 +215,14 @@ impl Subscription {
             cfg,
             compacted,
             read_compacted: AtomicBool::new(false),
-            state: Mutex::new(SubState {
-                sub_type,
-                consumers: Vec::new(),
-                active: None,
-                read_after: md,
-                redeliver: BTreeSet::new(),
-                redelivery_counts: HashMap::new(),
-                pending: HashMap::new(),
-                rr: 0,
-                epoch: 0,
-                selector: Selector::default(),
-                order: OrderLocks::default(),
-                delayed: DelayedIndex::new(delayed_prefix, horizon_ms),
+            state: Mutex::new(Shared {
+                dispatch: Dispatch::new(
+                    sub_type,
+                    md,
+                    DelayedIndex::new(delayed_prefix, horizon_ms),
+                    limits,
+                ),
+                consumers: HashMap::new(),
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -431,26 +235,53 @@ impl Subscription {
         s
     }
 
+    fn now(&self) -> u64 {
+        self.cfg.clock.now_ms()
+    }
+
     /// Recomputes this subscription's and its consumers' rates.
     pub fn tick(&self, now: std::time::Instant) {
         self.out.tick(now);
         self.redelivered.tick(now);
-        for c in self.state.lock().consumers.iter() {
+        for c in self.state.lock().consumers.values() {
             c.out.tick(now);
             c.acks.tick(now);
         }
     }
 
     pub fn sub_type(&self) -> SubType {
-        self.state.lock().sub_type
+        self.state.lock().dispatch.sub_type()
     }
 
+    /// The consumers, in the order they joined.
     pub fn consumers(&self) -> Vec<Arc<Consumer>> {
-        self.state.lock().consumers.clone()
+        let st = self.state.lock();
+        st.dispatch
+            .consumer_keys()
+            .iter()
+            .filter_map(|k| st.consumers.get(k).cloned())
+            .collect()
+    }
+
+    /// A consumer's (permits, unacknowledged messages).
+    pub fn consumer_counts(&self, c: &Consumer) -> (i64, i64) {
+        self.state.lock().dispatch.counts(c.key)
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Tells Failover consumers that speak it whether they are the active one now.
+    fn announce(st: &Shared, changes: &[ActiveChange]) {
+        for ch in changes {
+            if let Some(c) = st.consumers.get(&ch.consumer)
+                && c.client_protocol >= ACTIVE_CONSUMER_CHANGE_VERSION
+            {
+                c.conn
+                    .send(commands::active_consumer_change(c.consumer_id, ch.active));
+            }
+        }
     }
 
     /// Adds a consumer; `key_shared` is its Key_Shared spec (for Key_Shared subscriptions).
@@ -465,27 +296,16 @@ impl Subscription {
         if self.is_closed() {
             return Err(SubscribeError::Closed);
         }
+        let now = self.now();
         let mut st = self.state.lock();
-        if !st.consumers.is_empty() && st.sub_type != sub_type {
-            return Err(SubscribeError::TypeMismatch {
-                existing: st.sub_type,
-            });
-        }
-        if sub_type == SubType::Exclusive && !st.consumers.is_empty() {
-            return Err(SubscribeError::ExclusiveBusy);
-        }
-        if sub_type == SubType::KeyShared {
-            let spec = match key_shared {
-                Some(s) => s.clone(),
-                None => KeySharedSpec::from_proto(None).map_err(SubscribeError::KeySharedAssign)?,
-            };
-            st.selector
-                .add(c.key, &spec)
-                .map_err(SubscribeError::KeySharedAssign)?;
-        }
-        st.sub_type = sub_type;
-        st.consumers.push(c);
-        self.elect(&mut st);
+        let spec = ConsumerSpec {
+            key: c.key,
+            name: c.name.clone(),
+            priority: c.priority,
+        };
+        let changes = st.dispatch.add_consumer(spec, sub_type, key_shared, now)?;
+        st.consumers.insert(c.key, c);
+        Self::announce(&st, &changes);
         drop(st);
         self.wake.notify_one();
         Ok(())
@@ -494,74 +314,30 @@ impl Subscription {
     /// Removes a consumer; its unacknowledged entries go back for redelivery. Returns the
     /// number of consumers left.
     pub fn remove_consumer(&self, key: u64) -> usize {
+        let now = self.now();
         let mut st = self.state.lock();
-        st.consumers.retain(|c| c.key != key);
-        st.selector.remove(key);
-        let mine: Vec<Position> = st
-            .pending
-            .iter()
-            .filter(|(_, d)| d.consumer == key)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in mine {
-            st.requeue(p, true);
-        }
-        self.elect(&mut st);
-        let left = st.consumers.len();
+        let (left, changes) = st.dispatch.remove_consumer(key, now);
+        st.consumers.remove(&key);
+        Self::announce(&st, &changes);
         drop(st);
         self.wake.notify_one();
         left
     }
 
-    /// Picks the active consumer of Exclusive/Failover subscriptions (priority, then name)
-    /// and tells each consumer whether it is active when that changes.
-    fn elect(&self, st: &mut SubState) {
-        if !matches!(st.sub_type, SubType::Exclusive | SubType::Failover) {
-            st.active = None;
-            return;
-        }
-        let best = st
-            .consumers
-            .iter()
-            .min_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)))
-            .map(|c| c.key);
-        if best == st.active {
-            return;
-        }
-        let old = st.active;
-        st.active = best;
-        // the old active consumer's unacked entries go to the new one, in order
-        if let Some(old) = old {
-            let mine: Vec<Position> = st
-                .pending
-                .iter()
-                .filter(|(_, d)| d.consumer == old)
-                .map(|(p, _)| *p)
-                .collect();
-            for p in mine {
-                st.requeue(p, false);
-            }
-        }
-        if st.sub_type == SubType::Failover {
-            for c in &st.consumers {
-                if c.client_protocol >= ACTIVE_CONSUMER_CHANGE_VERSION {
-                    c.conn.send(commands::active_consumer_change(
-                        c.consumer_id,
-                        Some(c.key) == best,
-                    ));
-                }
-            }
-        }
-    }
-
     pub fn flow(&self, c: &Consumer, permits: u32) {
-        c.permits.fetch_add(permits as i64, Ordering::AcqRel);
+        self.state.lock().dispatch.flow(c.key, permits);
         self.wake.notify_one();
     }
 
+    /// The consumer acknowledged something: it is alive (Key_Shared leases).
+    pub fn progressed(&self, c: &Consumer) {
+        let now = self.now();
+        self.state.lock().dispatch.progressed(c.key, now);
+    }
+
     /// After acks: a Key_Shared slot may have been unlocked.
-    fn acked(&self, st: &SubState) {
-        if st.sub_type == SubType::KeyShared {
+    fn acked(&self, st: &Shared) {
+        if st.dispatch.sub_type() == SubType::KeyShared {
             self.wake.notify_one();
         }
     }
@@ -569,9 +345,10 @@ impl Subscription {
     /// Individual acks of whole entries. Returns the cursor change number.
     pub fn ack_individual(&self, positions: &[Position]) -> u64 {
         {
+            let now = self.now();
             let mut st = self.state.lock();
             for p in positions {
-                st.release(*p);
+                st.dispatch.release(*p, now);
             }
             self.acked(&st);
         }
@@ -584,9 +361,9 @@ impl Subscription {
         let delivered = self
             .state
             .lock()
-            .pending
-            .get(&p)
-            .map(|d| d.messages as usize);
+            .dispatch
+            .delivered_messages(p)
+            .map(|m| m as usize);
         delivered
             .or_else(|| claimed.and_then(|s| usize::try_from(s).ok()))
             .filter(|s| *s > 1 && *s <= MAX_BATCH)
@@ -619,8 +396,9 @@ impl Subscription {
         }
         let (done, seq) = self.cursor.ack_batch(p, size, &unacked);
         if done {
+            let now = self.now();
             let mut st = self.state.lock();
-            st.release(p);
+            st.dispatch.release(p, now);
             self.acked(&st);
         }
         seq
@@ -645,12 +423,9 @@ impl Subscription {
 
     pub fn ack_cumulative(&self, p: Position) -> u64 {
         {
+            let now = self.now();
             let mut st = self.state.lock();
-            let mut done: Vec<Position> = st.pending.keys().filter(|q| **q <= p).copied().collect();
-            done.extend(st.redeliver.range(..=p).copied());
-            for q in done {
-                st.release(q);
-            }
+            st.dispatch.release_through(p, now);
             self.acked(&st);
         }
         self.cursor.ack_cumulative(p)
@@ -658,29 +433,16 @@ impl Subscription {
 
     /// Puts a consumer's unacknowledged entries (or only `only`) back for redelivery.
     pub fn redeliver(&self, consumer: u64, only: Option<&[Position]>) {
-        let mut st = self.state.lock();
-        let mine: Vec<Position> = st
-            .pending
-            .iter()
-            .filter(|(p, d)| d.consumer == consumer && only.is_none_or(|o| o.contains(p)))
-            .map(|(p, _)| *p)
-            .collect();
-        for p in mine {
-            st.requeue(p, true);
-            self.redelivered.record(1, 0);
-        }
-        drop(st);
+        let now = self.now();
+        let n = self.state.lock().dispatch.redeliver(consumer, only, now);
+        self.redelivered.record(n as u64, 0);
         self.wake.notify_one();
     }
 
     /// Moves the cursor so delivery restarts after `md`.
     pub fn reset(&self, md: Position) -> u64 {
         let seq = self.cursor.reset(md);
-        let mut st = self.state.lock();
-        st.read_after = md;
-        st.epoch += 1;
-        let stale = st.clear();
-        drop(st);
+        let stale = self.state.lock().dispatch.reset(md);
         if !stale.is_empty() {
             let meta = self.cursor.meta().clone();
             tokio::spawn(async move { delayed::delete(&meta, stale).await });
@@ -694,12 +456,12 @@ impl Subscription {
     /// dropped what they prefetched. Returns the detached consumers.
     pub fn detach_consumers(&self) -> Vec<Arc<Consumer>> {
         let mut st = self.state.lock();
-        let consumers = std::mem::take(&mut st.consumers);
-        st.selector = Selector::default();
+        let keys = st.dispatch.detach_all();
+        let consumers: Vec<Arc<Consumer>> =
+            keys.iter().filter_map(|k| st.consumers.remove(k)).collect();
         for c in &consumers {
             c.kicked.store(true, Ordering::Release);
         }
-        st.active = None;
         consumers
     }
 
@@ -725,6 +487,11 @@ impl Subscription {
         self.ml.read(p).await
     }
 
+    /// Whether a read should pass over `p` (acknowledged, out with a consumer, delayed).
+    fn skips(&self, p: Position) -> bool {
+        self.cursor.is_acked(p) || self.state.lock().dispatch.skips(p)
+    }
+
     /// Reads up to `n` compacted entries after `after`; returns them and the position to
     /// continue after (the horizon once the view is exhausted).
     async fn read_compacted_after(
@@ -740,11 +507,7 @@ impl Subscription {
         for i in start..end {
             let p = view.positions[i];
             last = p;
-            let skip = self.cursor.is_acked(p) || {
-                let st = self.state.lock();
-                st.pending.contains_key(&p) || st.delayed.contains(p)
-            };
-            if skip {
+            if self.skips(p) {
                 continue;
             }
             match view.read(self.ml.storage().as_ref(), i).await {
@@ -767,7 +530,7 @@ impl Subscription {
 
     /// A terminated topic was read to its end: tells each consumer that can take it, once.
     fn tell_end_of_topic(&self) {
-        for c in self.state.lock().consumers.iter() {
+        for c in self.state.lock().consumers.values() {
             if c.end_of_topic_ok && !c.end_of_topic_sent.swap(true, Ordering::AcqRel) {
                 c.conn.send(commands::reached_end_of_topic(c.consumer_id));
             }
@@ -781,32 +544,22 @@ impl Subscription {
 
     /// Key_Shared (held entries, slot locks, hung consumers) for stats.
     pub fn key_shared_stats(&self) -> (usize, usize, Vec<String>) {
-        let st = self.state.lock();
-        (
-            st.order.held_total(),
-            st.order.locks.len(),
-            st.consumers
-                .iter()
-                .filter(|c| c.hung.load(Ordering::Relaxed))
-                .map(|c| c.name.clone())
-                .collect(),
-        )
+        self.state.lock().dispatch.key_shared_stats()
     }
 
     /// Entries queued for (re)delivery ahead of new ones (for stats).
     pub fn redelivery_queue(&self) -> usize {
-        self.state.lock().redeliver.len()
+        self.state.lock().dispatch.redelivery_queue()
     }
 
     /// Entries waiting for their delivery time (for stats).
     pub fn delayed_entries(&self) -> (usize, usize) {
-        let st = self.state.lock();
-        (st.delayed.len(), st.delayed.persisted_segments())
+        self.state.lock().dispatch.delayed_entries()
     }
 
     /// Unacknowledged-and-delivered entry count (for stats).
     pub fn pending_entries(&self) -> usize {
-        self.state.lock().pending.len()
+        self.state.lock().dispatch.pending_entries()
     }
 
     /// Messages not yet acknowledged.
@@ -847,78 +600,6 @@ impl Subscription {
         total
     }
 
-    /// Picks the consumer for the next entry, or None if nobody can take one now.
-    fn pick(&self, st: &mut SubState) -> Option<Arc<Consumer>> {
-        let has_permits = |c: &Arc<Consumer>| c.permits.load(Ordering::Acquire) > 0;
-        match st.sub_type {
-            SubType::Exclusive | SubType::Failover => {
-                let a = st.active?;
-                st.consumers
-                    .iter()
-                    .find(|c| c.key == a)
-                    .filter(|c| has_permits(c))
-                    .cloned()
-            }
-            _ => {
-                let n = st.consumers.len();
-                for i in 0..n {
-                    let idx = (st.rr + i) % n;
-                    if has_permits(&st.consumers[idx]) {
-                        st.rr = (idx + 1) % n;
-                        return Some(Arc::clone(&st.consumers[idx]));
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    fn deliver(&self, c: &Consumer, p: Position, data: Bytes, messages: u32, st: &mut SubState) {
-        c.permits.fetch_sub(messages as i64, Ordering::AcqRel);
-        let now = now_ms();
-        if c.unacked.fetch_add(messages as i64, Ordering::Relaxed) <= 0 {
-            c.last_progress_ms.store(now, Ordering::Relaxed);
-        }
-        st.order.delivered(p, c.key, now);
-        c.out.record(messages as u64, data.len() as u64);
-        self.out.record(messages as u64, data.len() as u64);
-        self.topic_limit.charge(messages as u64, data.len() as u64);
-        self.limit.charge(messages as u64, data.len() as u64);
-        let count = st.redelivery_counts.get(&p).copied().unwrap_or(0);
-        st.pending.insert(
-            p,
-            Delivered {
-                consumer: c.key,
-                messages,
-            },
-        );
-        let mut id = commands::message_id(p.ledger, p.entry as u64);
-        id.partition = Some(c.partition);
-        let mut ack_set = self.cursor.batch_ack_set(p).unwrap_or_default();
-        if let Some(view) = self.view().filter(|v| p <= v.horizon)
-            && let Some(live) = view.live_set(p)
-        {
-            if ack_set.is_empty() {
-                ack_set = live.to_vec();
-            } else {
-                for (w, l) in ack_set.iter_mut().zip(live) {
-                    *w &= l;
-                }
-            }
-        }
-        c.conn
-            .send_message(commands::message(c.consumer_id, id, count, ack_set), data);
-    }
-}
-
-const READ_BATCH: usize = 100;
-
-impl Subscription {
-    /// How often a Key_Shared dispatcher with held entries looks again for expired leases.
-    fn lease_tick(&self) -> Duration {
-        (self.cfg.key_shared_lease / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-
     /// Waits for a wake-up, or at most `limit`.
     async fn idle(&self, limit: Option<Duration>) {
         match limit {
@@ -929,179 +610,110 @@ impl Subscription {
         }
     }
 
-    /// How long the dispatcher may sleep: until a lease tick when Key_Shared entries are
-    /// held, until the next delayed entry is due (looking again at least every second while
-    /// any wait, for segments to load and buffers to flush).
-    fn idle_limit(&self, st: &SubState, now: u64) -> Option<Duration> {
-        let mut limit = None;
-        if st.sub_type == SubType::KeyShared && st.order.held_total() > 0 {
-            limit = Some(self.lease_tick());
-        }
-        if !st.delayed.is_empty() {
-            let due = st
-                .delayed
-                .next_due()
-                .map_or(1000, |t| t.saturating_sub(now));
-            let d = Duration::from_millis(due.clamp(5, 1000));
-            limit = Some(limit.map_or(d, |l: Duration| l.min(d)));
-        }
-        limit
-    }
-
-    /// Moves due delayed entries to the front of the line; persists and loads index
-    /// segments as needed (without holding the state lock across the I/O).
+    /// Persists and loads delayed-index segments as the machine asks (without holding the
+    /// lock across the I/O).
     async fn tend_delayed(&self, last_flush: &mut u64) {
-        let now = now_ms();
-        let (flush, load) = {
-            let mut st = self.state.lock();
-            if st.delayed.is_empty() {
-                return;
-            }
-            for p in st.delayed.pop_due(now) {
-                st.hold(p);
-            }
-            let force = now.saturating_sub(*last_flush) >= 1000;
-            (st.delayed.take_flush(now, force), st.delayed.take_load(now))
-        };
+        let now = self.now();
+        let force = now.saturating_sub(*last_flush) >= 1000;
+        let (flush, load) = self.state.lock().dispatch.tend_delayed(now, force);
         let meta = self.cursor.meta();
         if let Some(f) = flush {
             *last_flush = now;
             let written = delayed::write(meta, f).await;
-            self.state.lock().delayed.flushed(written);
+            self.state.lock().dispatch.delayed_flushed(written);
         }
         if let Some(l) = load {
             let entries = delayed::read(meta, l).await;
-            let mut st = self.state.lock();
-            delayed::add_loaded(&mut st.delayed, entries);
+            self.state.lock().dispatch.delayed_loaded(entries);
         }
     }
-}
 
-/// Key_Shared: held entries that can go now, in order; a slot whose first held entry cannot
-/// go blocks its later ones, so nothing overtakes within a slot.
-fn key_shared_candidates(st: &SubState, now: u64, lease: Duration, limit: usize) -> Vec<Position> {
-    let mut blocked = HashSet::new();
-    let mut spent: HashMap<u64, i64> = HashMap::new();
-    let mut out = Vec::new();
-    for p in &st.redeliver {
-        if out.len() >= limit {
-            break;
-        }
-        let Some(slot) = st.order.slot_of(p) else {
-            // not read since it was queued: read it, and nothing after it this time
-            out.push(*p);
-            break;
-        };
-        if blocked.contains(&slot) {
-            continue;
-        }
-        match st.key_shared_route(slot, now, lease, &spent) {
-            Some(c) => {
-                *spent.entry(c.key).or_insert(0) += 1;
-                out.push(*p);
-            }
-            None => {
-                blocked.insert(slot);
-            }
-        }
-    }
-    out
-}
-
-impl Subscription {
-    /// Hands read entries to consumers, holding what cannot go now. Returns (entries
-    /// delivered, whether held Key_Shared entries need lease ticks), or None if a seek
-    /// raced the read.
+    /// Hands read entries to the machine and sends what it decides, in order, before any
+    /// seek can come between (the lock is held while the sends are queued; queuing does not
+    /// wait). Returns (entries delivered, how long the dispatcher may sleep), or None if a
+    /// seek raced the read.
     fn hand_out(
         &self,
         entries: Vec<(Position, Bytes)>,
         epoch: u64,
-        key_shared: bool,
     ) -> Option<(usize, Option<Duration>)> {
-        let lease = self.cfg.key_shared_lease;
-        let mut st = self.state.lock();
-        if st.epoch != epoch {
-            return None;
-        }
-        let now = now_ms();
-        let mut blocked = HashSet::new();
-        let mut delivered = 0usize;
-        let no_spend = HashMap::new();
-        for (p, d) in entries {
-            if self.cursor.is_acked(p) {
-                st.release(p);
-                continue;
-            }
-            if st.pending.contains_key(&p) {
-                st.unhold(p);
-                continue;
-            }
-            // one look at the metadata serves delay, key and permits; an entry whose
-            // metadata cannot be read goes as one message under the no-key slot
-            let info = pentry::peek_dispatch(&d).ok();
-            // first read of an entry with a delivery time still ahead: it waits in the index
-            if st.delays()
-                && !st.redeliver.contains(&p)
-                && let Some(at) = info
-                    .and_then(|i| i.deliver_at)
-                    .and_then(|t| u64::try_from(t).ok())
-                && at > now
-                && st.delayed.add(p, at, now)
-            {
-                continue;
-            }
-            let messages = info.map_or(1, |i| i.messages);
-            let target = if key_shared {
-                let slot = info.map_or_else(
-                    || magnetar_protocol::hash::key_slot(magnetar_protocol::hash::NONE_KEY),
-                    |i| i.key_slot,
-                );
-                let queued = st.redeliver.contains(&p);
-                st.order.learn(p, slot, queued);
-                // a slot's entries go in order: none overtakes one held before it
-                let behind = blocked.contains(&slot) || (!queued && st.order.has_held(slot));
-                let target = if behind {
-                    None
-                } else {
-                    st.key_shared_route(slot, now, lease, &no_spend)
-                };
-                if target.is_none() {
-                    blocked.insert(slot);
+        let metas: Vec<(Position, Option<EntryMeta>)> = entries
+            .iter()
+            .map(|(p, d)| {
+                let meta = pentry::peek_dispatch(d).ok().map(|i| EntryMeta {
+                    messages: i.messages,
+                    key_slot: i.key_slot,
+                    deliver_at: i.deliver_at.and_then(|t| u64::try_from(t).ok()),
+                });
+                (*p, meta)
+            })
+            .collect();
+        let now = self.now();
+        let cursor = &self.cursor;
+        let view = self.view();
+        let mut sent = Vec::new();
+        let limit = {
+            let mut st = self.state.lock();
+            let (deliveries, limit) = st
+                .dispatch
+                .hand_out(&metas, epoch, now, &|p| cursor.is_acked(p))?;
+            for d in &deliveries {
+                if let Some(c) = st.consumers.get(&d.consumer) {
+                    let data = entries[d.index].1.clone();
+                    self.send(c, d, data, view.as_deref());
+                    sent.push((Arc::clone(c), d.messages, entries[d.index].1.len()));
                 }
-                target
+            }
+            limit
+        };
+        for (c, messages, bytes) in &sent {
+            c.out.record(*messages as u64, *bytes as u64);
+            self.out.record(*messages as u64, *bytes as u64);
+            self.topic_limit.charge(*messages as u64, *bytes as u64);
+            self.limit.charge(*messages as u64, *bytes as u64);
+        }
+        Some((sent.len(), limit))
+    }
+
+    /// Queues one MESSAGE: with the ack set of a partly acknowledged batch, and, from a
+    /// compacted view, only the batch's live messages left unacknowledged.
+    fn send(&self, c: &Consumer, d: &Delivery, data: Bytes, view: Option<&CompactedView>) {
+        let p = d.position;
+        let mut id = commands::message_id(p.ledger, p.entry as u64);
+        id.partition = Some(c.partition);
+        let mut ack_set = self.cursor.batch_ack_set(p).unwrap_or_default();
+        if let Some(view) = view.filter(|v| p <= v.horizon)
+            && let Some(live) = view.live_set(p)
+        {
+            if ack_set.is_empty() {
+                ack_set = live.to_vec();
             } else {
-                self.pick(&mut st)
-            };
-            match target {
-                Some(c) => {
-                    st.unhold(p);
-                    self.deliver(&c, p, d, messages, &mut st);
-                    delivered += 1;
+                for (w, l) in ack_set.iter_mut().zip(live) {
+                    *w &= l;
                 }
-                // read but not sendable now: first in line next time
-                None => st.hold(p),
             }
         }
-        let limit = self.idle_limit(&st, now);
-        Some((delivered, limit))
+        c.conn.send_message(
+            commands::message(c.consumer_id, id, d.redeliveries, ack_set),
+            data,
+        );
     }
 }
 
 async fn dispatcher(sub: Arc<Subscription>) {
     let mut last_rx = sub.ml.subscribe_last();
-    let lease = sub.cfg.key_shared_lease;
     // the delayed-delivery index of a durable subscription comes back from its segments
     let horizon_ms = sub.cfg.delayed_horizon.as_millis() as u64;
     if let Some(prefix) = delayed::prefix_of(&sub.cursor) {
         let mut idx = DelayedIndex::new(Some(prefix), horizon_ms);
-        match delayed::restore(sub.cursor.meta(), &mut idx, now_ms()).await {
-            Ok(()) => sub.state.lock().delayed = idx,
+        match delayed::restore(sub.cursor.meta(), &mut idx, sub.now()).await {
+            Ok(()) => sub.state.lock().dispatch.set_delayed(idx),
             Err(e) => {
                 warn!(subscription = %sub.name, error = %e, "delayed-delivery index not restored; delayed entries are found again in the log")
             }
         }
     }
-    let mut last_flush = now_ms();
+    let mut last_flush = sub.now();
     loop {
         if sub.is_closed() {
             return;
@@ -1113,91 +725,42 @@ async fn dispatcher(sub: Arc<Subscription>) {
         }
         let _ = last_rx.borrow_and_update();
         sub.tend_delayed(&mut last_flush).await;
-        // what can be sent, and to how many permits
-        let (budget, redeliver, read_after, epoch, key_shared, may_read, idle_limit) = {
-            let mut st = sub.state.lock();
-            let key_shared = st.sub_type == SubType::KeyShared;
-            let budget: i64 = match st.sub_type {
-                SubType::Exclusive | SubType::Failover => st
-                    .active
-                    .and_then(|a| st.consumer(a))
-                    .map_or(0, |c| c.permits.load(Ordering::Acquire)),
-                _ => st
-                    .consumers
-                    .iter()
-                    .map(|c| c.permits.load(Ordering::Acquire).max(0))
-                    .sum(),
-            };
-            let now = now_ms();
-            if key_shared && st.order.held_total() > 0 {
-                st.revoke_expired_locks(now, lease);
-            }
-            let cursor = &sub.cursor;
-            let redeliver: Vec<Position> = if budget > 0 {
-                let acked: Vec<Position> = st
-                    .redeliver
-                    .iter()
-                    .filter(|p| cursor.is_acked(**p))
-                    .copied()
-                    .collect();
-                for p in acked {
-                    st.release(p);
-                }
-                let limit = (budget as usize).min(READ_BATCH);
-                if key_shared {
-                    key_shared_candidates(&st, now, lease, limit)
-                } else {
-                    st.redeliver.iter().take(limit).copied().collect()
-                }
-            } else {
-                Vec::new()
-            };
-            // a reset (seek) may have moved the cursor past what we read
+        let plan = {
+            let now = sub.now();
             let md = sub.cursor.mark_delete();
-            if st.read_after < md {
-                st.read_after = md;
-            }
-            let held = st.order.held_total();
-            (
-                budget,
-                redeliver,
-                st.read_after,
-                st.epoch,
-                key_shared,
-                !key_shared || held < sub.cfg.key_shared_max_held,
-                sub.idle_limit(&st, now),
-            )
+            let cursor = &sub.cursor;
+            sub.state
+                .lock()
+                .dispatch
+                .plan(now, md, &|p| cursor.is_acked(p))
         };
-        if budget <= 0 {
-            sub.idle(idle_limit).await;
+        let key_shared = sub.sub_type() == SubType::KeyShared;
+        if plan.budget <= 0 {
+            sub.idle(plan.idle_limit).await;
             continue;
         }
         let mut entries = Vec::new();
         let mut from_log = false;
-        if !redeliver.is_empty() {
-            for p in redeliver {
+        if !plan.redeliver.is_empty() {
+            for p in plan.redeliver {
                 match sub.read_entry(p).await {
                     Ok(d) => entries.push((p, d)),
                     Err(e) => {
                         warn!(subscription = %sub.name, position = %p, error = %e, "cannot read entry for redelivery; skipping it");
-                        sub.state.lock().unhold(p);
+                        sub.state.lock().dispatch.skip_held(p);
                     }
                 }
             }
-        } else if !may_read {
+        } else if !plan.may_read {
             // read-ahead limit: wait for held entries to drain
-            sub.idle(idle_limit).await;
+            sub.idle(plan.idle_limit).await;
             continue;
-        } else if let Some(view) = sub.view().filter(|v| read_after < v.horizon) {
+        } else if let Some(view) = sub.view().filter(|v| plan.read_after < v.horizon) {
             // a compacted reader short of the horizon reads the compacted view
-            let n = (budget as usize).min(READ_BATCH);
-            let (e, last) = sub.read_compacted_after(&view, read_after, n).await;
-            {
-                let mut st = sub.state.lock();
-                if st.epoch != epoch {
-                    continue;
-                }
-                st.read_after = st.read_after.max(last);
+            let n = (plan.budget as usize).min(READ_BATCH);
+            let (e, last) = sub.read_compacted_after(&view, plan.read_after, n).await;
+            if !sub.state.lock().dispatch.read_done(plan.epoch, Some(last)) {
+                continue;
             }
             if e.is_empty() {
                 continue;
@@ -1205,47 +768,33 @@ async fn dispatcher(sub: Arc<Subscription>) {
             entries = e;
             from_log = true;
         } else {
-            let n = (budget as usize).min(READ_BATCH);
-            let skip = {
-                let cursor = Arc::clone(&sub.cursor);
-                let sub2 = Arc::clone(&sub);
-                move |p: Position| {
-                    cursor.is_acked(p) || {
-                        let st = sub2.state.lock();
-                        st.pending.contains_key(&p) || st.delayed.contains(p)
-                    }
-                }
-            };
-            let start = match sub.ml.next_position(read_after) {
+            let n = (plan.budget as usize).min(READ_BATCH);
+            let start = match sub.ml.next_position(plan.read_after) {
                 Some(p) => p,
                 None => {
                     if sub.ml.terminated().is_some() {
                         sub.tell_end_of_topic();
                     }
                     tokio::select! {
-                        _ = sub.idle(idle_limit) => {}
+                        _ = sub.idle(plan.idle_limit) => {}
                         _ = last_rx.changed() => {}
                     }
                     continue;
                 }
             };
-            match sub.ml.read_from(start, n, skip).await {
+            let s2 = Arc::clone(&sub);
+            match sub.ml.read_from(start, n, move |p| s2.skips(p)).await {
                 Ok((e, examined)) => {
                     // never past what was examined: entries appended meanwhile are next
-                    let mut st = sub.state.lock();
-                    if st.epoch != epoch {
+                    if !sub.state.lock().dispatch.read_done(plan.epoch, examined) {
                         continue; // a seek moved the cursor while we read
                     }
-                    if let Some(x) = examined {
-                        st.read_after = st.read_after.max(x);
-                    }
-                    drop(st);
                     entries = e;
                     from_log = true;
                 }
                 Err(e) => {
                     warn!(subscription = %sub.name, error = %e, "read failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             }
@@ -1253,7 +802,7 @@ async fn dispatcher(sub: Arc<Subscription>) {
                 continue;
             }
         }
-        let Some((delivered, idle_limit)) = sub.hand_out(entries, epoch, key_shared) else {
+        let Some((delivered, idle_limit)) = sub.hand_out(entries, plan.epoch) else {
             continue;
         };
         if key_shared && delivered == 0 && !from_log {
