@@ -327,7 +327,12 @@ def check_compaction_threshold():
         p.send(b"value-%d" % v, partition_key="only")
     path = t.replace("persistent://", "/admin/v2/persistent/") + "/compaction"
     wait_for(lambda: call("GET", path)["status"] == "SUCCESS", "threshold compaction")
-    assert read_all(t, True) == [("only", b"value-19")]
+    # housekeeping may have compacted part way through the sends: the view then holds the
+    # latest value at its horizon, and the messages after it follow, uncompacted
+    got = read_all(t, True)
+    values = [int(v.split(b"-")[1]) for _, v in got]
+    assert len(got) < 20 and values == list(range(values[0], 20)), got
+    assert all(k == "only" for k, _ in got), got
 
 
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
