@@ -29,6 +29,9 @@ pub enum ClientError {
     Status { status: Status, message: String },
     #[error("bookie {0} sent an undecodable frame: {1}")]
     Protocol(SocketAddr, String),
+    /// The connection's queue is full: the caller should slow down, nothing failed.
+    #[error("bookie {0} has too many requests queued")]
+    Overloaded(SocketAddr),
 }
 
 impl ClientError {
@@ -78,6 +81,38 @@ fn checked(r: Result<Response, ClientError>) -> Result<Response, ClientError> {
             status,
             message: resp.message,
         }),
+    }
+}
+
+/// Adds that found a bookie connection's queue full (`Overloaded`), since the process began.
+pub static OVERLOADED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Room for one add on one connection, taken ahead (see [`BookieClient::reserve_add`]).
+#[derive(Debug)]
+pub struct AddSlot {
+    client: BookieClient,
+    /// None for a bookie in this process, which has no queue.
+    permit: Option<mpsc::OwnedPermit<(Request, Reply)>>,
+}
+
+impl AddSlot {
+    /// Sends the add in the room taken; `done` gets the outcome (see
+    /// [`BookieClient::add_then`]).
+    pub fn send(
+        self,
+        add: protocol::AddEntry,
+        done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
+    ) {
+        if let Some(permit) = self.permit {
+            let req = Request {
+                id: 0,
+                op: Some(Op::Add(add)),
+            };
+            let done = move |r: Result<Response, ClientError>| done(checked(r).map(|_| ()));
+            permit.send((req, Reply::Call(Box::new(done))));
+            return;
+        }
+        self.client.add_local(add, done);
     }
 }
 
@@ -170,61 +205,84 @@ impl BookieClient {
         checked(resp)
     }
 
+    /// Takes room for one add on this connection, so an entry can be given its id only once
+    /// its adds are sure to be queued. `Overloaded` when the queue is full: the caller slows
+    /// down instead of piling work up behind the connection.
+    pub fn reserve_add(&self) -> Result<AddSlot, ClientError> {
+        match &self.transport {
+            Transport::Tcp(tx) => match tx.clone().try_reserve_owned() {
+                Ok(permit) => Ok(AddSlot {
+                    client: self.clone(),
+                    permit: Some(permit),
+                }),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    OVERLOADED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Err(ClientError::Overloaded(self.addr))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(ClientError::Disconnected(self.addr))
+                }
+            },
+            #[cfg(feature = "server")]
+            Transport::Local(_) => Ok(AddSlot {
+                client: self.clone(),
+                permit: None,
+            }),
+        }
+    }
+
     /// Sends an add without waiting: `done` gets the outcome (on the connection's task, so it
-    /// must be quick). What `add` does, without a task, channel and timer per request.
+    /// must be quick). What `add` does, without a task, channel and timer per request. A full
+    /// queue answers `Overloaded` (see [`BookieClient::reserve_add`], which avoids it).
     pub fn add_then(
         &self,
         add: protocol::AddEntry,
         done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
     ) {
-        match &self.transport {
-            Transport::Tcp(tx) => {
-                let req = Request {
-                    id: 0,
-                    op: Some(Op::Add(add)),
-                };
-                let done = move |r: Result<Response, ClientError>| done(checked(r).map(|_| ()));
-                match tx.try_send((req, Reply::Call(Box::new(done)))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(item)) => {
-                        let tx = tx.clone();
-                        let addr = self.addr;
-                        tokio::spawn(async move {
-                            if let Err(mpsc::error::SendError((_, reply))) = tx.send(item).await {
-                                reply.send(Err(ClientError::Disconnected(addr)));
-                            }
-                        });
-                    }
-                    Err(mpsc::error::TrySendError::Closed((_, reply))) => {
-                        reply.send(Err(ClientError::Disconnected(self.addr)));
-                    }
-                }
-            }
-            #[cfg(feature = "server")]
-            Transport::Local(bookie) => {
-                // The outcome is handed to the runtime: the journal's sync thread only spawns,
-                // and what follows an add (completing it in order, replacing a bookie) runs
-                // on the broker's threads, not ahead of the next sync.
-                let runtime = tokio::runtime::Handle::current();
-                let reply = move |r: crate::server::AddOutcome| {
-                    let r = r.map_err(|(status, message)| ClientError::Status { status, message });
-                    runtime.spawn(async move { done(r) });
-                };
-                if let Some((add, reply)) = bookie.add_now(add, reply) {
-                    // It has to wait (a new writer key, a full write cache): in a task, with
-                    // the timeout a remote bookie's connection would give.
-                    let (bookie, addr, timeout) = (Arc::clone(bookie), self.addr, self.timeout);
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(timeout, bookie.add(add)).await {
-                            Ok(r) => reply(r),
-                            Err(_) => {
-                                reply(Err((Status::Internal, format!("bookie {addr}: timed out"))))
-                            }
-                        }
-                    });
-                }
-            }
+        match self.reserve_add() {
+            Ok(slot) => slot.send(add, done),
+            Err(e) => done(Err(e)),
         }
+    }
+
+    /// An add to the bookie in this process: handled by a call, its outcome handed to the
+    /// runtime (the journal's sync thread only spawns, and what follows an add, completing it
+    /// in order or replacing a bookie, runs on the broker's threads, not ahead of the next
+    /// sync).
+    #[cfg(feature = "server")]
+    fn add_local(
+        &self,
+        add: protocol::AddEntry,
+        done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
+    ) {
+        let Transport::Local(bookie) = &self.transport else {
+            return done(Err(ClientError::Disconnected(self.addr)));
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let reply = move |r: crate::server::AddOutcome| {
+            let r = r.map_err(|(status, message)| ClientError::Status { status, message });
+            runtime.spawn(async move { done(r) });
+        };
+        if let Some((add, reply)) = bookie.add_now(add, reply) {
+            // It has to wait (a new writer key, a full write cache): in a task, with the
+            // timeout a remote bookie's connection would give.
+            let (bookie, addr, timeout) = (Arc::clone(bookie), self.addr, self.timeout);
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, bookie.add(add)).await {
+                    Ok(r) => reply(r),
+                    Err(_) => reply(Err((Status::Internal, format!("bookie {addr}: timed out")))),
+                }
+            });
+        }
+    }
+
+    #[cfg(not(feature = "server"))]
+    fn add_local(
+        &self,
+        _: protocol::AddEntry,
+        done: impl FnOnce(Result<(), ClientError>) + Send + 'static,
+    ) {
+        done(Err(ClientError::Disconnected(self.addr)));
     }
 
     pub async fn add(

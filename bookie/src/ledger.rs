@@ -162,6 +162,9 @@ pub enum LedgerError {
     },
     #[error("bookie address {0:?} is not host:port")]
     BadAddress(String),
+    /// A bookie's queue is full: try again shortly (no entry id was spent).
+    #[error("ledger {ledger}: bookie {bookie} has too many adds queued")]
+    Overloaded { ledger: u64, bookie: String },
 }
 
 /// Connections to bookies, made on first use and replaced when lost.
@@ -761,7 +764,7 @@ impl LedgerWriter {
     ) -> Result<impl Future<Output = Result<u64, LedgerError>> + Send + 'static, LedgerError> {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
-        let (entry, set) = {
+        let (entry, sends) = {
             let mut st = inner.state.lock();
             if let Some(e) = &st.failed {
                 return Err(e.clone());
@@ -770,6 +773,23 @@ impl LedgerWriter {
                 return Err(LedgerError::Closed(inner.id));
             }
             let entry = st.next;
+            // room on every live connection of the write set first: a full queue means
+            // slow down, and no id is spent on an entry that could not be sent
+            let mut sends = Vec::with_capacity(st.meta.write_quorum);
+            for b in st.meta.write_set_iter(entry) {
+                let slot = match inner.client.pool.live(b).map(|c| c.reserve_add()) {
+                    Some(Ok(slot)) => Some(slot),
+                    Some(Err(ClientError::Overloaded(_))) => {
+                        return Err(LedgerError::Overloaded {
+                            ledger: inner.id,
+                            bookie: b.clone(),
+                        });
+                    }
+                    // not connected (or just lost): sent once connected, as a replacement is
+                    Some(Err(_)) | None => None,
+                };
+                sends.push((b.clone(), slot));
+            }
             st.next += 1;
             st.pending.insert(
                 entry,
@@ -779,10 +799,18 @@ impl LedgerWriter {
                 },
             );
             st.waiters.push_back((entry, tx));
-            (entry, st.meta.write_set(entry))
+            (entry, sends)
         };
-        for b in set {
-            self.send(entry, b, data.clone());
+        for (b, slot) in sends {
+            match slot {
+                Some(slot) => {
+                    let me = self.clone();
+                    slot.send(self.add_request(entry, data.clone()), move |r| {
+                        me.add_done(entry, b, r)
+                    });
+                }
+                None => self.send(entry, b, data.clone()),
+            }
         }
         let id = inner.id;
         Ok(async move { rx.await.unwrap_or(Err(LedgerError::Closed(id))) })
@@ -795,17 +823,21 @@ impl LedgerWriter {
         self.inner.client.reader(self.inner.id, meta)
     }
 
-    /// Sends the entry to one bookie; its answer comes back to `add_done`. With a live
-    /// connection this is a call, not a task: no task, channel or timer per entry.
-    fn send(&self, entry: u64, bookie: String, data: Bytes) {
-        let add = protocol::AddEntry {
+    fn add_request(&self, entry: u64, data: Bytes) -> protocol::AddEntry {
+        protocol::AddEntry {
             ledger_id: self.inner.id,
             entry_id: entry,
             writer_key: self.inner.key.clone(),
             lac: self.last_confirmed(),
             data,
             recovery: false,
-        };
+        }
+    }
+
+    /// Sends the entry to one bookie; its answer comes back to `add_done`. With a live
+    /// connection this is a call, not a task: no task, channel or timer per entry.
+    fn send(&self, entry: u64, bookie: String, data: Bytes) {
+        let add = self.add_request(entry, data);
         if let Some(c) = self.inner.client.pool.live(&bookie) {
             let me = self.clone();
             c.add_then(add, move |r| me.add_done(entry, bookie, r));
@@ -828,6 +860,24 @@ impl LedgerWriter {
             Ok(()) => self.acked(entry, &bookie),
             Err(e) if e.status() == Some(Status::Fenced) => {
                 self.fail(LedgerError::Fenced(self.inner.id))
+            }
+            // a resend (to a replacement, after a reconnect) found the queue full: the bookie
+            // is busy, not gone; send again shortly
+            Err(ClientError::Overloaded(_)) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let data = me
+                        .inner
+                        .state
+                        .lock()
+                        .pending
+                        .get(&entry)
+                        .map(|p| p.data.clone());
+                    if let Some(data) = data {
+                        me.send(entry, bookie, data);
+                    }
+                });
             }
             Err(e) => {
                 warn!(ledger_id = self.inner.id, entry, bookie = %bookie, error = %e, "add failed; replacing bookie");

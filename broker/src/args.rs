@@ -13,6 +13,7 @@ use clap::{Args, Command};
 use magnetar_broker::config::BrokerConfig;
 use magnetar_broker::service::BrokerService;
 use magnetar_broker::tls::TlsListener;
+use magnetar_broker::topic::producers::PublishLimits;
 use magnetar_broker::topic::subscription::DispatchConfig;
 use magnetar_managed_ledger::{MlConfig, Placement, Retention};
 use serde::Deserialize;
@@ -148,6 +149,19 @@ pub struct BrokerArgs {
     /// namespace, bounding what Prometheus has to store [default: 1000].
     #[arg(long, env = "MAGNETAR_METRICS_MAX_TOPICS")]
     pub metrics_max_topics: Option<usize>,
+    /// SENDs a topic may have in flight (appended, not yet durable) before its producers'
+    /// connections pause; they resume as receipts go out, nothing fails [default: 5000].
+    #[arg(long, env = "MAGNETAR_MAX_PENDING_PUBLISH_REQUESTS_PER_TOPIC")]
+    pub max_pending_publish_requests_per_topic: Option<usize>,
+    /// Bytes of SENDs a topic may have in flight before its producers' connections pause,
+    /// in MB [default: 64].
+    #[arg(long, env = "MAGNETAR_MAX_MESSAGE_PUBLISH_BUFFER_SIZE_PER_TOPIC_IN_MB")]
+    pub max_message_publish_buffer_size_per_topic_in_mb: Option<usize>,
+    /// Bytes queued for one client connection past which its consumers are sent nothing
+    /// more until it reads them, in MB (a consumer that stops reading cannot grow the
+    /// broker's memory) [default: 16].
+    #[arg(long, env = "MAGNETAR_MAX_OUTBOUND_BUFFER_SIZE_PER_CONNECTION_IN_MB")]
+    pub max_outbound_buffer_size_per_connection_in_mb: Option<usize>,
 }
 
 impl BrokerArgs {
@@ -201,7 +215,10 @@ impl BrokerArgs {
             broker_port_tls,
             web_port_tls,
             authentication_refresh_check_seconds,
-            metrics_max_topics
+            metrics_max_topics,
+            max_pending_publish_requests_per_topic,
+            max_message_publish_buffer_size_per_topic_in_mb,
+            max_outbound_buffer_size_per_connection_in_mb
         );
     }
 
@@ -319,6 +336,20 @@ impl BrokerArgs {
             anonymous_role: self.anonymous_user_role.clone(),
             authz: self.authorizer()?,
             metrics_max_topics: self.metrics_max_topics.unwrap_or(1000),
+            publish_limits: PublishLimits {
+                requests: self
+                    .max_pending_publish_requests_per_topic
+                    .unwrap_or(PublishLimits::default().requests)
+                    .max(1),
+                bytes: self
+                    .max_message_publish_buffer_size_per_topic_in_mb
+                    .map_or(PublishLimits::default().bytes, |mb| mb.max(1) << 20),
+            },
+            max_outbound_bytes_per_connection: self
+                .max_outbound_buffer_size_per_connection_in_mb
+                .unwrap_or(16)
+                .max(1)
+                << 20,
             auth_refresh_check: Duration::from_secs(
                 self.authentication_refresh_check_seconds
                     .unwrap_or(60)

@@ -9,6 +9,7 @@ use magnetar_managed_ledger::{MlConfig, Retention};
 use crate::authz::Authorizer;
 use crate::cluster::ownership::BrokerUrls;
 use crate::policies::PolicyDefaults;
+use crate::topic::producers::PublishLimits;
 use crate::topic::subscription::DispatchConfig;
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,11 @@ pub struct BrokerConfig {
     pub auth_refresh_check: Duration,
     /// Up to this many loaded topics, /metrics has series per topic; beyond, per namespace.
     pub metrics_max_topics: usize,
+    /// What a topic's producers may have in flight before their connections pause.
+    pub publish_limits: PublishLimits,
+    /// Bytes queued for one connection past which its consumers are sent nothing more until
+    /// it drains.
+    pub max_outbound_bytes_per_connection: usize,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +74,8 @@ impl Default for BrokerConfig {
             authz: Authorizer::default(),
             auth_refresh_check: Duration::from_secs(60),
             metrics_max_topics: 1000,
+            publish_limits: PublishLimits::default(),
+            max_outbound_bytes_per_connection: 16 << 20,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct BrokerStats {
     pub consumers: AtomicU64,
     /// Housekeeping passes completed (policies applied, ledgers trimmed).
     pub housekeeping_runs: AtomicU64,
+    /// Bytes queued for clients over all connections, not yet written.
+    pub outbound_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type TopicCell = Arc<OnceCell<Arc<Topic>>>;
@@ -224,9 +226,14 @@ impl BrokerService {
                 // read once: deduplication is fixed at open, the rates are set on the topic
                 let eff = self.topic_policies(t).await.map_err(MlError::from)?;
                 let ml = self.open_log(t, &eff).await?;
-                let topic =
-                    Topic::load(t.clone(), ml, self.meta.clone(), self.cfg.dispatch.clone())
-                        .await?;
+                let topic = Topic::load(
+                    t.clone(),
+                    ml,
+                    self.meta.clone(),
+                    self.cfg.dispatch.clone(),
+                    self.cfg.publish_limits,
+                )
+                .await?;
                 topic.apply_rates(&eff);
                 Ok::<_, MlError>(topic)
             })

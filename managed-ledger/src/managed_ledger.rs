@@ -180,6 +180,8 @@ pub struct MlStats {
     pub entries_added: AtomicU64,
     pub messages_added: AtomicU64,
     pub bytes_added: AtomicU64,
+    /// Appends the storage said it was too busy for (retried shortly, never failed).
+    pub overloaded: AtomicU64,
 }
 
 struct MlInner {
@@ -1285,7 +1287,7 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<Command>) {
                     continue;
                 };
                 let ledger = writer.id();
-                match writer.submit(req.data.clone()) {
+                match submit(&inner, writer.as_ref(), &req.data).await {
                     Ok(fut) => pending.push_back(InFlight { fut, req: Some(req), ledger }),
                     Err(e) => {
                         broken = true;
@@ -1293,6 +1295,27 @@ async fn appender(inner: Arc<MlInner>, mut rx: mpsc::Receiver<Command>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How long the appender waits before trying a storage that was too busy again.
+const OVERLOADED_BACKOFF: Duration = Duration::from_micros(500);
+
+/// Submits an append, waiting out a storage that is too busy (its queues full): that slows
+/// this log's appends (and, through the publish limits, its producers) and fails nothing.
+async fn submit(
+    inner: &MlInner,
+    writer: &dyn Ledger,
+    data: &Bytes,
+) -> Result<AppendFuture, StorageError> {
+    loop {
+        match writer.submit(data.clone()) {
+            Err(StorageError::Overloaded(_)) => {
+                inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(OVERLOADED_BACKOFF).await;
+            }
+            other => return other,
         }
     }
 }

@@ -1148,6 +1148,47 @@ async fn metrics(State(svc): Svc) -> Response {
         budget.misses()
     );
     let topics = svc.loaded_topics();
+    let (pending_requests, pending_bytes) = topics
+        .iter()
+        .map(|t| t.publish.in_flight())
+        .fold((0, 0), |(r, b), (tr, tb)| (r + tr, b + tb));
+    gauge(
+        &mut out,
+        "magnetar_publish_pending_requests",
+        "SENDs appended and not yet durable, over all topics (each topic's limit: --max-pending-publish-requests-per-topic).",
+        pending_requests as u64,
+    );
+    gauge(
+        &mut out,
+        "magnetar_publish_pending_bytes",
+        "Bytes of those SENDs (each topic's limit: --max-message-publish-buffer-size-per-topic-in-mb).",
+        pending_bytes as u64,
+    );
+    gauge(
+        &mut out,
+        "magnetar_outbound_bytes",
+        "Bytes queued for clients and not yet written, over all connections (each one's limit: --max-outbound-buffer-size-per-connection-in-mb).",
+        s.outbound_bytes.load(Ordering::Relaxed) as u64,
+    );
+    let overloaded: u64 = topics
+        .iter()
+        .map(|t| t.ml.stats().overloaded.load(Ordering::Relaxed))
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP magnetar_publish_paused_total Times a SEND found its topic's in-flight budget spent and its connection paused.\n\
+         # TYPE magnetar_publish_paused_total counter\n\
+         magnetar_publish_paused_total {}\n\
+         # HELP magnetar_dispatch_throttled_total Times a consumer's connection was backlogged and dispatch to it paused.\n\
+         # TYPE magnetar_dispatch_throttled_total counter\n\
+         magnetar_dispatch_throttled_total {}\n\
+         # HELP magnetar_storage_overloaded_total Appends the loaded topics' storage was too busy for (retried shortly; a bookie connection's queue was full).\n\
+         # TYPE magnetar_storage_overloaded_total counter\n\
+         magnetar_storage_overloaded_total {}",
+        crate::topic::producers::PUBLISH_PAUSED.load(Ordering::Relaxed),
+        crate::topic::subscription::THROTTLED.load(Ordering::Relaxed),
+        overloaded,
+    );
     gauge(
         &mut out,
         "pulsar_broker_topics_count",

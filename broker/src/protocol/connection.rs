@@ -86,7 +86,10 @@ impl Connection {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = ConnTx::new();
+        let (tx, rx) = ConnTx::new(
+            svc.cfg.max_outbound_bytes_per_connection,
+            Arc::clone(&svc.stats.outbound_bytes),
+        );
         let writer = tokio::spawn(write_loop(wr, rx));
         svc.stats.connections.fetch_add(1, Ordering::Relaxed);
         svc.stats.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -729,6 +732,9 @@ impl Connection {
             SendCheck::New(seq) => Some((Arc::clone(&ps.seq_name), seq)),
             SendCheck::Unchecked => None,
         };
+        // room in the topic's in-flight budget; without it this connection waits (stops
+        // reading), and its producers slow down
+        let permit = ps.topic.publish.admit(bytes).await;
         let wait = match ps.topic.ml.append_start(raw, messages, record).await {
             Ok(w) => w,
             Err(e) => {
@@ -744,6 +750,7 @@ impl Connection {
             messages,
             bytes,
             wait,
+            _permit: permit,
         }));
         // over the topic's publish rate: stop reading this connection for the debt (as
         // Pulsar pauses the channel), so its producers slow down instead of failing; one

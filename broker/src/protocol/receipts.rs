@@ -13,6 +13,7 @@ use crate::error::BrokerError;
 use crate::protocol::outbound::ConnTx;
 use crate::stats::Meter;
 use crate::topic::Topic;
+use crate::topic::producers::PublishPermit;
 
 pub(crate) struct ReceiptJob {
     pub(crate) sequence_id: u64,
@@ -20,6 +21,8 @@ pub(crate) struct ReceiptJob {
     pub(crate) messages: u32,
     pub(crate) bytes: usize,
     pub(crate) wait: AppendWait,
+    /// Its room in the topic's publish budget, given back once the receipt is out.
+    pub(crate) _permit: PublishPermit,
 }
 
 pub(crate) enum ProducerJob {

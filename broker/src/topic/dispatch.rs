@@ -47,9 +47,16 @@ struct Slot {
     last_progress_ms: u64,
     /// Found hung (Key_Shared): passed over for slots until it acknowledges something.
     hung: bool,
+    /// Its connection has more queued than the client reads: sent nothing until it drains.
+    blocked: bool,
 }
 
 impl Slot {
+    /// Permits it can be sent against now.
+    fn usable(&self) -> i64 {
+        if self.blocked { 0 } else { self.permits }
+    }
+
     /// Has acked nothing for `lease` while holding unacknowledged messages or asking for
     /// none. Once found so it is marked hung ([`Dispatch::latch_hung`]) until it acknowledges
     /// (taking its messages back does not cure it: the client still holds them).
@@ -233,6 +240,7 @@ impl Dispatch {
             unacked: 0,
             last_progress_ms: now,
             hung: false,
+            blocked: false,
         });
         Ok(self.elect(now))
     }
@@ -296,6 +304,18 @@ impl Dispatch {
     pub fn flow(&mut self, key: u64, permits: u32) {
         if let Some(c) = self.slot_mut(key) {
             c.permits += permits as i64;
+        }
+    }
+
+    /// Whether a consumer's connection is backlogged (it is then sent nothing). Returns
+    /// whether that changed to blocked.
+    pub fn set_blocked(&mut self, key: u64, blocked: bool) -> bool {
+        match self.slot_mut(key) {
+            Some(c) if c.blocked != blocked => {
+                c.blocked = blocked;
+                blocked
+            }
+            _ => false,
         }
     }
 
@@ -457,7 +477,7 @@ impl Dispatch {
             return None;
         }
         let c = self.slot(target)?;
-        let left = c.permits - spent.get(&target).copied().unwrap_or(0);
+        let left = c.usable() - spent.get(&target).copied().unwrap_or(0);
         (left > 0).then_some(target)
     }
 
@@ -530,8 +550,8 @@ impl Dispatch {
             SubType::Exclusive | SubType::Failover => self
                 .active
                 .and_then(|a| self.slot(a))
-                .map_or(0, |c| c.permits),
-            _ => self.consumers.iter().map(|c| c.permits.max(0)).sum(),
+                .map_or(0, Slot::usable),
+            _ => self.consumers.iter().map(|c| c.usable().max(0)).sum(),
         };
         if key_shared && self.order.held_total() > 0 {
             self.revoke_expired_locks(now);
@@ -618,13 +638,13 @@ impl Dispatch {
         match self.sub_type {
             SubType::Exclusive | SubType::Failover => {
                 let a = self.active?;
-                self.slot(a).filter(|c| c.permits > 0).map(|c| c.key)
+                self.slot(a).filter(|c| c.usable() > 0).map(|c| c.key)
             }
             _ => {
                 let n = self.consumers.len();
                 for i in 0..n {
                     let idx = (self.rr + i) % n;
-                    if self.consumers[idx].permits > 0 {
+                    if self.consumers[idx].usable() > 0 {
                         self.rr = (idx + 1) % n;
                         return Some(self.consumers[idx].key);
                     }

@@ -16,6 +16,12 @@ pub trait ClientLink: Send + Sync + fmt::Debug {
 
     /// Whether the connection is gone (nothing sent now will be read).
     fn is_closed(&self) -> bool;
+
+    /// Whether more is queued for the client than it is reading: dispatch sends it nothing
+    /// more until this clears.
+    fn backlogged(&self) -> bool {
+        false
+    }
 }
 
 /// A connection as topics hold it.

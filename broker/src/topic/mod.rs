@@ -35,7 +35,9 @@ use crate::policies::{Effective, QuotaPolicy};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::stats::Meter;
 use crate::topic::compaction::CompactionState;
-use crate::topic::producers::{Dedup, Grant, ProducerInfo, Producers, Promoted, SendCheck};
+use crate::topic::producers::{
+    Dedup, Grant, ProducerInfo, Producers, Promoted, PublishGate, PublishLimits, SendCheck,
+};
 use crate::topic::subscription::{CompactedHandle, DispatchConfig, Subscription};
 
 pub struct Topic {
@@ -54,6 +56,8 @@ pub struct Topic {
     dispatch: DispatchConfig,
     /// Deduplication: the highest sequence id accepted (queued or persisted) per producer.
     dedup: Mutex<Dedup>,
+    /// What its producers may have in flight.
+    pub publish: PublishGate,
     /// Backlog quota state: QUOTA_OK, or the refusal producers get.
     quota: AtomicU8,
     /// The compacted view (shared with the subscriptions) and how compaction stands.
@@ -100,6 +104,7 @@ impl Topic {
         ml: ManagedLedger,
         meta: MetaStore,
         dispatch: DispatchConfig,
+        publish: PublishLimits,
     ) -> Result<Arc<Topic>, MlError> {
         let partition = name.partition().map_or(-1, |p| p as i32);
         let mut dedup = Dedup::default();
@@ -116,6 +121,7 @@ impl Topic {
             partition,
             dispatch,
             dedup: Mutex::new(dedup),
+            publish: PublishGate::new(publish),
             quota: AtomicU8::new(QUOTA_OK),
             compacted: CompactedHandle::default(),
             compaction: Mutex::default(),

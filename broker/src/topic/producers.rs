@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use magnetar_protocol::proto::ProducerAccessMode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::BrokerError;
 use crate::stats::Meter;
@@ -183,6 +184,103 @@ impl Producers {
     }
 }
 
+/// How much a topic's producers may have in flight (appended, not yet durable): Pulsar's
+/// `maxPendingPublishRequestsPerConnection` and `maxMessagePublishBufferSizeInMB` idea, per
+/// topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishLimits {
+    pub requests: usize,
+    pub bytes: usize,
+}
+
+impl Default for PublishLimits {
+    fn default() -> Self {
+        PublishLimits {
+            requests: 5_000,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// Times a SEND found its topic's publish budget spent and its connection paused, since the
+/// process began (`magnetar_publish_paused_total`).
+pub static PUBLISH_PAUSED: AtomicU64 = AtomicU64::new(0);
+
+/// A topic's in-flight publish budget: a SEND takes room for one request and its bytes
+/// before it is appended and gives it back with its receipt. Without room its connection
+/// waits (stops reading), so producers slow down and nothing fails.
+#[derive(Debug)]
+pub struct PublishGate {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    limits: PublishLimits,
+}
+
+/// Room taken in a [`PublishGate`], given back when dropped.
+#[derive(Debug)]
+pub struct PublishPermit {
+    _requests: Option<OwnedSemaphorePermit>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl PublishGate {
+    pub fn new(limits: PublishLimits) -> PublishGate {
+        let limits = PublishLimits {
+            requests: limits.requests.clamp(1, Semaphore::MAX_PERMITS),
+            bytes: limits.bytes.clamp(1, u32::MAX as usize),
+        };
+        PublishGate {
+            requests: Arc::new(Semaphore::new(limits.requests)),
+            bytes: Arc::new(Semaphore::new(limits.bytes)),
+            limits,
+        }
+    }
+
+    /// What a SEND of `bytes` takes of the byte budget (a message larger than all of it
+    /// takes all of it, and so waits until nothing else is in flight).
+    fn cost(&self, bytes: usize) -> u32 {
+        bytes.clamp(1, self.limits.bytes) as u32
+    }
+
+    /// Room for a SEND of `bytes`, now if there is some.
+    pub fn try_admit(&self, bytes: usize) -> Option<PublishPermit> {
+        let r = Arc::clone(&self.requests).try_acquire_owned().ok()?;
+        let b = Arc::clone(&self.bytes)
+            .try_acquire_many_owned(self.cost(bytes))
+            .ok()?;
+        Some(PublishPermit {
+            _requests: Some(r),
+            _bytes: Some(b),
+        })
+    }
+
+    /// Room for a SEND of `bytes`, waiting for it (counted as a pause) if there is none now.
+    pub async fn admit(&self, bytes: usize) -> PublishPermit {
+        if let Some(p) = self.try_admit(bytes) {
+            return p;
+        }
+        PUBLISH_PAUSED.fetch_add(1, Ordering::Relaxed);
+        // the semaphores are never closed, so these only wait
+        let r = Arc::clone(&self.requests).acquire_owned().await.ok();
+        let b = Arc::clone(&self.bytes)
+            .acquire_many_owned(self.cost(bytes))
+            .await
+            .ok();
+        PublishPermit {
+            _requests: r,
+            _bytes: b,
+        }
+    }
+
+    /// (requests, bytes) in flight now.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (
+            self.limits.requests - self.requests.available_permits(),
+            self.limits.bytes - self.bytes.available_permits(),
+        )
+    }
+}
+
 /// What deduplication says of a SEND.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendCheck {
@@ -309,6 +407,34 @@ mod tests {
             ps.admit(producer("old", M::Exclusive), 6, Some(1)),
             Err(BrokerError::ProducerFenced(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_publish_gate_pauses_past_its_limits_and_reopens() {
+        let g = PublishGate::new(PublishLimits {
+            requests: 2,
+            bytes: 100,
+        });
+        let a = g.try_admit(60).unwrap();
+        assert!(g.try_admit(60).is_none(), "bytes spent");
+        let b = g.try_admit(10).unwrap();
+        assert_eq!(g.in_flight(), (2, 70));
+        assert!(g.try_admit(1).is_none(), "requests spent");
+        let paused = PUBLISH_PAUSED.load(Ordering::Relaxed);
+        let waiting = tokio::spawn({
+            let g = Arc::new(g);
+            let g2 = Arc::clone(&g);
+            async move { (g2.admit(500).await, g) }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        drop(b);
+        let (big, g) = waiting.await.unwrap();
+        // a message larger than the whole budget takes all of it
+        assert_eq!(g.in_flight(), (1, 100));
+        assert!(PUBLISH_PAUSED.load(Ordering::Relaxed) > paused);
+        drop(big);
+        assert_eq!(g.in_flight(), (0, 0));
     }
 
     #[test]

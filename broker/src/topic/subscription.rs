@@ -39,6 +39,13 @@ const ACTIVE_CONSUMER_CHANGE_VERSION: i32 = 12;
 
 static NEXT_CONSUMER_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Times a consumer's connection was found backlogged and its dispatch paused, since the
+/// process began (`magnetar_dispatch_throttled_total`).
+pub static THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How soon a dispatcher waiting only on backlogged connections looks again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(10);
+
 /// Most messages one entry can hold (each batch record takes at least a few bytes of a 5 MiB
 /// entry); larger claimed batch sizes are refused rather than allocated for.
 const MAX_BATCH: usize = 1 << 20;
@@ -725,18 +732,38 @@ async fn dispatcher(sub: Arc<Subscription>) {
         }
         let _ = last_rx.borrow_and_update();
         sub.tend_delayed(&mut last_flush).await;
-        let plan = {
+        let (plan, blocked) = {
             let now = sub.now();
             let md = sub.cursor.mark_delete();
             let cursor = &sub.cursor;
-            sub.state
-                .lock()
-                .dispatch
-                .plan(now, md, &|p| cursor.is_acked(p))
+            let mut st = sub.state.lock();
+            let Shared {
+                dispatch,
+                consumers,
+            } = &mut *st;
+            // consumers whose connections are backlogged are sent nothing this pass
+            let mut blocked = false;
+            for (k, c) in consumers.iter() {
+                let b = c.conn.backlogged();
+                blocked |= b;
+                if dispatch.set_blocked(*k, b) {
+                    THROTTLED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (dispatch.plan(now, md, &|p| cursor.is_acked(p)), blocked)
         };
         let key_shared = sub.sub_type() == SubType::KeyShared;
         if plan.budget <= 0 {
-            sub.idle(plan.idle_limit).await;
+            // a backlogged connection drains on its own: look again soon
+            let limit = if blocked {
+                Some(
+                    plan.idle_limit
+                        .map_or(BACKLOG_RECHECK, |l| l.min(BACKLOG_RECHECK)),
+                )
+            } else {
+                plan.idle_limit
+            };
+            sub.idle(limit).await;
             continue;
         }
         let mut entries = Vec::new();

@@ -2,6 +2,7 @@
 //! RocksDB, no bookie, no broker.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -433,4 +434,20 @@ async fn offloaded_ledgers_are_read_from_the_tier() {
         .await
         .unwrap();
     assert!(copies.ledger_ids().is_empty());
+}
+
+#[tokio::test]
+async fn a_busy_storage_slows_appends_and_fails_none() {
+    let faulty = FaultyStorage::new(Arc::new(MemoryStorage::new()));
+    let faults = Arc::clone(faulty.faults());
+    let storage: Arc<dyn LedgerStorage> = Arc::new(faulty);
+    let ml = open(&storage, &meta(), MlConfig::default()).await;
+    ml.append(entry(0), 1).await.unwrap();
+    faults.overload_nth(1);
+    faults.overload_nth(2);
+    let p = ml.append(entry(1), 1).await.unwrap();
+    assert_eq!(p.entry, 1, "same ledger: nothing was rolled or recovered");
+    assert_eq!(ml.stats().overloaded.load(Ordering::Relaxed), 2);
+    assert_eq!(faults.calls(Call::Recover), 0);
+    assert_eq!(read_all(&ml).await, vec![entry(0), entry(1)]);
 }

@@ -17,6 +17,7 @@ impl From<LedgerError> for StorageError {
             LedgerError::Closed(id) => StorageError::Closed(id),
             // bookies may come back, or be added to the group
             e @ LedgerError::NotEnoughBookies { .. } => StorageError::Unavailable(e.to_string()),
+            e @ LedgerError::Overloaded { .. } => StorageError::Overloaded(e.to_string()),
             e => StorageError::Failed(e.to_string()),
         }
     }

@@ -32,6 +32,8 @@ pub enum Call {
 enum Kind {
     Fail,
     Delay(Duration),
+    /// Answer `Overloaded` (appends: before numbering the entry, as a busy bookie does).
+    Overload,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,12 @@ impl Faults {
     /// The `n`th call of `call` from now on waits `by` first.
     pub fn delay_nth(&self, call: Call, n: u64, by: Duration) {
         self.add(call, n, Kind::Delay(by));
+    }
+
+    /// The `n`th append from now on answers `Overloaded`: nothing failed, the caller should
+    /// slow down and try again.
+    pub fn overload_nth(&self, n: u64) {
+        self.add(Call::Append, n, Kind::Overload);
     }
 
     /// Appends fail once `n` more bytes have been appended.
@@ -123,6 +131,9 @@ fn guarded<'a, T: Send + 'a>(
     match faults.check(call, 0) {
         None => fut,
         Some(Kind::Fail) => Box::pin(ready(Err(injected(call)))),
+        Some(Kind::Overload) => Box::pin(ready(Err(StorageError::Overloaded(format!(
+            "injected overload: {call:?}"
+        ))))),
         Some(Kind::Delay(d)) => Box::pin(async move {
             tokio::time::sleep(d).await;
             fut.await
@@ -228,6 +239,7 @@ impl Ledger for FaultyLedger {
                 self.poisoned.store(true, Ordering::Release);
                 Ok(Box::pin(ready(Err(injected(Call::Append)))))
             }
+            Some(Kind::Overload) => Err(StorageError::Overloaded("injected overload".into())),
             Some(Kind::Delay(d)) => {
                 // numbered now, like any other append; only its completion waits
                 let fut = self.inner.submit(data)?;

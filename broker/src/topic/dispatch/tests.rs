@@ -296,6 +296,26 @@ fn a_seek_forgets_deliveries_and_throws_away_reads_that_raced_it() {
 }
 
 #[test]
+fn a_backlogged_connection_is_sent_nothing_until_it_drains() {
+    let mut m = machine(SubType::Shared);
+    for k in 1..=2 {
+        m.add_consumer(spec(k, &format!("c{k}"), 0), SubType::Shared, None, 0)
+            .unwrap();
+        m.flow(k, 10);
+    }
+    assert!(m.set_blocked(1, true));
+    assert!(!m.set_blocked(1, true), "already blocked");
+    let plan = m.plan(0, Position::new(1, -1), &none);
+    assert_eq!(plan.budget, 10);
+    let (d, _) = m.hand_out(&plain(3), plan.epoch, 0, &none).unwrap();
+    assert!(d.iter().all(|d| d.consumer == 2));
+    m.set_blocked(2, true);
+    assert_eq!(m.plan(0, Position::new(1, -1), &none).budget, 0);
+    m.set_blocked(1, false);
+    assert_eq!(m.plan(0, Position::new(1, -1), &none).budget, 10);
+}
+
+#[test]
 fn a_cumulative_ack_releases_everything_before() {
     let mut m = machine(SubType::Shared);
     m.add_consumer(spec(1, "a", 0), SubType::Shared, None, 0)
