@@ -130,6 +130,64 @@ impl JournalIo for DiskIo {
     }
 }
 
+/// The disk, with faults on demand (tests): syncs that fail, as a device that went away, and
+/// a write torn part way, as a crash between a write and its fsync leaves the file. Passes
+/// through to the disk until told otherwise.
+#[derive(Debug)]
+pub struct FaultyIo {
+    fail_sync: std::sync::atomic::AtomicBool,
+    /// Bytes the next write keeps before "crashing" (-1: no tear planned).
+    tear_next_write: std::sync::atomic::AtomicI64,
+}
+
+impl Default for FaultyIo {
+    fn default() -> Self {
+        FaultyIo {
+            fail_sync: std::sync::atomic::AtomicBool::new(false),
+            tear_next_write: std::sync::atomic::AtomicI64::new(-1),
+        }
+    }
+}
+
+impl FaultyIo {
+    /// Every sync fails from now on (or succeeds again).
+    pub fn fail_syncs(&self, fail: bool) {
+        self.fail_sync
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next write puts only its first `keep` bytes on the disk and fails: the journal
+    /// stops, and what a restart finds is a torn record.
+    pub fn tear_next_write(&self, keep: usize) {
+        self.tear_next_write
+            .store(keep as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl JournalIo for FaultyIo {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let keep = self
+            .tear_next_write
+            .swap(-1, std::sync::atomic::Ordering::SeqCst);
+        if keep >= 0 {
+            let keep = (keep as usize).min(buf.len());
+            file.write_all_at(&buf[..keep], offset)?;
+            file.sync_data()?;
+            return Err(std::io::Error::other(
+                "injected: crashed part way through a write",
+            ));
+        }
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: device gone"));
+        }
+        file.sync_data()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     pub dir: PathBuf,

@@ -16,7 +16,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use magnetar_bookie::BookieError;
 use magnetar_bookie::journal::{
-    FILE_HEADER, Journal, JournalConfig, JournalFiles, JournalPos, Record, RecordLoc,
+    FILE_HEADER, FaultyIo, Journal, JournalConfig, JournalFiles, JournalPos, Record, RecordLoc,
 };
 use parking_lot::Mutex;
 
@@ -344,29 +344,10 @@ async fn oversized_record_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// Passes through to the disk until told to fail every sync, like a disk that went away.
-#[derive(Debug, Default)]
-struct FailingDisk {
-    fail_sync: std::sync::atomic::AtomicBool,
-}
-
-impl magnetar_bookie::journal::JournalIo for FailingDisk {
-    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        file.write_all_at(buf, offset)
-    }
-
-    fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
-        if self.fail_sync.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected: device gone"));
-        }
-        file.sync_data()
-    }
-}
-
 #[tokio::test]
 async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let disk = Arc::new(FailingDisk::default());
+    let disk = Arc::new(FaultyIo::default());
     let mut cfg = JournalConfig::new(dir.path());
     cfg.io = disk.clone();
     let o = open(&cfg)?;
@@ -375,7 +356,7 @@ async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Res
     }
     assert!(o.journal.failure().is_none());
 
-    disk.fail_sync.store(true, Ordering::SeqCst);
+    disk.fail_syncs(true);
     match o.journal.append(rec(9, 5, 200)).await {
         Err(BookieError::JournalFailed(why)) => assert!(why.contains("injected"), "{why}"),
         other => panic!("a failed sync must fail the append, got {other:?}"),
@@ -387,7 +368,7 @@ async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Res
     );
     // Even once the disk answers again, the journal stays stopped: what reached the platter
     // after a failed fsync cannot be known.
-    disk.fail_sync.store(false, Ordering::SeqCst);
+    disk.fail_syncs(false);
     assert!(matches!(
         o.journal.append(rec(9, 6, 200)).await,
         Err(BookieError::JournalFailed(_))
@@ -405,5 +386,33 @@ async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Res
     let entries: Vec<u64> = o.replayed.iter().map(|r| r.entry).collect();
     assert!(entries.starts_with(&[0, 1, 2, 3, 4]), "{entries:?}");
     assert!(entries.len() <= 6, "{entries:?}");
+    Ok(())
+}
+
+/// A crash between a write and its fsync: the record reached the disk only in part. The
+/// append fails (it was never acknowledged), and a restart finds the torn tail by its CRC,
+/// serves everything before it and nothing of it, and appends after it.
+#[tokio::test]
+async fn a_write_torn_before_its_sync_is_found_and_cut_on_replay() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk = Arc::new(FaultyIo::default());
+    let mut cfg = JournalConfig::new(dir.path());
+    cfg.io = disk.clone();
+    let o = open(&cfg)?;
+    for e in 0..5 {
+        o.journal.append(rec(3, e, 300)).await?;
+    }
+    disk.tear_next_write(100);
+    assert!(matches!(
+        o.journal.append(rec(3, 5, 300)).await,
+        Err(BookieError::JournalFailed(_))
+    ));
+    drop(o);
+
+    let o = open(&JournalConfig::new(dir.path()))?;
+    let entries: Vec<u64> = o.replayed.iter().map(|r| r.entry).collect();
+    assert_eq!(entries, [0, 1, 2, 3, 4], "the torn record is not served");
+    let loc = o.journal.append(rec(3, 6, 300)).await?;
+    assert_eq!(o.files.read(loc)?, rec(3, 6, 300));
     Ok(())
 }

@@ -81,6 +81,14 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The same clock for every decision the broker makes by time: the logs' rollover and
+    /// retention, dispatch (delivery times, Key_Shared leases), TTL and backlog ages.
+    pub fn with_clock(mut self, clock: magnetar_managed_ledger::clock::SharedClock) -> Self {
+        self.ml.clock = std::sync::Arc::clone(&clock);
+        self.dispatch.clock = clock;
+        self
+    }
+
     /// The role behind a token (or behind none), when authentication is on.
     pub fn authenticate(
         &self,

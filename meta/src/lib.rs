@@ -2,7 +2,8 @@
 //! ephemeral records and atomic multi-key transactions, over three real backends (memory for
 //! unit tests, embedded RocksDB for the standalone, etcd for clusters), plus what every
 //! component builds on top: typed JSON records with a CAS retry loop, a cluster-wide id
-//! generator and a watch-fed read-through cache.
+//! generator and a watch-fed read-through cache; and `FaultyStore`, any store with faults
+//! on demand, for the tests of everything above.
 //!
 //! It owns no Magnetar record layouts (brokers and bookies define their own keys) and must
 //! never depend on another Magnetar crate: `bookie`, `tiering` and `broker` depend on it.
@@ -10,6 +11,7 @@
 mod cache;
 mod error;
 mod etcd;
+mod faulty;
 mod idgen;
 pub mod key;
 mod local;
@@ -24,6 +26,7 @@ mod version;
 pub use cache::RecordCache;
 pub use error::{MetaError, Result};
 pub use etcd::{EtcdConfig, EtcdStore};
+pub use faulty::{FaultyStore, MetaFaults};
 pub use idgen::IdGenerator;
 pub use memory::MemoryStore;
 pub use ops::{MAX_SESSION_TTL, MIN_SESSION_TTL};

@@ -1,5 +1,6 @@
-//! One behaviour suite, run against every backend: memory, RocksDB, and a real etcd started
-//! from Debian's `etcd-server` on a free loopback port.
+//! One behaviour suite, run against every backend: memory, RocksDB, a real etcd started from
+//! Debian's `etcd-server` on a free loopback port, and the fault-injecting wrapper (around
+//! memory, no fault set: it must be the store it wraps). Then the faults themselves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -44,6 +45,15 @@ mod fixtures {
         }
     }
 
+    pub async fn faulty() -> Fixture {
+        let inner = magnetar_meta::connect("memory://").await.unwrap();
+        Fixture {
+            store: std::sync::Arc::new(magnetar_meta::FaultyStore::new(inner)),
+            _dir: None,
+            _etcd: None,
+        }
+    }
+
     pub async fn etcd() -> Fixture {
         let etcd = EtcdServer::start().await.unwrap();
         Fixture {
@@ -73,6 +83,7 @@ macro_rules! every_backend {
         backend!(memory: $($case),*);
         backend!(rocksdb: $($case),*);
         backend!(etcd: $($case),*);
+        backend!(faulty: $($case),*);
     };
 }
 
@@ -606,5 +617,92 @@ mod cases {
             3
         );
         Ok(())
+    }
+}
+
+/// The faults the wrapper injects, as the components above will meet them.
+mod faults {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use magnetar_meta::{Expected, FaultyStore, MetaError, MetaStore, MetadataStoreExt};
+
+    async fn faulty() -> (MetaStore, Arc<magnetar_meta::MetaFaults>) {
+        let inner = magnetar_meta::connect("memory://").await.unwrap();
+        let s = FaultyStore::new(inner);
+        let f = Arc::clone(s.faults());
+        (Arc::new(s), f)
+    }
+
+    #[tokio::test]
+    async fn failed_compare_and_sets_write_nothing_and_plain_writes_pass() {
+        let (s, f) = faulty().await;
+        f.fail_next_cas(2);
+        for _ in 0..2 {
+            let r = s
+                .put("/a", Bytes::from_static(b"1"), Expected::Absent)
+                .await;
+            assert!(matches!(&r, Err(e) if e.is_retriable()), "{r:?}");
+        }
+        assert!(s.get("/a").await.unwrap().is_none(), "nothing written");
+        s.put("/a", Bytes::from_static(b"1"), Expected::Absent)
+            .await
+            .unwrap();
+        // an unconditional write is no compare-and-set
+        f.fail_next_cas(1);
+        s.put("/b", Bytes::from_static(b"1"), Expected::Any)
+            .await
+            .unwrap();
+        assert_eq!(f.injected(), 2);
+        f.heal();
+        s.put("/c", Bytes::from_static(b"1"), Expected::Absent)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn lost_races_are_retried_by_the_cas_loop() {
+        let (s, f) = faulty().await;
+        f.conflict_next_cas_under("/counters/", 5);
+        // aimed below a prefix: other keys are untouched
+        s.put("/other", Bytes::from_static(b"1"), Expected::Absent)
+            .await
+            .unwrap();
+        let v = s
+            .update_json::<u64, _, MetaError>("/counters/x", |n| Ok(n.unwrap_or(0) + 1))
+            .await
+            .unwrap();
+        assert_eq!(v.value, 1, "applied once, after five lost races");
+        assert_eq!(f.injected(), 5);
+    }
+
+    #[tokio::test]
+    async fn calls_can_be_delayed() {
+        let (s, f) = faulty().await;
+        f.delay(Duration::from_millis(50));
+        let t = Instant::now();
+        s.get("/x").await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        f.delay(Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_watch_ends_with_an_error() {
+        let (s, f) = faulty().await;
+        let mut w = s.watch("/w").await.unwrap();
+        s.put("/w/1", Bytes::from_static(b"1"), Expected::Any)
+            .await
+            .unwrap();
+        assert!(w.next().await.unwrap().is_ok());
+        f.drop_watches();
+        assert!(w.next().await.unwrap().is_err());
+        assert!(w.next().await.is_none(), "and then it is over");
+        // a new watch works
+        let mut w = s.watch("/w").await.unwrap();
+        s.put("/w/2", Bytes::from_static(b"1"), Expected::Any)
+            .await
+            .unwrap();
+        assert!(w.next().await.unwrap().is_ok());
     }
 }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnetar_managed_ledger::clock::now_ms;
 use magnetar_managed_ledger::cursor::Cursor;
 use magnetar_managed_ledger::position::Position;
 use magnetar_managed_ledger::{ManagedLedger, MlError};
@@ -80,8 +79,8 @@ const QUOTA_HOLD: u8 = 1;
 const QUOTA_EXCEPTION: u8 = 2;
 
 /// The publish time before which messages are older than `age`.
-fn cutoff_of(age: Duration) -> u64 {
-    now_ms().saturating_sub(age.as_millis() as u64)
+fn cutoff_of(now: u64, age: Duration) -> u64 {
+    now.saturating_sub(age.as_millis() as u64)
 }
 
 impl std::fmt::Debug for Topic {
@@ -264,6 +263,11 @@ impl Topic {
                     true,
                 ));
         }
+    }
+
+    /// The time TTL and backlog-age decisions go by (the broker's clock).
+    fn now(&self) -> u64 {
+        self.dispatch.clock.now_ms()
     }
 
     /// Whether the topic's log is durable (`persistent://`), not kept in memory only.
@@ -449,8 +453,9 @@ impl Topic {
     /// Moves every durable subscription past messages published longer than `age` ago.
     /// Returns how many subscriptions moved.
     pub async fn expire_older_than(&self, age: Duration) -> Result<usize, MlError> {
+        let cutoff = cutoff_of(self.now(), age);
         self.evict_through(|ml, slowest| async move {
-            ml.start_before_time(cutoff_of(age), slowest.ledger).await
+            ml.start_before_time(cutoff, slowest.ledger).await
         })
         .await
     }
@@ -512,7 +517,7 @@ impl Topic {
                 let d = self.ml.read(oldest).await?;
                 let published =
                     magnetar_protocol::entry::peek_metadata(&d).map_or(0, |m| m.publish_time);
-                if now_ms().saturating_sub(published) > age.as_millis() as u64 {
+                if self.now().saturating_sub(published) > age.as_millis() as u64 {
                     state = state.max(refuse(policy));
                 }
             }
@@ -630,7 +635,10 @@ impl Topic {
         age: Duration,
     ) -> Result<bool, MlError> {
         let md = s.cursor.mark_delete();
-        let target = self.ml.start_before_time(cutoff_of(age), md.ledger).await?;
+        let target = self
+            .ml
+            .start_before_time(cutoff_of(self.now(), age), md.ledger)
+            .await?;
         if target > md {
             s.ack_cumulative(target);
             Ok(true)
@@ -713,5 +721,88 @@ impl Topic {
         if let Err(e) = self.ml.close().await {
             warn!(topic = %self.full, error = %e, "closing the log failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use magnetar_managed_ledger::clock::ManualClock;
+    use magnetar_managed_ledger::storage::MemoryStorage;
+    use magnetar_managed_ledger::{LedgerStorage, MlConfig};
+    use magnetar_meta::MemoryStore;
+    use magnetar_protocol::MessageMetadata;
+
+    use super::*;
+    use crate::topic::entries::PulsarEntries;
+
+    /// TTL goes by the clock the broker is given, so a test moves time instead of waiting.
+    #[tokio::test]
+    async fn ttl_goes_by_the_brokers_clock() {
+        let start = 1_700_000_000_000;
+        let clock = ManualClock::new(start);
+        let storage: Arc<dyn LedgerStorage> = Arc::new(MemoryStorage::new());
+        let meta: MetaStore = Arc::new(MemoryStore::new().unwrap());
+        let name = TopicName::parse("persistent://t/ns/ttl").unwrap();
+        let ml = ManagedLedger::open(
+            &name.to_string(),
+            &name.path(),
+            storage,
+            meta.clone(),
+            MlConfig {
+                format: Arc::new(PulsarEntries),
+                clock: clock.clone(),
+                ..MlConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dispatch = DispatchConfig {
+            clock: clock.clone(),
+            ..DispatchConfig::default()
+        };
+        let topic = Topic::load(name, ml, meta, dispatch, PublishLimits::default())
+            .await
+            .unwrap();
+        let opts = SubscribeOpts {
+            durable: true,
+            initial_earliest: true,
+            start: None,
+        };
+        let sub = topic
+            .subscription("s", SubType::Shared, &opts)
+            .await
+            .unwrap();
+        // one message a minute, for five minutes
+        let mut positions = Vec::new();
+        for i in 0..5u64 {
+            let m = MessageMetadata {
+                producer_name: "p".into(),
+                sequence_id: i,
+                publish_time: start + i * 60_000,
+                ..Default::default()
+            };
+            let entry = magnetar_protocol::entry::encode_entry(&m, b"x");
+            positions.push(topic.ml.append(entry, 1).await.unwrap());
+        }
+        // a TTL of 150 s expires nothing while the clock says minute 0; at minute 4 it
+        // expires the messages of minutes 0 and 1
+        assert_eq!(
+            topic
+                .expire_older_than(Duration::from_secs(150))
+                .await
+                .unwrap(),
+            0
+        );
+        clock.advance(Duration::from_secs(4 * 60));
+        assert_eq!(
+            topic
+                .expire_older_than(Duration::from_secs(150))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(sub.cursor.mark_delete(), positions[1]);
     }
 }

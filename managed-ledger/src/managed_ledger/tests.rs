@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnetar_meta::{MemoryStore, MetaStore};
+use magnetar_meta::{MemoryStore, MetaError, MetaStore, MetadataStoreExt};
 
 use super::*;
 use crate::clock::ManualClock;
@@ -450,4 +450,78 @@ async fn a_busy_storage_slows_appends_and_fails_none() {
     assert_eq!(ml.stats().overloaded.load(Ordering::Relaxed), 2);
     assert_eq!(faults.calls(Call::Recover), 0);
     assert_eq!(read_all(&ml).await, vec![entry(0), entry(1)]);
+}
+
+fn faulty_meta() -> (MetaStore, Arc<magnetar_meta::MetaFaults>) {
+    let s = magnetar_meta::FaultyStore::new(meta());
+    let f = Arc::clone(s.faults());
+    (Arc::new(s), f)
+}
+
+/// The window between closing a ledger and recording that in the log's record: the record
+/// write fails there (the metadata store went away), then the broker dies. The append that
+/// needed the rollover fails (it was never acknowledged); the next owner recovers the ledger
+/// the record still calls open, and nothing acknowledged is lost.
+#[tokio::test]
+async fn a_ledger_closed_but_not_recorded_is_recovered_by_the_next_owner() {
+    let storage: Arc<dyn LedgerStorage> = Arc::new(MemoryStorage::new());
+    let (meta, faults) = faulty_meta();
+    let ml = open(&storage, &meta, cfg()).await;
+    for i in 0..4 {
+        ml.append(entry(i), 1).await.unwrap();
+    }
+    // the 5th append rolls over: the ledger closes, then its record write fails
+    faults.fail_next_cas_under("/managed-ledgers/", 1);
+    assert!(matches!(
+        ml.append(entry(4), 1).await,
+        Err(MlError::Meta(MetaError::Unavailable(_)))
+    ));
+    // the store is back: the log goes on
+    ml.append(entry(5), 1).await.unwrap();
+    drop(ml); // crash
+    let again = open(&storage, &meta, cfg()).await;
+    assert_eq!(
+        read_all(&again).await,
+        vec![entry(0), entry(1), entry(2), entry(3), entry(5)]
+    );
+}
+
+/// A cursor's flush that cannot reach the store is retried, and an acknowledgement is
+/// reported durable only once it is; a flush that finds the record changed by someone else
+/// stops (another broker owns the subscription now) and says so.
+#[tokio::test]
+async fn cursor_flushes_retry_and_stop_when_fenced() {
+    let storage: Arc<dyn LedgerStorage> = Arc::new(MemoryStorage::new());
+    let (meta, faults) = faulty_meta();
+    let ml = open(&storage, &meta, cfg()).await;
+    let ps: Vec<Position> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(ml.append(entry(i), 1).await.unwrap());
+        }
+        v
+    };
+    let path = "p/ns/persistent/t";
+    let c = Cursor::open_durable(ml.clone(), meta.clone(), path, "sub", ml.before_first())
+        .await
+        .unwrap();
+    faults.fail_next_cas_under("/cursors/", 2);
+    let seq = c.ack_individual(&[ps[0]]);
+    c.persisted(seq).await.unwrap();
+    assert_eq!(
+        faults.injected(),
+        2,
+        "two failed flushes, then one that landed"
+    );
+    let stored = meta
+        .get_json::<crate::cursor::CursorRecord>("/cursors/p/ns/persistent/t/sub")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.value.mark_delete, ps[0]);
+
+    faults.conflict_next_cas_under("/cursors/", 1);
+    let seq = c.ack_individual(&[ps[1]]);
+    let err = c.persisted(seq).await.unwrap_err();
+    assert!(err.contains("fenced"), "{err}");
 }
