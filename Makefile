@@ -23,6 +23,8 @@ build: deps ## debug build of everything
 	$(CARGO) build --workspace --all-targets
 
 test: deps lint ## formatting, clippy and every test, as CI runs them (installs what they need first)
+	# every target first: the process tests run the magnetar binary this builds
+	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --all-targets -- --test-threads=$(TEST_THREADS)
 	# the managed ledger on its own: built without RocksDB, the bookie server or the broker

@@ -344,16 +344,26 @@ async fn oversized_record_is_refused() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+/// A journal on a disk that fails on demand, holding entries 0..5 of `ledger`.
+async fn open_on_faulty_disk(
+    dir: &Path,
+    ledger: u64,
+    size: usize,
+) -> Result<(Opened, Arc<FaultyIo>)> {
     let disk = Arc::new(FaultyIo::default());
-    let mut cfg = JournalConfig::new(dir.path());
+    let mut cfg = JournalConfig::new(dir);
     cfg.io = disk.clone();
     let o = open(&cfg)?;
     for e in 0..5 {
-        o.journal.append(rec(9, e, 200)).await?;
+        o.journal.append(rec(ledger, e, size)).await?;
     }
+    Ok((o, disk))
+}
+
+#[tokio::test]
+async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (o, disk) = open_on_faulty_disk(dir.path(), 9, 200).await?;
     assert!(o.journal.failure().is_none());
 
     disk.fail_syncs(true);
@@ -395,13 +405,7 @@ async fn a_failed_sync_stops_the_journal_and_loses_nothing_acknowledged() -> Res
 #[tokio::test]
 async fn a_write_torn_before_its_sync_is_found_and_cut_on_replay() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let disk = Arc::new(FaultyIo::default());
-    let mut cfg = JournalConfig::new(dir.path());
-    cfg.io = disk.clone();
-    let o = open(&cfg)?;
-    for e in 0..5 {
-        o.journal.append(rec(3, e, 300)).await?;
-    }
+    let (o, disk) = open_on_faulty_disk(dir.path(), 3, 300).await?;
     disk.tear_next_write(100);
     assert!(matches!(
         o.journal.append(rec(3, 5, 300)).await,

@@ -452,12 +452,15 @@ impl Listeners {
 }
 
 /// Serves a broker on its listeners until `shutdown`: HTTP (and HTTPS), housekeeping, and the
-/// binary protocol; then closes its topics, flushing their cursors.
+/// binary protocol; then closes its topics, flushing their cursors. `ready` is called once
+/// the broker answers healthy, before the binary protocol is served (what it logs tells
+/// operators and tests they may connect).
 pub async fn serve(
     svc: Arc<BrokerService>,
     listeners: Listeners,
     housekeeping: Duration,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&BrokerService),
 ) {
     let app = magnetar_broker::http::router(Arc::clone(&svc));
     if let Some((broker_tls, web_tls)) = listeners.tls {
@@ -481,6 +484,7 @@ pub async fn serve(
     });
     tokio::spawn(Arc::clone(&svc).housekeeping(housekeeping));
     svc.ready.store(true, Ordering::Release);
+    ready(&svc);
     magnetar_broker::protocol::serve(Arc::clone(&svc), listeners.broker, shutdown).await;
     tracing::info!("shutting down: closing topics and flushing cursors");
     svc.shutdown().await;

@@ -380,20 +380,7 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     }
     info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    return std::future::pending().await;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
+    let shutdown = args::terminated();
     server::serve(Arc::clone(&bookie), listener, shutdown).await;
     info!("shutting down: flushing");
     bookie.flush().await.context("final flush")?;

@@ -226,21 +226,24 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     svc.init_cluster()
         .await
         .context("create cluster, tenant and namespace records")?;
-    info!(
-        service_url = %svc.cfg.service_url(),
-        web_url = %svc.cfg.web_url(),
-        service_url_tls = %svc.cfg.service_url_tls().unwrap_or_default(),
-        web_url_tls = %svc.cfg.web_url_tls().unwrap_or_default(),
-        bookies = ?bookies.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
-        data_dir = %data_dir.display(),
-        ms = started.elapsed().as_millis() as u64,
-        "magnetar standalone ready"
-    );
+    let names: Vec<String> = bookies.iter().map(|b| b.name.clone()).collect();
     args::serve(
         svc,
         listeners,
         args.broker.housekeeping_interval(),
         args::terminated(),
+        |svc| {
+            info!(
+                service_url = %svc.cfg.service_url(),
+                web_url = %svc.cfg.web_url(),
+                service_url_tls = %svc.cfg.service_url_tls().unwrap_or_default(),
+                web_url_tls = %svc.cfg.web_url_tls().unwrap_or_default(),
+                bookies = ?names,
+                data_dir = %data_dir.display(),
+                ms = started.elapsed().as_millis() as u64,
+                "magnetar standalone ready"
+            )
+        },
     )
     .await;
     for b in bookies {

@@ -5,8 +5,9 @@
   durability.py exactly-once URL TOPIC RECEIPTS N   like produce, batched and under one
                                               producer name; then the topic must hold 0..N-1
                                               exactly once (run with deduplication on)
-  durability.py delayed-produce URL TOPIC N DELAY_MS   N messages delayed by DELAY_MS on
-                                              Shared subscription s, then one immediate
+  durability.py delayed-produce URL TOPIC N DELAY_MS WEB   N messages delayed by DELAY_MS
+                                              on Shared subscription s, then one immediate;
+                                              returns once the broker (at WEB) has indexed them
   durability.py delayed-consume URL TOPIC N DELAY_MS   all of them arrive, none early
   durability.py fill URL TOPIC N SIZE         N messages of SIZE bytes behind subscription s
   durability.py verify URL TOPIC RECEIPTS     every index in RECEIPTS is readable
@@ -70,8 +71,12 @@ elif cmd == "exactly-once":
     print("exactly once:", n)
 elif cmd == "delayed-produce":
     import datetime
-    n, delay_ms = int(sys.argv[4]), int(sys.argv[5])
-    import time
+    import json
+    import urllib.request
+
+    from waits import wait_for
+
+    n, delay_ms, web = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     # a connected consumer makes the dispatcher read, and so index, the delayed entries
     c = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
     p = client.create_producer(topic, batching_enabled=False)
@@ -80,7 +85,15 @@ elif cmd == "delayed-produce":
                      deliver_after=datetime.timedelta(milliseconds=delay_ms))
     p.flush()
     p.send(b"now")
-    time.sleep(2)
+    # "now" arrives (the delayed ones are held back), and the broker has indexed them all
+    assert c.receive(timeout_millis=10000).data() == b"now"
+    stats = web + "/admin/v2/" + topic.replace("://", "/") + "/stats"
+
+    def delayed():
+        s = json.load(urllib.request.urlopen(stats))
+        return s["subscriptions"]["s"].get("msgDelayed", 0)
+
+    wait_for(lambda: delayed() >= n, "%d delayed messages indexed" % n)
     c.close()  # "now" goes back unacknowledged
     print("produced", n, "delayed by", delay_ms, "ms")
 elif cmd == "delayed-consume":

@@ -16,6 +16,8 @@ import uuid
 
 import pulsar
 
+from waits import wait_for
+
 URL = sys.argv[1]
 WEB = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2].isdigit() else None
 client = pulsar.Client(URL, operation_timeout_seconds=15)
@@ -54,6 +56,17 @@ class Recorder:
     def record(self, key, seq, who):
         with self.lock:
             self.events.append((key, seq, who))
+
+    def wait_more(self, n):
+        """Waits until n more messages than now have been received."""
+        with self.lock:
+            target = len(self.events) + n
+
+        def enough():
+            with self.lock:
+                return len(self.events) >= target
+
+        wait_for(enough, "%d more messages" % n)
 
     def check(self, keys, per_key):
         with self.lock:
@@ -191,14 +204,15 @@ def check_join_leave_hang():
     per_key = 150
     producer = threading.Thread(target=produce, args=(t, keys, per_key, 0.01))
     producer.start()
-    time.sleep(0.4)
+    # consumers join and leave while messages flow: each step waits for more to arrive
+    rec.wait_more(600)
     c = Worker(t, "c", rec)
     c.start()
-    time.sleep(0.4)
+    rec.wait_more(600)
     a.leave()
     h = Worker(t, "hung", rec, hang_after=5, queue=20)
     h.start()
-    time.sleep(0.4)
+    rec.wait_more(600)
     d = Worker(t, "d", rec)
     d.start()
     producer.join()

@@ -231,7 +231,8 @@ def check_access_modes():
 
     th = threading.Thread(target=wait_for_exclusive)
     th.start()
-    time.sleep(0.5)
+    # the broker has it queued, and it is not admitted while the first one writes
+    wait_for(lambda: stats(t).get("waitingProducers") == 1, "the waiting producer queued")
     assert "p" not in waiter, "WaitForExclusive producer admitted while another writes"
     first.close()
     th.join(20)

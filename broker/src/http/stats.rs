@@ -107,6 +107,8 @@ pub(super) async fn topic_stats(topic: &Topic) -> Value {
         "storageSize": storage,
         "backlogSize": 0,
         "publishers": publishers,
+        // not in Pulsar's stats: WaitForExclusive producers queued for the topic
+        "waitingProducers": topic.producers.lock().waiting(),
         "subscriptions": subscriptions,
         "replication": {},
         "deduplicationStatus": if topic.deduplicating() { "Enabled" } else { "Disabled" },

@@ -143,6 +143,11 @@ impl Producers {
         }
     }
 
+    /// WaitForExclusive producers queued behind the exclusive one.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     fn exclusive_name(&self) -> String {
         self.by_name
             .values()

@@ -522,6 +522,49 @@ impl StandaloneProc {
     }
 }
 
+/// The `magnetar` binary the process tests run: `$MAGNETAR_BIN`, else the one cargo builds
+/// next to this test. Cargo hands a package's binaries only to that package's own tests, so
+/// it is built here, once per test process (a no-op when it is up to date): a binary left
+/// from an earlier build of other sources would test the wrong code. The whole workspace is
+/// built, with every target, so features resolve as for `cargo test --workspace` and the
+/// artifacts it already built are reused (building the broker alone resolves them otherwise,
+/// and would build RocksDB once more).
+pub fn magnetar_bin() -> Result<&'static Path> {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(b) = BIN.get() {
+        return Ok(b);
+    }
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = BIN.get() {
+        return Ok(b);
+    }
+    let path = match std::env::var_os("MAGNETAR_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            // target/<profile>/deps/<test> -> target/<profile>/magnetar
+            let exe = std::env::current_exe()?;
+            let profile = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = std::process::Command::new(cargo)
+                .args(["build", "--workspace", "--all-targets", "--quiet"])
+                .status()?;
+            let path = profile.join("magnetar");
+            if !st.success() || !path.exists() {
+                bail!("could not build magnetar at {}", path.display());
+            }
+            path
+        }
+    };
+    if !path.is_file() {
+        bail!("no magnetar binary at {}", path.display());
+    }
+    Ok(BIN.get_or_init(|| path))
+}
+
 /// A binary of the `magnetar-cli` package (`magnetar-admin`, `magnetar-perf`,
 /// `magnetar-client`) next to `magnetar`; built first when a narrower `cargo test` left it out.
 pub fn cli_bin(magnetar: &Path, name: &str) -> Result<PathBuf> {

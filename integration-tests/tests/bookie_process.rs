@@ -19,7 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn start(extra: &[&str]) -> Result<BookieProc> {
-    BookieProc::start(std::path::Path::new(env!("CARGO_BIN_EXE_magnetar")), extra).await
+    BookieProc::start(
+        magnetar_testkit::magnetar_bin().expect("the magnetar binary"),
+        extra,
+    )
+    .await
 }
 
 async fn connect(b: &BookieProc) -> Result<BookieClient> {

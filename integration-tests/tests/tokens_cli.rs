@@ -7,7 +7,7 @@ use std::process::Command;
 use magnetar_broker::auth::{TokenAuth, decode_secret};
 
 fn magnetar(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_magnetar"))
+    let out = Command::new(magnetar_testkit::magnetar_bin().expect("the magnetar binary"))
         .args(args)
         .output()
         .expect("run magnetar");

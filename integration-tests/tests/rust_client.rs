@@ -3,7 +3,6 @@
 //! required on every MESSAGE).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,9 +11,8 @@ use magnetar_testkit::{StandaloneProc, wait_until};
 use pulsar::consumer::InitialPosition;
 use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor, producer};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_magnetar"))
-}
+mod common;
+use common::bin;
 
 async fn client(sa: &StandaloneProc) -> Result<Pulsar<TokioExecutor>> {
     Ok(Pulsar::builder(sa.service_url(), TokioExecutor)

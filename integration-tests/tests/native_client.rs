@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,15 +13,8 @@ use magnetar_client::{
 };
 use magnetar_testkit::{StandaloneProc, python};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_magnetar"))
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../integration-tests/python")
-        .join(name)
-}
+mod common;
+use common::{bin, script};
 
 async fn run_py(args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(python()?)

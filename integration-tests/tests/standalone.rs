@@ -12,15 +12,8 @@ use magnetar_testkit::{StandaloneProc, http_get, python, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_magnetar"))
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../integration-tests/python")
-        .join(name)
-}
+mod common;
+use common::{bin, script};
 
 /// Runs a Python script to completion; fails with its output if it fails.
 async fn run_py(name: &str, args: &[&str]) -> Result<String> {
@@ -621,9 +614,10 @@ async fn delayed_index_survives_kill9() -> Result<()> {
     let url = sa.service_url();
     let topic = "persistent://public/default/delayed-restart";
     let delay = "12000";
+    let web_url = sa.web_url();
     run_py(
         "durability.py",
-        &["delayed-produce", &url, topic, "200", delay],
+        &["delayed-produce", &url, topic, "200", delay, &web_url],
     )
     .await?;
     let stats_path = "/admin/v2/persistent/public/default/delayed-restart/stats";
