@@ -43,6 +43,16 @@ pub struct BrokerArgs {
     /// Groups those namespaces use when the isolation groups have too few bookies.
     #[arg(long, env = "MAGNETAR_BOOKKEEPER_CLIENT_SECONDARY_ISOLATION_GROUPS")]
     pub bookkeeper_client_secondary_isolation_groups: Option<String>,
+    /// Bookies each new ledger is spread over [default: 1 standalone, 2 broker].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_DEFAULT_ENSEMBLE_SIZE")]
+    pub managed_ledger_default_ensemble_size: Option<usize>,
+    /// Bookies each entry is written to [default: 1 standalone, 2 broker].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_DEFAULT_WRITE_QUORUM")]
+    pub managed_ledger_default_write_quorum: Option<usize>,
+    /// Bookies that must have an entry durable before its publish is acknowledged
+    /// [default: 1 standalone, 2 broker].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_DEFAULT_ACK_QUORUM")]
+    pub managed_ledger_default_ack_quorum: Option<usize>,
     /// Cluster name [default: standalone].
     #[arg(long, env = "MAGNETAR_CLUSTER")]
     pub cluster: Option<String>,
@@ -173,6 +183,43 @@ impl BrokerArgs {
             .collect()
     }
 
+    /// Reads a `--config` file of a command that flattens these flags: the broker's keys
+    /// become a `BrokerArgs`, the rest the command's own `T` (whose flags `cmd` lists);
+    /// an unknown key is an error naming it.
+    pub fn split_config<T: serde::de::DeserializeOwned>(
+        path: Option<&Path>,
+        cmd: Command,
+    ) -> Result<Option<(T, BrokerArgs)>> {
+        let Some(mut table) = magnetar_broker::config::read_config::<toml::Table>(path)? else {
+            return Ok(None);
+        };
+        let name = cmd.get_name().to_string();
+        let mut broker = toml::Table::new();
+        for k in BrokerArgs::keys() {
+            if let Some(v) = table.remove(&k) {
+                broker.insert(k, v);
+            }
+        }
+        let shown = path.unwrap_or(Path::new("")).display();
+        let known: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        if let Some(k) = table.keys().find(|k| !known.contains(k)) {
+            anyhow::bail!(
+                "config {shown}: unknown setting `{k}` (the settings are the flags of `magnetar \
+                 {name} --help`, in snake_case)"
+            );
+        }
+        let own: T = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("config {shown}"))?;
+        let broker: BrokerArgs = toml::Value::Table(broker)
+            .try_into()
+            .with_context(|| format!("config {shown}"))?;
+        Ok(Some((own, broker)))
+    }
+
     /// Fills every unset flag from the config file's values.
     pub fn fill_from(&mut self, file: BrokerArgs) {
         macro_rules! fill {
@@ -185,6 +232,9 @@ impl BrokerArgs {
             web_port,
             bookkeeper_client_isolation_groups,
             bookkeeper_client_secondary_isolation_groups,
+            managed_ledger_default_ensemble_size,
+            managed_ledger_default_write_quorum,
+            managed_ledger_default_ack_quorum,
             cluster,
             max_message_size,
             allow_auto_topic_creation,
@@ -268,8 +318,29 @@ impl BrokerArgs {
         Ok(Listeners { broker, web, tls })
     }
 
-    /// The managed ledgers' settings the flags give.
-    pub fn ml_config(&self) -> MlConfig {
+    /// Ensemble, write quorum and ack quorum of new ledgers: the flags over `default`;
+    /// refused unless ack quorum <= write quorum <= ensemble, all at least 1.
+    pub fn quorum(&self, default: [usize; 3]) -> Result<[usize; 3]> {
+        let q = [
+            self.managed_ledger_default_ensemble_size
+                .unwrap_or(default[0]),
+            self.managed_ledger_default_write_quorum
+                .unwrap_or(default[1]),
+            self.managed_ledger_default_ack_quorum.unwrap_or(default[2]),
+        ];
+        let [e, qw, qa] = q;
+        if qa == 0 || qa > qw || qw > e {
+            anyhow::bail!(
+                "ledger quorums must satisfy 1 <= ack quorum <= write quorum <= ensemble size; \
+                 got ensemble {e}, write quorum {qw}, ack quorum {qa}"
+            );
+        }
+        Ok(q)
+    }
+
+    /// The managed ledgers' settings the flags give, new ledgers placed on `quorum`
+    /// (ensemble, write, ack).
+    pub fn ml_config(&self, quorum: [usize; 3]) -> MlConfig {
         let defaults = MlConfig::default();
         MlConfig {
             max_entries_per_ledger: self
@@ -296,14 +367,23 @@ impl BrokerArgs {
                             self.bookkeeper_client_secondary_isolation_groups.as_deref(),
                         )
                     }),
-                ..defaults.placement.clone()
+                ensemble_size: quorum[0],
+                write_quorum: quorum[1],
+                ack_quorum: quorum[2],
             },
             ..defaults
         }
     }
 
-    /// The broker's configuration, for the ports `listeners` hold.
-    pub fn config(&self, listeners: &Listeners, default_cluster: &str) -> Result<BrokerConfig> {
+    /// The broker's configuration, for the ports `listeners` hold; `default_quorum` places
+    /// new ledgers unless the flags say otherwise.
+    pub fn config(
+        &self,
+        listeners: &Listeners,
+        default_cluster: &str,
+        default_quorum: [usize; 3],
+    ) -> Result<BrokerConfig> {
+        let quorum = self.quorum(default_quorum)?;
         let (broker_port_tls, web_port_tls) = listeners.tls_ports()?;
         let dispatch = DispatchConfig::default();
         Ok(BrokerConfig {
@@ -331,7 +411,7 @@ impl BrokerArgs {
                 self.default_retention_size_in_mb.unwrap_or(0) as i64,
             ),
             keepalive: Duration::from_secs(self.keep_alive_interval_seconds.unwrap_or(30).max(1)),
-            ml: self.ml_config(),
+            ml: self.ml_config(quorum),
             auth: self.token_auth()?,
             anonymous_role: self.anonymous_user_role.clone(),
             authz: self.authorizer()?,

@@ -1,5 +1,7 @@
 //! `magnetar`: the server binary. `magnetar standalone` runs everything in one process (RocksDB
-//! meta, one bookie, the broker and its HTTP side); `magnetar bookie` runs a storage node.
+//! meta, one bookie, the broker and its HTTP side); `magnetar bookie` runs a storage node;
+//! `magnetar broker` a cluster broker over etcd and remote bookies; `magnetar init-cluster`
+//! writes a new cluster's records.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +16,9 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 mod args;
+mod node;
 mod standalone;
+use node::{InitClusterArgs, NodeArgs};
 use standalone::StandaloneArgs;
 
 #[derive(Parser)]
@@ -38,6 +42,12 @@ enum Cmd {
     Standalone(Box<StandaloneArgs>),
     /// Run a storage node (bookie): journal + ledger storage behind the bookie protocol.
     Bookie(Box<BookieArgs>),
+    /// Run a cluster broker: no local state; metadata in etcd, data on the bookies, topics
+    /// served for the bundles it owns (others are redirected to their owner).
+    Broker(Box<NodeArgs>),
+    /// Write a new cluster's records (cluster, tenant `public`, namespace `public/default`)
+    /// to its metadata store; idempotent.
+    InitCluster(InitClusterArgs),
     /// Make keys and JWT tokens for token authentication (as `pulsar tokens` does).
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -282,6 +292,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Bookie(args) => rt.block_on(run_bookie(args.merge_file()?)),
         Cmd::Standalone(args) => rt.block_on(standalone::run((*args).merge_file()?)),
+        Cmd::Broker(args) => rt.block_on(node::run((*args).merge_file()?)),
+        Cmd::InitCluster(args) => rt.block_on(node::init_cluster(args)),
         Cmd::Tokens(cmd) => run_tokens(cmd),
     }
 }

@@ -77,10 +77,21 @@ impl std::fmt::Debug for BrokerService {
 }
 
 impl BrokerService {
+    /// A broker that owns every bundle (standalone).
     pub fn new(
         cfg: BrokerConfig,
         meta: MetaStore,
         ledgers: LedgerClient,
+    ) -> Result<Arc<BrokerService>, MetaError> {
+        Self::with_ownership(cfg, meta, ledgers, Arc::new(OwnEverything))
+    }
+
+    /// A broker that serves the bundles `ownership` gives it (a cluster member).
+    pub fn with_ownership(
+        cfg: BrokerConfig,
+        meta: MetaStore,
+        ledgers: LedgerClient,
+        ownership: Arc<dyn Ownership>,
     ) -> Result<Arc<BrokerService>, MetaError> {
         Ok(Arc::new(BrokerService {
             cfg,
@@ -88,7 +99,7 @@ impl BrokerService {
             storage: Arc::new(BookieStorage::new(ledgers.clone())),
             ledgers,
             volatile: Arc::new(MemoryStore::new()?),
-            ownership: Arc::new(OwnEverything),
+            ownership,
             topics: Mutex::default(),
             deleting: Mutex::default(),
             stats: BrokerStats::default(),
@@ -100,40 +111,15 @@ impl BrokerService {
     }
 
     /// Where `t` is served (see [`lookup::locate`]).
-    pub async fn locate(&self, t: &TopicName) -> Result<Located, BrokerError> {
-        lookup::locate(self.ownership.as_ref(), &self.cfg.urls(), t).await
+    pub async fn locate(&self, t: &TopicName, authoritative: bool) -> Result<Located, BrokerError> {
+        lookup::locate(self.ownership.as_ref(), &self.cfg.urls(), t, authoritative).await
     }
 
     /// Creates cluster, tenant `public` and namespace `public/default` if missing.
     pub async fn init_cluster(&self) -> Result<(), MetaError> {
-        let c = &self.cfg.cluster;
-        let records = [
-            (
-                keys::cluster(c),
-                serde_json::json!({
-                    "serviceUrl": self.cfg.web_url(),
-                    "brokerServiceUrl": self.cfg.service_url(),
-                    "serviceUrlTls": self.cfg.web_url_tls(),
-                    "brokerServiceUrlTls": self.cfg.service_url_tls(),
-                }),
-            ),
-            (
-                keys::tenant("public"),
-                serde_json::json!({"adminRoles": [], "allowedClusters": [c]}),
-            ),
-            (
-                keys::namespace("public", "default"),
-                serde_json::json!({"replication_clusters": [c]}),
-            ),
-        ];
-        for (key, value) in records {
-            match self.meta.put_json(&key, &value, Expected::Absent).await {
-                Ok(_) => info!(key = %key, "created"),
-                Err(MetaError::BadVersion { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        crate::cluster::init(&self.meta, &self.cfg.cluster, &self.cfg.urls())
+            .await
+            .map(|_| ())
     }
 
     pub fn producer_name(&self) -> String {
@@ -192,7 +178,7 @@ impl BrokerService {
         {
             return Ok(Arc::clone(topic));
         }
-        if let Owner::Broker(urls) = self.ownership.owner_of(t).await? {
+        if let Owner::Broker(urls) = self.ownership.owner_of(t, false).await? {
             return Err(BrokerError::NotReady(format!(
                 "{full} is served by {}; look it up again",
                 urls.service_url
@@ -579,6 +565,11 @@ impl BrokerService {
     /// Clean shutdown: every topic closed, cursors flushed.
     pub async fn shutdown(&self) {
         self.ready.store(false, Ordering::Release);
+        self.unload_all().await;
+    }
+
+    /// Unloads every loaded topic (their bundles are no longer this broker's).
+    pub async fn unload_all(&self) {
         let topics: Vec<String> = self.topics.lock().keys().cloned().collect();
         for t in topics {
             self.unload(&t).await;

@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use magnetar_bookie::ledger::{BOOKIES_PATH, LedgerClient};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
-use magnetar_broker::config::read_config;
 use magnetar_broker::service::BrokerService;
 use magnetar_meta::MetaStore;
 use serde::Deserialize;
@@ -62,34 +61,13 @@ pub struct StandaloneArgs {
 impl StandaloneArgs {
     /// Fills every unset flag from the config file.
     pub fn merge_file(mut self) -> Result<StandaloneArgs> {
-        let Some(mut table) = read_config::<toml::Table>(self.config.as_deref())? else {
+        let Some((file, broker)) = BrokerArgs::split_config::<StandaloneArgs>(
+            self.config.as_deref(),
+            StandaloneArgs::augment_args(clap::Command::new("standalone")),
+        )?
+        else {
             return Ok(self);
         };
-        // the broker's keys are the broker's; what is left must be the standalone's own
-        let mut broker = toml::Table::new();
-        for k in BrokerArgs::keys() {
-            if let Some(v) = table.remove(&k) {
-                broker.insert(k, v);
-            }
-        }
-        let path = self.config.clone().unwrap_or_default();
-        let known: Vec<String> = StandaloneArgs::augment_args(clap::Command::new("standalone"))
-            .get_arguments()
-            .map(|a| a.get_id().to_string())
-            .collect();
-        if let Some(k) = table.keys().find(|k| !known.contains(k)) {
-            anyhow::bail!(
-                "config {}: unknown setting `{k}` (the settings are the flags of `magnetar \
-                 standalone --help`, in snake_case)",
-                path.display()
-            );
-        }
-        let file: StandaloneArgs = toml::Value::Table(table)
-            .try_into()
-            .with_context(|| format!("config {}", path.display()))?;
-        let broker: BrokerArgs = toml::Value::Table(broker)
-            .try_into()
-            .with_context(|| format!("config {}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
@@ -209,7 +187,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
 
     // broker
     let listeners = args.broker.bind().await?;
-    let cfg = args.broker.config(&listeners, "standalone")?;
+    let cfg = args.broker.config(&listeners, "standalone", [1, 1, 1])?;
     // The broker reaches its own bookies by calling them, not through a loopback socket.
     let mut ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
     for b in &bookies {

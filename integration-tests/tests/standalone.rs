@@ -13,29 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{bin, script};
-
-/// Runs a Python script to completion; fails with its output if it fails.
-async fn run_py(name: &str, args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(python()?)
-        .arg(script(name))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("run python")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
-        bail!(
-            "{name} {args:?} failed ({}):\n{stdout}\n{}",
-            out.status,
-            tail[tail.len().saturating_sub(40)..].join("\n")
-        );
-    }
-    Ok(stdout)
-}
+use common::{bin, run_py, script};
 
 /// Starts a standalone with `flags` and runs a check script against it (service URL, web
 /// port, then `checks`); on failure the standalone's log tail comes with the error.

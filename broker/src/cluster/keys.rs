@@ -13,6 +13,28 @@ pub fn cluster(name: &str) -> String {
     format!("{CLUSTERS}/{name}")
 }
 
+/// Children: the live brokers, each a record bound to its session (`host:web port`).
+pub const LIVE_BROKERS: &str = "/loadbalance/brokers";
+
+pub fn live_broker(id: &str) -> String {
+    format!("{LIVE_BROKERS}/{id}")
+}
+
+/// Prefix of the bundle owners' records.
+const OWNERS: &str = "/namespace";
+
+/// The owner of bundle `range` of `tenant/ns`: a record bound to the owner's session.
+pub fn bundle_owner(tenant: &str, ns: &str, range: &str) -> String {
+    format!("{OWNERS}/{tenant}/{ns}/{range}")
+}
+
+/// `tenant/ns/range` of a [`bundle_owner`] key.
+pub fn bundle_of_owner_key(key: &str) -> Option<String> {
+    key.strip_prefix(OWNERS)?
+        .strip_prefix('/')
+        .map(str::to_string)
+}
+
 /// A tenant's record; its children are its namespaces.
 pub fn tenant(tenant: &str) -> String {
     format!("{TENANTS}/{tenant}")
@@ -73,6 +95,13 @@ mod tests {
     fn keys_keep_their_layout() {
         let t = TopicName::parse("persistent://a/b/c").unwrap();
         assert_eq!(namespace("a", "b"), "/admin/policies/a/b");
+        let owner = bundle_owner("a", "b", "0x00000000_0xffffffff");
+        assert_eq!(owner, "/namespace/a/b/0x00000000_0xffffffff");
+        assert_eq!(
+            bundle_of_owner_key(&owner).unwrap(),
+            "a/b/0x00000000_0xffffffff"
+        );
+        assert_eq!(live_broker("h:8080"), "/loadbalance/brokers/h:8080");
         assert_eq!(managed_ledger(&t), "/managed-ledgers/a/b/persistent/c");
         assert_eq!(managed_ledgers("a", "b"), "/managed-ledgers/a/b/persistent");
         assert_eq!(cursors(&t), "/cursors/a/b/persistent/c");

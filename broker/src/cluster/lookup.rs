@@ -14,13 +14,15 @@ pub struct Located {
     pub here: bool,
 }
 
-/// Finds the broker serving `topic`; `me` are this broker's own addresses.
+/// Finds the broker serving `topic`; `me` are this broker's own addresses; `authoritative`
+/// when another broker sent the client here (see [`Ownership::owner_of`]).
 pub async fn locate(
     ownership: &dyn Ownership,
     me: &BrokerUrls,
     topic: &TopicName,
+    authoritative: bool,
 ) -> Result<Located, BrokerError> {
-    Ok(match ownership.owner_of(topic).await? {
+    Ok(match ownership.owner_of(topic, authoritative).await? {
         Owner::Me => Located {
             urls: me.clone(),
             here: true,
@@ -43,7 +45,7 @@ mod tests {
             web_url_tls: None,
         };
         let t = TopicName::parse("persistent://a/b/c").unwrap();
-        let found = locate(&OwnEverything, &me, &t).await.unwrap();
+        let found = locate(&OwnEverything, &me, &t, false).await.unwrap();
         assert_eq!(
             found,
             Located {

@@ -33,11 +33,21 @@ pub enum Owner {
 
 pub trait Ownership: Send + Sync + fmt::Debug {
     /// The owner of the bundle `topic` falls in; an implementation may take an unowned
-    /// bundle for this broker here.
-    fn owner_of<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<Owner, BrokerError>>;
+    /// bundle for this broker here, and must when `authoritative` (a lookup another broker
+    /// redirected here: Pulsar's authoritative flag).
+    fn owner_of<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        authoritative: bool,
+    ) -> BoxFuture<'a, Result<Owner, BrokerError>>;
 
     /// Whether this broker owns bundle `range` (`0xLOWER_0xUPPER`) of `tenant/ns` now.
     fn owns_bundle(&self, namespace: &str, range: &str) -> bool;
+
+    /// The live brokers of the cluster (`host:web port`); None when this broker is alone.
+    fn live_brokers(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
 }
 
 /// A broker on its own: every bundle of every namespace is its.
@@ -45,7 +55,11 @@ pub trait Ownership: Send + Sync + fmt::Debug {
 pub struct OwnEverything;
 
 impl Ownership for OwnEverything {
-    fn owner_of<'a>(&'a self, _: &'a TopicName) -> BoxFuture<'a, Result<Owner, BrokerError>> {
+    fn owner_of<'a>(
+        &'a self,
+        _: &'a TopicName,
+        _: bool,
+    ) -> BoxFuture<'a, Result<Owner, BrokerError>> {
         Box::pin(futures::future::ready(Ok(Owner::Me)))
     }
 

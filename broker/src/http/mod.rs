@@ -979,7 +979,7 @@ async fn lookup(
         Ok(t) => t,
         Err(r) => return err(StatusCode::PRECONDITION_FAILED, r.to_string()),
     };
-    match svc.locate(&t).await {
+    match svc.locate(&t, false).await {
         Ok(at) => axum::Json(json!({
             "brokerUrl": at.urls.service_url,
             "brokerUrlTls": at.urls.service_url_tls.unwrap_or_default(),

@@ -12,7 +12,7 @@ use axum::routing::get;
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use serde_json::{Value, json};
 
-use super::common::{Stop, Svc, answered, bundles_of, err, meta_err, object_body};
+use super::common::{Stop, Svc, answered, bundles_of, client_err, err, meta_err, object_body};
 use crate::authz::TenantInfo;
 use crate::cluster::keys;
 use crate::names::valid_segment;
@@ -245,15 +245,24 @@ fn broker_id(svc: &BrokerService) -> String {
     format!("{}:{}", svc.cfg.advertised_address, svc.cfg.web_port)
 }
 
+/// The live brokers: this one alone, or the cluster's registrations.
+async fn live_brokers(svc: &BrokerService) -> Response {
+    match svc.ownership.live_brokers().await {
+        Ok(Some(names)) => axum::Json(names).into_response(),
+        Ok(None) => axum::Json(json!([broker_id(svc)])).into_response(),
+        Err(e) => client_err(e),
+    }
+}
+
 async fn brokers(State(svc): Svc) -> Response {
-    axum::Json(json!([broker_id(&svc)])).into_response()
+    live_brokers(&svc).await
 }
 
 async fn cluster_brokers(State(svc): Svc, Path(c): Path<String>) -> Response {
     if c != svc.cfg.cluster {
         return err(StatusCode::NOT_FOUND, "Cluster does not exist");
     }
-    axum::Json(json!([broker_id(&svc)])).into_response()
+    live_brokers(&svc).await
 }
 
 async fn leader(State(svc): Svc) -> Response {

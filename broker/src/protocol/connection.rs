@@ -431,7 +431,7 @@ impl Connection {
             self.svc
                 .authorize_topic(self.role(), &t, TopicOp::Lookup)
                 .await?;
-            self.svc.locate(&t).await
+            self.svc.locate(&t, l.authoritative.unwrap_or(false)).await
         };
         match located.await {
             Ok(at) if at.here => self.tx.send(commands::lookup_connect(

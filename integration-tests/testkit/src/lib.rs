@@ -522,6 +522,81 @@ impl StandaloneProc {
     }
 }
 
+/// A `magnetar broker` process (a cluster member) on free ports; it keeps no data of its own.
+pub struct BrokerProc {
+    pub proc: Proc,
+    /// The Pulsar binary protocol address.
+    pub broker: SocketAddr,
+    /// The HTTP address (admin API, lookup, health, metrics).
+    pub web: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl BrokerProc {
+    /// Starts `program broker --meta META --cluster CLUSTER ...` and waits until it logs
+    /// that it is ready. Retries with new ports when one was taken meanwhile.
+    pub async fn start(
+        program: &Path,
+        meta: &str,
+        cluster: &str,
+        extra: &[&str],
+    ) -> Result<BrokerProc> {
+        retry_on_clash(|| Self::start_once(program, meta, cluster, extra)).await
+    }
+
+    async fn start_once(
+        program: &Path,
+        meta: &str,
+        cluster: &str,
+        extra: &[&str],
+    ) -> Result<BrokerProc> {
+        let dir = tempfile::Builder::new()
+            .prefix("magnetar-broker-")
+            .tempdir()?;
+        let broker = free_port()?;
+        let web = free_port()?;
+        let mut args: Vec<String> = vec![
+            "broker".into(),
+            "--meta".into(),
+            meta.into(),
+            "--cluster".into(),
+            cluster.into(),
+            "--broker-port".into(),
+            broker.to_string(),
+            "--web-port".into(),
+            web.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("broker.log");
+        let mut b = BrokerProc {
+            proc: Proc::new(&format!("broker :{broker}"), program, args, log),
+            broker: SocketAddr::from(([127, 0, 0, 1], broker)),
+            web: SocketAddr::from(([127, 0, 0, 1], web)),
+            _dir: dir,
+        };
+        b.proc.spawn()?;
+        b.proc.wait_for_log("magnetar broker ready", 0).await?;
+        Ok(b)
+    }
+
+    pub fn service_url(&self) -> String {
+        format!("pulsar://{}", self.broker)
+    }
+
+    pub fn web_url(&self) -> String {
+        format!("http://{}", self.web)
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again on the same ports (kills it first if it still runs).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.restart_until("magnetar broker ready").await
+    }
+}
+
 /// The `magnetar` binary the process tests run: `$MAGNETAR_BIN`, else the one cargo builds
 /// next to this test. Cargo hands a package's binaries only to that package's own tests, so
 /// it is built here, once per test process (a no-op when it is up to date): a binary left

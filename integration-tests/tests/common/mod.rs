@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
 /// The `magnetar` binary (see `magnetar_testkit::magnetar_bin`).
 pub fn bin() -> &'static Path {
     magnetar_testkit::magnetar_bin().expect("the magnetar binary")
@@ -13,4 +15,26 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(name)
+}
+
+/// Runs a Python script to completion; fails with its output if it fails.
+pub async fn run_py(name: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(magnetar_testkit::python()?)
+        .arg(script(name))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run python")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+        anyhow::bail!(
+            "{name} {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            tail[tail.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    Ok(stdout)
 }
