@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache
+.PHONY: help deps build test lint fmt run cluster cluster-status cluster-down bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,16 @@ fmt: ## format the code
 
 run: deps ## run Magnetar standalone on 6650 (binary) and 8080 (HTTP), data in ./data
 	$(CARGO) run --release --bin magnetar -- standalone $(ARGS)
+
+cluster: deps ## start a local cluster: etcd, 3 bookies, 2 brokers on free ports (data in ./data/cluster)
+	$(CARGO) build --release --bin magnetar
+	scripts/cluster.sh up
+
+cluster-status: ## what the local cluster runs, and its brokers' health
+	@scripts/cluster.sh status
+
+cluster-down: ## stop the local cluster (its data stays; `scripts/cluster.sh clean` deletes it)
+	@scripts/cluster.sh down
 
 bench-meta: deps ## metadata store put/get/CAS throughput on RocksDB and etcd
 	$(CARGO) build --release -p magnetar-cli --bin magnetar-perf

@@ -22,6 +22,14 @@ pub enum BrokerError {
     /// Not now: starting, stopping, being deleted, or storage short of nodes. Clients retry.
     #[error("{0}")]
     NotReady(String),
+    /// The topic's bundle is owned by another broker: clients look it up again, admin
+    /// requests are redirected to `web_url`.
+    #[error("{topic} is served by {service_url}; look it up again")]
+    ServedElsewhere {
+        topic: String,
+        service_url: String,
+        web_url: String,
+    },
     #[error("{0}")]
     ProducerBusy(String),
     #[error("{0}")]
@@ -64,7 +72,7 @@ impl BrokerError {
             E::ConsumerNotFound(_) => ServerError::ConsumerNotFound,
             E::InvalidTopicName(_) => ServerError::InvalidTopicName,
             E::NotAllowed(_) => ServerError::NotAllowedError,
-            E::NotReady(_) => ServerError::ServiceNotReady,
+            E::NotReady(_) | E::ServedElsewhere { .. } => ServerError::ServiceNotReady,
             E::ProducerBusy(_) => ServerError::ProducerBusy,
             E::ProducerFenced(_) => ServerError::ProducerFenced,
             E::ConsumerBusy(_) => ServerError::ConsumerBusy,
@@ -92,6 +100,9 @@ impl BrokerError {
 
     /// The HTTP status an admin request that failed so answers with.
     pub fn http_status(&self) -> u16 {
+        if let BrokerError::ServedElsewhere { .. } = self {
+            return 307;
+        }
         match self.code() {
             ServerError::TopicNotFound | ServerError::SubscriptionNotFound => 404,
             ServerError::AuthorizationError => 403,
@@ -119,6 +130,17 @@ mod tests {
         let failed = BrokerError::Log(MlError::Storage(StorageError::Failed("disk".into())));
         assert_eq!(failed.code(), ServerError::PersistenceError);
         assert_eq!(BrokerError::TopicNotFound("t".into()).http_status(), 404);
+        let elsewhere = BrokerError::ServedElsewhere {
+            topic: "persistent://a/b/c".into(),
+            service_url: "pulsar://h:6650".into(),
+            web_url: "http://h:8080".into(),
+        };
+        assert_eq!(
+            elsewhere.code(),
+            ServerError::ServiceNotReady,
+            "clients look up again"
+        );
+        assert_eq!(elsewhere.http_status(), 307, "admin requests follow it");
         assert_eq!(BrokerError::Unauthorized("r".into()).http_status(), 403);
         assert_eq!(
             BrokerError::QuotaHold("q".into()).code(),

@@ -52,6 +52,39 @@ pub struct NamespacePolicies {
     /// The bookie groups the namespace's ledgers are kept on.
     #[serde(default, rename = "bookieAffinityGroup")]
     pub bookie_affinity_group: Option<BookieAffinityGroup>,
+    /// Copies of the namespace's new ledgers (Pulsar's `persistence`).
+    #[serde(default)]
+    pub persistence: Option<PersistencePolicies>,
+}
+
+/// Ensemble, write and ack quorum of a namespace's new ledgers, as Pulsar spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistencePolicies {
+    pub bookkeeper_ensemble: usize,
+    pub bookkeeper_write_quorum: usize,
+    pub bookkeeper_ack_quorum: usize,
+    /// Cursor position writes per second; kept for Pulsar's tools (cursor records are
+    /// coalesced by their own rule).
+    #[serde(default)]
+    pub managed_ledger_max_mark_delete_rate: f64,
+}
+
+impl PersistencePolicies {
+    /// Why these copies cannot be made, if they cannot.
+    pub fn invalid(&self) -> Option<String> {
+        let (e, qw, qa) = (
+            self.bookkeeper_ensemble,
+            self.bookkeeper_write_quorum,
+            self.bookkeeper_ack_quorum,
+        );
+        (qa == 0 || qa > qw || qw > e).then(|| {
+            format!(
+                "persistence needs 1 <= bookkeeperAckQuorum <= bookkeeperWriteQuorum <= \
+                 bookkeeperEnsemble; got ensemble {e}, write quorum {qw}, ack quorum {qa}"
+            )
+        })
+    }
 }
 
 /// Pulsar's `BookieAffinityGroupData`: comma-separated group names.
@@ -253,6 +286,8 @@ pub struct Effective {
     pub subscribe_rate: Option<(u32, Duration)>,
     /// Where the namespace's ledgers go (None: the shared bookies first).
     pub affinity: Option<Affinity>,
+    /// Ensemble, write and ack quorum of new ledgers (None: the broker's defaults).
+    pub quorum: Option<[usize; 3]>,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -376,6 +411,13 @@ impl Effective {
                 .as_ref()
                 .and_then(BookieAffinityGroup::affinity)
                 .or_else(|| d.affinity.clone()),
+            quorum: p.persistence.filter(|q| q.invalid().is_none()).map(|q| {
+                [
+                    q.bookkeeper_ensemble,
+                    q.bookkeeper_write_quorum,
+                    q.bookkeeper_ack_quorum,
+                ]
+            }),
         }
     }
 }

@@ -179,10 +179,11 @@ impl BrokerService {
             return Ok(Arc::clone(topic));
         }
         if let Owner::Broker(urls) = self.ownership.owner_of(t, false).await? {
-            return Err(BrokerError::NotReady(format!(
-                "{full} is served by {}; look it up again",
-                urls.service_url
-            )));
+            return Err(BrokerError::ServedElsewhere {
+                topic: full,
+                service_url: urls.service_url,
+                web_url: urls.web_url,
+            });
         }
         let exists = self.topic_exists(t).await?;
         if !create && !exists {
@@ -238,6 +239,11 @@ impl BrokerService {
             Domain::Persistent => {
                 cfg.track_producers = eff.deduplication;
                 cfg.placement.affinity = eff.affinity.clone();
+                if let Some([e, qw, qa]) = eff.quorum {
+                    cfg.placement.ensemble_size = e;
+                    cfg.placement.write_quorum = qw;
+                    cfg.placement.ack_quorum = qa;
+                }
                 (Arc::clone(&self.storage), self.meta.clone())
             }
             Domain::NonPersistent => {

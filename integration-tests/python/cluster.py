@@ -4,7 +4,8 @@ starts the processes and kills them between phases.
   cluster.py spread URL1 URL2 WEB1 WEB2 N   N topics: each produced through one broker and
                                             consumed through the other; both brokers'
                                             HTTP lookups agree on each topic's owner, and
-                                            both brokers own some. Prints the owner count.
+                                            both brokers own some; topic stats answer
+                                            through either broker. Prints the owner count.
   cluster.py produce URL TOPIC RECEIPTS N   send N messages; append "index unix_ms" to
                                             RECEIPTS as each receipt arrives
   cluster.py consume URL TOPIC SUB N        receive and acknowledge N messages
@@ -43,6 +44,11 @@ if cmd == "spread":
             consumer.acknowledge(m)
         a, b = owner(web1, topic), owner(web2, topic)
         assert a == b, "%s: lookups disagree: %s vs %s" % (topic, a, b)
+        # admin requests reach the owner from either broker (307 to it)
+        for web in (web1, web2):
+            stats = "%s/admin/v2/%s/stats" % (web, topic.replace("persistent://", "persistent/"))
+            with urllib.request.urlopen(stats, timeout=10) as r:
+                assert "s" in json.load(r)["subscriptions"], (web, topic)
         owners[a] = owners.get(a, 0) + 1
         producer.close()
         consumer.close()

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use magnetar_testkit::{BookieProc, BrokerProc, EtcdServer, http_get, python, wait_until};
+use magnetar_testkit::{
+    BookieProc, BrokerProc, EtcdServer, http_get, http_request, python, wait_until,
+};
 
 mod common;
 use common::{bin, run_py, script};
@@ -96,6 +98,23 @@ async fn a_broker_refuses_to_start_in_an_uninitialized_cluster() -> Result<()> {
 async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<()> {
     let c = Cluster::start(&[]).await?;
     let (a, b) = (&c.brokers[0], &c.brokers[1]);
+    // three copies of every entry, two acknowledged: set through one broker, used by both
+    let persistence = "/admin/v2/namespaces/public/default/persistence";
+    let set = |body: &str| http_request(a.web, "POST", persistence, body);
+    let impossible =
+        set(r#"{"bookkeeperEnsemble": 4, "bookkeeperWriteQuorum": 3, "bookkeeperAckQuorum": 2}"#)?;
+    assert!(
+        impossible.starts_with("HTTP/1.0 412") && impossible.contains("3 bookies available"),
+        "{impossible}"
+    );
+    let inverted =
+        set(r#"{"bookkeeperEnsemble": 3, "bookkeeperWriteQuorum": 2, "bookkeeperAckQuorum": 3}"#)?;
+    assert!(inverted.starts_with("HTTP/1.0 412"), "{inverted}");
+    let ok =
+        set(r#"{"bookkeeperEnsemble": 3, "bookkeeperWriteQuorum": 3, "bookkeeperAckQuorum": 2}"#)?;
+    assert!(ok.starts_with("HTTP/1.0 204"), "{ok}");
+    let shown = http_get(b.web, persistence)?;
+    assert!(shown.contains(r#""bookkeeperWriteQuorum":3"#), "{shown}");
     let out = run_py(
         "cluster.py",
         &[
@@ -116,15 +135,11 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
         live.contains(&b.web.to_string()) && live.contains(&a.web.to_string()),
         "{live}"
     );
-    // the data went to the bookies with the cluster's default 2/2/2
-    let bookies_with_data = c
-        .bookies
-        .iter()
-        .filter(|bk| {
-            magnetar_testkit::metric_value(bk.http, "bookie_adds_total").unwrap_or(0.0) > 0.0
-        })
-        .count();
-    assert!(bookies_with_data >= 2, "2 copies of every entry");
+    // every bookie has a copy
+    for bk in &c.bookies {
+        let adds = magnetar_testkit::metric_value(bk.http, "bookie_adds_total").unwrap_or(0.0);
+        assert!(adds > 0.0, "bookie {} holds no entries", bk.addr);
+    }
     Ok(())
 }
 
@@ -151,22 +166,8 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
     let mut c = Cluster::start(&[]).await?;
     let url = c.service_url();
     let topic = "persistent://public/default/failover";
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("receipts");
-    let file_s = file.display().to_string();
-    let mut producer = tokio::process::Command::new(python()?)
-        .arg(script("cluster.py"))
-        .args(["produce", &url, topic, &file_s, "100000000"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    wait_until(Duration::from_secs(60), "2000 receipts", || {
-        let n = receipts(&file).len();
-        async move { n >= 2000 }
-    })
-    .await
-    .map_err(|e| e.context(c.logs()))?;
+    let stream = Stream::start(&url, topic)?;
+    stream.advance(2000, &c).await?;
     // a subscription that has taken and acknowledged the first 1000
     run_py("cluster.py", &["consume", &url, topic, "kept", "1000"]).await?;
 
@@ -181,17 +182,8 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
         .with_context(|| format!("owner of {topic}: {lookup}"))?;
     let killed_at = now_ms();
     c.brokers[owner].kill9();
-    wait_until(Duration::from_secs(60), "receipts after the kill", || {
-        let after = receipts(&file)
-            .iter()
-            .filter(|(_, t)| *t > killed_at)
-            .count();
-        async move { after >= 1000 }
-    })
-    .await
-    .map_err(|e| e.context(c.logs()))?;
-    producer.kill().await?;
-    let all = receipts(&file);
+    stream.advance(1000, &c).await?;
+    let all = receipts(&stream.file);
     // receipts already on their way when the broker died may be counted a little after the
     // kill: the outage is the longest pause in receipts that ends after it
     let mut times: Vec<u64> = all.iter().map(|(_, t)| *t).collect();
@@ -208,20 +200,8 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
     );
 
     // nothing acknowledged is lost: every receipted index is readable through the survivor
-    let plain = dir.path().join("indexes");
-    std::fs::write(
-        &plain,
-        all.iter()
-            .map(|(i, _)| format!("{i}\n"))
-            .collect::<String>(),
-    )?;
     let survivor = c.brokers[1 - owner].service_url();
-    let out = run_py(
-        "durability.py",
-        &["verify", &survivor, topic, &plain.display().to_string()],
-    )
-    .await
-    .map_err(|e| e.context(c.logs()))?;
+    let out = stream.stop_and_verify(&survivor, topic).await?;
     println!("{out}");
     // and the subscription goes on where it was
     let out = run_py("cluster.py", &["next", &survivor, topic, "kept"]).await?;
@@ -230,6 +210,174 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
 
     // the killed broker comes back and serves again
     c.brokers[owner].restart().await?;
-    let _ = &c.etcd;
+    Ok(())
+}
+
+/// A producer through both brokers' URLs, writing receipts to a file of its own.
+struct Stream {
+    child: tokio::process::Child,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Stream {
+    fn start(url: &str, topic: &str) -> Result<Stream> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("receipts");
+        let child = tokio::process::Command::new(python()?)
+            .arg(script("cluster.py"))
+            .args([
+                "produce",
+                url,
+                topic,
+                &file.display().to_string(),
+                "100000000",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Stream {
+            child,
+            file,
+            _dir: dir,
+        })
+    }
+
+    fn count(&self) -> usize {
+        receipts(&self.file).len()
+    }
+
+    /// Waits until `more` receipts beyond what it had have arrived.
+    async fn advance(&self, more: usize, c: &Cluster) -> Result<()> {
+        let target = self.count() + more;
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{target} receipts"),
+            || {
+                let n = self.count();
+                async move { n >= target }
+            },
+        )
+        .await
+        .map_err(|e| e.context(c.logs()))
+    }
+
+    /// Stops the producer; checks every receipted message is stored, through `url`.
+    async fn stop_and_verify(mut self, url: &str, topic: &str) -> Result<String> {
+        self.child.kill().await?;
+        let plain = self.file.with_extension("indexes");
+        let lines: String = receipts(&self.file)
+            .iter()
+            .map(|(i, _)| format!("{i}\n"))
+            .collect();
+        std::fs::write(&plain, lines)?;
+        run_py(
+            "durability.py",
+            &["verify", url, topic, &plain.display().to_string()],
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn killing_a_bookie_mid_stream_loses_nothing_at_2_2_2() -> Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    let url = c.service_url();
+    let topic = "persistent://public/default/bookie-loss";
+    let stream = Stream::start(&url, topic)?;
+    stream.advance(2000, &c).await?;
+    // the busiest bookie holds a copy of the entries being written now
+    let adds = |bk: &BookieProc| {
+        magnetar_testkit::metric_value(bk.http, "bookie_adds_total").unwrap_or(0.0) as u64
+    };
+    let victim = (0..c.bookies.len())
+        .max_by_key(|&i| adds(&c.bookies[i]))
+        .unwrap();
+    c.bookies[victim].kill9();
+    stream.advance(2000, &c).await?;
+    let out = stream.stop_and_verify(&url, topic).await?;
+    assert!(out.contains("verified"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn brokers_ride_out_an_etcd_restart() -> Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    let url = c.service_url();
+    let topic = "persistent://public/default/etcd-restart";
+    let stream = Stream::start(&url, topic)?;
+    stream.advance(2000, &c).await?;
+    c.etcd.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.etcd.restart().await?;
+    stream.advance(2000, &c).await?;
+    let out = stream.stop_and_verify(&url, topic).await?;
+    assert!(out.contains("verified"), "{out}");
+    // both brokers are members again
+    let b = &c.brokers[0];
+    wait_until(Duration::from_secs(30), "two live brokers", || {
+        let live = http_get(b.web, &format!("/admin/v2/brokers/{CLUSTER}")).unwrap_or_default();
+        async move { live.matches(':').count() >= 2 }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cluster_script_starts_a_working_cluster() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let run = |verb: &str| -> Result<String> {
+        let out = std::process::Command::new("bash")
+            .arg(&script_path)
+            .arg(verb)
+            .env("MAGNETAR_BIN", bin())
+            .env("CLUSTER_DIR", dir.path())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "cluster.sh {verb}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(text)
+    };
+    let up = run("up")?;
+    let url = up
+        .lines()
+        .find_map(|l| l.strip_prefix("service URL: "))
+        .with_context(|| format!("no service URL in {up}"))?
+        .trim()
+        .to_string();
+    let checked = async {
+        assert!(run("up").is_err(), "a second `up` is refused");
+        let status = run("status")?;
+        assert_eq!(status.matches("health: 200").count(), 2, "{status}");
+        let receipts = dir.path().join("receipts");
+        let r = receipts.display().to_string();
+        let topic = "persistent://public/default/script";
+        run_py("durability.py", &["produce", &url, topic, &r, "100"]).await?;
+        run_py("durability.py", &["verify", &url, topic, &r]).await
+    }
+    .await;
+    let down = run("down")?;
+    let verified = checked?;
+    assert!(verified.contains("verified 100"), "{verified}");
+    assert!(down.contains("cluster stopped (6 processes)"), "{down}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deploy_files_name_real_commands_and_flags() -> Result<()> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let out = run_py(
+        "deploy_check.py",
+        &[&bin().display().to_string(), &deploy.display().to_string()],
+    )
+    .await?;
+    println!("{out}");
+    assert!(out.contains("command lines checked"), "{out}");
     Ok(())
 }

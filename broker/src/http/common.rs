@@ -213,7 +213,37 @@ pub(super) async fn existing_topic(
 /// A BrokerError as an HTTP answer with Pulsar's status for it.
 pub(super) fn client_err(e: BrokerError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    err(status, e.to_string())
+    let mut r = err(status, e.to_string());
+    if let BrokerError::ServedElsewhere { web_url, .. } = e {
+        // `redirect_to_owner` completes the Location with the request's path
+        r.extensions_mut().insert(Elsewhere(web_url));
+    }
+    r
+}
+
+/// The owner's web URL, on a 307 answer whose Location the router fills in.
+#[derive(Clone)]
+pub(super) struct Elsewhere(pub String);
+
+/// Sends an admin request for a topic another broker owns there (307 keeps method and
+/// body, as Pulsar's brokers do), to the same path and query.
+pub(super) async fn redirect_to_owner(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let mut r = next.run(req).await;
+    if let Some(Elsewhere(base)) = r.extensions_mut().remove::<Elsewhere>()
+        && let Ok(location) =
+            axum::http::HeaderValue::from_str(&format!("{}{path}", base.trim_end_matches('/')))
+    {
+        r.headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    r
 }
 
 /// A namespace's bundles (404 if there is no such namespace).

@@ -127,6 +127,12 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
             ns_field("retention_policies", SetBy::Post, check_retention, true),
         )
         .route(
+            &ns("persistence"),
+            get(|s, p| policy_get(s, p, "persistence"))
+                .post(set_persistence)
+                .delete(|s, p| policy_delete(s, p, "persistence")),
+        )
+        .route(
             &ns("messageTTL"),
             ns_field("message_ttl_in_seconds", SetBy::Post, check_ttl, true),
         )
@@ -227,6 +233,7 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 "Method not allowed on this path",
             )
         })
+        .layer(axum::middleware::from_fn(common::redirect_to_owner))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&svc),
             gate::gate,
@@ -624,6 +631,49 @@ fn check_affinity(v: Value) -> Result<Value, String> {
         return Err("bookieAffinityGroupPrimary names no group".into());
     }
     serde_json::to_value(g).map_err(|e| e.to_string())
+}
+
+/// Pulsar's `PersistencePolicies`: refused when the quorums are impossible or the ensemble
+/// is larger than the bookies registered now (no new ledger could be made).
+async fn set_persistence(
+    State(svc): Svc,
+    p: Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let q: crate::policies::PersistencePolicies = match from_object(value, "persistence policies") {
+        Ok(q) => q,
+        Err(m) => return err(StatusCode::PRECONDITION_FAILED, m),
+    };
+    if let Some(why) = q.invalid() {
+        return err(StatusCode::PRECONDITION_FAILED, why);
+    }
+    match svc
+        .meta
+        .children(magnetar_bookie::ledger::BOOKIES_PATH)
+        .await
+    {
+        Ok(b) if b.len() < q.bookkeeper_ensemble => {
+            return err(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "bookkeeperEnsemble {} is more than the {} bookies available",
+                    q.bookkeeper_ensemble,
+                    b.len()
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return meta_err(e),
+    }
+    let body = match serde_json::to_vec(&q) {
+        Ok(b) => axum::body::Bytes::from(b),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    policy_set(State(svc), p, "persistence", body, Ok).await
 }
 
 fn check_retention(v: Value) -> Result<Value, String> {

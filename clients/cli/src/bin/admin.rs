@@ -263,6 +263,19 @@ enum NsPolicy {
         #[arg(long, allow_hyphen_values = true)]
         size_mb: i64,
     },
+    /// Copies of the namespace's new ledgers: bookies per ledger, copies per entry, copies
+    /// durable before a publish is acknowledged (pulsar-admin's set-persistence).
+    SetPersistence {
+        namespace: String,
+        #[arg(short = 'e', long)]
+        bookkeeper_ensemble: usize,
+        #[arg(short = 'w', long)]
+        bookkeeper_write_quorum: usize,
+        #[arg(short = 'a', long)]
+        bookkeeper_ack_quorum: usize,
+        #[arg(short = 'r', long, default_value_t = 0.0)]
+        ml_mark_delete_max_rate: f64,
+    },
     /// Expire unacknowledged messages older than this many seconds (0: never).
     SetMessageTtl {
         namespace: String,
@@ -320,7 +333,7 @@ enum NsPolicy {
         #[arg(long)]
         num_partitions: Option<u32>,
     },
-    /// Show one policy (retention, messageTTL, backlogQuotaMap, deduplication,
+    /// Show one policy (retention, persistence, messageTTL, backlogQuotaMap, deduplication,
     /// compactionThreshold, maxProducersPerTopic, maxConsumersPerTopic,
     /// maxConsumersPerSubscription).
     Get { namespace: String, policy: String },
@@ -710,6 +723,22 @@ fn ns_policy(
             namespace,
             "retention",
             json!({"retentionTimeInMinutes": time_minutes, "retentionSizeInMB": size_mb}),
+        )?,
+        NsPolicy::SetPersistence {
+            namespace,
+            bookkeeper_ensemble,
+            bookkeeper_write_quorum,
+            bookkeeper_ack_quorum,
+            ml_mark_delete_max_rate,
+        } => set(
+            namespace,
+            "persistence",
+            json!({
+                "bookkeeperEnsemble": bookkeeper_ensemble,
+                "bookkeeperWriteQuorum": bookkeeper_write_quorum,
+                "bookkeeperAckQuorum": bookkeeper_ack_quorum,
+                "managedLedgerMaxMarkDeleteRate": ml_mark_delete_max_rate,
+            }),
         )?,
         NsPolicy::SetMessageTtl {
             namespace,
