@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run cluster cluster-status cluster-down bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache
+.PHONY: help deps build test lint fmt run cluster cluster-status cluster-down bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache bench-cluster
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ cluster-status: ## what the local cluster runs, and its brokers' health
 
 cluster-down: ## stop the local cluster (its data stays; `scripts/cluster.sh clean` deletes it)
 	@scripts/cluster.sh down
+
+bench-cluster: deps ## issue #20: cluster start time, failover time over 10 kills, 2 brokers × 3 bookies vs standalone
+	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf
+	scripts/bench-cluster.sh
 
 bench-meta: deps ## metadata store put/get/CAS throughput on RocksDB and etcd
 	$(CARGO) build --release -p magnetar-cli --bin magnetar-perf

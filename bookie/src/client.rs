@@ -134,6 +134,27 @@ enum Transport {
 }
 
 impl BookieClient {
+    /// Connects, then presents `secret` when there is one (a bookie that requires it answers
+    /// nothing else first).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        timeout: Duration,
+        secret: Option<&Bytes>,
+    ) -> Result<BookieClient, ClientError> {
+        let c = Self::connect(addr, timeout).await?;
+        if let Some(secret) = secret {
+            c.call(Op::Auth(protocol::Auth {
+                secret: secret.clone(),
+            }))
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: format!("authenticating: {e}"),
+            })?;
+        }
+        Ok(c)
+    }
+
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<BookieClient, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await

@@ -134,6 +134,12 @@ pub fn render_metrics(b: &Bookie) -> String {
         c(&s.bad_frames),
     );
     metric(
+        "bookie_unauthenticated_total",
+        "counter",
+        "Connections refused for not presenting the cluster's secret first.",
+        c(&s.unauthenticated),
+    );
+    metric(
         "bookie_journal_records_total",
         "counter",
         "Records made durable by the journal.",

@@ -172,6 +172,8 @@ pub enum LedgerError {
 struct Pool {
     conns: Mutex<HashMap<String, BookieClient>>,
     timeout: Duration,
+    /// The cluster's shared secret, presented on every new connection.
+    secret: Option<Bytes>,
 }
 
 impl Pool {
@@ -196,7 +198,7 @@ impl Pool {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             reason: format!("bad bookie address {addr:?}"),
         })?;
-        let c = BookieClient::connect(sock, self.timeout).await?;
+        let c = BookieClient::connect_with(sock, self.timeout, self.secret.as_ref()).await?;
         self.conns.lock().insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -224,8 +226,20 @@ impl LedgerClient {
             pool: Arc::new(Pool {
                 conns: Mutex::default(),
                 timeout,
+                secret: None,
             }),
         }
+    }
+
+    /// Presents the cluster's shared secret to every bookie it connects to. Call it first:
+    /// it starts a new connection pool.
+    pub fn with_auth(mut self, secret: Option<Bytes>) -> LedgerClient {
+        self.pool = Arc::new(Pool {
+            conns: Mutex::default(),
+            timeout: self.pool.timeout,
+            secret,
+        });
+        self
     }
 
     /// Reaches the bookie registered as `addr` (`host:port`) by calling `bookie` in this

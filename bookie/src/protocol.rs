@@ -18,7 +18,7 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 pub struct Request {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -38,6 +38,8 @@ pub enum Op {
     DeleteLedger(DeleteLedger),
     #[prost(message, tag = "8")]
     Health(Health),
+    #[prost(message, tag = "9")]
+    Auth(Auth),
 }
 
 /// Store one entry. `writer_key` binds the ledger to its writer on first add; later adds with
@@ -102,6 +104,14 @@ pub struct DeleteLedger {
 #[derive(Clone, PartialEq, Message)]
 pub struct Health {}
 
+/// The first request on a connection to a bookie that requires authentication: the
+/// cluster's shared secret. Anything else first is refused and the connection closed.
+#[derive(Clone, PartialEq, Message)]
+pub struct Auth {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub secret: Bytes,
+}
+
 /// Outcome codes. Stable: never renumber or reuse one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
@@ -117,6 +127,7 @@ pub enum Status {
     Overloaded = 8,
     BadRequest = 9,
     Internal = 10,
+    Unauthenticated = 11,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -37,6 +37,9 @@ pub struct BookieConfig {
     /// How often deleted ledgers' space is reclaimed (and, with a metadata store, ledgers
     /// deleted while this bookie was away are found and dropped).
     pub gc_interval: Duration,
+    /// The cluster's shared secret: when set, a connection must present it first
+    /// (`Op::Auth`) or is refused and closed.
+    pub auth_secret: Option<Bytes>,
 }
 
 impl BookieConfig {
@@ -51,6 +54,7 @@ impl BookieConfig {
             max_pending_per_connection: 10_000,
             min_free_disk_bytes: 1 << 30,
             gc_interval: Duration::from_secs(300),
+            auth_secret: None,
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct BookieStats {
     pub reads: AtomicU64,
     pub flushes: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Connections refused for not presenting the cluster's secret.
+    pub unauthenticated: AtomicU64,
     pub connections: AtomicU64,
     /// Requests being handled, over all connections.
     pub pending: AtomicU64,
@@ -377,7 +383,8 @@ impl Bookie {
             Some(Op::ReadLac(r)) => self.lac(r.ledger_id, false).await,
             Some(Op::Fence(f)) => self.lac(f.ledger_id, true).await,
             Some(Op::DeleteLedger(d)) => self.delete(d.ledger_id).await.map(|()| Response::ok(id)),
-            Some(Op::Health(_)) => Ok(Response::ok(id)),
+            // a connection that needed to has already proved it (see `connection`)
+            Some(Op::Health(_)) | Some(Op::Auth(_)) => Ok(Response::ok(id)),
         };
         match result {
             Ok(mut resp) => {
@@ -711,8 +718,28 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
     });
     let pending = Arc::new(Semaphore::new(bookie.config.max_pending_per_connection));
     let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut authenticated = bookie.config.auth_secret.is_none();
     let result = loop {
         match protocol::decode_frame::<Request>(&mut buf) {
+            Ok(Some(req)) if !authenticated => {
+                let (id, secret) = (req.id, bookie.config.auth_secret.as_ref());
+                match (req.op, secret) {
+                    (Some(Op::Auth(a)), Some(s)) if same_secret(&a.secret, s) => {
+                        authenticated = true;
+                        let _ = tx.send(Response::ok(id));
+                    }
+                    _ => {
+                        bookie.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Response::error(
+                            id,
+                            Status::Unauthenticated,
+                            "this bookie needs the cluster's secret first (--bookie-auth-secret)",
+                        ));
+                        warn!("refused a client without the cluster's secret");
+                        break Ok(());
+                    }
+                }
+            }
             Ok(Some(req)) => {
                 let permit = match Arc::clone(&pending).try_acquire_owned() {
                     Ok(p) => p,
@@ -770,6 +797,11 @@ async fn connection(bookie: Arc<Bookie>, stream: TcpStream) -> Result<(), String
     // Let in-flight answers go out before closing.
     let _ = writer.await;
     result
+}
+
+/// Compares secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Binds the bookie port.

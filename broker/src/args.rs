@@ -585,6 +585,20 @@ pub async fn terminated() {
     }
 }
 
+/// The bookie protocol's shared secret named by `--bookie-auth-secret` (None: none given);
+/// an empty one is refused.
+pub fn bookie_secret(spec: Option<&Path>) -> Result<Option<bytes::Bytes>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let raw = match read_key(spec)? {
+        Key::Decoded(k) => k,
+        Key::Stored(raw) => magnetar_broker::auth::decode_secret(&raw),
+    };
+    if raw.is_empty() {
+        anyhow::bail!("the bookie secret {} is empty", spec.display());
+    }
+    Ok(Some(bytes::Bytes::from(raw)))
+}
+
 /// A key's bytes: decoded from a `data:` URL, or as stored in a file or variable (a secret
 /// may still be base64 text there).
 pub enum Key {

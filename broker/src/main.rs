@@ -226,6 +226,12 @@ struct BookieArgs {
     /// How long a bookie must be gone before auto-recovery copies its data [default: 60].
     #[arg(long, env = "MAGNETAR_AUTORECOVERY_GRACE_SECS")]
     autorecovery_grace_secs: Option<u64>,
+    /// The cluster's shared secret for the bookie protocol: a file, `file:///path`,
+    /// `data:;base64,...` or `env:VAR` (`magnetar tokens create-secret-key` makes one).
+    /// Clients (brokers, auto-recovery) must present it before anything else; without it
+    /// anyone who reaches the port can read, write and delete ledgers.
+    #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_SECRET")]
+    bookie_auth_secret: Option<PathBuf>,
 }
 
 impl BookieArgs {
@@ -259,7 +265,8 @@ impl BookieArgs {
             gc_interval_secs,
             meta_session_ttl_secs,
             autorecovery,
-            autorecovery_grace_secs
+            autorecovery_grace_secs,
+            bookie_auth_secret
         );
         Ok(self)
     }
@@ -339,6 +346,8 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     if let Some(v) = args.min_free_disk_bytes {
         config.min_free_disk_bytes = v;
     }
+    let secret = args::bookie_secret(args.bookie_auth_secret.as_deref())?;
+    config.auth_secret = secret.clone();
     let bind = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let addr = SocketAddr::new(bind, args.bookie_port.unwrap_or(3181));
     let advertised = format!(
@@ -384,13 +393,19 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
         ));
         if args.autorecovery.unwrap_or(false) {
             let grace = Duration::from_secs(args.autorecovery_grace_secs.unwrap_or(60));
-            let client = magnetar_bookie::ledger::LedgerClient::new(store, Duration::from_secs(10));
+            let client = magnetar_bookie::ledger::LedgerClient::new(store, Duration::from_secs(10))
+                .with_auth(secret.clone());
             let auto = magnetar_bookie::autorecovery::AutoRecovery::new(client, grace);
             tokio::spawn(auto.run(Duration::from_secs(5)));
             info!(grace_secs = grace.as_secs(), "auto-recovery running");
         }
     }
-    info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), ms = started.elapsed().as_millis() as u64, "bookie ready");
+    if secret.is_none() && args.meta.is_some() {
+        warn!(
+            "no --bookie-auth-secret: anyone who reaches the bookie port can read, write and delete ledgers"
+        );
+    }
+    info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), authenticated = secret.is_some(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 
     let shutdown = args::terminated();
     server::serve(Arc::clone(&bookie), listener, shutdown).await;

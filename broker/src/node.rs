@@ -34,6 +34,10 @@ pub struct NodeArgs {
     /// [default: 2000].
     #[arg(long, env = "MAGNETAR_METADATA_SESSION_TIMEOUT_MS")]
     metadata_session_timeout_ms: Option<u64>,
+    /// The cluster's shared secret for the bookie protocol (as the bookies'
+    /// `--bookie-auth-secret`): a file, `file:///path`, `data:;base64,...` or `env:VAR`.
+    #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_SECRET")]
+    bookie_auth_secret: Option<PathBuf>,
     /// Everything a broker takes (shared with `magnetar standalone`).
     #[command(flatten)]
     #[serde(skip)]
@@ -55,6 +59,9 @@ impl NodeArgs {
         }
         if self.metadata_session_timeout_ms.is_none() {
             self.metadata_session_timeout_ms = file.metadata_session_timeout_ms;
+        }
+        if self.bookie_auth_secret.is_none() {
+            self.bookie_auth_secret = file.bookie_auth_secret;
         }
         self.broker.fill_from(broker);
         Ok(self)
@@ -88,6 +95,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     };
     // refuse impossible settings before reaching out to anything
     args.broker.quorum(DEFAULT_QUORUM)?;
+    let secret = args::bookie_secret(args.bookie_auth_secret.as_deref())?;
     let meta = connect(url).await?;
     if meta.get(&keys::cluster(&cluster)).await?.is_none() {
         anyhow::bail!(
@@ -105,7 +113,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let ownership = ClaimedOwnership::join(meta.clone(), cfg.urls(), ttl)
         .await
         .context("join the cluster")?;
-    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
+    let ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10)).with_auth(secret);
     let svc = BrokerService::with_ownership(cfg, meta, ledgers, ownership.clone())
         .context("start the broker")?;
     let on_lost = Arc::downgrade(&svc);

@@ -6,6 +6,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use magnetar_bookie::client::BookieClient;
+use magnetar_bookie::protocol::Status;
 use magnetar_testkit::{
     BookieProc, BrokerProc, EtcdServer, http_get, http_request, python, wait_until,
 };
@@ -14,6 +17,8 @@ mod common;
 use common::{bin, run_py, script};
 
 const CLUSTER: &str = "test-cluster";
+/// The bookie protocol's shared secret ("cluster-secret-for-tests").
+const SECRET: &str = "data:;base64,Y2x1c3Rlci1zZWNyZXQtZm9yLXRlc3Rz";
 
 struct Cluster {
     etcd: EtcdServer,
@@ -42,11 +47,14 @@ impl Cluster {
         assert!(again.contains("already initialized"), "{again}");
         let mut bookies = Vec::new();
         for _ in 0..3 {
-            bookies.push(BookieProc::start(bin(), &["--meta", &meta]).await?);
+            let flags = ["--meta", &meta, "--bookie-auth-secret", SECRET];
+            bookies.push(BookieProc::start(bin(), &flags).await?);
         }
         let mut brokers = Vec::new();
+        let mut flags = vec!["--bookie-auth-secret", SECRET];
+        flags.extend_from_slice(broker_flags);
         for _ in 0..2 {
-            brokers.push(BrokerProc::start(bin(), &meta, CLUSTER, broker_flags).await?);
+            brokers.push(BrokerProc::start(bin(), &meta, CLUSTER, &flags).await?);
         }
         Ok(Cluster {
             etcd,
@@ -135,6 +143,26 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
         live.contains(&b.web.to_string()) && live.contains(&a.web.to_string()),
         "{live}"
     );
+    // the bookie port serves nobody without the cluster's secret
+    let timeout = Duration::from_secs(5);
+    let stranger = BookieClient::connect(c.bookies[0].addr, timeout).await?;
+    let refused = stranger
+        .read(1, 0)
+        .await
+        .expect_err("read without the secret");
+    assert_eq!(refused.status(), Some(Status::Unauthenticated), "{refused}");
+    let wrong = Bytes::from_static(b"not-the-secret");
+    assert!(
+        BookieClient::connect_with(c.bookies[0].addr, timeout, Some(&wrong))
+            .await
+            .is_err()
+    );
+    let member = Bytes::from_static(b"cluster-secret-for-tests");
+    let ok = BookieClient::connect_with(c.bookies[0].addr, timeout, Some(&member)).await?;
+    ok.health().await?;
+    let refusals =
+        magnetar_testkit::metric_value(c.bookies[0].http, "bookie_unauthenticated_total");
+    assert_eq!(refusals, Some(2.0));
     // every bookie has a copy
     for bk in &c.bookies {
         let adds = magnetar_testkit::metric_value(bk.http, "bookie_adds_total").unwrap_or(0.0);
@@ -331,7 +359,7 @@ async fn the_cluster_script_starts_a_working_cluster() -> Result<()> {
     let run = |verb: &str| -> Result<String> {
         let out = std::process::Command::new("bash")
             .arg(&script_path)
-            .arg(verb)
+            .args(verb.split(' '))
             .env("MAGNETAR_BIN", bin())
             .env("CLUSTER_DIR", dir.path())
             .output()?;
@@ -353,6 +381,13 @@ async fn the_cluster_script_starts_a_working_cluster() -> Result<()> {
         .to_string();
     let checked = async {
         assert!(run("up").is_err(), "a second `up` is refused");
+        let status = run("status")?;
+        assert_eq!(status.matches("health: 200").count(), 2, "{status}");
+        // one process down and up again, as an operator would
+        run("kill broker-1")?;
+        let status = run("status")?;
+        assert!(status.contains("broker-1: stopped"), "{status}");
+        run("start broker-1")?;
         let status = run("status")?;
         assert_eq!(status.matches("health: 200").count(), 2, "{status}");
         let receipts = dir.path().join("receipts");
