@@ -275,6 +275,12 @@ impl ClaimedOwnership {
                         topic.tenant, topic.namespace
                     )));
                 }
+                // A client sent to a dead owner backs off (seconds, doubling) before it asks
+                // again; held here instead, it gets its answer the moment the owner's session
+                // ends and the bundle is free.
+                if refuses_connections(&rec.native_url).await && self.outlived(&key).await? {
+                    continue;
+                }
                 return Ok(Owner::Broker(rec.urls()));
             }
             if !authoritative {
@@ -293,6 +299,19 @@ impl ClaimedOwnership {
             "bundle {range} of {}/{} is changing owner; retry",
             topic.tenant, topic.namespace
         )))
+    }
+
+    /// Waits (at most a session timeout and a second) for the record at `key` to go;
+    /// whether it went.
+    async fn outlived(&self, key: &str) -> Result<bool, MetaError> {
+        let deadline = tokio::time::Instant::now() + self.ttl + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            if self.meta.get(key).await?.is_none() {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(false)
     }
 
     /// Creates the owner record if there is none; false if another broker's is there.
@@ -346,6 +365,23 @@ impl Ownership for ClaimedOwnership {
     }
 }
 
+/// Whether nothing listens at a `pulsar://host:port` URL: the connection is refused, which
+/// only a host without that process answers. Anything else (it answers, it is slow, the URL
+/// is not a plain one) counts as alive: a live owner is never waited out.
+async fn refuses_connections(service_url: &str) -> bool {
+    let Some(addr) = service_url.strip_prefix("pulsar://") else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 /// `host:port` of a web URL: how Pulsar names a broker.
 fn broker_id(web_url: &str) -> String {
     web_url
@@ -388,9 +424,16 @@ mod tests {
         BrokerUrls {
             service_url: format!("pulsar://127.0.0.1:{port}"),
             service_url_tls: None,
-            web_url: format!("http://127.0.0.1:{}", port + 1000),
+            web_url: format!("http://web-{port}:8080"),
             web_url_tls: None,
         }
+    }
+
+    /// A port something listens on (a live broker's, as far as probes can tell).
+    fn listening() -> (std::net::TcpListener, u16) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
     }
 
     async fn cluster() -> MetaStore {
@@ -413,12 +456,13 @@ mod tests {
 
     #[tokio::test]
     async fn every_bundle_has_one_owner_and_both_brokers_agree() {
+        let ((_la, pa), (_lb, pb)) = (listening(), listening());
         let meta = cluster().await;
         let ttl = Duration::from_secs(5);
-        let a = ClaimedOwnership::join(meta.clone(), urls(6650), ttl)
+        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
             .await
             .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(6651), ttl)
+        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
             .await
             .unwrap();
         let mut served = [0, 0];
@@ -428,11 +472,11 @@ mod tests {
             let at_b = b.owner_of(&t, false).await.unwrap();
             match (at_a, at_b) {
                 (Owner::Me, Owner::Broker(u)) => {
-                    assert_eq!(u, urls(6650));
+                    assert_eq!(u, urls(pa));
                     served[0] += 1;
                 }
                 (Owner::Broker(u), Owner::Me) => {
-                    assert_eq!(u, urls(6651));
+                    assert_eq!(u, urls(pb));
                     served[1] += 1;
                 }
                 other => panic!("{t}: {other:?}"),
@@ -445,12 +489,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_session_hands_its_bundles_to_the_survivor() {
+        let ((_la, pa), (_lb, pb)) = (listening(), listening());
         let meta = cluster().await;
         let ttl = Duration::from_secs(5);
-        let a = ClaimedOwnership::join(meta.clone(), urls(6650), ttl)
+        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
             .await
             .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(6651), ttl)
+        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
             .await
             .unwrap();
         for t in topics(32) {
@@ -481,11 +526,40 @@ mod tests {
                     other => break other.unwrap(),
                 }
             };
-            assert_eq!(seen_by_a, Owner::Broker(urls(6651)), "{t}");
+            assert_eq!(seen_by_a, Owner::Broker(urls(pb)), "{t}");
         }
         assert_eq!(b.owned().len(), 4);
         b.leave().await;
         assert!(meta.children(keys::LIVE_BROKERS).await.unwrap().len() <= 1);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_for_a_dead_owners_bundle_waits_for_it_to_be_free() {
+        let meta = cluster().await;
+        let ttl = Duration::from_secs(1);
+        let (listener, pa) = listening();
+        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
+            .await
+            .unwrap();
+        let b = ClaimedOwnership::join(meta.clone(), urls(6651), ttl)
+            .await
+            .unwrap();
+        let t = &topics(1)[0];
+        assert_eq!(a.owner_of(t, true).await.unwrap(), Owner::Me);
+        assert_eq!(b.owner_of(t, false).await.unwrap(), Owner::Broker(urls(pa)));
+        // a dies: its port refuses, and its session ends a little later
+        drop(listener);
+        let id = a.held.lock().session.as_ref().unwrap().id();
+        let meta2 = meta.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            meta2.revoke_session(id).await.unwrap();
+        });
+        assert_eq!(
+            b.owner_of(t, false).await.unwrap(),
+            Owner::Me,
+            "answered once the bundle was free, not sent to the dead owner"
+        );
     }
 
     #[tokio::test]
