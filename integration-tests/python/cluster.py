@@ -1,7 +1,7 @@
 """Phases of the cluster tests (two brokers over etcd and three bookies); the Rust test
 starts the processes and kills them between phases.
 
-  cluster.py spread URL1 URL2 WEB1 WEB2 N   N topics: each produced through one broker and
+  cluster.py spread URL1 URL2 WEB1 WEB2 N NS   N topics in namespace NS: each produced through one broker and
                                             consumed through the other; both brokers'
                                             HTTP lookups agree on each topic's owner, and
                                             both brokers own some; topic stats answer
@@ -27,12 +27,12 @@ def owner(web, topic):
 
 cmd = sys.argv[1]
 if cmd == "spread":
-    url1, url2, web1, web2, n = sys.argv[2:7]
+    url1, url2, web1, web2, n, ns = sys.argv[2:8]
     c1 = pulsar.Client(url1, operation_timeout_seconds=20)
     c2 = pulsar.Client(url2, operation_timeout_seconds=20)
     owners = {}
     for i in range(int(n)):
-        topic = "persistent://public/default/spread-%d" % i
+        topic = "persistent://%s/spread-%d" % (ns, i)
         pc, cc = (c1, c2) if i % 2 == 0 else (c2, c1)
         consumer = cc.subscribe(topic, "s")
         producer = pc.create_producer(topic)

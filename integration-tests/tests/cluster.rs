@@ -106,8 +106,16 @@ async fn a_broker_refuses_to_start_in_an_uninitialized_cluster() -> Result<()> {
 async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<()> {
     let c = Cluster::start(&[]).await?;
     let (a, b) = (&c.brokers[0], &c.brokers[1]);
+    // 64 bundles: with 16 topics, both brokers get some whatever their (random) names hash to
+    let created = http_request(
+        a.web,
+        "PUT",
+        "/admin/v2/namespaces/public/spread",
+        r#"{"bundles": {"numBundles": 64}}"#,
+    )?;
+    assert!(created.starts_with("HTTP/1.0 204"), "{created}");
     // three copies of every entry, two acknowledged: set through one broker, used by both
-    let persistence = "/admin/v2/namespaces/public/default/persistence";
+    let persistence = "/admin/v2/namespaces/public/spread/persistence";
     let set = |body: &str| http_request(a.web, "POST", persistence, body);
     let impossible =
         set(r#"{"bookkeeperEnsemble": 4, "bookkeeperWriteQuorum": 3, "bookkeeperAckQuorum": 2}"#)?;
@@ -132,6 +140,7 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
             &a.web_url(),
             &b.web_url(),
             "16",
+            "public/spread",
         ],
     )
     .await
@@ -142,6 +151,30 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
     assert!(
         live.contains(&b.web.to_string()) && live.contains(&a.web.to_string()),
         "{live}"
+    );
+    // each broker's bundles, as either broker reports them: disjoint, all four covered
+    let mut all = Vec::new();
+    for owner in [a, b] {
+        let path = format!("/admin/v2/brokers/{CLUSTER}/{}/ownedNamespaces", owner.web);
+        let body = |r: String| r.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        let seen_by_a = body(http_get(a.web, &path)?).unwrap_or_default();
+        let seen_by_b = body(http_get(b.web, &path)?).unwrap_or_default();
+        assert_eq!(seen_by_a, seen_by_b, "both say the same");
+        let bundles: Vec<String> = seen_by_a
+            .split('"')
+            .filter(|k| k.starts_with("public/spread/0x"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !bundles.is_empty(),
+            "{} owns nothing: {seen_by_a}",
+            owner.web
+        );
+        all.push(bundles);
+    }
+    assert!(
+        all[0].iter().all(|k| !all[1].contains(k)),
+        "one owner per bundle: {all:?}"
     );
     // the bookie port serves nobody without the cluster's secret
     let timeout = Duration::from_secs(5);

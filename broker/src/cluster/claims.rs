@@ -357,6 +357,31 @@ impl Ownership for ClaimedOwnership {
             .contains(&keys::bundle_owner(tenant, ns, range))
     }
 
+    fn bundles_of_broker<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, BrokerError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for t in self.meta.children(keys::OWNERS).await? {
+                let tenant_key = format!("{}/{t}", keys::OWNERS);
+                for ns in self.meta.children(&tenant_key).await? {
+                    for range in self.meta.children(&format!("{tenant_key}/{ns}")).await? {
+                        let key = keys::bundle_owner(&t, &ns, &range);
+                        let Some(v) = self.meta.get(&key).await? else {
+                            continue;
+                        };
+                        let rec: OwnerRecord = decode_json(&key, &v.value)?;
+                        if broker_id(&rec.http_url) == id {
+                            out.push(format!("{t}/{ns}/{range}"));
+                        }
+                    }
+                }
+            }
+            Ok(Some(out))
+        })
+    }
+
     fn live_brokers(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>> {
         Box::pin(async move {
             let names = self.meta.children(keys::LIVE_BROKERS).await?;
@@ -436,16 +461,29 @@ mod tests {
         (l, port)
     }
 
+    /// Bundles of the test namespace: enough that brokers with random names all get some.
+    const BUNDLES: u32 = 64;
+
     async fn cluster() -> MetaStore {
         let meta: MetaStore = Arc::new(MemoryStore::new().unwrap());
         meta.put_json(
             &keys::namespace("public", "default"),
-            &serde_json::json!({}),
+            &serde_json::json!({"bundles": super::super::bundles::Bundles::even(BUNDLES)}),
             Expected::Absent,
         )
         .await
         .unwrap();
         meta
+    }
+
+    /// How many bundles `n` test topics fall in.
+    fn bundles_of(n: usize) -> usize {
+        let b = super::super::bundles::Bundles::even(BUNDLES);
+        topics(n)
+            .iter()
+            .filter_map(|t| b.bundle_of(topic_hash(t)))
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 
     fn topics(n: usize) -> Vec<TopicName> {
@@ -483,8 +521,13 @@ mod tests {
             }
         }
         assert!(served[0] > 0 && served[1] > 0, "bundles spread: {served:?}");
-        assert_eq!(a.owned().len() + b.owned().len(), 4, "four default bundles");
+        assert_eq!(a.owned().len() + b.owned().len(), bundles_of(64));
         assert!(a.owned().is_disjoint(&b.owned()));
+        // what either says a broker owns is what that broker holds
+        for (who, by) in [(&a, &b), (&b, &a)] {
+            let listed = by.bundles_of_broker(who.id()).await.unwrap().unwrap();
+            assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), who.owned());
+        }
     }
 
     #[tokio::test]
@@ -501,7 +544,11 @@ mod tests {
         for t in topics(32) {
             a.owner_of(&t, true).await.unwrap();
         }
-        assert_eq!(a.owned().len(), 4, "authoritative lookups claim outright");
+        assert_eq!(
+            a.owned().len(),
+            bundles_of(32),
+            "authoritative lookups claim outright"
+        );
         let unloaded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let u = Arc::clone(&unloaded);
         tokio::spawn(Arc::clone(&a).keep_alive(move || {
@@ -528,7 +575,7 @@ mod tests {
             };
             assert_eq!(seen_by_a, Owner::Broker(urls(pb)), "{t}");
         }
-        assert_eq!(b.owned().len(), 4);
+        assert_eq!(b.owned().len(), bundles_of(32));
         b.leave().await;
         assert!(meta.children(keys::LIVE_BROKERS).await.unwrap().len() <= 1);
     }

@@ -20,8 +20,8 @@ pub fn live_broker(id: &str) -> String {
     format!("{LIVE_BROKERS}/{id}")
 }
 
-/// Prefix of the bundle owners' records.
-const OWNERS: &str = "/namespace";
+/// Children: the tenants with owned bundles; below them namespaces, then bundle ranges.
+pub const OWNERS: &str = "/namespace";
 
 /// The owner of bundle `range` of `tenant/ns`: a record bound to the owner's session.
 pub fn bundle_owner(tenant: &str, ns: &str, range: &str) -> String {

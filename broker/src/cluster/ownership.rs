@@ -44,6 +44,15 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// Whether this broker owns bundle `range` (`0xLOWER_0xUPPER`) of `tenant/ns` now.
     fn owns_bundle(&self, namespace: &str, range: &str) -> bool;
 
+    /// The bundles (`tenant/ns/range`) broker `id` (`host:web port`) owns, when other
+    /// brokers' ownership is known here; None: only this broker's, through `owns_bundle`.
+    fn bundles_of_broker<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, BrokerError>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
     /// The live brokers of the cluster (`host:web port`); None when this broker is alone.
     fn live_brokers(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>> {
         Box::pin(futures::future::ready(Ok(None)))

@@ -272,14 +272,43 @@ async fn leader(State(svc): Svc) -> Response {
 
 /// The bundles this broker owns, by namespace.
 async fn owned_namespaces(State(svc): Svc, Path((c, b)): Path<(String, String)>) -> Response {
-    if c != svc.cfg.cluster || b != broker_id(&svc) {
+    if c != svc.cfg.cluster {
+        return err(StatusCode::NOT_FOUND, "Cluster does not exist");
+    }
+    let owned = |bundles: Vec<String>| {
+        let out: serde_json::Map<String, Value> = bundles
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    json!({"broker_assignment": "shared", "is_controlled": false, "is_active": true}),
+                )
+            })
+            .collect();
+        axum::Json(Value::Object(out)).into_response()
+    };
+    // in a cluster: any live broker's, from the ownership records
+    match svc.ownership.bundles_of_broker(&b).await {
+        Ok(Some(bundles)) => {
+            return match svc.ownership.live_brokers().await {
+                Ok(Some(live)) if !live.contains(&b) => {
+                    err(StatusCode::NOT_FOUND, "Broker not found")
+                }
+                Ok(_) => owned(bundles),
+                Err(e) => client_err(e),
+            };
+        }
+        Ok(None) => {}
+        Err(e) => return client_err(e),
+    }
+    if b != broker_id(&svc) {
         return err(StatusCode::NOT_FOUND, "Broker not found");
     }
     let tenants = match svc.meta.children(keys::TENANTS).await {
         Ok(t) => t,
         Err(e) => return meta_err(e),
     };
-    let mut out = serde_json::Map::new();
+    let mut out = Vec::new();
     for t in tenants {
         let namespaces = match svc.meta.children(&keys::tenant(&t)).await {
             Ok(n) => n,
@@ -292,15 +321,11 @@ async fn owned_namespaces(State(svc): Svc, Path((c, b)): Path<(String, String)>)
             };
             let namespace = format!("{t}/{ns}");
             for range in bundles.ranges() {
-                if !svc.ownership.owns_bundle(&namespace, &range) {
-                    continue;
+                if svc.ownership.owns_bundle(&namespace, &range) {
+                    out.push(format!("{t}/{ns}/{range}"));
                 }
-                out.insert(
-                    format!("{t}/{ns}/{range}"),
-                    json!({"broker_assignment": "shared", "is_controlled": false, "is_active": true}),
-                );
             }
         }
     }
-    axum::Json(Value::Object(out)).into_response()
+    owned(out)
 }
