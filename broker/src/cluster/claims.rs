@@ -357,6 +357,56 @@ impl Ownership for ClaimedOwnership {
             .contains(&keys::bundle_owner(tenant, ns, range))
     }
 
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        range: Option<&'a str>,
+        unload: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let prefix = match range {
+                Some(r) => format!("{}/{namespace}/{r}", keys::OWNERS),
+                None => format!("{}/{namespace}/", keys::OWNERS),
+            };
+            // no longer "mine": clients asking now are told to retry, and while the record
+            // stays (marked disabled, as Pulsar marks a bundle being unloaded) nobody else
+            // takes the bundle before its topics are closed here
+            let (session, keys) = {
+                let _g = self.claiming.lock().await;
+                let mut held = self.held.lock();
+                let keys: Vec<String> = held
+                    .owned
+                    .iter()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for k in &keys {
+                    held.owned.remove(k);
+                }
+                (held.session.clone(), keys)
+            };
+            if let Some(session) = &session {
+                let mut rec = OwnerRecord::of(&self.me);
+                rec.disabled = true;
+                for k in &keys {
+                    let value = encode_json(k, &rec)?;
+                    self.meta
+                        .put_ephemeral(session, k, value, Expected::Any)
+                        .await?;
+                }
+            }
+            unload.await;
+            for k in &keys {
+                match self.meta.delete(k, Expected::Any).await {
+                    Ok(()) | Err(MetaError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                info!(bundle = %k, "bundle released");
+            }
+            Ok(())
+        })
+    }
+
     fn bundles_of_broker<'a>(
         &'a self,
         id: &'a str,
@@ -607,6 +657,36 @@ mod tests {
             Owner::Me,
             "answered once the bundle was free, not sent to the dead owner"
         );
+    }
+
+    #[tokio::test]
+    async fn a_released_bundle_is_held_until_its_topics_are_closed_then_free() {
+        let meta = cluster().await;
+        let ttl = Duration::from_secs(5);
+        let ((_la, pa), (_lb, pb)) = (listening(), listening());
+        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
+            .await
+            .unwrap();
+        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
+            .await
+            .unwrap();
+        let t = &topics(1)[0];
+        assert_eq!(a.owner_of(t, true).await.unwrap(), Owner::Me);
+        let range = a.owned().into_iter().next().unwrap();
+        let range = range.rsplit('/').next().unwrap().to_string();
+        let during = async {
+            // while a closes the topics: a no longer serves it, nobody else takes it
+            assert!(matches!(
+                a.owner_of(t, false).await,
+                Err(BrokerError::NotReady(_))
+            ));
+            assert_eq!(b.owner_of(t, true).await.unwrap(), Owner::Broker(urls(pa)));
+        };
+        a.release("public/default", Some(&range), Box::pin(during))
+            .await
+            .unwrap();
+        assert!(a.owned().is_empty());
+        assert_eq!(b.owner_of(t, true).await.unwrap(), Owner::Me, "free after");
     }
 
     #[tokio::test]

@@ -44,6 +44,21 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// Whether this broker owns bundle `range` (`0xLOWER_0xUPPER`) of `tenant/ns` now.
     fn owns_bundle(&self, namespace: &str, range: &str) -> bool;
 
+    /// Gives up this broker's bundles of `namespace` (`tenant/ns`; one bundle if `range`):
+    /// stops serving them as owner, runs `unload` (which closes their topics), then lets
+    /// them go so the next lookup assigns them again. Alone, a broker just unloads.
+    fn release<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _range: Option<&'a str>,
+        unload: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            unload.await;
+            Ok(())
+        })
+    }
+
     /// The bundles (`tenant/ns/range`) broker `id` (`host:web port`) owns, when other
     /// brokers' ownership is known here; None: only this broker's, through `owns_bundle`.
     fn bundles_of_broker<'a>(

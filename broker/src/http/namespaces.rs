@@ -122,8 +122,12 @@ async fn unload_namespace(State(svc): Svc, Path((tenant, ns)): NsPath) -> Respon
     if let Err(r) = namespace_exists(&svc, &tenant, &ns).await {
         return r;
     }
-    unload_where(&svc, &tenant, &ns, |_| true).await;
-    StatusCode::NO_CONTENT.into_response()
+    let namespace = format!("{tenant}/{ns}");
+    let unload = Box::pin(unload_where(&svc, &tenant, &ns, |_| true));
+    match svc.ownership.release(&namespace, None, unload).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => client_err(e),
+    }
 }
 
 async fn unload_bundle(
@@ -140,11 +144,18 @@ async fn unload_bundle(
             format!("bundle {bundle} does not exist"),
         );
     }
-    unload_where(&svc, &tenant, &ns, |t| {
+    let namespace = format!("{tenant}/{ns}");
+    let unload = Box::pin(unload_where(&svc, &tenant, &ns, |t| {
         bundles.bundle_of(topic_hash(t)).as_deref() == Some(bundle.as_str())
-    })
-    .await;
-    StatusCode::NO_CONTENT.into_response()
+    }));
+    match svc
+        .ownership
+        .release(&namespace, Some(&bundle), unload)
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => client_err(e),
+    }
 }
 
 #[derive(Deserialize)]
