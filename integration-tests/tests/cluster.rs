@@ -176,6 +176,20 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
         all[0].iter().all(|k| !all[1].contains(k)),
         "one owner per bundle: {all:?}"
     );
+    // unloading one of a's bundles on a gives it up
+    let range = all[0][0].rsplit('/').next().unwrap().to_string();
+    let unloaded = http_request(
+        a.web,
+        "PUT",
+        &format!("/admin/v2/namespaces/public/spread/{range}/unload"),
+        "",
+    )?;
+    assert!(unloaded.starts_with("HTTP/1.0 204"), "{unloaded}");
+    let owned = http_get(
+        b.web,
+        &format!("/admin/v2/brokers/{CLUSTER}/{}/ownedNamespaces", a.web),
+    )?;
+    assert!(!owned.contains(&all[0][0]), "{range} released: {owned}");
     // the bookie port serves nobody without the cluster's secret
     let timeout = Duration::from_secs(5);
     let stranger = BookieClient::connect(c.bookies[0].addr, timeout).await?;
