@@ -176,8 +176,22 @@ async fn topics_spread_over_both_brokers_and_either_url_serves_them() -> Result<
         all[0].iter().all(|k| !all[1].contains(k)),
         "one owner per bundle: {all:?}"
     );
-    // unloading one of a's bundles on a gives it up
+    // unloading one of a's bundles: b sends the request to a; a gives the bundle up
     let range = all[0][0].rsplit('/').next().unwrap().to_string();
+    let at_b = http_request(
+        b.web,
+        "PUT",
+        &format!("/admin/v2/namespaces/public/spread/{range}/unload"),
+        "",
+    )?;
+    assert!(
+        at_b.starts_with("HTTP/1.0 307")
+            && at_b.contains(&format!(
+                "location: http://{}/admin/v2/namespaces/public/spread/{range}/unload",
+                a.web
+            )),
+        "{at_b}"
+    );
     let unloaded = http_request(
         a.web,
         "PUT",

@@ -407,6 +407,21 @@ impl Ownership for ClaimedOwnership {
         })
     }
 
+    fn bundle_owner_elsewhere<'a>(
+        &'a self,
+        namespace: &'a str,
+        range: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BrokerUrls>, BrokerError>> {
+        Box::pin(async move {
+            let key = format!("{}/{namespace}/{range}", keys::OWNERS);
+            let Some(v) = self.meta.get(&key).await? else {
+                return Ok(None);
+            };
+            let rec: OwnerRecord = decode_json(&key, &v.value)?;
+            Ok((rec.native_url != self.me.service_url).then(|| rec.urls()))
+        })
+    }
+
     fn bundles_of_broker<'a>(
         &'a self,
         id: &'a str,

@@ -59,6 +59,16 @@ pub trait Ownership: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Another broker that owns bundle `range` of `namespace`, if one does (None: this
+    /// broker, nobody, or a broker alone).
+    fn bundle_owner_elsewhere<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _range: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BrokerUrls>, BrokerError>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
     /// The bundles (`tenant/ns/range`) broker `id` (`host:web port`) owns, when other
     /// brokers' ownership is known here; None: only this broker's, through `owns_bundle`.
     fn bundles_of_broker<'a>(

@@ -21,6 +21,7 @@ use crate::authz::AuthPolicies;
 use crate::authz::check_actions;
 use crate::cluster::bundles::{stored_bundles, topic_hash};
 use crate::cluster::keys;
+use crate::error::BrokerError;
 use crate::names::TopicName;
 use crate::service::BrokerService;
 
@@ -145,6 +146,22 @@ async fn unload_bundle(
         );
     }
     let namespace = format!("{tenant}/{ns}");
+    // the owner unloads it (307 there, as Pulsar's brokers answer)
+    match svc
+        .ownership
+        .bundle_owner_elsewhere(&namespace, &bundle)
+        .await
+    {
+        Ok(Some(urls)) => {
+            return client_err(BrokerError::ServedElsewhere {
+                topic: format!("bundle {namespace}/{bundle}"),
+                service_url: urls.service_url,
+                web_url: urls.web_url,
+            });
+        }
+        Ok(None) => {}
+        Err(e) => return client_err(e),
+    }
     let unload = Box::pin(unload_where(&svc, &tenant, &ns, |t| {
         bundles.bundle_of(topic_hash(t)).as_deref() == Some(bundle.as_str())
     }));
