@@ -367,9 +367,7 @@ impl LedgerClient {
         qa: usize,
         affinity: Option<Affinity>,
     ) -> Result<LedgerWriter, LedgerError> {
-        if !(e >= qw && qw >= qa && qa >= 1) {
-            return Err(LedgerError::InvalidQuorum { e, qw, qa });
-        }
+        check_quorum(e, qw, qa)?;
         let available = self.available_bookies().await?;
         let bookies = Self::place(available, e, affinity.as_ref())?;
         let id = self.ids.next_id().await?;
@@ -657,6 +655,15 @@ impl LedgerClient {
             .delete(&ledger_key(id), Expected::Version(version))
             .await?;
         Ok(())
+    }
+}
+
+/// Whether ledgers can be made with ensemble `e`, write quorum `qw` and ack quorum `qa`.
+pub fn check_quorum(e: usize, qw: usize, qa: usize) -> Result<(), LedgerError> {
+    if e >= qw && qw >= qa && qa >= 1 {
+        Ok(())
+    } else {
+        Err(LedgerError::InvalidQuorum { e, qw, qa })
     }
 }
 

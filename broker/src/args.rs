@@ -328,13 +328,8 @@ impl BrokerArgs {
                 .unwrap_or(default[1]),
             self.managed_ledger_default_ack_quorum.unwrap_or(default[2]),
         ];
-        let [e, qw, qa] = q;
-        if qa == 0 || qa > qw || qw > e {
-            anyhow::bail!(
-                "ledger quorums must satisfy 1 <= ack quorum <= write quorum <= ensemble size; \
-                 got ensemble {e}, write quorum {qw}, ack quorum {qa}"
-            );
-        }
+        magnetar_bookie::ledger::check_quorum(q[0], q[1], q[2])
+            .context("--managed-ledger-default-*: ensemble size, write quorum and ack quorum")?;
         Ok(q)
     }
 

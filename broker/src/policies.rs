@@ -71,19 +71,15 @@ pub struct PersistencePolicies {
 }
 
 impl PersistencePolicies {
-    /// Why these copies cannot be made, if they cannot.
+    /// Why these copies cannot be made, if they cannot (the ledger client's rule).
     pub fn invalid(&self) -> Option<String> {
-        let (e, qw, qa) = (
+        magnetar_bookie::ledger::check_quorum(
             self.bookkeeper_ensemble,
             self.bookkeeper_write_quorum,
             self.bookkeeper_ack_quorum,
-        );
-        (qa == 0 || qa > qw || qw > e).then(|| {
-            format!(
-                "persistence needs 1 <= bookkeeperAckQuorum <= bookkeeperWriteQuorum <= \
-                 bookkeeperEnsemble; got ensemble {e}, write quorum {qw}, ack quorum {qa}"
-            )
-        })
+        )
+        .err()
+        .map(|e| format!("persistence: {e}"))
     }
 }
 

@@ -365,8 +365,8 @@ impl Ownership for ClaimedOwnership {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let prefix = match range {
-                Some(r) => format!("{}/{namespace}/{r}", keys::OWNERS),
-                None => format!("{}/{namespace}/", keys::OWNERS),
+                Some(r) => keys::bundle_owners(Some(&format!("{namespace}/{r}"))),
+                None => keys::bundle_owners(Some(&format!("{namespace}/"))),
             };
             // no longer "mine": clients asking now are told to retry, and while the record
             // stays (marked disabled, as Pulsar marks a bundle being unloaded) nobody else
@@ -413,7 +413,7 @@ impl Ownership for ClaimedOwnership {
         range: &'a str,
     ) -> BoxFuture<'a, Result<Option<BrokerUrls>, BrokerError>> {
         Box::pin(async move {
-            let key = format!("{}/{namespace}/{range}", keys::OWNERS);
+            let key = keys::bundle_owners(Some(&format!("{namespace}/{range}")));
             let Some(v) = self.meta.get(&key).await? else {
                 return Ok(None);
             };
@@ -428,10 +428,14 @@ impl Ownership for ClaimedOwnership {
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, BrokerError>> {
         Box::pin(async move {
             let mut out = Vec::new();
-            for t in self.meta.children(keys::OWNERS).await? {
-                let tenant_key = format!("{}/{t}", keys::OWNERS);
-                for ns in self.meta.children(&tenant_key).await? {
-                    for range in self.meta.children(&format!("{tenant_key}/{ns}")).await? {
+            for t in self.meta.children(&keys::bundle_owners(None)).await? {
+                for ns in self.meta.children(&keys::bundle_owners(Some(&t))).await? {
+                    let namespace = format!("{t}/{ns}");
+                    for range in self
+                        .meta
+                        .children(&keys::bundle_owners(Some(&namespace)))
+                        .await?
+                    {
                         let key = keys::bundle_owner(&t, &ns, &range);
                         let Some(v) = self.meta.get(&key).await? else {
                             continue;

@@ -20,12 +20,21 @@ pub fn live_broker(id: &str) -> String {
     format!("{LIVE_BROKERS}/{id}")
 }
 
-/// Children: the tenants with owned bundles; below them namespaces, then bundle ranges.
-pub const OWNERS: &str = "/namespace";
+/// Prefix of the bundle owners' records.
+const OWNERS: &str = "/namespace";
 
 /// The owner of bundle `range` of `tenant/ns`: a record bound to the owner's session.
 pub fn bundle_owner(tenant: &str, ns: &str, range: &str) -> String {
     format!("{OWNERS}/{tenant}/{ns}/{range}")
+}
+
+/// Children of `tenant` (None: of every tenant) or `tenant/ns`: what lies below in the
+/// bundle owners' records (tenants, then namespaces, then ranges).
+pub fn bundle_owners(under: Option<&str>) -> String {
+    match under {
+        Some(path) => format!("{OWNERS}/{path}"),
+        None => OWNERS.to_string(),
+    }
 }
 
 /// `tenant/ns/range` of a [`bundle_owner`] key.
@@ -102,6 +111,8 @@ mod tests {
             "a/b/0x00000000_0xffffffff"
         );
         assert_eq!(live_broker("h:8080"), "/loadbalance/brokers/h:8080");
+        assert_eq!(bundle_owners(Some("a/b")), "/namespace/a/b");
+        assert!(owner.starts_with(&bundle_owners(Some("a/b"))));
         assert_eq!(managed_ledger(&t), "/managed-ledgers/a/b/persistent/c");
         assert_eq!(managed_ledgers("a", "b"), "/managed-ledgers/a/b/persistent");
         assert_eq!(cursors(&t), "/cursors/a/b/persistent/c");

@@ -231,14 +231,15 @@ pub(super) async fn redirect_to_owner(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let uri = req.uri().clone();
     let mut r = next.run(req).await;
     if let Some(Elsewhere(base)) = r.extensions_mut().remove::<Elsewhere>()
-        && let Ok(location) =
-            axum::http::HeaderValue::from_str(&format!("{}{path}", base.trim_end_matches('/')))
+        && let Some(path) = uri.path_and_query()
+        && let Ok(location) = axum::http::HeaderValue::from_str(&format!(
+            "{}{}",
+            base.trim_end_matches('/'),
+            path.as_str()
+        ))
     {
         r.headers_mut()
             .insert(axum::http::header::LOCATION, location);

@@ -637,7 +637,7 @@ fn check_affinity(v: Value) -> Result<Value, String> {
 /// is larger than the bookies registered now (no new ledger could be made).
 async fn set_persistence(
     State(svc): Svc,
-    p: Path<(String, String)>,
+    Path((tenant, ns)): NsPath,
     body: axum::body::Bytes,
 ) -> Response {
     let value = match serde_json::from_slice::<Value>(&body) {
@@ -669,11 +669,8 @@ async fn set_persistence(
         Ok(_) => {}
         Err(e) => return meta_err(e),
     }
-    let body = match serde_json::to_vec(&q) {
-        Ok(b) => axum::body::Bytes::from(b),
-        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    policy_set(State(svc), p, "persistence", body, Ok).await
+    let value = json!(q);
+    update_policies(&svc, &tenant, &ns, |p| p["persistence"] = value.clone()).await
 }
 
 fn check_retention(v: Value) -> Result<Value, String> {
