@@ -48,7 +48,7 @@ times=()
 for k in $(seq 1 "$KILLS"); do
   topic="persistent://public/default/failover-$k"
   receipts="$WORK/receipts-$k"
-  "$PY" integration-tests/python/cluster.py produce "$URL" "$topic" "$receipts" 100000000 \
+  "$PY" integration-tests/python/durability.py produce "$URL" "$topic" "$receipts" 100000000 \
     >/dev/null 2>&1 &
   producer=$!
   until [ "$(cat "$receipts" 2>/dev/null | wc -l)" -ge 2000 ]; do sleep 0.1; done

@@ -1,19 +1,16 @@
 """Phases of the cluster tests (two brokers over etcd and three bookies); the Rust test
-starts the processes and kills them between phases.
+starts the processes and kills them between phases; producing, consuming and verifying
+are durability.py's phases.
 
   cluster.py spread URL1 URL2 WEB1 WEB2 N NS   N topics in namespace NS: each produced through one broker and
                                             consumed through the other; both brokers'
                                             HTTP lookups agree on each topic's owner, and
                                             both brokers own some; topic stats answer
                                             through either broker. Prints the owner count.
-  cluster.py produce URL TOPIC RECEIPTS N   send N messages; append "index unix_ms" to
-                                            RECEIPTS as each receipt arrives
-  cluster.py consume URL TOPIC SUB N        receive and acknowledge N messages
   cluster.py next URL TOPIC SUB             print the index of the next message SUB gets
 """
 import json
 import sys
-import time
 import urllib.request
 
 import pulsar
@@ -54,31 +51,6 @@ if cmd == "spread":
         consumer.close()
     print("owners:", owners)
     assert len(owners) == 2, "all topics on one broker: %s" % owners
-elif cmd == "produce":
-    url, topic, path, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-    client = pulsar.Client(url, operation_timeout_seconds=30)
-    out = open(path, "a", buffering=1)
-    p = client.create_producer(topic, batching_enabled=False, max_pending_messages=100,
-                               block_if_queue_full=True, send_timeout_millis=0)
-
-    def done(i):
-        def cb(res, msg_id):
-            if res == pulsar.Result.Ok:
-                out.write("%d %d\n" % (i, int(time.time() * 1000)))
-        return cb
-
-    for i in range(n):
-        p.send_async(b"%d" % i, done(i))
-    p.flush()
-    print("produced", n)
-elif cmd == "consume":
-    url, topic, sub, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-    client = pulsar.Client(url, operation_timeout_seconds=30)
-    c = client.subscribe(topic, sub, initial_position=pulsar.InitialPosition.Earliest)
-    for _ in range(n):
-        c.acknowledge(c.receive(timeout_millis=30000))
-    c.close()
-    print("consumed", n)
 elif cmd == "next":
     url, topic, sub = sys.argv[2], sys.argv[3], sys.argv[4]
     client = pulsar.Client(url, operation_timeout_seconds=30)

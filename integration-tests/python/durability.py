@@ -1,7 +1,7 @@
 """Phases of the durability tests; the Rust test kills and restarts the standalone between them.
 
-  durability.py produce URL TOPIC RECEIPTS N   send N messages; append each acknowledged index
-                                              to RECEIPTS as its receipt arrives
+  durability.py produce URL TOPIC RECEIPTS N   send N messages; append "index unix_ms" to
+                                              RECEIPTS as each receipt arrives
   durability.py exactly-once URL TOPIC RECEIPTS N   like produce, batched and under one
                                               producer name; then the topic must hold 0..N-1
                                               exactly once (run with deduplication on)
@@ -15,6 +15,7 @@
   durability.py rest URL TOPIC SUB FIRST LAST  the subscription delivers exactly FIRST..LAST
 """
 import sys
+import time
 
 import pulsar
 
@@ -30,7 +31,7 @@ if cmd == "produce":
     def done(i):
         def cb(res, msg_id):
             if res == pulsar.Result.Ok:
-                out.write("%d\n" % i)
+                out.write("%d %d\n" % (i, int(time.time() * 1000)))
         return cb
 
     for i in range(n):
@@ -124,7 +125,7 @@ elif cmd == "fill":
     p.flush()
     print("filled", n, "x", size)
 elif cmd == "verify":
-    acked = {int(l) for l in open(sys.argv[4]) if l.strip()}
+    acked = {int(l.split()[0]) for l in open(sys.argv[4]) if l.strip()}
     r = client.create_reader(topic, pulsar.MessageId.earliest)
     seen = set()
     while r.has_message_available():

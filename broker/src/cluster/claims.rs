@@ -530,6 +530,18 @@ mod tests {
         (l, port)
     }
 
+    /// A broker joined to `meta`, with a port that answers (alive, as probes tell).
+    async fn join(
+        meta: &MetaStore,
+        ttl: Duration,
+    ) -> (Arc<ClaimedOwnership>, std::net::TcpListener, u16) {
+        let (listener, port) = listening();
+        let own = ClaimedOwnership::join(meta.clone(), urls(port), ttl)
+            .await
+            .unwrap();
+        (own, listener, port)
+    }
+
     /// Bundles of the test namespace: enough that brokers with random names all get some.
     const BUNDLES: u32 = 64;
 
@@ -563,15 +575,10 @@ mod tests {
 
     #[tokio::test]
     async fn every_bundle_has_one_owner_and_both_brokers_agree() {
-        let ((_la, pa), (_lb, pb)) = (listening(), listening());
         let meta = cluster().await;
         let ttl = Duration::from_secs(5);
-        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
-            .await
-            .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
-            .await
-            .unwrap();
+        let (a, _la, pa) = join(&meta, ttl).await;
+        let (b, _lb, pb) = join(&meta, ttl).await;
         let mut served = [0, 0];
         for t in topics(64) {
             // asked at a: either a serves it, or it sends the client to b, which then does
@@ -601,15 +608,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_session_hands_its_bundles_to_the_survivor() {
-        let ((_la, pa), (_lb, pb)) = (listening(), listening());
         let meta = cluster().await;
         let ttl = Duration::from_secs(5);
-        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
-            .await
-            .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
-            .await
-            .unwrap();
+        let (a, _la, _) = join(&meta, ttl).await;
+        let (b, _lb, pb) = join(&meta, ttl).await;
         for t in topics(32) {
             a.owner_of(&t, true).await.unwrap();
         }
@@ -653,13 +655,8 @@ mod tests {
     async fn a_lookup_for_a_dead_owners_bundle_waits_for_it_to_be_free() {
         let meta = cluster().await;
         let ttl = Duration::from_secs(1);
-        let (listener, pa) = listening();
-        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
-            .await
-            .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(6651), ttl)
-            .await
-            .unwrap();
+        let (a, listener, pa) = join(&meta, ttl).await;
+        let (b, _lb, _) = join(&meta, ttl).await;
         let t = &topics(1)[0];
         assert_eq!(a.owner_of(t, true).await.unwrap(), Owner::Me);
         assert_eq!(b.owner_of(t, false).await.unwrap(), Owner::Broker(urls(pa)));
@@ -682,13 +679,8 @@ mod tests {
     async fn a_released_bundle_is_held_until_its_topics_are_closed_then_free() {
         let meta = cluster().await;
         let ttl = Duration::from_secs(5);
-        let ((_la, pa), (_lb, pb)) = (listening(), listening());
-        let a = ClaimedOwnership::join(meta.clone(), urls(pa), ttl)
-            .await
-            .unwrap();
-        let b = ClaimedOwnership::join(meta.clone(), urls(pb), ttl)
-            .await
-            .unwrap();
+        let (a, _la, pa) = join(&meta, ttl).await;
+        let (b, _lb, _) = join(&meta, ttl).await;
         let t = &topics(1)[0];
         assert_eq!(a.owner_of(t, true).await.unwrap(), Owner::Me);
         let range = a.owned().into_iter().next().unwrap();
