@@ -594,6 +594,36 @@ pub fn bookie_secret(spec: Option<&Path>) -> Result<Option<bytes::Bytes>> {
     Ok(Some(bytes::Bytes::from(raw)))
 }
 
+/// The bookie protocol's secret of a cluster member (`who`: "a bookie", "a broker"): one is
+/// required, since anyone reaching an open bookie port can read, write and delete ledgers,
+/// unless `disabled` (`--bookie-auth-disabled true`) says the network is trusted.
+pub fn cluster_bookie_secret(
+    spec: Option<&Path>,
+    disabled: bool,
+    who: &str,
+) -> Result<Option<bytes::Bytes>> {
+    let secret = bookie_secret(spec)?;
+    match (secret, disabled) {
+        (Some(_), true) => {
+            anyhow::bail!(
+                "--bookie-auth-secret and --bookie-auth-disabled true contradict each other"
+            )
+        }
+        (None, false) => anyhow::bail!(
+            "{who} in a cluster needs the cluster's bookie secret: --bookie-auth-secret \
+             FILE|data:...|env:VAR (`magnetar tokens create-secret-key --output FILE` makes one), \
+             or --bookie-auth-disabled true to leave the bookie protocol open"
+        ),
+        (None, true) => {
+            tracing::warn!(
+                "--bookie-auth-disabled: anyone who reaches a bookie port can read, write and delete ledgers"
+            );
+            Ok(None)
+        }
+        (secret, false) => Ok(secret),
+    }
+}
+
 /// A key's bytes: decoded from a `data:` URL, or as stored in a file or variable (a secret
 /// may still be base64 text there).
 pub enum Key {

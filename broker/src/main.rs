@@ -228,10 +228,14 @@ struct BookieArgs {
     autorecovery_grace_secs: Option<u64>,
     /// The cluster's shared secret for the bookie protocol: a file, `file:///path`,
     /// `data:;base64,...` or `env:VAR` (`magnetar tokens create-secret-key` makes one).
-    /// Clients (brokers, auto-recovery) must present it before anything else; without it
-    /// anyone who reaches the port can read, write and delete ledgers.
+    /// Clients (brokers, auto-recovery) must present it before anything else. Required with
+    /// --meta (a cluster's bookie) unless --bookie-auth-disabled true.
     #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_SECRET")]
     bookie_auth_secret: Option<PathBuf>,
+    /// Run a bookie of a cluster (--meta) without the shared secret: only on a network where
+    /// every host that reaches the bookie port is trusted.
+    #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_DISABLED")]
+    bookie_auth_disabled: Option<bool>,
 }
 
 impl BookieArgs {
@@ -266,7 +270,8 @@ impl BookieArgs {
             meta_session_ttl_secs,
             autorecovery,
             autorecovery_grace_secs,
-            bookie_auth_secret
+            bookie_auth_secret,
+            bookie_auth_disabled
         );
         Ok(self)
     }
@@ -346,7 +351,15 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     if let Some(v) = args.min_free_disk_bytes {
         config.min_free_disk_bytes = v;
     }
-    let secret = args::bookie_secret(args.bookie_auth_secret.as_deref())?;
+    let secret = match &args.meta {
+        Some(_) => args::cluster_bookie_secret(
+            args.bookie_auth_secret.as_deref(),
+            args.bookie_auth_disabled.unwrap_or(false),
+            "a bookie",
+        )?,
+        // a lone bookie (benchmarks, tests): open unless given a secret
+        None => args::bookie_secret(args.bookie_auth_secret.as_deref())?,
+    };
     config.auth_secret = secret.clone();
     let bind = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let addr = SocketAddr::new(bind, args.bookie_port.unwrap_or(3181));
@@ -358,11 +371,9 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
 
     let started = std::time::Instant::now();
     let store = match &args.meta {
-        Some(url) => Some(
-            magnetar_meta::connect(url)
-                .await
-                .with_context(|| format!("connect to metadata store {url}"))?,
-        ),
+        Some(url) => Some(magnetar_meta::connect(url).await.with_context(|| {
+            format!("connect to metadata store {}", magnetar_meta::redact(url))
+        })?),
         None if args.autorecovery.unwrap_or(false) => anyhow::bail!("--autorecovery needs --meta"),
         None => None,
     };
@@ -399,11 +410,6 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
             tokio::spawn(auto.run(Duration::from_secs(5)));
             info!(grace_secs = grace.as_secs(), "auto-recovery running");
         }
-    }
-    if secret.is_none() && args.meta.is_some() {
-        warn!(
-            "no --bookie-auth-secret: anyone who reaches the bookie port can read, write and delete ledgers"
-        );
     }
     info!(%addr, %http_addr, %advertised, data_dir = %data_dir.display(), authenticated = secret.is_some(), ms = started.elapsed().as_millis() as u64, "bookie ready");
 

@@ -38,6 +38,10 @@ pub struct NodeArgs {
     /// `--bookie-auth-secret`): a file, `file:///path`, `data:;base64,...` or `env:VAR`.
     #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_SECRET")]
     bookie_auth_secret: Option<PathBuf>,
+    /// Reach the bookies without the shared secret (bookies started with
+    /// `--bookie-auth-disabled true`): only on a network where every host is trusted.
+    #[arg(long, env = "MAGNETAR_BOOKIE_AUTH_DISABLED")]
+    bookie_auth_disabled: Option<bool>,
     /// Everything a broker takes (shared with `magnetar standalone`).
     #[command(flatten)]
     #[serde(skip)]
@@ -63,6 +67,9 @@ impl NodeArgs {
         if self.bookie_auth_secret.is_none() {
             self.bookie_auth_secret = file.bookie_auth_secret;
         }
+        if self.bookie_auth_disabled.is_none() {
+            self.bookie_auth_disabled = file.bookie_auth_disabled;
+        }
         self.broker.fill_from(broker);
         Ok(self)
     }
@@ -81,7 +88,7 @@ const DEFAULT_SESSION_TIMEOUT_MS: u64 = 2000;
 async fn connect(url: &str) -> Result<MetaStore> {
     magnetar_meta::connect(url)
         .await
-        .with_context(|| format!("connect to metadata store {url}"))
+        .with_context(|| format!("connect to metadata store {}", magnetar_meta::redact(url)))
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
@@ -95,9 +102,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     };
     // refuse impossible settings before reaching out to anything
     args.broker.quorum(DEFAULT_QUORUM)?;
-    let secret = args::bookie_secret(args.bookie_auth_secret.as_deref())?;
+    let secret = args::cluster_bookie_secret(
+        args.bookie_auth_secret.as_deref(),
+        args.bookie_auth_disabled.unwrap_or(false),
+        "a broker",
+    )?;
     let meta = connect(url).await?;
     if meta.get(&keys::cluster(&cluster)).await?.is_none() {
+        let url = magnetar_meta::redact(url);
         anyhow::bail!(
             "cluster {cluster:?} is not initialized in {url}: run `magnetar init-cluster --meta \
              {url} --cluster {cluster}` first"

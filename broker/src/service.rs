@@ -178,6 +178,7 @@ impl BrokerService {
         {
             return Ok(Arc::clone(topic));
         }
+        let generation = self.ownership.generation();
         if let Owner::Broker(urls) = self.ownership.owner_of(t, false).await? {
             return Err(BrokerError::ServedElsewhere {
                 topic: full,
@@ -226,6 +227,21 @@ impl BrokerService {
             })
             .await
             .map_err(BrokerError::from)?;
+        // Unloaded while it loaded (its bundle given up, the session lost, an admin unload):
+        // what loaded must not be served, or it would be served by two brokers.
+        let current = self.topics.lock().get(&full).cloned();
+        let still_mine = current.is_some_and(|c| Arc::ptr_eq(&c, &cell));
+        if !still_mine || self.ownership.generation() != generation {
+            warn!(topic = %full, "unloaded while loading; closing what loaded");
+            if still_mine {
+                self.unload(&full).await;
+            } else {
+                topic.close().await;
+            }
+            return Err(BrokerError::NotReady(format!(
+                "{full} changed owner while it loaded; retry"
+            )));
+        }
         Ok(Arc::clone(topic))
     }
 

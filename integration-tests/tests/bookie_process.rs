@@ -242,7 +242,16 @@ async fn requests_in_flight_are_limited_per_connection() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_in_the_metadata_store() -> Result<()> {
     let etcd = magnetar_testkit::EtcdServer::start().await?;
-    let bookie = start(&["--meta", &etcd.url(), "--rack", "rack-a"]).await?;
+    let secret = "data:;base64,c2VjcmV0"; // a cluster's bookie needs one
+    let flags = [
+        "--meta",
+        &etcd.url(),
+        "--rack",
+        "rack-a",
+        "--bookie-auth-secret",
+        secret,
+    ];
+    let bookie = start(&flags).await?;
     let store = magnetar_meta::connect(&etcd.url()).await?;
     let key = format!("/bookies/available/{}", bookie.addr);
     wait_until(WAIT, "the bookie's registration", || async {
@@ -319,6 +328,9 @@ async fn a_ledger_deleted_while_the_bookie_was_down_is_reclaimed() -> Result<()>
     let mut bookie = start(&[
         "--meta",
         &etcd.url(),
+        // the test's ledger client connects without the cluster secret
+        "--bookie-auth-disabled",
+        "true",
         "--gc-interval-secs",
         "1",
         "--flush-interval-ms",

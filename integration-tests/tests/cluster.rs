@@ -79,15 +79,47 @@ impl Cluster {
 }
 
 #[tokio::test]
-async fn a_broker_refuses_to_start_in_an_uninitialized_cluster() -> Result<()> {
+async fn cluster_members_refuse_to_start_misconfigured() -> Result<()> {
     let etcd = EtcdServer::start().await?;
     let out = std::process::Command::new(bin())
         .args(["broker", "--meta", &etcd.url(), "--cluster", "nowhere"])
         .args(["--broker-port", "0", "--web-port", "0"])
+        .args(["--bookie-auth-disabled", "true"])
         .output()?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("init-cluster"), "{err}");
+    // a cluster member without the bookie secret is refused unless told the network is trusted
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().display().to_string();
+    for role in [
+        &[
+            "broker",
+            "--cluster",
+            "c",
+            "--broker-port",
+            "0",
+            "--web-port",
+            "0",
+        ][..],
+        &[
+            "bookie",
+            "--bookie-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+            &data,
+        ][..],
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(role)
+            .args(["--meta", &etcd.url()])
+            .output()?;
+        assert!(!out.status.success(), "{role:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--bookie-auth-secret"), "{role:?}: {err}");
+    }
     let out = std::process::Command::new(bin())
         .args(["broker", "--cluster", "c", "--broker-port", "0"])
         .output()?;
@@ -269,6 +301,11 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
         .iter()
         .position(|b| lookup.contains(&b.service_url()))
         .with_context(|| format!("owner of {topic}: {lookup}"))?;
+    // one leader, the same seen from both brokers
+    let leader_of = |web| http_get(web, "/admin/v2/brokers/leaderBroker").unwrap_or_default();
+    let leader = leader_of(c.brokers[0].web);
+    assert!(leader.contains("brokerId"), "{leader}");
+    assert_eq!(leader_of(c.brokers[1].web), leader);
     let killed_at = now_ms();
     c.brokers[owner].kill9();
     stream.advance(1000, &c).await?;
@@ -296,6 +333,16 @@ async fn killing_a_topics_owner_moves_it_without_losing_anything() -> Result<()>
     let out = run_py("cluster.py", &["next", &survivor, topic, "kept"]).await?;
     let next = out.lines().find_map(|l| l.strip_prefix("next "));
     assert_eq!(next, Some("1000"), "the subscription's position is kept");
+
+    // the survivor leads now (it did, or took over when the leader's session ended)
+    let survivor_web = c.brokers[1 - owner].web;
+    let survivor_id = format!(r#""brokerId":"{survivor_web}""#);
+    wait_until(Duration::from_secs(30), "the survivor leading", || {
+        let now = leader_of(survivor_web);
+        let leads = now.contains(&survivor_id);
+        async move { leads }
+    })
+    .await?;
 
     // the killed broker comes back and joins again
     c.brokers[owner].restart().await?;

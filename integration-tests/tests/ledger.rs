@@ -24,6 +24,17 @@ use magnetar_testkit::{BookieProc, EtcdServer, metric_value, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "MAGNETAR_LEDGER_WRITER_ETCD";
+/// The bookies' shared secret ("ledger-tests-secret"): bookies of a cluster require one.
+const SECRET: &str = "data:;base64,bGVkZ2VyLXRlc3RzLXNlY3JldA==";
+
+fn secret() -> Bytes {
+    Bytes::from_static(b"ledger-tests-secret")
+}
+
+/// A connection straight to one bookie, authenticated.
+async fn direct(addr: std::net::SocketAddr) -> Result<BookieClient> {
+    Ok(BookieClient::connect_with(addr, WAIT, Some(&secret())).await?)
+}
 
 struct Cluster {
     etcd: EtcdServer,
@@ -48,14 +59,21 @@ impl Cluster {
         let bin = magnetar_testkit::magnetar_bin().expect("the magnetar binary");
         BookieProc::start(
             bin,
-            &["--meta", &etcd.url(), "--meta-session-ttl-secs", "2"],
+            &[
+                "--meta",
+                &etcd.url(),
+                "--meta-session-ttl-secs",
+                "2",
+                "--bookie-auth-secret",
+                SECRET,
+            ],
         )
         .await
     }
 
     async fn client(&self) -> Result<LedgerClient> {
         let meta = magnetar_meta::connect(&self.etcd.url()).await?;
-        Ok(LedgerClient::new(meta, Duration::from_secs(10)))
+        Ok(LedgerClient::new(meta, Duration::from_secs(10)).with_auth(Some(secret())))
     }
 }
 
@@ -99,7 +117,7 @@ async fn quorum_writes_complete_in_order_and_read_back() -> Result<()> {
         let set = meta.write_set(e);
         let mut holders = 0;
         for b in &cluster.bookies {
-            let c = BookieClient::connect(b.addr, WAIT).await?;
+            let c = direct(b.addr).await?;
             if c.read(writer.id(), e).await.is_ok() {
                 holders += 1;
                 assert!(
@@ -156,7 +174,7 @@ async fn ledger_writer_child() {
         return;
     };
     let meta = magnetar_meta::connect(&url).await.unwrap();
-    let client = LedgerClient::new(meta, Duration::from_secs(10));
+    let client = LedgerClient::new(meta, Duration::from_secs(10)).with_auth(Some(secret()));
     let writer = client.create(3, 2, 2).await.unwrap();
     println!("LEDGER {}", writer.id());
     let mut acks = futures::stream::iter(0..u64::MAX)
@@ -272,7 +290,7 @@ async fn a_corrupt_replica_is_answered_by_another() -> Result<()> {
     }
     cluster.bookies[victim].restart().await?;
 
-    let direct = BookieClient::connect(cluster.bookies[victim].addr, WAIT).await?;
+    let direct = direct(cluster.bookies[victim].addr).await?;
     let mut corrupt = 0;
     for e in 0..300 {
         if let Err(err) = direct.read(writer.id(), e).await
@@ -417,7 +435,14 @@ async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Resu
         bookies.push(
             BookieProc::start(
                 bin,
-                &["--meta", &etcd.url(), "--meta-session-ttl-secs", "2"],
+                &[
+                    "--meta",
+                    &etcd.url(),
+                    "--meta-session-ttl-secs",
+                    "2",
+                    "--bookie-auth-secret",
+                    SECRET,
+                ],
             )
             .await?,
         );
@@ -521,7 +546,7 @@ async fn assert_full_replication(
             .bookies
             .iter()
             .filter(|b| b.addr.to_string() != dead)
-            .map(|b| BookieClient::connect(b.addr, WAIT)),
+            .map(|b| direct(b.addr)),
     )
     .await?;
     for e in entries.step_by(step) {

@@ -6,14 +6,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,13 +29,36 @@ use crate::{
 };
 
 /// Settings for reaching etcd.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     /// `host:port` or `http://host:port`, one per member.
     pub endpoints: Vec<String>,
     /// Upper bound on any single call, connection included.
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
+    /// User name and password, for an etcd with authentication on.
+    pub user: Option<(String, String)>,
+    /// TLS to the members (their endpoints are then `https://`).
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM files for TLS to etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The authority that signed the members' certificates.
+    pub ca: PathBuf,
+    /// This client's certificate and key, for members that ask for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {
@@ -43,7 +67,37 @@ impl EtcdConfig {
             endpoints,
             op_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            user: None,
+            tls: None,
         }
+    }
+
+    fn options(&self) -> Result<ConnectOptions> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.op_timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        if let Some((name, password)) = &self.user {
+            // etcd's tokens expire (5 min by default); the client takes a new one when told
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &self.tls {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| {
+                    MetaError::InvalidArgument(format!("etcd TLS file {}: {e}", p.display()))
+                })
+            };
+            let mut config =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(config);
+        }
+        Ok(options)
     }
 }
 
@@ -131,11 +185,7 @@ impl EtcdStore {
         if config.endpoints.is_empty() {
             return Err(MetaError::InvalidArgument("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.op_timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+        let options = config.options()?;
         let client = bounded(
             config.connect_timeout + config.op_timeout,
             "connect to etcd",
@@ -148,7 +198,15 @@ impl EtcdStore {
             sessions: Arc::default(),
         };
         // Touch the cluster once so a wrong address fails here, not at first use.
-        store.current_revision().await?;
+        match store.current_revision().await {
+            Err(MetaError::InvalidArgument(m)) if m.contains("user name is empty") => {
+                return Err(MetaError::InvalidArgument(format!(
+                    "{m}: etcd has authentication on; give credentials as \
+                     etcd://user:password@host:port"
+                )));
+            }
+            r => r?,
+        };
         info!(endpoints = ?store.config.endpoints, "connected to etcd");
         Ok(store)
     }

@@ -25,7 +25,7 @@ mod version;
 
 pub use cache::RecordCache;
 pub use error::{MetaError, Result};
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use faulty::{FaultyStore, MetaFaults};
 pub use idgen::IdGenerator;
 pub use memory::MemoryStore;
@@ -43,9 +43,16 @@ use std::sync::Arc;
 /// Opens the store a URL names:
 /// - `memory://` — in this process only;
 /// - `rocksdb:///absolute/path` or `rocksdb://relative/path` — embedded and durable;
-/// - `etcd://host1:2379,host2:2379` — an etcd cluster.
+/// - `etcd://[user:password@]host1:2379,host2:2379` — an etcd cluster, with etcd's own
+///   user authentication when credentials are given (percent-encoded where they must be);
+/// - `etcds://[user:password@]hosts?ca=FILE[&cert=FILE&key=FILE]` — the same over TLS: `ca`
+///   is the PEM of the authority that signed etcd's certificate, `cert` and `key` this
+///   client's certificate where etcd asks for one (`--client-cert-auth`).
+///
+/// Errors never repeat a password: they show the URL as [`redact`] does.
 pub async fn connect(url: &str) -> Result<MetaStore> {
-    let bad = |why: &str| MetaError::InvalidArgument(format!("metadata url {url:?}: {why}"));
+    let bad =
+        |why: &str| MetaError::InvalidArgument(format!("metadata url {:?}: {why}", redact(url)));
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad("expected scheme://..., e.g. rocksdb:///var/lib/magnetar/meta"))?;
@@ -64,23 +71,150 @@ pub async fn connect(url: &str) -> Result<MetaStore> {
         }
         #[cfg(not(feature = "rocksdb"))]
         "rocksdb" => Err(bad("this build has no RocksDB backend (feature `rocksdb`)")),
-        "etcd" => {
-            let endpoints: Vec<String> = rest
-                .trim_end_matches('/')
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            if endpoints.is_empty() {
-                return Err(bad("no etcd endpoints given"));
-            }
-            Ok(Arc::new(
-                EtcdStore::connect(EtcdConfig::new(endpoints)).await?,
-            ))
+        "etcd" | "etcds" => {
+            let config = etcd_config(scheme == "etcds", rest).map_err(|why| bad(&why))?;
+            Ok(Arc::new(EtcdStore::connect(config).await?))
         }
         other => Err(bad(&format!(
-            "unknown scheme {other:?} (memory, rocksdb, etcd)"
+            "unknown scheme {other:?} (memory, rocksdb, etcd, etcds)"
         ))),
+    }
+}
+
+/// The URL with any password replaced by `***`: what logs and errors may show.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let hosts_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..hosts_start].rsplit_once('@') {
+        Some((userinfo, _)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let after = &rest[userinfo.len()..];
+            format!("{scheme}://{user}:***{after}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Parses what follows `etcd://` or `etcds://`.
+fn etcd_config(tls: bool, rest: &str) -> std::result::Result<EtcdConfig, String> {
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (user, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let (name, password) = userinfo
+                .split_once(':')
+                .ok_or("credentials must be user:password@")?;
+            let name = percent_decode(name)?;
+            if name.is_empty() {
+                return Err("empty user name".into());
+            }
+            (Some((name, percent_decode(password)?)), hosts)
+        }
+        None => (None, rest),
+    };
+    let endpoints: Vec<String> = hosts
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if endpoints.is_empty() {
+        return Err("no etcd endpoints given".into());
+    }
+    let (mut ca, mut cert, mut key) = (None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = std::path::PathBuf::from(percent_decode(v)?);
+        match k {
+            "ca" => ca = Some(v),
+            "cert" => cert = Some(v),
+            "key" => key = Some(v),
+            other => return Err(format!("unknown parameter {other:?} (ca, cert, key)")),
+        }
+    }
+    let tls = match (tls, ca, cert, key) {
+        (false, None, None, None) => None,
+        (false, ..) => return Err("ca, cert and key are for TLS: use etcds://".into()),
+        (true, None, ..) => {
+            return Err(
+                "etcds:// needs ?ca=FILE: the authority that signed etcd's certificate".into(),
+            );
+        }
+        (true, Some(ca), None, None) => Some(EtcdTls { ca, client: None }),
+        (true, Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca,
+            client: Some((cert, key)),
+        }),
+        (true, ..) => return Err("cert and key go together".into()),
+    };
+    let mut config = EtcdConfig::new(endpoints);
+    config.user = user;
+    config.tls = tls;
+    Ok(config)
+}
+
+/// `%XX` escapes to bytes (a password may hold `@`, `:` or `,`).
+fn percent_decode(s: &str) -> std::result::Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a % not followed by two hex digits")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-escapes that are not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn etcd_urls_carry_credentials_and_tls() {
+        let c = etcd_config(false, "root:p%40ss@h1:2379,h2:2379").unwrap();
+        assert_eq!(c.endpoints, ["h1:2379", "h2:2379"]);
+        assert_eq!(c.user, Some(("root".into(), "p@ss".into())));
+        assert!(c.tls.is_none());
+        assert!(
+            !format!("{c:?}").contains("p@ss"),
+            "Debug hides the password"
+        );
+        let c = etcd_config(true, "h:1?ca=/a.pem&cert=/c.pem&key=/k.pem").unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca, std::path::Path::new("/a.pem"));
+        assert!(tls.client.is_some());
+        for bad in [
+            (false, "h:1?ca=/a"),
+            (true, "h:1"),
+            (true, "h:1?ca=/a&cert=/c"),
+            (false, "nopass@h:1"),
+            (false, ":pw@h:1"),
+            (false, "u:%zz@h:1"),
+            (false, "h:1?what=1"),
+            (false, ""),
+        ] {
+            assert!(etcd_config(bad.0, bad.1).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("etcd://root:secret@h1:2379,h2:2379"),
+            "etcd://root:***@h1:2379,h2:2379"
+        );
+        assert_eq!(redact("etcds://h:1?ca=/x"), "etcds://h:1?ca=/x");
+        assert_eq!(redact("rocksdb:///var/x"), "rocksdb:///var/x");
     }
 }

@@ -10,6 +10,11 @@
 //! broker (authoritative) claims the bundle outright, so two brokers with momentarily
 //! different views of who is alive cannot bounce a client between them. The claim itself
 //! is a compare-and-set (create if absent): at most one broker wins.
+//!
+//! One live broker is the leader: the first to create `/loadbalance/leader` under its
+//! session. The others look again every session timeout and at every `leaderBroker` query,
+//! so a dead leader is replaced within about two session timeouts. Ownership does not depend
+//! on the leader; it is there for the work only one broker should do (load management).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -21,11 +26,11 @@ use magnetar_meta::{
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::bundles::{stored_bundles, topic_hash};
 use super::keys;
-use super::ownership::{BrokerUrls, Owner, Ownership};
+use super::ownership::{BrokerUrls, Leader, Owner, Ownership};
 use crate::error::BrokerError;
 use crate::names::TopicName;
 
@@ -106,6 +111,8 @@ pub struct ClaimedOwnership {
     id: String,
     ttl: Duration,
     held: Mutex<Held>,
+    /// Times bundles were given up ([`Ownership::generation`]).
+    given_up: std::sync::atomic::AtomicU64,
     /// Serializes claims so one session's bookkeeping never races a new session's.
     claiming: tokio::sync::Mutex<()>,
 }
@@ -132,6 +139,7 @@ impl ClaimedOwnership {
             id,
             ttl,
             held: Mutex::default(),
+            given_up: Default::default(),
             claiming: tokio::sync::Mutex::new(()),
         });
         own.register().await?;
@@ -176,11 +184,21 @@ impl ClaimedOwnership {
             let session = self.held.lock().session.clone();
             match session {
                 Some(s) => {
-                    s.lost().await;
+                    tokio::select! {
+                        _ = s.lost() => {}
+                        _ = tokio::time::sleep(self.ttl) => {
+                            if let Err(e) = self.leader().await {
+                                debug!(broker = %self.id, error = %e, "looking for the leader failed");
+                            }
+                            continue;
+                        }
+                    }
                     let dropped = {
                         let _g = self.claiming.lock().await;
                         let mut held = self.held.lock();
                         held.session = None;
+                        self.given_up
+                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         std::mem::take(&mut held.owned)
                     };
                     warn!(broker = %self.id, bundles = dropped.len(), "metadata session lost: unloading every topic and joining again");
@@ -231,6 +249,38 @@ impl ClaimedOwnership {
             }
         }
         Ok(out)
+    }
+
+    /// The cluster's leader; when there is none, this broker runs for it (a create-if-absent
+    /// under its session: one winner), so the answer is None only while it is rejoining.
+    pub async fn leader(&self) -> Result<Option<Leader>, MetaError> {
+        for _ in 0..3 {
+            if let Some(v) = self.meta.get(keys::LEADER).await? {
+                return decode_json(keys::LEADER, &v.value).map(Some);
+            }
+            let Some(session) = self.held.lock().session.clone() else {
+                return Ok(None);
+            };
+            let me = Leader {
+                broker_id: self.id.clone(),
+                service_url: self.me.web_url.clone(),
+            };
+            let value = encode_json(keys::LEADER, &me)?;
+            match self
+                .meta
+                .put_ephemeral(&session, keys::LEADER, value, Expected::Absent)
+                .await
+            {
+                Ok(_) => {
+                    info!(broker = %self.id, "elected leader");
+                    return Ok(Some(me));
+                }
+                // someone else won; read theirs (it may already be gone again: look again)
+                Err(MetaError::BadVersion { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// The bundles this broker owns now, as `tenant/ns/range`.
@@ -347,6 +397,10 @@ impl Ownership for ClaimedOwnership {
         Box::pin(self.owner(topic, authoritative))
     }
 
+    fn generation(&self) -> u64 {
+        self.given_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn owns_bundle(&self, namespace: &str, range: &str) -> bool {
         let Some((tenant, ns)) = namespace.split_once('/') else {
             return false;
@@ -383,6 +437,8 @@ impl Ownership for ClaimedOwnership {
                 for k in &keys {
                     held.owned.remove(k);
                 }
+                self.given_up
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 (held.session.clone(), keys)
             };
             if let Some(session) = &session {
@@ -455,6 +511,17 @@ impl Ownership for ClaimedOwnership {
         Box::pin(async move {
             let names = self.meta.children(keys::LIVE_BROKERS).await?;
             Ok(Some(names))
+        })
+    }
+
+    fn leader(&self) -> BoxFuture<'_, Result<Option<Leader>, BrokerError>> {
+        Box::pin(async move {
+            match ClaimedOwnership::leader(self).await? {
+                Some(l) => Ok(Some(l)),
+                None => Err(BrokerError::NotReady(
+                    "no leader yet: this broker is joining the cluster again; retry".into(),
+                )),
+            }
         })
     }
 }
@@ -698,6 +765,20 @@ mod tests {
             .unwrap();
         assert!(a.owned().is_empty());
         assert_eq!(b.owner_of(t, true).await.unwrap(), Owner::Me, "free after");
+    }
+
+    #[tokio::test]
+    async fn one_leader_and_a_new_one_when_it_goes() {
+        let meta = cluster().await;
+        let ttl = Duration::from_secs(1);
+        let (a, _la, _) = join(&meta, ttl).await;
+        let (b, _lb, _) = join(&meta, ttl).await;
+        let first = a.leader().await.unwrap().unwrap();
+        assert_eq!(first.broker_id, a.id(), "the first to ask runs and wins");
+        assert_eq!(b.leader().await.unwrap().unwrap(), first, "both agree");
+        a.leave().await;
+        let second = b.leader().await.unwrap().unwrap();
+        assert_eq!(second.broker_id, b.id(), "the survivor takes over");
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ pub fn live_broker(id: &str) -> String {
     format!("{LIVE_BROKERS}/{id}")
 }
 
+/// The leader broker's record, bound to its session (Pulsar's `LeaderBroker`).
+pub const LEADER: &str = "/loadbalance/leader";
+
 /// Prefix of the bundle owners' records.
 const OWNERS: &str = "/namespace";
 
@@ -111,6 +114,7 @@ mod tests {
             "a/b/0x00000000_0xffffffff"
         );
         assert_eq!(live_broker("h:8080"), "/loadbalance/brokers/h:8080");
+        assert_eq!(LEADER, "/loadbalance/leader");
         assert_eq!(bundle_owners(Some("a/b")), "/namespace/a/b");
         assert!(owner.starts_with(&bundle_owners(Some("a/b"))));
         assert_eq!(managed_ledger(&t), "/managed-ledgers/a/b/persistent/c");

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
 use crate::names::TopicName;
@@ -20,6 +21,17 @@ pub struct BrokerUrls {
     /// `http://host:port`
     pub web_url: String,
     pub web_url_tls: Option<String>,
+}
+
+/// The cluster's leader broker (Pulsar's `LeaderBroker`, as `brokers/leaderBroker` shows it
+/// and as its record in the metadata store holds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leader {
+    /// `host:web port`
+    pub broker_id: String,
+    /// Its web URL.
+    pub service_url: String,
 }
 
 /// Who owns a bundle.
@@ -40,6 +52,13 @@ pub trait Ownership: Send + Sync + fmt::Debug {
         topic: &'a TopicName,
         authoritative: bool,
     ) -> BoxFuture<'a, Result<Owner, BrokerError>>;
+
+    /// A count of the times this broker gave bundles up (session lost, bundles released):
+    /// a topic whose load began under one count and ended under another may belong to
+    /// someone else by now.
+    fn generation(&self) -> u64 {
+        0
+    }
 
     /// Whether this broker owns bundle `range` (`0xLOWER_0xUPPER`) of `tenant/ns` now.
     fn owns_bundle(&self, namespace: &str, range: &str) -> bool;
@@ -80,6 +99,12 @@ pub trait Ownership: Send + Sync + fmt::Debug {
 
     /// The live brokers of the cluster (`host:web port`); None when this broker is alone.
     fn live_brokers(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
+    /// The cluster's leader, electing one (this broker, if it wins) when there is none;
+    /// None when this broker is alone (it leads itself).
+    fn leader(&self) -> BoxFuture<'_, Result<Option<Leader>, BrokerError>> {
         Box::pin(futures::future::ready(Ok(None)))
     }
 }

@@ -266,8 +266,14 @@ async fn cluster_brokers(State(svc): Svc, Path(c): Path<String>) -> Response {
 }
 
 async fn leader(State(svc): Svc) -> Response {
-    axum::Json(json!({"serviceUrl": svc.cfg.web_url(), "brokerId": broker_id(&svc)}))
-        .into_response()
+    match svc.ownership.leader().await {
+        Ok(Some(l)) => axum::Json(l).into_response(),
+        Ok(None) => {
+            axum::Json(json!({"serviceUrl": svc.cfg.web_url(), "brokerId": broker_id(&svc)}))
+                .into_response()
+        }
+        Err(e) => client_err(e),
+    }
 }
 
 /// The bundles this broker owns, by namespace.

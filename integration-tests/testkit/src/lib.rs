@@ -255,7 +255,20 @@ impl Drop for Proc {
 /// One member of an [`EtcdCluster`].
 struct Member {
     client_port: u16,
+    /// Where `/health` answers over plain HTTP (the client port, or a metrics port when
+    /// clients must speak TLS).
+    health_port: u16,
     proc: Proc,
+}
+
+/// PEM files for an etcd that takes clients over TLS only and requires their certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The authority clients' certificates must be signed by.
+    pub ca: PathBuf,
+    /// The members' certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A real etcd cluster (Debian's `etcd-server`) of one or more members on free loopback
@@ -269,6 +282,11 @@ impl EtcdCluster {
     /// Starts `n` members and waits until every one answers `/health` (which needs a
     /// leader). Retries with new ports on a clash.
     pub async fn start(n: usize) -> Result<EtcdCluster> {
+        EtcdCluster::start_with(n, None).await
+    }
+
+    /// As [`EtcdCluster::start`], with clients over TLS when `tls` is given.
+    pub async fn start_with(n: usize, tls: Option<&EtcdTlsFiles>) -> Result<EtcdCluster> {
         let program = find_program("etcd").context(
             "etcd is not installed: `make test` installs it (apt-get install etcd-server)",
         )?;
@@ -279,19 +297,20 @@ impl EtcdCluster {
                 .tempdir()?;
             let mut ports = Vec::with_capacity(n);
             for _ in 0..n {
-                ports.push((free_port()?, free_port()?));
+                ports.push((free_port()?, free_port()?, free_port()?));
             }
             let initial: Vec<String> = ports
                 .iter()
                 .enumerate()
-                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .map(|(i, (_, peer, _))| format!("m{i}=http://127.0.0.1:{peer}"))
                 .collect();
             let initial = initial.join(",");
             let mut members = Vec::with_capacity(n);
-            for (i, (client_port, peer_port)) in ports.into_iter().enumerate() {
-                let client = format!("http://127.0.0.1:{client_port}");
+            for (i, (client_port, peer_port, metrics_port)) in ports.into_iter().enumerate() {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let client = format!("{scheme}://127.0.0.1:{client_port}");
                 let peer = format!("http://127.0.0.1:{peer_port}");
-                let args: Vec<String> = vec![
+                let mut args: Vec<String> = vec![
                     "--name".into(),
                     format!("m{i}"),
                     "--data-dir".into(),
@@ -316,10 +335,30 @@ impl EtcdCluster {
                     "--log-level".into(),
                     "warn".into(),
                 ];
+                let mut health_port = client_port;
+                if let Some(tls) = tls {
+                    health_port = metrics_port;
+                    let path = |p: &Path| p.display().to_string();
+                    args.extend([
+                        "--cert-file".into(),
+                        path(&tls.cert),
+                        "--key-file".into(),
+                        path(&tls.key),
+                        "--trusted-ca-file".into(),
+                        path(&tls.ca),
+                        "--client-cert-auth".into(),
+                        "--listen-metrics-urls".into(),
+                        format!("http://127.0.0.1:{metrics_port}"),
+                    ]);
+                }
                 let log = dir.path().join(format!("etcd-m{i}.log"));
                 let mut proc = Proc::new(&format!("etcd m{i}"), &program, args, log);
                 proc.spawn()?;
-                members.push(Member { client_port, proc });
+                members.push(Member {
+                    client_port,
+                    health_port,
+                    proc,
+                });
             }
             let mut cluster = EtcdCluster { dir, members };
             let mut result = Ok(());
@@ -371,7 +410,7 @@ impl EtcdCluster {
     }
 
     async fn wait_healthy(&mut self, member: usize, timeout: Duration) -> Result<()> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.members[member].client_port).parse()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.members[member].health_port).parse()?;
         let deadline = Instant::now() + timeout;
         loop {
             if self.members[member].proc.exited() {
@@ -679,6 +718,11 @@ pub struct EtcdServer(EtcdCluster);
 impl EtcdServer {
     pub async fn start() -> Result<EtcdServer> {
         EtcdCluster::start(1).await.map(EtcdServer)
+    }
+
+    /// One member that takes clients over TLS only, with certificates (`tls`).
+    pub async fn start_tls(tls: &EtcdTlsFiles) -> Result<EtcdServer> {
+        EtcdCluster::start_with(1, Some(tls)).await.map(EtcdServer)
     }
 
     /// `127.0.0.1:port`.

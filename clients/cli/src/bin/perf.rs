@@ -150,7 +150,7 @@ async fn meta(args: MetaArgs) -> Result<()> {
     anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
     let store = magnetar_meta::connect(&args.meta)
         .await
-        .with_context(|| format!("open metadata store {}", args.meta))?;
+        .with_context(|| format!("open metadata store {}", magnetar_meta::redact(&args.meta)))?;
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let prefix = args.prefix.trim_end_matches('/').to_string();
 
@@ -284,7 +284,7 @@ async fn ledger(args: LedgerArgs) -> Result<()> {
 
     let store = magnetar_meta::connect(&args.meta)
         .await
-        .with_context(|| format!("open metadata store {}", args.meta))?;
+        .with_context(|| format!("open metadata store {}", magnetar_meta::redact(&args.meta)))?;
     let client = LedgerClient::new(store, Duration::from_secs(30));
     let writer = client
         .create(args.ensemble, args.write_quorum, args.ack_quorum)
