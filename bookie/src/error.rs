@@ -3,12 +3,13 @@ use std::path::PathBuf;
 /// What a bookie operation can fail with. Mapped to wire status codes at the protocol edge.
 #[derive(Debug, thiserror::Error)]
 pub enum BookieError {
-    #[error("{context} ({path}): {source}")]
+    // The cause is in the message, not also a `source()`: printed with its chain (anyhow's
+    // `{:#}`), it would say the same thing twice.
+    #[error("{context} ({path}): {cause}")]
     Io {
         context: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// Data on disk failed its checksum or framing: it is reported, never served.
@@ -41,7 +42,7 @@ impl BookieError {
         BookieError::Io {
             context,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use magnetar_bookie::server::{self, Bookie, BookieConfig};
 use magnetar_broker::config::read_config;
 use serde::Deserialize;
@@ -32,8 +32,74 @@ use standalone::StandaloneArgs;
         data_dir). A flag beats the environment, which beats the file."
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, env = "MAGNETAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Colour in text logs: only when writing to a terminal (auto), always, or never.
+    #[arg(long, global = true, env = "MAGNETAR_LOG_COLOR", value_enum, default_value_t = LogColor::Auto)]
+    log_color: LogColor,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogColor {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Logs to standard output, filtered by `RUST_LOG` (default `info`).
+fn init_logs(format: LogFormat, color: LogColor) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let ansi = match color {
+                LogColor::Auto => std::io::stdout().is_terminal(),
+                LogColor::Always => true,
+                LogColor::Never => false,
+            };
+            builder.with_ansi(ansi).init()
+        }
+    }
+}
+
+/// Every boolean flag takes its value optionally, `--flag` alone meaning `--flag true`
+/// (Pulsar's tools and most users write it so), in every subcommand, present and future.
+fn optional_bool_values(mut cmd: clap::Command) -> clap::Command {
+    let bools: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            let values: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_string())
+                .collect();
+            a.get_action().takes_values() && values == ["true", "false"]
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in bools {
+        cmd = cmd.mut_arg(id, |a| a.num_args(0..=1).default_missing_value("true"));
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, optional_bool_values);
+    }
+    cmd
 }
 
 #[derive(Subcommand)]
@@ -282,12 +348,12 @@ impl BookieArgs {
 const BOOKIE_WRITE_CACHE_BYTES: usize = 256 << 20;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let cli = Cli::parse();
+    let matches = optional_bool_values(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logs(cli.log_format, cli.log_color);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -419,4 +485,67 @@ async fn run_bookie(args: BookieArgs) -> Result<()> {
     bookie.flush().await.context("final flush")?;
     info!("bookie stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let m = optional_bool_values(Cli::command()).try_get_matches_from(args)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    #[test]
+    fn boolean_flags_take_their_value_optionally() {
+        for args in [
+            &["magnetar", "standalone", "--authentication-enabled"][..],
+            &[
+                "magnetar",
+                "standalone",
+                "--authentication-enabled",
+                "--broker-port",
+                "1",
+            ],
+            &["magnetar", "standalone", "--authentication-enabled", "true"],
+            &["magnetar", "bookie", "--autorecovery"],
+            &["magnetar", "broker", "--bookie-auth-disabled"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}: {:?}", parse(args).err());
+        }
+        assert!(
+            parse(&[
+                "magnetar",
+                "standalone",
+                "--authentication-enabled",
+                "maybe"
+            ])
+            .is_err()
+        );
+        // and every one of them, in every subcommand
+        fn check(cmd: &clap::Command) {
+            for a in cmd.get_arguments() {
+                let values: Vec<String> = a
+                    .get_possible_values()
+                    .iter()
+                    .map(|v| v.get_name().to_string())
+                    .collect();
+                if a.get_action().takes_values() && values == ["true", "false"] {
+                    let n = a
+                        .get_num_args()
+                        .unwrap_or_else(|| panic!("{} --{}", cmd.get_name(), a.get_id()));
+                    assert_eq!(
+                        (n.min_values(), n.max_values()),
+                        (0, 1),
+                        "{} --{}",
+                        cmd.get_name(),
+                        a.get_id()
+                    );
+                }
+            }
+            cmd.get_subcommands().for_each(check);
+        }
+        check(&optional_bool_values(Cli::command()));
+    }
 }

@@ -110,9 +110,26 @@ impl BrokerService {
         }))
     }
 
-    /// Where `t` is served (see [`lookup::locate`]).
+    /// Where `t` is served (see [`lookup::locate`]); nowhere if its namespace does not exist.
     pub async fn locate(&self, t: &TopicName, authoritative: bool) -> Result<Located, BrokerError> {
+        self.require_namespace(t).await?;
         lookup::locate(self.ownership.as_ref(), &self.cfg.urls(), t, authoritative).await
+    }
+
+    /// TopicNotFound unless `t`'s namespace exists.
+    pub async fn require_namespace(&self, t: &TopicName) -> Result<(), BrokerError> {
+        if self
+            .meta
+            .get(&keys::namespace(&t.tenant, &t.namespace))
+            .await?
+            .is_none()
+        {
+            return Err(BrokerError::TopicNotFound(format!(
+                "Namespace {}/{} does not exist",
+                t.tenant, t.namespace
+            )));
+        }
+        Ok(())
     }
 
     /// Creates cluster, tenant `public` and namespace `public/default` if missing.
@@ -333,6 +350,8 @@ impl BrokerService {
     /// Partitions an auto-created topic gets in this namespace: None if auto-creation is
     /// off, Some(0) for a non-partitioned topic.
     pub async fn auto_creation(&self, t: &TopicName) -> Result<Option<u32>, BrokerError> {
+        // topics are created only in namespaces that exist, as in Pulsar
+        self.require_namespace(t).await?;
         let e = self.effective_policies(&t.tenant, &t.namespace).await?;
         Ok(e.auto_topic_creation.then_some(e.auto_topic_partitions))
     }

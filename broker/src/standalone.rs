@@ -28,8 +28,10 @@ pub struct StandaloneArgs {
     /// Where metadata, journal and ledgers live [default: ./data/standalone].
     #[arg(long, env = "MAGNETAR_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Port of the in-process bookie; keep it stable across restarts, since the bookie's
-    /// address names it in ledger metadata [default: 3181].
+    /// Serve the in-process bookie's protocol on this port (for tools and remote readers);
+    /// without it the broker calls its bookie in-process and no port is opened. The port
+    /// also names the bookie in ledger metadata, so keep it across restarts [default name:
+    /// 3181, not listened on].
     #[arg(long, env = "MAGNETAR_BOOKIE_PORT")]
     bookie_port: Option<u16>,
     /// In-process bookies: each has its own journal and ledger storage (bookie N keeps them
@@ -97,6 +99,7 @@ async fn start_bookie(
     args: &StandaloneArgs,
     dir: PathBuf,
     addr: SocketAddr,
+    listen: bool,
     meta: &MetaStore,
 ) -> Result<LocalBookie> {
     let mut bcfg = BookieConfig::new(dir);
@@ -119,11 +122,17 @@ async fn start_bookie(
     let bookie = tokio::task::spawn_blocking(move || Bookie::open(bcfg, Some(bookie_meta)))
         .await
         .context("open bookie")??;
-    let listener = server::bind(addr).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(Arc::clone(&bookie), listener, async {
-        let _ = stopped.await;
-    }));
+    let task = if listen {
+        let listener = server::bind(addr).await?;
+        tokio::spawn(server::serve(Arc::clone(&bookie), listener, async {
+            let _ = stopped.await;
+        }))
+    } else {
+        tokio::spawn(async {
+            let _ = stopped.await;
+        })
+    };
     tokio::spawn(Arc::clone(&bookie).run_flusher());
     let name = format!("{}:{}", addr.ip(), addr.port());
     tokio::spawn(magnetar_bookie::registration::register(
@@ -171,6 +180,9 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
 
     // bookies
     let count = args.bookies.unwrap_or(1).max(1);
+    // Without --bookie-port the bookies keep their usual names (what existing ledgers
+    // reference) but open no socket, so two standalones can share a host.
+    let listen = args.bookie_port.is_some();
     let first_port = args.bookie_port.unwrap_or(3181);
     let mut bookies = Vec::with_capacity(count as usize);
     for n in 1..=count {
@@ -182,7 +194,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         let port = first_port
             .checked_add(n - 1)
             .with_context(|| format!("bookie {n} would listen past port 65535"))?;
-        bookies.push(start_bookie(&args, dir, SocketAddr::new(bind, port), &meta).await?);
+        bookies.push(start_bookie(&args, dir, SocketAddr::new(bind, port), listen, &meta).await?);
     }
 
     // broker

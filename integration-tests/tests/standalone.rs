@@ -894,6 +894,40 @@ async fn garbage_closes_only_that_connection() -> Result<()> {
     let f = read_frame(&mut good, &mut gbuf).await?.expect("PONG");
     assert!(f.command.pong.is_some());
 
+    // commands it does not serve are answered at once, naming them
+    use magnetar_protocol::proto::{CommandUnsupportedRequest, ServerError};
+    let new_txn = magnetar_protocol::BaseCommand {
+        r#type: 50, // NEW_TXN
+        new_txn: Some(CommandUnsupportedRequest {
+            request_id: Some(77),
+        }),
+        ..Default::default()
+    };
+    let unknown = magnetar_protocol::BaseCommand {
+        r#type: 99,
+        ..Default::default()
+    };
+    for (cmd, id, code, name) in [
+        (new_txn, 77, ServerError::NotAllowedError, "NEW_TXN"),
+        (
+            unknown,
+            u64::MAX,
+            ServerError::UnsupportedVersionError,
+            "unknown(99)",
+        ),
+    ] {
+        let mut out = BytesMut::new();
+        frame::encode_command(&cmd, &mut out);
+        good.write_all(&out).await?;
+        let f = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut good, &mut gbuf))
+            .await
+            .context("no answer to an unsupported command")??
+            .expect("ERROR");
+        let e = f.command.error.expect("ERROR");
+        assert_eq!((e.request_id, e.error), (id, code as i32), "{}", e.message);
+        assert!(e.message.contains(name), "{}", e.message);
+    }
+
     // a SEND over the size limit is refused; the connection and the producer stay usable
     use magnetar_protocol::proto::{CommandProducer, base_command::Type};
     let producer = magnetar_protocol::BaseCommand {

@@ -264,6 +264,9 @@ async fn list_topics(State(svc): Svc, Path((tenant, ns)): Path<(String, String)>
     if !valid_segment(&tenant) || !valid_segment(&ns) {
         return err(StatusCode::PRECONDITION_FAILED, "invalid namespace name");
     }
+    if let Err(r) = common::namespace_exists(&svc, &tenant, &ns).await {
+        return r;
+    }
     match svc.namespace_topics(&tenant, &ns).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -277,6 +280,9 @@ async fn list_non_persistent_topics(
 ) -> Response {
     if !valid_segment(&tenant) || !valid_segment(&ns) {
         return err(StatusCode::PRECONDITION_FAILED, "invalid namespace name");
+    }
+    if let Err(r) = common::namespace_exists(&svc, &tenant, &ns).await {
+        return r;
     }
     axum::Json(svc.namespace_non_persistent_topics(&tenant, &ns)).into_response()
 }

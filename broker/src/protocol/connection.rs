@@ -328,9 +328,52 @@ impl Connection {
         } else if c.connect.is_some() {
             return Err("second CONNECT on an established connection".into());
         } else {
-            warn!(peer = %self.peer, command = %commands::type_name(c.r#type), "unsupported command ignored");
+            self.refuse_unsupported(&c);
         }
         Ok(())
+    }
+
+    /// Answers a command this broker does not serve with an ERROR naming it, so a client
+    /// waiting on it fails at once instead of at its timeout.
+    fn refuse_unsupported(&self, c: &magnetar_protocol::BaseCommand) {
+        let name = commands::type_name(c.r#type);
+        let txn = [
+            &c.new_txn,
+            &c.add_partition_to_txn,
+            &c.add_subscription_to_txn,
+            &c.end_txn,
+            &c.end_txn_on_partition,
+            &c.end_txn_on_subscription,
+            &c.tc_client_connect_request,
+        ];
+        let watch = [&c.watch_topic_list, &c.watch_topic_list_close];
+        let id_of = |cmds: &[&Option<magnetar_protocol::proto::CommandUnsupportedRequest>]| {
+            cmds.iter()
+                .find_map(|r| r.as_ref())
+                .map(|r| r.request_id.unwrap_or(commands::NO_REQUEST))
+        };
+        let (request_id, error, why) = if let Some(id) = id_of(&txn) {
+            (
+                id,
+                ServerError::NotAllowedError,
+                "transactions are not supported by this broker",
+            )
+        } else if let Some(id) = id_of(&watch) {
+            (
+                id,
+                ServerError::NotAllowedError,
+                "topic list watchers are not supported (CONNECTED says so)",
+            )
+        } else {
+            (
+                commands::NO_REQUEST,
+                ServerError::UnsupportedVersionError,
+                "this broker does not know or serve this command",
+            )
+        };
+        warn!(peer = %self.peer, command = %name, "unsupported command refused");
+        self.tx
+            .send(commands::error(request_id, error, format!("{name}: {why}")));
     }
 
     fn role(&self) -> Option<&str> {
@@ -345,7 +388,8 @@ impl Connection {
         data: Option<&[u8]>,
     ) -> Result<Option<Identity>, String> {
         let token = match method {
-            None | Some("") => None,
+            // no credentials: the anonymous role, if the broker grants one
+            None | Some("") | Some("none") => None,
             Some("token") => Some(String::from_utf8_lossy(data.unwrap_or_default()).into_owned()),
             Some(other) => return Err(self.refuse(AuthError::Method(other.to_string()))),
         };
@@ -1062,15 +1106,18 @@ impl Connection {
             return self.error(s.request_id, BrokerError::Unknown(e));
         }
         info!(topic = %cs.topic.full, subscription = %cs.sub.name, mark_delete = %md, "subscription reset");
-        self.tx.send(commands::success(s.request_id));
         // As Pulsar does, the consumers are closed so they subscribe again, dropping what they
-        // prefetched. The Rust crate instead replaces its consumer itself after a seek and
+        // prefetched, and before the seek is answered: the C++ client (and Python's) takes
+        // the seek's target as its start position only when the answer finds it reconnecting;
+        // answered first, it kept the start of an earlier seek by id and dropped everything
+        // before it. The Rust crate instead replaces its consumer itself after a seek and
         // mishandles a close arriving meanwhile, so its consumers are only detached here.
         for c in detached {
             if c.close_after_seek {
                 c.conn.send(commands::close_consumer(c.consumer_id));
             }
         }
+        self.tx.send(commands::success(s.request_id));
     }
 
     async fn handle_last_message_id(&self, g: CommandGetLastMessageId) {

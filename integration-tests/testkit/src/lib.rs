@@ -514,7 +514,7 @@ impl StandaloneProc {
             .tempdir()?;
         let broker = free_port()?;
         let web = free_port()?;
-        let bookie = free_port()?;
+        // no --bookie-port: the in-process bookie opens no socket, as for most users
         let mut args: Vec<String> = vec![
             "standalone".into(),
             "--data-dir".into(),
@@ -523,8 +523,6 @@ impl StandaloneProc {
             broker.to_string(),
             "--web-port".into(),
             web.to_string(),
-            "--bookie-port".into(),
-            bookie.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join("standalone.log");

@@ -1,0 +1,110 @@
+//! Pulsar behaviours found missing when the official Python client was tried as a new user
+//! would (the compatibility issue's numbered items), each against real `magnetar standalone`
+//! processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{Context, Result};
+use magnetar_testkit::{StandaloneProc, http_get};
+
+mod common;
+use common::{bin, run_py};
+
+async fn check(sa: &StandaloneProc, mode: &str) -> Result<String> {
+    let out = run_py("compat.py", &[mode, &sa.service_url()])
+        .await
+        .map_err(|e| e.context(sa.proc.log_tail(60)))?;
+    println!("{out}");
+    Ok(out)
+}
+
+/// Items 1 and 7: a client without credentials gets the anonymous role (it says "none"), and
+/// a boolean flag alone means true.
+#[tokio::test]
+async fn a_client_without_credentials_gets_the_anonymous_role() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("secret.key");
+    std::fs::write(&key, [7u8; 32])?;
+    let key = key.display().to_string();
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--authentication-enabled",
+            "--token-secret-key",
+            &key,
+            "--anonymous-user-role",
+            "anonymous",
+        ],
+    )
+    .await?;
+    check(&sa, "anonymous").await?;
+    Ok(())
+}
+
+/// Item 2: where a seek lands depends on that seek alone.
+#[tokio::test]
+async fn seeks_by_time_and_by_id_in_any_order() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    check(&sa, "seek").await?;
+    Ok(())
+}
+
+/// Item 3: no topic is created in a tenant or namespace that does not exist; lookups say so.
+#[tokio::test]
+async fn topics_of_missing_namespaces_are_not_found() -> Result<()> {
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    check(&sa, "missing-namespace").await?;
+    let lookup = http_get(sa.web, "/lookup/v2/topic/persistent/no-such-tenant/ns/t")?;
+    assert!(lookup.starts_with("HTTP/1.0 404"), "{lookup}");
+    assert!(lookup.contains("does not exist"), "{lookup}");
+    let topics = http_get(sa.web, "/admin/v2/persistent/no-such-tenant/ns")?;
+    assert!(topics.starts_with("HTTP/1.0 404"), "{topics}");
+    Ok(())
+}
+
+/// Item 8: two standalones on one host (the bookie opens no port unless asked), each
+/// serving its own topics.
+#[tokio::test]
+async fn two_standalones_share_a_host() -> Result<()> {
+    let a = StandaloneProc::start(bin(), &[]).await?;
+    let b = StandaloneProc::start(bin(), &[]).await?;
+    for sa in [&a, &b] {
+        run_py(
+            "durability.py",
+            &[
+                "fill",
+                &sa.service_url(),
+                "persistent://public/default/two",
+                "10",
+                "100",
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Item 10: no colour codes in a log written to a file; `--log-format json` writes one JSON
+/// object per line.
+#[tokio::test]
+async fn logs_to_a_file_are_plain_text_or_json() -> Result<()> {
+    let text = StandaloneProc::start(bin(), &[]).await?;
+    let log = text.proc.log_tail(20);
+    assert!(log.contains("magnetar standalone ready"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    drop(text);
+
+    let json = StandaloneProc::start(bin(), &["--log-format", "json"]).await?;
+    let log = json.proc.log_tail(20);
+    let ready = log
+        .lines()
+        .find(|l| l.contains("magnetar standalone ready"))
+        .context("ready line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(ready).with_context(|| format!("not JSON: {ready}"))?;
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["fields"]["message"], "magnetar standalone ready", "{v}");
+    Ok(())
+}
