@@ -14,11 +14,14 @@ echo "prune-target: $(free_gb) GB free under $TARGET; dropping incremental build
 rm -rf "$TARGET"/debug/incremental "$TARGET"/release/incremental
 [ "$(free_gb)" -ge "$MIN_FREE_GB" ] && exit 0
 # all but the two newest RocksDB build outputs per profile (clippy and test builds may each
-# have their own)
+# have their own). A build-script output goes whole, with its fingerprint: an emptied `out/`
+# under a fingerprint cargo still trusts fails the next build ("couldn't read bindings.rs")
+# where a missing one is simply built again.
 for profile in debug release; do
-  ls -dt "$TARGET/$profile"/build/librocksdb-sys-*/out 2>/dev/null | tail -n +3 | while read -r out; do
-    echo "prune-target: removing stale $out" >&2
-    rm -rf "$out"
+  ls -dt "$TARGET/$profile"/build/librocksdb-sys-*/output 2>/dev/null | tail -n +3 | while read -r output; do
+    unit=$(dirname "$output")
+    echo "prune-target: removing stale $unit" >&2
+    rm -rf "$unit" "$TARGET/$profile/.fingerprint/$(basename "$unit")"
   done
 done
 echo "prune-target: $(free_gb) GB free now" >&2

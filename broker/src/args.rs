@@ -30,6 +30,14 @@ pub struct BrokerArgs {
     /// Host clients are told to connect to [default: the bind address].
     #[arg(long, env = "MAGNETAR_ADVERTISED_ADDRESS")]
     pub advertised_address: Option<String>,
+    /// Named addresses for clients of different networks (Pulsar's advertisedListeners):
+    /// `name:pulsar://host:port[,name:pulsar+ssl://host:port,...]`; a client picks one with
+    /// its listener name. They are what clients are told, not more ports to listen on.
+    #[arg(long, env = "MAGNETAR_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
+    /// The listener brokers use and clients that name none are given [default: internal].
+    #[arg(long, env = "MAGNETAR_INTERNAL_LISTENER_NAME")]
+    pub internal_listener_name: Option<String>,
     /// Pulsar binary protocol port [default: 6650].
     #[arg(long, env = "MAGNETAR_BROKER_PORT")]
     pub broker_port: Option<u16>,
@@ -228,6 +236,8 @@ impl BrokerArgs {
         fill!(
             bind,
             advertised_address,
+            advertised_listeners,
+            internal_listener_name,
             broker_port,
             web_port,
             bookkeeper_client_isolation_groups,
@@ -274,6 +284,27 @@ impl BrokerArgs {
 
     pub fn bind_address(&self) -> IpAddr {
         self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The internal listener's name: `--internal-listener-name`, which must then be among
+    /// the advertised listeners, or Pulsar's `internal`.
+    fn internal_listener(&self) -> Result<String> {
+        let listeners = parse_listeners(self.advertised_listeners.as_deref().unwrap_or(""))?;
+        match &self.internal_listener_name {
+            Some(name) if !listeners.contains_key(name) => anyhow::bail!(
+                "--internal-listener-name {name:?} is not among --advertised-listeners"
+            ),
+            Some(name) => Ok(name.clone()),
+            // the first advertised one, as Pulsar picks it, or the implicit one
+            None => Ok(self
+                .advertised_listeners
+                .as_deref()
+                .and_then(|spec| spec.split(',').find_map(|i| i.trim().split_once(':')))
+                .map_or_else(
+                    || magnetar_broker::config::DEFAULT_INTERNAL_LISTENER.into(),
+                    |(name, _)| name.to_string(),
+                )),
+        }
     }
 
     pub fn max_message_size(&self) -> usize {
@@ -399,6 +430,8 @@ impl BrokerArgs {
             broker_port_tls,
             web_port_tls,
             max_message_size: self.max_message_size(),
+            listeners: parse_listeners(self.advertised_listeners.as_deref().unwrap_or(""))?,
+            internal_listener: self.internal_listener()?,
             allow_auto_topic_creation: self.allow_auto_topic_creation.unwrap_or(true),
             // Pulsar's numbers: 0 = none, negative = forever
             default_retention: Retention::from_limits(
@@ -580,6 +613,42 @@ pub async fn terminated() {
     }
 }
 
+/// `name:pulsar://host:port,name:pulsar+ssl://host:port,...`: each name at most one URL of
+/// each scheme.
+pub fn parse_listeners(
+    spec: &str,
+) -> Result<std::collections::BTreeMap<String, magnetar_broker::cluster::ownership::ListenerUrls>> {
+    let mut out: std::collections::BTreeMap<
+        String,
+        magnetar_broker::cluster::ownership::ListenerUrls,
+    > = Default::default();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = |why: &str| anyhow::anyhow!("--advertised-listeners {item:?}: {why}");
+        let (name, url) = item
+            .split_once(':')
+            .ok_or_else(|| bad("expected name:pulsar://host:port"))?;
+        if !magnetar_broker::names::valid_segment(name) {
+            return Err(bad("invalid listener name"));
+        }
+        let l = out.entry(name.to_string()).or_default();
+        let (slot, rest) = if let Some(rest) = url.strip_prefix("pulsar://") {
+            (&mut l.broker_service_url, rest)
+        } else if let Some(rest) = url.strip_prefix("pulsar+ssl://") {
+            (&mut l.broker_service_url_tls, rest)
+        } else {
+            return Err(bad("the URL must be pulsar:// or pulsar+ssl://"));
+        };
+        match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(bad("the URL must name host:port")),
+        }
+        if slot.replace(url.to_string()).is_some() {
+            return Err(bad("a second URL of the same scheme for this listener"));
+        }
+    }
+    Ok(out)
+}
+
 /// The bookie protocol's shared secret named by `--bookie-auth-secret` (None: none given);
 /// an empty one is refused.
 pub fn bookie_secret(spec: Option<&Path>) -> Result<Option<bytes::Bytes>> {
@@ -682,5 +751,47 @@ mod tests {
         assert!(read_key(Path::new("data:;base64,%%%")).is_err());
         assert!(read_key(Path::new("env:MAGNETAR_TEST_SURELY_UNSET")).is_err());
         assert!(read_key(&dir.path().join("absent")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn listeners_parse_and_name_the_internal_one() {
+        let spec = "ext:pulsar://pub:6650,int:pulsar://10.0.0.1:6650,ext:pulsar+ssl://pub:6651";
+        let l = parse_listeners(spec).unwrap();
+        assert_eq!(
+            l["ext"].broker_service_url.as_deref(),
+            Some("pulsar://pub:6650")
+        );
+        assert_eq!(
+            l["ext"].broker_service_url_tls.as_deref(),
+            Some("pulsar+ssl://pub:6651")
+        );
+        let args = |spec: &str, internal: Option<&str>| BrokerArgs {
+            advertised_listeners: Some(spec.into()),
+            internal_listener_name: internal.map(String::from),
+            ..Default::default()
+        };
+        // the first listed, as in Pulsar, unless named
+        assert_eq!(args(spec, None).internal_listener().unwrap(), "ext");
+        assert_eq!(args(spec, Some("int")).internal_listener().unwrap(), "int");
+        assert!(args(spec, Some("nope")).internal_listener().is_err());
+        assert_eq!(
+            BrokerArgs::default().internal_listener().unwrap(),
+            "internal"
+        );
+        for bad in [
+            "noscheme",
+            "a:http://h:1",
+            "a:pulsar://h",
+            "a:pulsar://h:1,a:pulsar://h:2",
+            "bad name:pulsar://h:1",
+        ] {
+            assert!(parse_listeners(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -2,12 +2,13 @@
 //! `broker` of a cluster): what clients are told, limits, defaults for namespaces that set
 //! none, authentication and authorization, and the managed ledgers' configuration.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use magnetar_managed_ledger::{MlConfig, Retention};
 
 use crate::authz::Authorizer;
-use crate::cluster::ownership::BrokerUrls;
+use crate::cluster::ownership::{BrokerUrls, ListenerUrls};
 use crate::policies::PolicyDefaults;
 use crate::topic::producers::PublishLimits;
 use crate::topic::subscription::DispatchConfig;
@@ -50,7 +51,15 @@ pub struct BrokerConfig {
     /// Bytes queued for one connection past which its consumers are sent nothing more until
     /// it drains.
     pub max_outbound_bytes_per_connection: usize,
+    /// Advertised listeners by name (`--advertised-listeners`); the internal one, if
+    /// listed, also gives this broker's own service URLs.
+    pub listeners: BTreeMap<String, ListenerUrls>,
+    /// The listener brokers and clients that name none use (`--internal-listener-name`).
+    pub internal_listener: String,
 }
+
+/// The internal listener's name when none is configured (Pulsar's).
+pub const DEFAULT_INTERNAL_LISTENER: &str = "internal";
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -76,6 +85,8 @@ impl Default for BrokerConfig {
             metrics_max_topics: 1000,
             publish_limits: PublishLimits::default(),
             max_outbound_bytes_per_connection: 16 << 20,
+            listeners: BTreeMap::new(),
+            internal_listener: DEFAULT_INTERNAL_LISTENER.into(),
         }
     }
 }
@@ -112,17 +123,33 @@ impl BrokerConfig {
         }
     }
 
-    /// This broker's addresses, as lookups give them.
+    /// This broker's addresses, as lookups give them; its listeners always include the
+    /// internal one.
     pub fn urls(&self) -> BrokerUrls {
+        let mut listeners = self.listeners.clone();
+        listeners
+            .entry(self.internal_listener.clone())
+            .or_insert_with(|| ListenerUrls {
+                broker_service_url: Some(self.service_url()),
+                broker_service_url_tls: self.service_url_tls(),
+            });
         BrokerUrls {
             service_url: self.service_url(),
             service_url_tls: self.service_url_tls(),
             web_url: self.web_url(),
             web_url_tls: self.web_url_tls(),
+            listeners,
         }
     }
 
+    fn internal(&self) -> Option<&ListenerUrls> {
+        self.listeners.get(&self.internal_listener)
+    }
+
     pub fn service_url(&self) -> String {
+        if let Some(url) = self.internal().and_then(|l| l.broker_service_url.clone()) {
+            return url;
+        }
         format!("pulsar://{}:{}", self.advertised_address, self.broker_port)
     }
 
@@ -131,6 +158,12 @@ impl BrokerConfig {
     }
 
     pub fn service_url_tls(&self) -> Option<String> {
+        if let Some(url) = self
+            .internal()
+            .and_then(|l| l.broker_service_url_tls.clone())
+        {
+            return Some(url);
+        }
         self.broker_port_tls
             .map(|p| format!("pulsar+ssl://{}:{p}", self.advertised_address))
     }

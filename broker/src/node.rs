@@ -197,6 +197,7 @@ pub async fn init_cluster(args: InitClusterArgs) -> Result<()> {
             .web_service_url
             .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
         web_url_tls: args.web_service_url_tls,
+        listeners: Default::default(),
     };
     let created = magnetar_broker::cluster::init(&meta, &args.cluster, &urls)
         .await

@@ -3,6 +3,7 @@
 Usage: compat.py anonymous SERVICE_URL      (a standalone with an anonymous role)
        compat.py seek SERVICE_URL
        compat.py missing-namespace SERVICE_URL
+       compat.py listeners SERVICE_URL KNOWN_LISTENER
 """
 import sys
 import uuid
@@ -79,4 +80,26 @@ def missing_namespace():
     client.close()
 
 
-{"anonymous": anonymous, "seek": seek, "missing-namespace": missing_namespace}[MODE]()
+def listeners():
+    known = sys.argv[3]
+    # a listener the broker advertises: its address is where the client goes
+    client = pulsar.Client(URL, listener_name=known, operation_timeout_seconds=10)
+    t = topic("listener")
+    consumer = client.subscribe(t, "s")
+    client.create_producer(t).send(b"via " + known.encode())
+    assert consumer.receive(timeout_millis=10000).data() == b"via " + known.encode()
+    client.close()
+    print("listener %s: produced and consumed" % known)
+    # one it does not: refused, not silently served
+    client = pulsar.Client(URL, listener_name="test", operation_timeout_seconds=5)
+    try:
+        client.create_producer(topic("listener"))
+    except Exception as e:
+        print("listener test: refused (%s)" % type(e).__name__)
+    else:
+        raise AssertionError("a client of unknown listener 'test' was served")
+    client.close()
+
+
+{"anonymous": anonymous, "seek": seek, "missing-namespace": missing_namespace,
+ "listeners": listeners}[MODE]()

@@ -108,3 +108,42 @@ async fn logs_to_a_file_are_plain_text_or_json() -> Result<()> {
     assert_eq!(v["fields"]["message"], "magnetar standalone ready", "{v}");
     Ok(())
 }
+
+/// Item 4: advertised listeners: a client naming one is sent to its address, one naming an
+/// unknown listener is refused (with or without listeners configured).
+#[tokio::test]
+async fn clients_get_the_address_of_their_listener() -> Result<()> {
+    let plain = StandaloneProc::start(bin(), &[]).await?;
+    run_py(
+        "compat.py",
+        &["listeners", &plain.service_url(), "internal"],
+    )
+    .await?;
+
+    // external clients reach this broker as "localhost" (the same port here; in a cluster,
+    // typically a load balancer's address)
+    drop(plain);
+    let flags =
+        "internal:pulsar://127.0.0.1:{broker_port},external:pulsar://localhost:{broker_port}";
+    let sa = StandaloneProc::start(bin(), &["--advertised-listeners", flags]).await?;
+    let port = sa.broker.port();
+    let out = run_py("compat.py", &["listeners", &sa.service_url(), "external"]).await?;
+    println!("{out}");
+    let path = "/lookup/v2/topic/persistent/public/default/l";
+    let external = http_get(sa.web, &format!("{path}?listenerName=external"))?;
+    assert!(
+        external.contains(&format!(r#""brokerUrl":"pulsar://localhost:{port}""#)),
+        "{external}"
+    );
+    let default = http_get(sa.web, path)?;
+    assert!(
+        default.contains(&format!(r#""brokerUrl":"pulsar://127.0.0.1:{port}""#)),
+        "{default}"
+    );
+    let unknown = http_get(sa.web, &format!("{path}?listenerName=test"))?;
+    assert!(
+        unknown.starts_with("HTTP/1.0 412") && unknown.contains("no listener named"),
+        "{unknown}"
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@
 //! so a dead leader is replaced within about two session timeouts. Ownership does not depend
 //! on the leader; it is there for the work only one broker should do (load management).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::bundles::{stored_bundles, topic_hash};
 use super::keys;
-use super::ownership::{BrokerUrls, Leader, Owner, Ownership};
+use super::ownership::{BrokerUrls, Leader, ListenerUrls, Owner, Ownership};
 use crate::error::BrokerError;
 use crate::names::TopicName;
 
@@ -47,6 +47,8 @@ pub struct BrokerRecord {
     /// Milliseconds since the epoch when it joined.
     #[serde(default)]
     pub start_timestamp: u64,
+    #[serde(default)]
+    pub advertised_listeners: BTreeMap<String, ListenerUrls>,
 }
 
 impl BrokerRecord {
@@ -56,6 +58,7 @@ impl BrokerRecord {
             service_url_tls: self.pulsar_service_url_tls.clone(),
             web_url: self.web_service_url.clone(),
             web_url_tls: self.web_service_url_tls.clone(),
+            listeners: self.advertised_listeners.clone(),
         }
     }
 }
@@ -72,6 +75,8 @@ struct OwnerRecord {
     http_url_tls: Option<String>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    advertised_listeners: BTreeMap<String, ListenerUrls>,
 }
 
 impl OwnerRecord {
@@ -82,6 +87,7 @@ impl OwnerRecord {
             http_url: u.web_url.clone(),
             http_url_tls: u.web_url_tls.clone(),
             disabled: false,
+            advertised_listeners: u.listeners.clone(),
         }
     }
 
@@ -91,6 +97,7 @@ impl OwnerRecord {
             service_url_tls: self.native_url_tls.clone(),
             web_url: self.http_url.clone(),
             web_url_tls: self.http_url_tls.clone(),
+            listeners: self.advertised_listeners.clone(),
         }
     }
 }
@@ -160,6 +167,7 @@ impl ClaimedOwnership {
             web_service_url: self.me.web_url.clone(),
             web_service_url_tls: self.me.web_url_tls.clone(),
             start_timestamp: magnetar_managed_ledger::clock::now_ms(),
+            advertised_listeners: self.me.listeners.clone(),
         };
         // A record of an earlier life of this broker may still wait out its session: this
         // one replaces it (the old session's expiry then deletes nothing of ours).
@@ -587,6 +595,7 @@ mod tests {
             service_url_tls: None,
             web_url: format!("http://web-{port}:8080"),
             web_url_tls: None,
+            listeners: Default::default(),
         }
     }
 
@@ -802,6 +811,7 @@ mod tests {
             web_service_url: format!("http://h:{p}"),
             web_service_url_tls: None,
             start_timestamp: 0,
+            advertised_listeners: Default::default(),
         };
         let three: Vec<_> = (1..=3).map(|i| (format!("h:{i}"), rec(i))).collect();
         let two: Vec<_> = three[..2].to_vec();

@@ -43,6 +43,7 @@ mod tests {
             service_url_tls: None,
             web_url: "http://h:8080".into(),
             web_url_tls: None,
+            listeners: Default::default(),
         };
         let t = TopicName::parse("persistent://a/b/c").unwrap();
         let found = locate(&OwnEverything, &me, &t, false).await.unwrap();

@@ -3,6 +3,7 @@
 //! standalone broker owns everything ([`OwnEverything`]); in a cluster, ownership is an
 //! ephemeral record per bundle, bound to the owner's metadata session.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use futures::future::BoxFuture;
@@ -21,6 +22,47 @@ pub struct BrokerUrls {
     /// `http://host:port`
     pub web_url: String,
     pub web_url_tls: Option<String>,
+    /// Its advertised listeners by name: the addresses clients of each network are given
+    /// (Pulsar's `advertisedListeners`; a client names one with `listenerName`).
+    pub listeners: BTreeMap<String, ListenerUrls>,
+}
+
+/// One advertised listener's binary-protocol addresses (Pulsar's field names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerUrls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_service_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_service_url_tls: Option<String>,
+}
+
+impl BrokerUrls {
+    /// The binary-protocol URLs (plain, TLS) for a client of `listener` (None or empty: one
+    /// that names none); a name the broker does not advertise is refused, not answered with
+    /// an address the client cannot reach.
+    pub fn for_listener(
+        &self,
+        listener: Option<&str>,
+    ) -> Result<(String, Option<String>), BrokerError> {
+        let Some(name) = listener.filter(|l| !l.is_empty()) else {
+            return Ok((self.service_url.clone(), self.service_url_tls.clone()));
+        };
+        match self.listeners.get(name) {
+            Some(l) => Ok((
+                l.broker_service_url.clone().unwrap_or_default(),
+                l.broker_service_url_tls.clone(),
+            )),
+            None => Err(BrokerError::NotAllowed(format!(
+                "no listener named {name:?} is advertised (this broker's: {})",
+                self.listeners
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
 }
 
 /// The cluster's leader broker (Pulsar's `LeaderBroker`, as `brokers/leaderBroker` shows it

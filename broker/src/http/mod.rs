@@ -1024,21 +1024,41 @@ async fn internal_stats(
     axum::Json(stats).into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct LookupQuery {
+    #[serde(rename = "listenerName")]
+    listener_name: Option<String>,
+}
+
+/// Where a topic is served, in the addresses of the listener the client names
+/// (`?listenerName=` or the `X-Pulsar-ListenerName` header, as Pulsar takes it).
 async fn lookup(
     State(svc): Svc,
     Path((domain, tenant, ns, topic)): Path<(String, String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<LookupQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let t = match TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}")) {
         Ok(t) => t,
         Err(r) => return err(StatusCode::PRECONDITION_FAILED, r.to_string()),
     };
-    match svc.locate(&t, false).await {
-        Ok(at) => axum::Json(json!({
-            "brokerUrl": at.urls.service_url,
-            "brokerUrlTls": at.urls.service_url_tls.unwrap_or_default(),
-            "httpUrl": at.urls.web_url,
-            "httpUrlTls": at.urls.web_url_tls.unwrap_or_default(),
-            "nativeUrl": at.urls.service_url,
+    let listener = q.listener_name.or_else(|| {
+        headers
+            .get("X-Pulsar-ListenerName")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let found = svc.locate(&t, false).await.and_then(|at| {
+        let (url, tls) = at.urls.for_listener(listener.as_deref())?;
+        Ok((at.urls, url, tls))
+    });
+    match found {
+        Ok((urls, url, tls)) => axum::Json(json!({
+            "brokerUrl": url,
+            "brokerUrlTls": tls.unwrap_or_default(),
+            "httpUrl": urls.web_url,
+            "httpUrlTls": urls.web_url_tls.unwrap_or_default(),
+            "nativeUrl": url,
         }))
         .into_response(),
         Err(e) => client_err(e),

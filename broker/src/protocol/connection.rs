@@ -477,16 +477,20 @@ impl Connection {
                 .await?;
             self.svc.locate(&t, l.authoritative.unwrap_or(false)).await
         };
-        match located.await {
-            Ok(at) if at.here => self.tx.send(commands::lookup_connect(
+        // the addresses of the listener the client names (its network's)
+        let listener = l.advertised_listener_name.as_deref();
+        let located = located
+            .await
+            .and_then(|at| Ok((at.here, at.urls.for_listener(listener)?)));
+        match located {
+            Ok((true, (url, tls))) => {
+                self.tx
+                    .send(commands::lookup_connect(l.request_id, &url, tls.as_deref()))
+            }
+            Ok((false, (url, tls))) => self.tx.send(commands::lookup_redirect(
                 l.request_id,
-                &at.urls.service_url,
-                at.urls.service_url_tls.as_deref(),
-            )),
-            Ok(at) => self.tx.send(commands::lookup_redirect(
-                l.request_id,
-                &at.urls.service_url,
-                at.urls.service_url_tls.as_deref(),
+                &url,
+                tls.as_deref(),
                 true,
             )),
             Err(e) => self.tx.send(commands::lookup_failed(

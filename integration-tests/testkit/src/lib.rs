@@ -502,8 +502,9 @@ pub struct StandaloneProc {
 }
 
 impl StandaloneProc {
-    /// Starts `program standalone ...` and waits until it logs that it is ready.
-    /// Retries with new ports when one was taken meanwhile.
+    /// Starts `program standalone ...` and waits until it logs that it is ready; `{broker_port}`
+    /// in `extra` becomes the broker port chosen. Retries with new ports when one was taken
+    /// meanwhile.
     pub async fn start(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
         retry_on_clash(|| Self::start_once(program, extra)).await
     }
@@ -524,7 +525,12 @@ impl StandaloneProc {
             "--web-port".into(),
             web.to_string(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        // flags that must name the port chosen here say `{broker_port}`
+        args.extend(
+            extra
+                .iter()
+                .map(|s| s.replace("{broker_port}", &broker.to_string())),
+        );
         let log = dir.path().join("standalone.log");
         let mut s = StandaloneProc {
             proc: Proc::new(&format!("standalone :{broker}"), program, args, log),
