@@ -147,6 +147,22 @@ pub struct BrokerArgs {
     /// Roles that may do everything, comma separated.
     #[arg(long, env = "MAGNETAR_SUPER_USER_ROLES", value_delimiter = ',')]
     pub super_user_roles: Option<Vec<String>>,
+    /// Authentication providers, comma separated: `token` (JWTs, --token-*), `tls` (the
+    /// common name of a client certificate verified against --tls-trust-certs-file-path),
+    /// `basic` (users of --basic-auth-conf) [default: token].
+    #[arg(long, env = "MAGNETAR_AUTHENTICATION_PROVIDERS", value_delimiter = ',')]
+    pub authentication_providers: Option<Vec<String>>,
+    /// htpasswd file for Basic authentication (`user:$apr1$...` from `htpasswd -m`, or
+    /// bcrypt from `htpasswd -B`; the whole file may be base64), as Pulsar's basicAuthConf.
+    #[arg(long, env = "MAGNETAR_BASIC_AUTH_CONF")]
+    pub basic_auth_conf: Option<PathBuf>,
+    /// PEM certificates of the authorities client certificates must be signed by: the TLS
+    /// ports then ask clients for one.
+    #[arg(long, env = "MAGNETAR_TLS_TRUST_CERTS_FILE_PATH")]
+    pub tls_trust_certs_file_path: Option<PathBuf>,
+    /// Refuse TLS clients without a trusted certificate at the handshake [default: false].
+    #[arg(long, env = "MAGNETAR_TLS_REQUIRE_TRUSTED_CLIENT_CERT_ON_CONNECT")]
+    pub tls_require_trusted_client_cert_on_connect: Option<bool>,
     /// PEM certificate chain: with --tls-key-file, serves `pulsar+ssl://` and HTTPS too.
     #[arg(long, env = "MAGNETAR_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
@@ -272,6 +288,10 @@ impl BrokerArgs {
             super_user_roles,
             tls_cert_file,
             tls_key_file,
+            authentication_providers,
+            basic_auth_conf,
+            tls_trust_certs_file_path,
+            tls_require_trusted_client_cert_on_connect,
             broker_port_tls,
             web_port_tls,
             authentication_refresh_check_seconds,
@@ -329,7 +349,15 @@ impl BrokerArgs {
             .with_context(|| format!("bind web port {web_addr}"))?;
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
-                let cfg = magnetar_broker::tls::server_config(cert, key)?;
+                let clients = self.tls_trust_certs_file_path.as_deref().map(|trust| {
+                    magnetar_broker::tls::ClientCerts {
+                        trust,
+                        require: self
+                            .tls_require_trusted_client_cert_on_connect
+                            .unwrap_or(false),
+                    }
+                });
+                let cfg = magnetar_broker::tls::server_config(cert, key, clients)?;
                 let b = SocketAddr::new(bind, self.broker_port_tls.unwrap_or(6651));
                 let w = SocketAddr::new(bind, self.web_port_tls.unwrap_or(8443));
                 let b = TcpListener::bind(b)
@@ -440,7 +468,7 @@ impl BrokerArgs {
             ),
             keepalive: Duration::from_secs(self.keep_alive_interval_seconds.unwrap_or(30).max(1)),
             ml: self.ml_config(quorum),
-            auth: self.token_auth()?,
+            auth: self.auth_providers()?,
             anonymous_role: self.anonymous_user_role.clone(),
             authz: self.authorizer()?,
             metrics_max_topics: self.metrics_max_topics.unwrap_or(1000),
@@ -514,11 +542,51 @@ impl BrokerArgs {
     }
 
     /// The token checker the flags describe (None: authentication off).
-    fn token_auth(&self) -> Result<Option<magnetar_broker::auth::TokenAuth>> {
-        use magnetar_broker::auth::{TokenAuth, decode_secret};
+    /// The authentication providers the flags enable (None: authentication off).
+    fn auth_providers(&self) -> Result<Option<magnetar_broker::auth::Providers>> {
+        use magnetar_broker::auth::Providers;
         if !self.authentication_enabled.unwrap_or(false) {
             return Ok(None);
         }
+        let names = self
+            .authentication_providers
+            .clone()
+            .unwrap_or_else(|| vec!["token".into()]);
+        let mut p = Providers::default();
+        for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            match name {
+                "token" => p.token = Some(self.token_auth()?),
+                "basic" => {
+                    let file = self
+                        .basic_auth_conf
+                        .as_deref()
+                        .context("the basic provider needs --basic-auth-conf (an htpasswd file)")?;
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("read {}", file.display()))?;
+                    p.basic = Some(
+                        magnetar_broker::auth_basic::BasicAuth::parse(&text)
+                            .with_context(|| format!("--basic-auth-conf {}", file.display()))?,
+                    );
+                }
+                "tls" => {
+                    if self.tls_trust_certs_file_path.is_none() || self.tls_cert_file.is_none() {
+                        anyhow::bail!(
+                            "the tls provider needs TLS on (--tls-cert-file, --tls-key-file) and \
+                             --tls-trust-certs-file-path (who signs client certificates)"
+                        );
+                    }
+                    p.tls = true;
+                }
+                other => {
+                    anyhow::bail!("unknown authentication provider {other:?} (token, tls, basic)")
+                }
+            }
+        }
+        Ok(Some(p))
+    }
+
+    fn token_auth(&self) -> Result<magnetar_broker::auth::TokenAuth> {
+        use magnetar_broker::auth::{TokenAuth, decode_secret};
         let claim = self.token_auth_claim.as_deref().unwrap_or("sub");
         match (&self.token_secret_key, &self.token_public_key) {
             (Some(p), None) => {
@@ -526,16 +594,16 @@ impl BrokerArgs {
                     Key::Decoded(k) => k,
                     Key::Stored(raw) => decode_secret(&raw),
                 };
-                Ok(Some(TokenAuth::with_secret(&secret, claim)))
+                Ok(TokenAuth::with_secret(&secret, claim))
             }
             (None, Some(p)) => {
                 let pem = match read_key(p)? {
                     Key::Decoded(k) | Key::Stored(k) => k,
                 };
-                Ok(Some(TokenAuth::with_public_key(&pem, claim)?))
+                Ok(TokenAuth::with_public_key(&pem, claim)?)
             }
             _ => anyhow::bail!(
-                "--authentication-enabled needs exactly one of --token-secret-key and --token-public-key"
+                "token authentication needs exactly one of --token-secret-key and --token-public-key"
             ),
         }
     }
@@ -553,7 +621,10 @@ impl Listeners {
     fn tls_ports(&self) -> Result<(Option<u16>, Option<u16>)> {
         use axum::serve::Listener;
         Ok(match &self.tls {
-            Some((b, w)) => (Some(b.local_addr()?.port()), Some(w.local_addr()?.port())),
+            Some((b, w)) => (
+                Some(b.local_addr()?.addr.port()),
+                Some(w.local_addr()?.addr.port()),
+            ),
             None => (None, None),
         })
     }
@@ -574,6 +645,8 @@ pub async fn serve(
     if let Some((broker_tls, web_tls)) = listeners.tls {
         let app = app.clone();
         tokio::spawn(async move {
+            // the handshake's client certificate reaches the authentication gate
+            let app = app.into_make_service_with_connect_info::<magnetar_broker::tls::TlsPeer>();
             if let Err(e) = axum::serve(web_tls, app).await {
                 warn!(error = %e, "https server stopped");
             }

@@ -1,6 +1,8 @@
-//! Token authentication as Pulsar does it: JWTs signed with a shared secret (HS256) or an
-//! RSA key pair (RS256), the role taken from a configurable claim (`sub` by default), expiry
-//! enforced when the token has one. Also the helpers behind `magnetar tokens`.
+//! Authentication as Pulsar does it: the providers a broker enables ([`Providers`]: tokens,
+//! TLS client certificates, Basic) and what a client presents ([`Credentials`]). Tokens are
+//! JWTs signed with a shared secret (HS256) or an RSA key pair (RS256), the role taken from a
+//! configurable claim (`sub` by default), expiry enforced when the token has one. Also the
+//! helpers behind `magnetar tokens`.
 //! Pure: keys come in as bytes; reading files and flags is the caller's job. The broker
 //! checks CONNECT and HTTP requests with it; authorization (who may do what) is not built
 //! yet.
@@ -15,8 +17,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 pub enum AuthError {
     #[error("no credentials given")]
     Missing,
-    #[error("authentication method {0:?} is not supported (only \"token\")")]
+    #[error("authentication method {0:?} is not enabled on this broker")]
     Method(String),
+    #[error("invalid user name or password")]
+    BadCredentials,
+    #[error("no trusted client certificate was presented")]
+    NoClientCert,
     #[error("invalid token: {0}")]
     Invalid(String),
     #[error("the token has no {0:?} claim naming a role")]
@@ -47,6 +53,9 @@ pub fn decode_secret(raw: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(raw);
     let text = text.trim();
     let b64 = text.strip_prefix("data:;base64,").unwrap_or(text);
+    if b64.is_empty() {
+        return raw.to_vec(); // raw bytes that happen to be all whitespace
+    }
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap_or_else(|_| raw.to_vec())
@@ -103,6 +112,75 @@ impl TokenAuth {
             role,
             expires: data.claims.get("exp").and_then(serde_json::Value::as_u64),
         })
+    }
+}
+
+/// The ways a client may prove who it is (Pulsar's `authenticationProviders`).
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    pub token: Option<TokenAuth>,
+    pub basic: Option<crate::auth_basic::BasicAuth>,
+    /// A client certificate verified by the TLS port names a role: its common name.
+    pub tls: bool,
+}
+
+/// What a client presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// Nothing: no method, an empty one or `none`.
+    None,
+    Token(&'a str),
+    /// `user:password`.
+    Basic(&'a str),
+    /// Method `tls`: the connection's client certificate.
+    Tls,
+    /// A method this broker does not know.
+    Other(&'a str),
+}
+
+impl<'a> Credentials<'a> {
+    /// From a method name and its data, as CONNECT carries them.
+    pub fn from_method(method: Option<&'a str>, data: &'a str) -> Credentials<'a> {
+        match method {
+            None | Some("") | Some("none") => Credentials::None,
+            Some("token") => Credentials::Token(data),
+            Some("basic") => Credentials::Basic(data),
+            Some("tls") => Credentials::Tls,
+            Some(other) => Credentials::Other(other),
+        }
+    }
+}
+
+impl Providers {
+    /// Who `credentials` name; `cert_role` is the common name of the connection's verified
+    /// client certificate. Ok(None): no credentials and no certificate that speaks for the
+    /// client (the caller decides about an anonymous role).
+    pub fn identify(
+        &self,
+        credentials: Credentials<'_>,
+        cert_role: Option<&str>,
+    ) -> Result<Option<Identity>, AuthError> {
+        let plain = |role: String| Identity {
+            role,
+            expires: None,
+        };
+        match credentials {
+            Credentials::Token(t) => match &self.token {
+                Some(a) => a.identify(t).map(Some),
+                None => Err(AuthError::Method("token".into())),
+            },
+            Credentials::Basic(b) => match &self.basic {
+                Some(a) => a.role(b).map(|r| Some(plain(r))),
+                None => Err(AuthError::Method("basic".into())),
+            },
+            Credentials::Tls if !self.tls => Err(AuthError::Method("tls".into())),
+            Credentials::Tls => cert_role
+                .map(|r| Some(plain(r.to_string())))
+                .ok_or(AuthError::NoClientCert),
+            // a verified certificate speaks for a client that says nothing else (HTTPS)
+            Credentials::None => Ok(cert_role.filter(|_| self.tls).map(|r| plain(r.to_string()))),
+            Credentials::Other(m) => Err(AuthError::Method(m.to_string())),
+        }
     }
 }
 
@@ -223,5 +301,6 @@ mod tests {
         assert_eq!(decode_secret(b"data:;base64,AAEC"), vec![0, 1, 2]);
         assert_eq!(decode_secret(b"AAEC\n"), vec![0, 1, 2]);
         assert_eq!(decode_secret(&[0xff, 0x00]), vec![0xff, 0x00]);
+        assert_eq!(decode_secret(&[9; 4]), vec![9; 4]);
     }
 }

@@ -34,8 +34,8 @@ pub struct BrokerConfig {
     pub default_ttl: Option<Duration>,
     /// Partitions of auto-created topics (0: non-partitioned).
     pub default_num_partitions: u32,
-    /// Token authentication (None: off).
-    pub auth: Option<crate::auth::TokenAuth>,
+    /// Authentication providers (None: authentication off).
+    pub auth: Option<crate::auth::Providers>,
     /// The role of clients that present no credentials when authentication is on (None:
     /// they are refused).
     pub anonymous_role: Option<String>,
@@ -100,27 +100,29 @@ impl BrokerConfig {
         self
     }
 
-    /// The role behind a token (or behind none), when authentication is on.
+    /// The role behind what a client presented (`cert_role`: its verified certificate's
+    /// common name, on a TLS port), when authentication is on; no credentials give the
+    /// anonymous role, if there is one.
     pub fn authenticate(
         &self,
-        token: Option<&str>,
+        credentials: crate::auth::Credentials<'_>,
+        cert_role: Option<&str>,
     ) -> Result<Option<crate::auth::Identity>, crate::auth::AuthError> {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
-        match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => auth.identify(t).map(Some),
-            None => self
-                .anonymous_role
-                .clone()
-                .map(|role| {
-                    Some(crate::auth::Identity {
-                        role,
-                        expires: None,
-                    })
-                })
-                .ok_or(crate::auth::AuthError::Missing),
+        if let Some(id) = auth.identify(credentials, cert_role)? {
+            return Ok(Some(id));
         }
+        self.anonymous_role
+            .clone()
+            .map(|role| {
+                Some(crate::auth::Identity {
+                    role,
+                    expires: None,
+                })
+            })
+            .ok_or(crate::auth::AuthError::Missing)
     }
 
     /// This broker's addresses, as lookups give them; its listeners always include the

@@ -6,6 +6,7 @@
 //! bookies (entries) and `meta` (records).
 
 pub mod auth;
+pub mod auth_basic;
 pub mod authz;
 pub mod cluster;
 pub mod config;

@@ -30,8 +30,21 @@ pub enum TlsError {
     Config(String),
 }
 
-/// A server configuration from a PEM certificate chain and its PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Client certificates a TLS port asks for: signed by the authorities in `trust` (PEM), and
+/// either required (`require`) or optional (a client without one uses other credentials).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCerts<'a> {
+    pub trust: &'a Path,
+    pub require: bool,
+}
+
+/// A server configuration from a PEM certificate chain and its PEM private key; with
+/// `clients`, client certificates are asked for and verified against their authorities.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    clients: Option<ClientCerts<'_>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
@@ -48,19 +61,135 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
-    let cfg =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c.trust)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TlsError::Cert {
+                    path: c.trust.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            for ca in certs {
+                roots.add(ca).map_err(|e| TlsError::Cert {
+                    path: c.trust.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Cert {
+                    path: c.trust.display().to_string(),
+                    reason: "no certificate in it".into(),
+                });
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if c.require {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(cfg))
+}
+
+/// Who is at the other end of a TLS connection: its address, and the subject common name of
+/// the client certificate it presented, if any (rustls has verified it by then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub cert_role: Option<String>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// The subject common name of a DER certificate: the role of a client that authenticates
+/// with it, as Pulsar's TLS provider takes it. None when it has none or is unreadable.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (tag, cert, _) = der_item(der)?;
+    let (tbs_tag, tbs, _) = der_item(cert)?;
+    if tag != 0x30 || tbs_tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    // [0] version, when present
+    let (tag, _, after) = der_item(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    // serial number, signature algorithm, issuer, validity: then the subject
+    for _ in 0..4 {
+        rest = der_item(rest)?.2;
+    }
+    let (tag, mut rdns, _) = der_item(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    while !rdns.is_empty() {
+        let (tag, mut set, after) = der_item(rdns)?;
+        rdns = after;
+        if tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, atv, after) = der_item(set)?;
+            set = after;
+            let (oid_tag, oid, value) = der_item(atv)?;
+            // 2.5.4.3: commonName
+            if tag == 0x30 && oid_tag == 0x06 && oid == [0x55, 0x04, 0x03] {
+                let (_, name, _) = der_item(value)?;
+                return String::from_utf8(name.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// One DER item: (tag, contents, what follows); None when it runs past the input.
+fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, b.get(header..end)?, b.get(end..)?))
 }
 
 /// Accepts TCP connections and yields them once their TLS handshake succeeded.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
     local: SocketAddr,
 }
 
@@ -87,6 +216,16 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            let cert_role = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| common_name(c.as_ref()));
+                            let peer = TlsPeer {
+                                addr: peer,
+                                cert_role,
+                            };
                             let _ = tx.send((stream, peer)).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
@@ -99,14 +238,14 @@ impl TlsListener {
     }
 
     /// The next connection whose handshake is done (None once the acceptor has stopped).
-    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, TlsPeer)> {
         self.rx.recv().await
     }
 }
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -116,6 +255,40 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(TlsPeer {
+            addr: self.local,
+            cert_role: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_common_name_is_read_from_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "acme");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "app-1");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("app-1"));
+        let mut none = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        none.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = none.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        // truncated or garbage input is no name, never a panic
+        let der = cert.der().to_vec();
+        for cut in 0..der.len() {
+            let _ = common_name(&der[..cut]);
+        }
+        assert_eq!(common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
     }
 }

@@ -147,3 +147,183 @@ async fn clients_get_the_address_of_their_listener() -> Result<()> {
     );
     Ok(())
 }
+
+/// A certificate authority for the test, and certificates it signs.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Result<Pki> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "magnetar test authority");
+        let ca = p.self_signed(&ca_key)?;
+        let pki = Pki {
+            dir: tempfile::tempdir()?,
+            ca,
+            ca_key,
+        };
+        std::fs::write(pki.path("ca.pem"), pki.ca.pem())?;
+        Ok(pki)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Writes `name.pem` and `name.key`: a certificate for `cn`, signed by this authority
+    /// (or by itself when `self_signed`).
+    fn issue(&self, name: &str, cn: &str, server: bool, self_signed: bool) -> Result<()> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = if self_signed {
+            p.self_signed(&key)?
+        } else {
+            p.signed_by(&key, &self.ca, &self.ca_key)?
+        };
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem())?;
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem())?;
+        Ok(())
+    }
+}
+
+/// Item 6: TLS client certificates (role = common name, authorization applied to it) and
+/// Basic authentication, beside tokens, on the binary protocol and HTTP.
+#[tokio::test]
+async fn client_certificates_and_basic_authenticate_beside_tokens() -> Result<()> {
+    let pki = Pki::new()?;
+    pki.issue("server", "localhost", true, false)?;
+    pki.issue("app", "app", false, false)?;
+    pki.issue("nobody", "nobody", false, false)?;
+    pki.issue("stranger", "app", false, true)?;
+    let htpasswd = format!(
+        "admin:{}\nbob:{}\n",
+        bcrypt::hash("adminpw", 4)?,
+        bcrypt::hash("bobpw", 4)?
+    );
+    std::fs::write(pki.path("htpasswd"), htpasswd)?;
+    let secret = *b"a secret for the providers test.";
+    std::fs::write(pki.path("secret.key"), secret)?;
+    let admin_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "admin"}),
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )?;
+    let (bp, wp) = (
+        magnetar_testkit::free_port()?.to_string(),
+        magnetar_testkit::free_port()?.to_string(),
+    );
+    let (server, server_key) = (pki.path("server.pem"), pki.path("server.key"));
+    let (ca, htpasswd, secret) = (
+        pki.path("ca.pem"),
+        pki.path("htpasswd"),
+        pki.path("secret.key"),
+    );
+    let sa = StandaloneProc::start(
+        bin(),
+        &[
+            "--tls-cert-file",
+            &server,
+            "--tls-key-file",
+            &server_key,
+            "--broker-port-tls",
+            &bp,
+            "--web-port-tls",
+            &wp,
+            "--tls-trust-certs-file-path",
+            &ca,
+            "--authentication-enabled",
+            "--authentication-providers",
+            "token,tls,basic",
+            "--token-secret-key",
+            &secret,
+            "--basic-auth-conf",
+            &htpasswd,
+            "--authorization-enabled",
+            "--super-user-roles",
+            "admin",
+        ],
+    )
+    .await?;
+    let web_port = sa.web.port().to_string();
+    let tls_url = format!("pulsar+ssl://127.0.0.1:{bp}");
+    let out = run_py(
+        "auth_providers.py",
+        &[
+            &sa.service_url(),
+            &web_port,
+            &tls_url,
+            &wp,
+            &ca,
+            &pki.path("app.pem"),
+            &pki.path("app.key"),
+            &pki.path("nobody.pem"),
+            &pki.path("nobody.key"),
+            &pki.path("stranger.pem"),
+            &pki.path("stranger.key"),
+            &admin_token,
+        ],
+    )
+    .await
+    .map_err(|e| e.context(sa.proc.log_tail(60)))?;
+    println!("{out}");
+
+    // misconfigurations are refused at start, saying what is missing
+    for (flags, says) in [
+        (
+            vec![
+                "--authentication-enabled",
+                "--authentication-providers",
+                "basic",
+            ],
+            "--basic-auth-conf",
+        ),
+        (
+            vec![
+                "--authentication-enabled",
+                "--authentication-providers",
+                "tls",
+            ],
+            "--tls-trust-certs-file-path",
+        ),
+        (
+            vec![
+                "--authentication-enabled",
+                "--authentication-providers",
+                "kerberos",
+            ],
+            "unknown authentication provider",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .arg("standalone")
+            .args(&flags)
+            .args([
+                "--data-dir",
+                &pki.path("refused"),
+                "--broker-port",
+                "0",
+                "--web-port",
+                "0",
+            ])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{flags:?}: {err}"
+        );
+    }
+    Ok(())
+}

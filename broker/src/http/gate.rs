@@ -11,6 +11,7 @@ use axum::response::Response;
 use percent_encoding::percent_decode_str;
 
 use super::common::err;
+use crate::auth::Credentials;
 use crate::authz::TopicOp;
 use crate::error::BrokerError;
 use crate::names::{TopicName, valid_segment};
@@ -171,13 +172,32 @@ pub(super) async fn gate(
     if need == Need::Open || svc.cfg.auth.is_none() {
         return next.run(req).await;
     }
-    let token = req
+    let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let role = match svc.cfg.authenticate(token.as_deref()) {
+        .unwrap_or_default();
+    let basic = header.strip_prefix("Basic ").map(|b| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .unwrap_or_default()
+    });
+    let credentials = if let Some(t) = header.strip_prefix("Bearer ") {
+        Credentials::Token(t)
+    } else if let Some(b) = &basic {
+        Credentials::Basic(b)
+    } else {
+        Credentials::None
+    };
+    // on the HTTPS port, the client certificate its handshake verified
+    let cert_role = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::tls::TlsPeer>>()
+        .and_then(|c| c.0.cert_role.clone());
+    let role = match svc.cfg.authenticate(credentials, cert_role.as_deref()) {
         Ok(id) => id.map(|i| i.role),
         Err(e) => {
             return err(

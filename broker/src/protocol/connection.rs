@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::auth::{AuthError, Identity};
+use crate::auth::{AuthError, Credentials, Identity};
 use crate::authz::TopicOp;
 use crate::error::BrokerError;
 use crate::names::TopicName;
@@ -68,6 +68,8 @@ pub(crate) struct Connection {
     client_version: String,
     /// Who the client authenticated as, and until when (None: authentication is off).
     identity: Option<Identity>,
+    /// The verified client certificate's common name (TLS ports).
+    cert_role: Option<String>,
     /// The client said it answers AUTH_CHALLENGE.
     refresh_ok: bool,
     /// An AUTH_CHALLENGE is out, unanswered.
@@ -81,8 +83,15 @@ pub(crate) fn pos(id: &MessageIdData) -> Position {
 }
 
 impl Connection {
-    pub(crate) async fn run<R, W>(svc: Arc<BrokerService>, mut rd: R, wr: W, peer: SocketAddr)
-    where
+    /// Serves one client connection; `cert_role` is the common name of the client
+    /// certificate its TLS handshake verified, if any.
+    pub(crate) async fn run<R, W>(
+        svc: Arc<BrokerService>,
+        mut rd: R,
+        wr: W,
+        peer: SocketAddr,
+        cert_role: Option<String>,
+    ) where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -101,6 +110,7 @@ impl Connection {
             protocol: 0,
             client_version: String::new(),
             identity: None,
+            cert_role,
             refresh_ok: false,
             challenged: false,
             producers: HashMap::new(),
@@ -387,15 +397,14 @@ impl Connection {
         method: Option<&str>,
         data: Option<&[u8]>,
     ) -> Result<Option<Identity>, String> {
-        let token = match method {
-            // no credentials: the anonymous role, if the broker grants one
-            None | Some("") | Some("none") => None,
-            Some("token") => Some(String::from_utf8_lossy(data.unwrap_or_default()).into_owned()),
-            Some(other) => return Err(self.refuse(AuthError::Method(other.to_string()))),
-        };
+        // no credentials (method absent, empty or "none"): the anonymous role, if any
+        let data = String::from_utf8_lossy(data.unwrap_or_default());
         self.svc
             .cfg
-            .authenticate(token.as_deref())
+            .authenticate(
+                Credentials::from_method(method, &data),
+                self.cert_role.as_deref(),
+            )
             .map_err(|e| self.refuse(e))
     }
 

@@ -29,7 +29,7 @@ pub async fn serve(
                     let svc = Arc::clone(&svc);
                     let _ = stream.set_nodelay(true);
                     let (rd, wr) = stream.into_split();
-                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
+                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer, None).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -54,7 +54,9 @@ pub async fn serve_tls(
                 Some((stream, peer)) => {
                     let svc = Arc::clone(&svc);
                     let (rd, wr) = tokio::io::split(stream);
-                    tokio::spawn(async move { Connection::run(svc, rd, wr, peer).await });
+                    tokio::spawn(async move {
+                        Connection::run(svc, rd, wr, peer.addr, peer.cert_role).await
+                    });
                 }
                 None => return,
             }
