@@ -56,3 +56,9 @@ if ! "$VENV/bin/python" -c "import schemathesis" >/dev/null 2>&1; then
   # later hypothesis releases break schemathesis 3.39 ("'many' object has no attribute 'more'")
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==6.115.0"
 fi
+# fastavro: the Python client's AvroSchema (pulsar-client's `avro` extra), for the schema tests
+FASTAVRO_VERSION="${FASTAVRO_VERSION:-1.12.1}"
+if ! "$VENV/bin/python" -c "import fastavro" >/dev/null 2>&1; then
+  echo "install-deps: installing fastavro $FASTAVRO_VERSION into $VENV" >&2
+  "$VENV/bin/pip" install -q "fastavro==$FASTAVRO_VERSION"
+fi

@@ -564,8 +564,9 @@ impl BrokerArgs {
                     let text = std::fs::read_to_string(file)
                         .with_context(|| format!("read {}", file.display()))?;
                     p.basic = Some(
-                        magnetar_broker::auth_basic::BasicAuth::parse(&text)
-                            .with_context(|| format!("--basic-auth-conf {}", file.display()))?,
+                        magnetar_broker::auth_basic::BasicAuth::parse(&text).map_err(|e| {
+                            anyhow::anyhow!("--basic-auth-conf {}: {e}", file.display())
+                        })?,
                     );
                 }
                 "tls" => {

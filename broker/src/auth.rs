@@ -170,7 +170,10 @@ impl Providers {
                 None => Err(AuthError::Method("token".into())),
             },
             Credentials::Basic(b) => match &self.basic {
-                Some(a) => a.role(b).map(|r| Some(plain(r))),
+                Some(a) => a
+                    .role(b)
+                    .map(|r| Some(plain(r)))
+                    .ok_or(AuthError::BadCredentials),
                 None => Err(AuthError::Method("basic".into())),
             },
             Credentials::Tls if !self.tls => Err(AuthError::Method("tls".into())),

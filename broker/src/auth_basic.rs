@@ -1,13 +1,12 @@
 //! Basic authentication (Pulsar's `AuthenticationProviderBasic`): user names and password
 //! hashes from an htpasswd file. Hashes are `$apr1$` (`htpasswd -m`, the form Pulsar's docs
 //! use) or bcrypt (`$2y$`/`$2b$`/`$2a$`, `htpasswd -B`); a plaintext or unknown hash is
-//! refused when the file is read, never compared. Pure: the file's text comes in as a string.
+//! refused when the file is read, never compared. Pure: the file's text comes in as a string;
+//! it answers in plain words and leaves the mapping to errors to `auth`.
 
 use std::collections::HashMap;
 
 use md5::{Digest, Md5};
-
-use crate::auth::AuthError;
 
 /// Users and their password hashes.
 #[derive(Clone)]
@@ -26,15 +25,15 @@ impl std::fmt::Debug for BasicAuth {
 impl BasicAuth {
     /// Reads `user:hash` lines (blank lines and `#` comments skipped). Pulsar also takes
     /// the whole file base64-encoded; so does this.
-    pub fn parse(text: &str) -> Result<BasicAuth, AuthError> {
+    pub fn parse(text: &str) -> Result<BasicAuth, String> {
         use base64::Engine;
         let decoded;
         let text = if !text.contains(':') {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
-                .map_err(|_| AuthError::Key("neither user:hash lines nor base64 of them".into()))?;
-            decoded = String::from_utf8(raw)
-                .map_err(|_| AuthError::Key("the decoded file is not UTF-8".into()))?;
+                .map_err(|_| "neither user:hash lines nor base64 of them".to_string())?;
+            decoded =
+                String::from_utf8(raw).map_err(|_| "the decoded file is not UTF-8".to_string())?;
             decoded.as_str()
         } else {
             text
@@ -45,7 +44,7 @@ impl BasicAuth {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| AuthError::Key(format!("line {}: {why}", n + 1));
+            let bad = |why: &str| format!("line {}: {why}", n + 1);
             let (user, hash) = line
                 .split_once(':')
                 .ok_or_else(|| bad("expected user:hash"))?;
@@ -60,19 +59,16 @@ impl BasicAuth {
             users.insert(user.to_string(), hash.to_string());
         }
         if users.is_empty() {
-            return Err(AuthError::Key("no users in the file".into()));
+            return Err("no users in the file".into());
         }
         Ok(BasicAuth { users })
     }
 
-    /// The role `user:password` authenticates as: the user name.
-    pub fn role(&self, credentials: &str) -> Result<String, AuthError> {
-        let (user, password) = credentials
-            .split_once(':')
-            .ok_or(AuthError::BadCredentials)?;
-        let Some(stored) = self.users.get(user) else {
-            return Err(AuthError::BadCredentials);
-        };
+    /// The role `user:password` authenticates as (the user name); None when the user is
+    /// unknown or the password wrong (which of the two is not told).
+    pub fn role(&self, credentials: &str) -> Option<String> {
+        let (user, password) = credentials.split_once(':')?;
+        let stored = self.users.get(user)?;
         let ok = if let Some(rest) = stored.strip_prefix("$apr1$") {
             let salt = rest.split('$').next().unwrap_or_default();
             same(
@@ -82,11 +78,7 @@ impl BasicAuth {
         } else {
             bcrypt::verify(password, stored).unwrap_or(false)
         };
-        if ok {
-            Ok(user.to_string())
-        } else {
-            Err(AuthError::BadCredentials)
-        }
+        ok.then(|| user.to_string())
     }
 }
 
@@ -192,10 +184,7 @@ mod tests {
         assert_eq!(auth.role("alice:password").unwrap(), "alice");
         assert_eq!(auth.role("bob:s3cret").unwrap(), "bob");
         for bad in ["alice:wrong", "bob:password", "carol:password", "alice", ""] {
-            assert!(
-                matches!(auth.role(bad), Err(AuthError::BadCredentials)),
-                "{bad}"
-            );
+            assert_eq!(auth.role(bad), None, "{bad}");
         }
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&file);

@@ -52,6 +52,13 @@ pub enum BrokerError {
     Terminated(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// A schema the topic's compatibility rules do not let in.
+    #[error("{0}")]
+    IncompatibleSchema(String),
+    /// A schema that is not one: a definition that does not parse, too large, or of a type
+    /// that cannot be stored.
+    #[error("{0}")]
+    InvalidSchema(String),
     #[error("{0}")]
     Metadata(String),
     #[error("{0}")]
@@ -82,6 +89,7 @@ impl BrokerError {
             E::QuotaExceeded(_) => ServerError::ProducerBlockedQuotaExceededException,
             E::Terminated(_) => ServerError::TopicTerminatedError,
             E::TooManyRequests(_) => ServerError::TooManyRequests,
+            E::IncompatibleSchema(_) | E::InvalidSchema(_) => ServerError::IncompatibleSchema,
             E::Metadata(_) | E::Meta(_) => ServerError::MetadataError,
             E::Unknown(_) => ServerError::UnknownError,
             E::Log(e) => match e {
@@ -100,8 +108,12 @@ impl BrokerError {
 
     /// The HTTP status an admin request that failed so answers with.
     pub fn http_status(&self) -> u16 {
-        if let BrokerError::ServedElsewhere { .. } = self {
-            return 307;
+        match self {
+            BrokerError::ServedElsewhere { .. } => return 307,
+            // Pulsar's answers to a schema upload: a conflict, or a definition it cannot use
+            BrokerError::IncompatibleSchema(_) => return 409,
+            BrokerError::InvalidSchema(_) => return 422,
+            _ => {}
         }
         match self.code() {
             ServerError::TopicNotFound | ServerError::SubscriptionNotFound => 404,

@@ -16,6 +16,7 @@ pub mod names;
 pub mod policies;
 pub mod protocol;
 pub mod ratelimit;
+pub mod schema;
 pub mod service;
 pub mod stats;
 pub mod tls;

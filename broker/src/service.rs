@@ -116,6 +116,64 @@ impl BrokerService {
         lookup::locate(self.ownership.as_ref(), &self.cfg.urls(), t, authoritative).await
     }
 
+    /// What `t`'s namespace says about schemas.
+    pub async fn schema_policy(
+        &self,
+        t: &TopicName,
+    ) -> Result<crate::schema::SchemaPolicy, BrokerError> {
+        let stored = self
+            .meta
+            .get_json::<serde_json::Value>(&keys::namespace(&t.tenant, &t.namespace))
+            .await?;
+        Ok(stored.map_or_else(Default::default, |v| {
+            crate::schema::SchemaPolicy::of_namespace(&v.value)
+        }))
+    }
+
+    /// The schema version a producer of `t` declaring `schema` writes with (registered when
+    /// new and the namespace lets it in); None for a producer without one, which a topic
+    /// with a schema refuses when the namespace enforces validation.
+    pub async fn producer_schema(
+        &self,
+        t: &TopicName,
+        schema: Option<&crate::schema::SchemaInfo>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let policy = self.schema_policy(t).await?;
+        match schema {
+            Some(info) => crate::schema::add(&self.meta, t, info, policy, false)
+                .await
+                .map(Some),
+            None if policy.validation_enforced
+                && crate::schema::get(&self.meta, t, None).await?.is_some() =>
+            {
+                Err(BrokerError::IncompatibleSchema(format!(
+                    "{t} has a schema and its namespace enforces it: producers must declare one"
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a consumer of `t` reading with `schema` may subscribe: a topic without a schema
+    /// takes it (if the namespace lets clients add schemas), one with schemas must find it
+    /// compatible.
+    pub async fn consumer_schema(
+        &self,
+        t: &TopicName,
+        schema: &crate::schema::SchemaInfo,
+    ) -> Result<(), BrokerError> {
+        let policy = self.schema_policy(t).await?;
+        if crate::schema::versions(&self.meta, t).await?.is_empty() {
+            if policy.auto_update {
+                crate::schema::add(&self.meta, t, schema, policy, false).await?;
+            }
+            return Ok(());
+        }
+        crate::schema::check(&self.meta, t, schema, policy)
+            .await
+            .map(|_| ())
+    }
+
     /// TopicNotFound unless `t`'s namespace exists.
     pub async fn require_namespace(&self, t: &TopicName) -> Result<(), BrokerError> {
         if self
@@ -585,6 +643,10 @@ impl BrokerService {
         {
             Ok(()) | Err(MetaError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
+        }
+        // a partition's schemas are its parent's, which go with the partitioned topic
+        if t.partition().is_none() {
+            crate::schema::forget(&self.meta, t).await?;
         }
         Ok(())
     }

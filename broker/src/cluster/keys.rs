@@ -94,6 +94,12 @@ pub fn delayed_index(cursor_key: &str) -> String {
     cursor_key.replacen("/cursors/", "/delayed/", 1)
 }
 
+/// A topic's schemas (Pulsar's path: persistent and non-persistent topics of one name share
+/// them).
+pub fn schemas(t: &TopicName) -> String {
+    format!("/schemas/{}/{}/{}", t.tenant, t.namespace, t.local)
+}
+
 /// The compacted view of the topic whose path (`TopicName::path`) is `path`.
 pub fn compaction(path: &str) -> String {
     format!("/compaction/{path}")
@@ -130,5 +136,6 @@ mod tests {
             "/admin/partitioned-topics/a/b/persistent/c"
         );
         assert_eq!(topic_policies(&t), "/admin/topic-policies/a/b/persistent/c");
+        assert_eq!(schemas(&t), "/schemas/a/b/c");
     }
 }

@@ -97,6 +97,14 @@ pub(super) fn need(method: &Method, path: &str) -> Need {
             },
             [topic, rest @ ..] => topic_need(method, domain, tenant, ns, topic, rest),
         },
+        // schemas: reading them is a lookup, changing them the topic's admin's
+        ["admin", "v2", "schemas", tenant, ns, topic, ..] => {
+            match parse_topic("persistent", tenant, ns, topic) {
+                Ok(t) if get => Need::Topic(t, Op::Lookup),
+                Ok(t) => Need::Topic(t, Op::Admin),
+                Err(n) => n,
+            }
+        }
         ["lookup", "v2", "topic", domain, tenant, ns, topic, ..] => {
             match parse_topic(domain, tenant, ns, topic) {
                 Ok(t) => Need::Topic(t, Op::Lookup),

@@ -34,6 +34,7 @@ mod common;
 mod gate;
 mod namespaces;
 pub mod openapi;
+mod schemas;
 mod stats;
 mod tenants;
 mod topics;
@@ -169,6 +170,7 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .merge(namespaces::routes())
         .merge(tenants::routes())
         .merge(bookies::routes())
+        .merge(schemas::routes())
         .route(
             &ns("persistence/bookieAffinity"),
             get(get_affinity)
@@ -221,6 +223,23 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
                 check_auto_sub,
                 true,
             ),
+        )
+        .route(
+            &ns("schemaCompatibilityStrategy"),
+            ns_field(
+                "schema_compatibility_strategy",
+                SetBy::Put,
+                check_strategy,
+                true,
+            ),
+        )
+        .route(
+            &ns("isAllowAutoUpdateSchema"),
+            ns_field("is_allow_auto_update_schema", SetBy::Post, check_bool, true),
+        )
+        .route(
+            &ns("schemaValidationEnforced"),
+            ns_field("schema_validation_enforced", SetBy::Post, check_bool, true),
         )
         .route(
             "/admin/v2/namespaces/{tenant}/{ns}/replication",
@@ -442,6 +461,9 @@ async fn delete_partitions(
             Ok(false) => {}
             Err(e) => return client_err(e),
         }
+    }
+    if let Err(e) = crate::schema::forget(&svc.meta, &t).await {
+        return client_err(e);
     }
     match svc
         .meta
@@ -1092,6 +1114,24 @@ fn check_offload(v: Value) -> Result<Value, String> {
     match v.as_i64() {
         Some(n) if n >= -1 => Ok(Value::from(n)),
         _ => Err("the threshold is -1 (the broker default), 0 or more".into()),
+    }
+}
+
+/// A schema compatibility strategy's name (a JSON string, Pulsar's body).
+fn check_strategy(v: Value) -> Result<Value, String> {
+    match v.as_str() {
+        Some(s) if crate::schema::compat::Strategy::NAMES.contains(&s) => Ok(v),
+        _ => Err(format!(
+            "the body is one of {}",
+            crate::schema::compat::Strategy::NAMES.join(", ")
+        )),
+    }
+}
+
+fn check_bool(v: Value) -> Result<Value, String> {
+    match v {
+        Value::Bool(_) => Ok(v),
+        _ => Err("the body is true or false".into()),
     }
 }
 

@@ -904,7 +904,120 @@ const OPS: &[Op] = &[
     (
         "get",
         "/lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}",
-        "Look up a topic's broker",
+        "Look up a topic's broker (in the addresses of the named listener)",
+        None,
+        &["listenerName"],
+    ),
+    ("get", "{s}/schema", "A topic's latest schema", None, &[]),
+    (
+        "post",
+        "{s}/schema",
+        "Upload a schema (a new version if it is new and compatible)",
+        Some("PostSchemaPayload"),
+        &[],
+    ),
+    (
+        "delete",
+        "{s}/schema",
+        "Delete a topic's schemas",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{s}/schema/{version}",
+        "One version of a topic's schema",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{s}/schemas",
+        "Every version of a topic's schema",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{s}/versions",
+        "Every version of a topic's schema",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "{s}/compatibility",
+        "Whether a schema could be uploaded (changes nothing)",
+        Some("PostSchemaPayload"),
+        &[],
+    ),
+    (
+        "post",
+        "{s}/version",
+        "The version number of one of a topic's schemas",
+        Some("PostSchemaPayload"),
+        &[],
+    ),
+    (
+        "get",
+        "{ns}/schemaCompatibilityStrategy",
+        "Schema compatibility strategy",
+        None,
+        &[],
+    ),
+    (
+        "put",
+        "{ns}/schemaCompatibilityStrategy",
+        "Set the schema compatibility strategy",
+        Some("SchemaCompatibilityStrategy"),
+        &[],
+    ),
+    (
+        "delete",
+        "{ns}/schemaCompatibilityStrategy",
+        "Remove the schema compatibility strategy (FULL applies)",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{ns}/isAllowAutoUpdateSchema",
+        "Whether clients may add schemas",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "{ns}/isAllowAutoUpdateSchema",
+        "Let clients add schemas, or not",
+        Some("Boolean"),
+        &[],
+    ),
+    (
+        "delete",
+        "{ns}/isAllowAutoUpdateSchema",
+        "Remove the auto-update setting (true applies)",
+        None,
+        &[],
+    ),
+    (
+        "get",
+        "{ns}/schemaValidationEnforced",
+        "Whether producers without a schema are refused on topics with one",
+        None,
+        &[],
+    ),
+    (
+        "post",
+        "{ns}/schemaValidationEnforced",
+        "Enforce schemas on producers, or not",
+        Some("Boolean"),
+        &[],
+    ),
+    (
+        "delete",
+        "{ns}/schemaValidationEnforced",
+        "Remove schema enforcement (false applies)",
         None,
         &[],
     ),
@@ -919,13 +1032,16 @@ const OPS: &[Op] = &[
 
 fn expand(path: &str) -> String {
     path.replace("{ns}", NS)
+        .replace("{s}", "/admin/v2/schemas/{tenant}/{namespace}/{topic}")
         .replace("{t}", "/admin/v2/{domain}/{tenant}/{namespace}/{topic}")
 }
 
 fn param(name: &str) -> Value {
     let schema = match name {
         "domain" => json!({"type": "string", "enum": ["persistent", "non-persistent"]}),
-        "count" | "timestamp" | "seconds" | "position" => json!({"type": "integer", "minimum": 0}),
+        "count" | "timestamp" | "seconds" | "position" | "version" => {
+            json!({"type": "integer", "minimum": 0})
+        }
         _ => json!({"type": "string"}),
     };
     json!({"name": name, "in": "path", "required": true, "schema": schema})
@@ -993,6 +1109,16 @@ fn schemas() -> Value {
         "BookieAffinityGroupData": {"type": "object", "required": ["bookieAffinityGroupPrimary"],
             "properties": {"bookieAffinityGroupPrimary": {"type": "string"},
                 "bookieAffinityGroupSecondary": {"type": "string"}}},
+        "PostSchemaPayload": {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "enum": ["NONE", "STRING", "JSON", "PROTOBUF", "AVRO",
+                "BOOLEAN", "INT8", "INT16", "INT32", "INT64", "FLOAT", "DOUBLE", "DATE", "TIME",
+                "TIMESTAMP", "KEY_VALUE", "INSTANT", "LOCAL_DATE", "LOCAL_TIME",
+                "LOCAL_DATE_TIME", "PROTOBUF_NATIVE"]},
+            "schema": {"type": "string"},
+            "properties": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "SchemaCompatibilityStrategy": {"type": "string", "enum": ["UNDEFINED",
+            "ALWAYS_INCOMPATIBLE", "ALWAYS_COMPATIBLE", "BACKWARD", "FORWARD", "FULL",
+            "BACKWARD_TRANSITIVE", "FORWARD_TRANSITIVE", "FULL_TRANSITIVE"]},
         "ResetCursorData": {"type": "object", "required": ["ledgerId", "entryId"], "properties": {
             "ledgerId": int, "entryId": int, "partitionIndex": int,
             "isExcluded": {"type": "boolean"}, "batchIndex": int}},

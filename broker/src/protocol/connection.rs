@@ -28,6 +28,7 @@ use crate::error::BrokerError;
 use crate::names::TopicName;
 use crate::protocol::outbound::{ConnTx, write_loop};
 use crate::protocol::receipts::{ProducerJob, ReceiptJob, receipts};
+use crate::schema;
 use crate::service::BrokerService;
 use crate::stats::Meter;
 use crate::topic::entries::highest_sequence;
@@ -325,12 +326,9 @@ impl Connection {
         } else if let Some(g) = c.get_topics_of_namespace {
             self.handle_topics_of_namespace(g).await;
         } else if let Some(g) = c.get_schema {
-            self.tx.send(commands::schema_not_found(g.request_id));
+            self.handle_get_schema(g).await;
         } else if let Some(g) = c.get_or_create_schema {
-            self.tx.send(commands::get_or_create_schema_failed(
-                g.request_id,
-                "schemas are not supported yet",
-            ));
+            self.handle_get_or_create_schema(g).await;
         } else if let Some(s) = c.consumer_stats {
             self.handle_consumer_stats(s);
         } else if let Some(r) = c.auth_response {
@@ -341,6 +339,68 @@ impl Connection {
             self.refuse_unsupported(&c);
         }
         Ok(())
+    }
+
+    /// GET_SCHEMA: a version of the topic's schema (the latest unless one is named).
+    async fn handle_get_schema(&self, g: magnetar_protocol::proto::CommandGetSchema) {
+        let found = async {
+            let t = self.parse_topic(&g.topic)?;
+            self.svc
+                .authorize_topic(self.role(), &t, TopicOp::Lookup)
+                .await?;
+            let version = match g.schema_version.as_deref() {
+                None | Some([]) => None,
+                Some(b) => Some(schema::version_of_bytes(b).ok_or_else(|| {
+                    BrokerError::InvalidSchema("a schema version is 8 bytes".into())
+                })?),
+            };
+            Ok::<_, BrokerError>((
+                t.local.clone(),
+                schema::get(&self.svc.meta, &t, version).await?,
+            ))
+        };
+        match found.await {
+            Ok((name, Some(v))) => self.tx.send(commands::get_schema_ok(
+                g.request_id,
+                proto_schema(&name, &v.info),
+                schema::version_bytes(v.version),
+            )),
+            Ok((_, None)) => self.tx.send(commands::schema_not_found(g.request_id)),
+            Err(e) => self.tx.send(commands::get_schema_failed(
+                g.request_id,
+                e.code(),
+                e.to_string(),
+            )),
+        }
+    }
+
+    /// GET_OR_CREATE_SCHEMA: the version of a schema, added if new and allowed.
+    async fn handle_get_or_create_schema(
+        &self,
+        g: magnetar_protocol::proto::CommandGetOrCreateSchema,
+    ) {
+        let version = async {
+            let t = self.parse_topic(&g.topic)?;
+            self.svc
+                .authorize_topic(self.role(), &t, TopicOp::Produce)
+                .await?;
+            let info = schema_info(Some(&g.schema))?;
+            match info {
+                Some(info) => self.svc.producer_schema(&t, Some(&info)).await,
+                None => Ok(None),
+            }
+        };
+        match version.await {
+            Ok(v) => self.tx.send(commands::get_or_create_schema_ok(
+                g.request_id,
+                v.map(schema::version_bytes).unwrap_or_default(),
+            )),
+            Err(e) => self.tx.send(commands::get_or_create_schema_failed(
+                g.request_id,
+                e.code(),
+                e.to_string(),
+            )),
+        }
     }
 
     /// Answers a command this broker does not serve with an ERROR naming it, so a client
@@ -648,6 +708,17 @@ impl Connection {
                 BrokerError::Terminated(format!("Topic {} was terminated", topic.full)),
             );
         }
+        let schema_version = match schema_info(p.schema.as_ref()) {
+            Ok(info) => self.svc.producer_schema(&topic.name, info.as_ref()).await,
+            Err(e) => Err(e),
+        };
+        let schema_version = match schema_version {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(topic = %topic.full, error = %e, "producer's schema refused");
+                return self.error(p.request_id, e);
+            }
+        };
         // dead-letter producers ask for a subscription so nothing they write is missed
         if let Some(sub) = p
             .initial_subscription_name
@@ -704,12 +775,9 @@ impl Connection {
             Grant::Waiting => (None, false),
         };
         let last_sequence = topic.ml.producer_sequence(&name).unwrap_or(-1);
-        self.tx.send(commands::producer_success_with(
-            p.request_id,
-            &name,
-            last_sequence,
-            epoch,
-            ready,
+        self.tx.send(commands::with_schema_version(
+            commands::producer_success_with(p.request_id, &name, last_sequence, epoch, ready),
+            schema_version.map(schema::version_bytes),
         ));
         self.producers.insert(
             p.producer_id,
@@ -909,6 +977,12 @@ impl Connection {
                 return Err(BrokerError::ConsumerBusy(format!(
                     "Subscription reached max consumers limit ({max})"
                 )));
+            }
+            // a consumer's schema must be one it can read the topic's data with
+            if let Some(info) = schema_info(s.schema.as_ref())?
+                && info.kind != schema::SchemaType::AutoConsume
+            {
+                self.svc.consumer_schema(&topic.name, &info).await?;
             }
             let sub = topic.subscription(&s.subscription, sub_type, &opts).await?;
             let name = s
@@ -1223,5 +1297,43 @@ impl Connection {
         for id in ids {
             self.close_consumer(id);
         }
+    }
+}
+
+/// A schema as a client declared it; None for none (no schema, or type NONE: bytes).
+fn schema_info(
+    s: Option<&magnetar_protocol::proto::Schema>,
+) -> Result<Option<schema::SchemaInfo>, BrokerError> {
+    let Some(s) = s else { return Ok(None) };
+    let kind = schema::SchemaType::from_proto(s.r#type)
+        .ok_or_else(|| BrokerError::InvalidSchema(format!("unknown schema type {}", s.r#type)))?;
+    if kind == schema::SchemaType::None {
+        return Ok(None);
+    }
+    Ok(Some(schema::SchemaInfo {
+        kind,
+        data: s.schema_data.to_vec(),
+        properties: s
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+    }))
+}
+
+/// A stored schema as the protocol carries it.
+fn proto_schema(name: &str, info: &schema::SchemaInfo) -> magnetar_protocol::proto::Schema {
+    magnetar_protocol::proto::Schema {
+        name: name.to_string(),
+        schema_data: info.data.clone().into(),
+        r#type: info.kind.to_proto(),
+        properties: info
+            .properties
+            .iter()
+            .map(|(k, v)| magnetar_protocol::proto::KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
     }
 }

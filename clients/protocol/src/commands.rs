@@ -202,6 +202,14 @@ pub fn producer_success(request_id: u64, name: &str, last_sequence_id: i64) -> B
     producer_success_with(request_id, name, last_sequence_id, None, true)
 }
 
+/// PRODUCER_SUCCESS naming the schema version the producer writes with.
+pub fn with_schema_version(mut c: BaseCommand, version: Option<Vec<u8>>) -> BaseCommand {
+    if let Some(p) = c.producer_success.as_mut() {
+        p.schema_version = version.map(Into::into);
+    }
+    c
+}
+
 /// PRODUCER_SUCCESS with the topic epoch of an exclusive producer, or `ready = false` for a
 /// producer queued behind another (WaitForExclusive; a second reply with `ready` follows).
 pub fn producer_success_with(
@@ -388,15 +396,61 @@ pub fn schema_not_found(request_id: u64) -> BaseCommand {
     }
 }
 
-pub fn get_or_create_schema_failed(request_id: u64, message: impl Into<String>) -> BaseCommand {
+pub fn get_or_create_schema_failed(
+    request_id: u64,
+    error: ServerError,
+    message: impl Into<String>,
+) -> BaseCommand {
     BaseCommand {
         get_or_create_schema_response: Some(CommandGetOrCreateSchemaResponse {
             request_id,
-            error_code: Some(ServerError::NotAllowedError as i32),
+            error_code: Some(error as i32),
             error_message: Some(message.into()),
             schema_version: None,
         }),
         ..base(Type::GetOrCreateSchemaResponse)
+    }
+}
+
+pub fn get_or_create_schema_ok(request_id: u64, schema_version: Vec<u8>) -> BaseCommand {
+    BaseCommand {
+        get_or_create_schema_response: Some(CommandGetOrCreateSchemaResponse {
+            request_id,
+            error_code: None,
+            error_message: None,
+            schema_version: Some(schema_version.into()),
+        }),
+        ..base(Type::GetOrCreateSchemaResponse)
+    }
+}
+
+pub fn get_schema_failed(
+    request_id: u64,
+    error: ServerError,
+    message: impl Into<String>,
+) -> BaseCommand {
+    BaseCommand {
+        get_schema_response: Some(CommandGetSchemaResponse {
+            request_id,
+            error_code: Some(error as i32),
+            error_message: Some(message.into()),
+            schema: None,
+            schema_version: None,
+        }),
+        ..base(Type::GetSchemaResponse)
+    }
+}
+
+pub fn get_schema_ok(request_id: u64, schema: Schema, schema_version: Vec<u8>) -> BaseCommand {
+    BaseCommand {
+        get_schema_response: Some(CommandGetSchemaResponse {
+            request_id,
+            error_code: None,
+            error_message: None,
+            schema: Some(schema),
+            schema_version: Some(schema_version.into()),
+        }),
+        ..base(Type::GetSchemaResponse)
     }
 }
 

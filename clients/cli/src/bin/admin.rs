@@ -71,6 +71,58 @@ enum Group {
     /// Bookies: list them; put them in racks and affinity groups.
     #[command(subcommand)]
     Bookies(Bookies),
+    /// Schemas of a topic: get, upload, delete, check compatibility.
+    #[command(subcommand)]
+    Schemas(Schemas),
+}
+
+#[derive(Subcommand)]
+enum Schemas {
+    /// A topic's latest schema, or one version of it (`--version`), or every version (`--all`).
+    Get {
+        topic: String,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long, conflicts_with = "version")]
+        all: bool,
+    },
+    /// Upload a schema from a file holding `{"type": "AVRO", "schema": "...", "properties": {}}`
+    /// (pulsar-admin's format): a new version if it is new and compatible.
+    Upload {
+        topic: String,
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+    /// Delete every version of a topic's schema.
+    Delete { topic: String },
+    /// Whether the schema in a file could be uploaded (changes nothing).
+    Compatibility {
+        topic: String,
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+}
+
+/// `/admin/v2/schemas/{tenant}/{ns}/{topic}` of a topic name.
+fn schema_base(topic: &str) -> Result<String, AdminError> {
+    let path = topic_path(topic)?;
+    let rest = path.split_once('/').map_or(path.as_str(), |(_, r)| r);
+    Ok(format!("/admin/v2/schemas/{rest}"))
+}
+
+/// A schema payload file, checked to be a JSON object before it is sent.
+fn schema_file(f: &std::path::Path) -> Result<Value, AdminError> {
+    let text = std::fs::read_to_string(f)
+        .map_err(|e| AdminError::Usage(format!("cannot read {}: {e}", f.display())))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| AdminError::Usage(format!("{} is not JSON: {e}", f.display())))?;
+    if v.get("type").and_then(Value::as_str).is_none() {
+        return Err(AdminError::Usage(format!(
+            "{} needs a \"type\" (AVRO, JSON, STRING, ...)",
+            f.display()
+        )));
+    }
+    Ok(v)
 }
 
 // verb names follow pulsar-admin's (list-bookies)
@@ -562,6 +614,30 @@ fn plan(cmd: &Group) -> Result<Vec<Req>, AdminError> {
                 seg(broker)
             )),
             Brokers::Healthcheck => get(format!("{a}/brokers/health")),
+        },
+        Group::Schemas(sc) => match sc {
+            Schemas::Get {
+                topic,
+                version: Some(v),
+                ..
+            } => get(format!("{}/schema/{v}", schema_base(topic)?)),
+            Schemas::Get {
+                topic, all: true, ..
+            } => get(format!("{}/schemas", schema_base(topic)?)),
+            Schemas::Get { topic, .. } => get(format!("{}/schema", schema_base(topic)?)),
+            Schemas::Upload { topic, filename } => (
+                "POST",
+                format!("{}/schema", schema_base(topic)?),
+                Some(schema_file(filename)?),
+            ),
+            Schemas::Delete { topic } => {
+                ("DELETE", format!("{}/schema", schema_base(topic)?), None)
+            }
+            Schemas::Compatibility { topic, filename } => (
+                "POST",
+                format!("{}/compatibility", schema_base(topic)?),
+                Some(schema_file(filename)?),
+            ),
         },
         Group::Bookies(b) => match b {
             Bookies::ListBookies => get(format!("{a}/bookies/all")),

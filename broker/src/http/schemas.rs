@@ -1,0 +1,213 @@
+//! The schema registry's admin API, at Pulsar's `/admin/v2/schemas/{tenant}/{ns}/{topic}/...`
+//! paths and with its bodies: the latest schema or one version, every version, upload,
+//! delete, and a compatibility check that changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::common::{Svc, client_err, err, namespace_exists, object_body};
+use crate::names::TopicName;
+use crate::schema::{self, SchemaInfo, SchemaType, Version};
+use crate::service::BrokerService;
+
+type SchemaPath = Path<(String, String, String)>;
+
+pub(super) fn routes() -> Router<Arc<BrokerService>> {
+    let base = "/admin/v2/schemas/{tenant}/{ns}/{topic}";
+    Router::new()
+        .route(
+            &format!("{base}/schema"),
+            get(latest).post(upload).delete(delete),
+        )
+        .route(&format!("{base}/schema/{{version}}"), get(one))
+        .route(&format!("{base}/schemas"), get(all))
+        .route(&format!("{base}/versions"), get(all))
+        .route(&format!("{base}/compatibility"), post(compatibility))
+        .route(&format!("{base}/version"), post(version_of))
+}
+
+/// An upload: Pulsar's `PostSchemaPayload`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    schema: String,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+async fn topic(
+    svc: &BrokerService,
+    (tenant, ns, topic): (String, String, String),
+) -> Result<TopicName, Response> {
+    namespace_exists(svc, &tenant, &ns).await?;
+    TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}"))
+        .map_err(|e| err(StatusCode::PRECONDITION_FAILED, e.to_string()))
+}
+
+fn payload(body: &[u8]) -> Result<SchemaInfo, Response> {
+    let p: Payload =
+        object_body(body, "schema payload").map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let kind = SchemaType::parse(&p.kind).ok_or_else(|| {
+        err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("unknown schema type {:?}", p.kind),
+        )
+    })?;
+    Ok(SchemaInfo {
+        kind,
+        data: p.schema.into_bytes(),
+        properties: p.properties,
+    })
+}
+
+/// A version as Pulsar's `GetSchemaResponse` shows it.
+fn shown(v: &Version) -> Value {
+    json!({
+        "version": v.version,
+        "type": v.info.kind.name(),
+        "timestamp": v.timestamp,
+        "data": String::from_utf8_lossy(&v.info.data),
+        "properties": v.info.properties,
+    })
+}
+
+fn no_schema(t: &TopicName) -> Response {
+    err(StatusCode::NOT_FOUND, format!("{t} has no schema"))
+}
+
+async fn latest(State(svc): Svc, Path(p): SchemaPath) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match schema::get(&svc.meta, &t, None).await {
+        Ok(Some(v)) => axum::Json(shown(&v)).into_response(),
+        Ok(None) => no_schema(&t),
+        Err(e) => client_err(e),
+    }
+}
+
+async fn one(
+    State(svc): Svc,
+    Path((tenant, ns, name, version)): Path<(String, String, String, String)>,
+) -> Response {
+    let t = match topic(&svc, (tenant, ns, name)).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(version) = version.parse::<u64>() else {
+        return err(StatusCode::BAD_REQUEST, "a schema version is a number");
+    };
+    match schema::get(&svc.meta, &t, Some(version)).await {
+        Ok(Some(v)) => axum::Json(shown(&v)).into_response(),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            format!("{t} has no schema version {version}"),
+        ),
+        Err(e) => client_err(e),
+    }
+}
+
+async fn all(State(svc): Svc, Path(p): SchemaPath) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match schema::versions(&svc.meta, &t).await {
+        Ok(v) => axum::Json(json!({"getSchemaResponses": v.iter().map(shown).collect::<Vec<_>>()}))
+            .into_response(),
+        Err(e) => client_err(e),
+    }
+}
+
+async fn upload(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let info = match payload(&body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let policy = match svc.schema_policy(&t).await {
+        Ok(p) => p,
+        Err(e) => return client_err(e),
+    };
+    match schema::add(&svc.meta, &t, &info, policy, true).await {
+        Ok(v) => axum::Json(json!({"version": {"version": v}})).into_response(),
+        Err(e) => client_err(e),
+    }
+}
+
+async fn delete(State(svc): Svc, Path(p): SchemaPath) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match schema::delete(&svc.meta, &t).await {
+        Ok(Some(v)) => axum::Json(json!({"version": v})).into_response(),
+        Ok(None) => no_schema(&t),
+        Err(e) => client_err(e),
+    }
+}
+
+/// Whether a schema could be uploaded, changing nothing.
+async fn compatibility(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let info = match payload(&body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let policy = match svc.schema_policy(&t).await {
+        Ok(p) => p,
+        Err(e) => return client_err(e),
+    };
+    let strategy = policy.strategy.effective().name();
+    match schema::check(&svc.meta, &t, &info, policy).await {
+        Ok(_) => {
+            axum::Json(json!({"isCompatibility": true, "schemaCompatibilityStrategy": strategy}))
+                .into_response()
+        }
+        Err(crate::error::BrokerError::IncompatibleSchema(why)) => axum::Json(json!({
+            "isCompatibility": false,
+            "schemaCompatibilityStrategy": strategy,
+            "reason": why,
+        }))
+        .into_response(),
+        Err(e) => client_err(e),
+    }
+}
+
+/// The version number of a schema the topic has.
+async fn version_of(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
+    let t = match topic(&svc, p).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let info = match payload(&body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    match schema::versions(&svc.meta, &t).await {
+        Ok(all) => match all.iter().find(|v| v.info == info) {
+            Some(v) => axum::Json(json!({"version": v.version})).into_response(),
+            None => err(StatusCode::NOT_FOUND, format!("{t} has no such schema")),
+        },
+        Err(e) => client_err(e),
+    }
+}
