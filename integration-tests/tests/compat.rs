@@ -371,6 +371,21 @@ async fn schemas_are_registered_checked_and_served() -> Result<()> {
     assert!(cli(&["schemas", "get", topic, "--all"])?.contains("getSchemaResponses"));
     cli(&["schemas", "delete", topic])?;
     assert!(cli(&["schemas", "get", topic]).is_err(), "gone");
+    let ns = "public/default";
+    let policy = ["namespaces", "policy"];
+    let run = |rest: &[&str]| cli(&[&policy[..], rest].concat());
+    run(&["set-schema-compatibility-strategy", ns, "-c", "backward"])?;
+    run(&["set-is-allow-auto-update-schema", ns, "--enable", "false"])?;
+    run(&["set-schema-validation-enforce", ns, "--enable", "true"])?;
+    for (name, value) in [
+        ("schemaCompatibilityStrategy", "BACKWARD"),
+        ("isAllowAutoUpdateSchema", "false"),
+        ("schemaValidationEnforced", "true"),
+    ] {
+        let shown = run(&["get", ns, name])?;
+        assert!(shown.contains(value), "{name}: {shown}");
+    }
+    assert!(run(&["set-schema-compatibility-strategy", ns, "-c", "sideways"]).is_err());
 
     // deleting a topic deletes its schemas
     let path = "/admin/v2/schemas/public/default/gone/schema";

@@ -328,6 +328,25 @@ enum NsPolicy {
         #[arg(short = 'r', long, default_value_t = 0.0)]
         ml_mark_delete_max_rate: f64,
     },
+    /// How new schemas must relate to the old (ALWAYS_COMPATIBLE, ALWAYS_INCOMPATIBLE,
+    /// BACKWARD, FORWARD, FULL, their _TRANSITIVE forms, or UNDEFINED = FULL).
+    SetSchemaCompatibilityStrategy {
+        namespace: String,
+        #[arg(long, short = 'c')]
+        compatibility: String,
+    },
+    /// Whether producers and consumers may add schema versions (else only the admin API).
+    SetIsAllowAutoUpdateSchema {
+        namespace: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        enable: bool,
+    },
+    /// Whether producers without a schema are refused on topics that have one.
+    SetSchemaValidationEnforce {
+        namespace: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        enable: bool,
+    },
     /// Expire unacknowledged messages older than this many seconds (0: never).
     SetMessageTtl {
         namespace: String,
@@ -820,6 +839,20 @@ fn ns_policy(
             namespace,
             ttl_seconds,
         } => set(namespace, "messageTTL", json!(ttl_seconds))?,
+        NsPolicy::SetSchemaCompatibilityStrategy {
+            namespace,
+            compatibility,
+        } => (
+            "PUT",
+            format!("{}/schemaCompatibilityStrategy", base(namespace)?),
+            Some(json!(compatibility.to_ascii_uppercase())),
+        ),
+        NsPolicy::SetIsAllowAutoUpdateSchema { namespace, enable } => {
+            set(namespace, "isAllowAutoUpdateSchema", json!(enable))?
+        }
+        NsPolicy::SetSchemaValidationEnforce { namespace, enable } => {
+            set(namespace, "schemaValidationEnforced", json!(enable))?
+        }
         NsPolicy::SetBacklogQuota {
             namespace,
             r#type,
