@@ -429,23 +429,9 @@ async fn bookie_killed_mid_write_changes_the_ensemble_without_an_error() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autorecovery_restores_full_replication_after_a_bookie_is_lost() -> Result<()> {
     let etcd = EtcdServer::start().await?;
-    let bin = magnetar_testkit::magnetar_bin().expect("the magnetar binary");
     let mut bookies = Vec::new();
     for _ in 0..5 {
-        bookies.push(
-            BookieProc::start(
-                bin,
-                &[
-                    "--meta",
-                    &etcd.url(),
-                    "--meta-session-ttl-secs",
-                    "2",
-                    "--bookie-auth-secret",
-                    SECRET,
-                ],
-            )
-            .await?,
-        );
+        bookies.push(Cluster::bookie(&etcd).await?);
     }
     let cluster = Cluster { etcd, bookies };
     let client = cluster.client().await?;

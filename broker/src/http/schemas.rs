@@ -132,18 +132,22 @@ async fn all(State(svc): Svc, Path(p): SchemaPath) -> Response {
     }
 }
 
+/// The topic a schema request names, the schema in its body and the namespace's policy.
+async fn request(
+    svc: &BrokerService,
+    p: (String, String, String),
+    body: &[u8],
+) -> Result<(TopicName, SchemaInfo, schema::SchemaPolicy), Response> {
+    let t = topic(svc, p).await?;
+    let info = payload(body)?;
+    let policy = svc.schema_policy(&t).await.map_err(client_err)?;
+    Ok((t, info, policy))
+}
+
 async fn upload(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
-    let t = match topic(&svc, p).await {
-        Ok(t) => t,
+    let (t, info, policy) = match request(&svc, p, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let info = match payload(&body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let policy = match svc.schema_policy(&t).await {
-        Ok(p) => p,
-        Err(e) => return client_err(e),
     };
     match schema::add(&svc.meta, &t, &info, policy, true).await {
         Ok(v) => axum::Json(json!({"version": {"version": v}})).into_response(),
@@ -165,17 +169,9 @@ async fn delete(State(svc): Svc, Path(p): SchemaPath) -> Response {
 
 /// Whether a schema could be uploaded, changing nothing.
 async fn compatibility(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
-    let t = match topic(&svc, p).await {
-        Ok(t) => t,
+    let (t, info, policy) = match request(&svc, p, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let info = match payload(&body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let policy = match svc.schema_policy(&t).await {
-        Ok(p) => p,
-        Err(e) => return client_err(e),
     };
     let strategy = policy.strategy.effective().name();
     match schema::check(&svc.meta, &t, &info, policy).await {
@@ -195,12 +191,8 @@ async fn compatibility(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Res
 
 /// The version number of a schema the topic has.
 async fn version_of(State(svc): Svc, Path(p): SchemaPath, body: Bytes) -> Response {
-    let t = match topic(&svc, p).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let info = match payload(&body) {
-        Ok(i) => i,
+    let (t, info, _) = match request(&svc, p, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match schema::versions(&svc.meta, &t).await {

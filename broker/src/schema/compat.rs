@@ -126,11 +126,7 @@ mod tests {
     use super::*;
 
     fn avro(fields: &str) -> SchemaInfo {
-        SchemaInfo {
-            kind: SchemaType::Avro,
-            data: format!(r#"{{"type":"record","name":"User","fields":[{fields}]}}"#).into_bytes(),
-            properties: Default::default(),
-        }
+        super::super::info::record(SchemaType::Avro, fields)
     }
 
     #[test]

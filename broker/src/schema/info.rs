@@ -89,3 +89,13 @@ pub struct SchemaInfo {
     pub data: Vec<u8>,
     pub properties: BTreeMap<String, String>,
 }
+
+/// A record schema of `kind` (AVRO or JSON) with `fields` (JSON field objects), for tests.
+#[cfg(test)]
+pub(crate) fn record(kind: SchemaType, fields: &str) -> SchemaInfo {
+    SchemaInfo {
+        kind,
+        data: format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#).into_bytes(),
+        properties: Default::default(),
+    }
+}

@@ -276,11 +276,7 @@ mod tests {
     use std::sync::Arc;
 
     fn json(fields: &str) -> SchemaInfo {
-        SchemaInfo {
-            kind: SchemaType::Json,
-            data: format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#).into_bytes(),
-            properties: Default::default(),
-        }
+        info::record(SchemaType::Json, fields)
     }
 
     #[tokio::test]
