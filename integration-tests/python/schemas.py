@@ -130,6 +130,17 @@ for bad, code in ((b"{not json", 400), ({"type": "NOPE", "schema": ""}, 422),
                   ({"type": "STRING", "schema": "x" * 300000}, 422)):
     status, reason = http("POST", base + "/schema", bad)
     assert status == code, (bad if isinstance(bad, bytes) else bad["type"], status, reason)
+# a KEY_VALUE schema: its halves are checked each by its own type's rules
+kv_base = "/admin/v2/schemas/public/default/kv-%s" % uuid.uuid4().hex[:8]
+kv = lambda value_type: {"type": "KEY_VALUE", "schema": json.dumps(
+    {"key": "", "value": definition.replace('"int"', value_type)}),
+    "properties": {"key.schema.type": "STRING", "value.schema.type": "AVRO"}}
+assert http("POST", kv_base + "/schema", kv('"int"'))[0] == 200
+status, shown = http("GET", kv_base + "/schema")
+assert status == 200 and shown["type"] == "KEY_VALUE", shown
+assert json.loads(shown["data"])["value"]["fields"][0]["type"] == "int", shown
+status, check = http("POST", kv_base + "/compatibility", kv('"string"'))
+assert check["isCompatibility"] is False and check["reason"].startswith("value: "), check
 status, deleted = http("DELETE", base + "/schema")
 assert status == 200 and deleted["version"] == 0, deleted
 assert http("GET", base + "/schema")[0] == 404

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use magnetar_testkit::{StandaloneProc, http_get};
 
 mod common;
-use common::{bin, run_py};
+use common::{bin, read_frame, run_py};
 
 async fn check(sa: &StandaloneProc, mode: &str) -> Result<String> {
     let out = run_py("compat.py", &[mode, &sa.service_url()])
@@ -408,5 +408,129 @@ async fn schemas_are_registered_checked_and_served() -> Result<()> {
     assert!(deleted.starts_with("HTTP/1.0 204"), "{deleted}");
     let after = http_get(sa.web, path)?;
     assert!(after.starts_with("HTTP/1.0 404"), "{after}");
+    Ok(())
+}
+
+/// Schemas on the wire: an AUTO_CONSUME consumer subscribes to a topic with a schema without
+/// a check and reads the schema with GET_SCHEMA (by version too); an unknown schema type is
+/// refused with the reason.
+#[tokio::test]
+async fn auto_consume_and_get_schema_over_the_wire() -> Result<()> {
+    use bytes::BytesMut;
+    use magnetar_protocol::proto::{
+        CommandGetSchema, CommandProducer, CommandSubscribe, Schema, ServerError,
+        base_command::Type,
+    };
+    use magnetar_protocol::{BaseCommand, commands, frame};
+    use tokio::io::AsyncWriteExt;
+
+    let sa = StandaloneProc::start(bin(), &[]).await?;
+    let mut s = tokio::net::TcpStream::connect(sa.broker).await?;
+    let mut buf = BytesMut::new();
+    async fn send(s: &mut tokio::net::TcpStream, c: BaseCommand) -> Result<()> {
+        let mut out = BytesMut::new();
+        frame::encode_command(&c, &mut out);
+        s.write_all(&out).await?;
+        Ok(())
+    }
+    send(&mut s, commands::connect("schema-wire", 20)).await?;
+    read_frame(&mut s, &mut buf).await?.context("CONNECTED")?;
+    let topic = "persistent://public/default/wire-schema";
+    let schema = |kind: i32, data: &str| Schema {
+        name: "wire".into(),
+        schema_data: data.as_bytes().to_vec().into(),
+        r#type: kind,
+        properties: vec![],
+    };
+    let definition = r#"{"type":"record","name":"R","fields":[{"name":"x","type":"int"}]}"#;
+    // a JSON producer registers version 0, named in its PRODUCER_SUCCESS
+    send(
+        &mut s,
+        BaseCommand {
+            r#type: Type::Producer as i32,
+            producer: Some(CommandProducer {
+                topic: topic.into(),
+                producer_id: 1,
+                request_id: 1,
+                schema: Some(schema(2, definition)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let f = read_frame(&mut s, &mut buf)
+        .await?
+        .context("PRODUCER_SUCCESS")?;
+    let ok = f.command.producer_success.context("PRODUCER_SUCCESS")?;
+    assert_eq!(ok.schema_version.as_deref(), Some(&0u64.to_be_bytes()[..]));
+    // AUTO_CONSUME (21): no check; an unknown type (99): refused, naming it
+    for (kind, sub, want) in [
+        (21, "auto", None),
+        (99, "bogus", Some("unknown schema type 99")),
+    ] {
+        send(
+            &mut s,
+            BaseCommand {
+                r#type: Type::Subscribe as i32,
+                subscribe: Some(CommandSubscribe {
+                    topic: topic.into(),
+                    subscription: sub.into(),
+                    consumer_id: kind as u64,
+                    request_id: 10 + kind as u64,
+                    schema: Some(schema(kind, "")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let f = read_frame(&mut s, &mut buf).await?.context("answer")?;
+        match want {
+            None => assert!(f.command.success.is_some(), "{:?}", f.command),
+            Some(text) => {
+                let e = f.command.error.context("ERROR")?;
+                assert_eq!(e.error, ServerError::IncompatibleSchema as i32);
+                assert!(e.message.contains(text), "{}", e.message);
+            }
+        }
+    }
+    // GET_SCHEMA: the latest, a version by number, a version that is not there
+    for (request_id, version, found) in [
+        (30, None, true),
+        (31, Some(0u64), true),
+        (32, Some(5), false),
+    ] {
+        send(
+            &mut s,
+            BaseCommand {
+                r#type: Type::GetSchema as i32,
+                get_schema: Some(CommandGetSchema {
+                    request_id,
+                    topic: topic.into(),
+                    schema_version: version.map(|v| v.to_be_bytes().to_vec().into()),
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let f = read_frame(&mut s, &mut buf)
+            .await?
+            .context("GET_SCHEMA_RESPONSE")?;
+        let r = f
+            .command
+            .get_schema_response
+            .context("GET_SCHEMA_RESPONSE")?;
+        assert_eq!(r.request_id, request_id);
+        if found {
+            let got = r.schema.context("schema")?;
+            assert_eq!(
+                (got.r#type, &got.schema_data[..]),
+                (2, definition.as_bytes())
+            );
+        } else {
+            assert_eq!(r.error_code, Some(ServerError::TopicNotFound as i32));
+        }
+    }
     Ok(())
 }

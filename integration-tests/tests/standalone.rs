@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{bin, run_py, script};
+use common::{bin, read_frame, run_py, script};
 
 /// Starts a standalone with `flags` and runs a check script against it (service URL, web
 /// port, then `checks`); on failure the standalone's log tail comes with the error.
@@ -724,18 +724,6 @@ async fn acknowledgements_survive_kill9() -> Result<()> {
     sa.restart().await?;
     run_py("durability.py", &["rest", &url, topic, "sub", "0", "9"]).await?;
     Ok(())
-}
-
-async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<frame::Frame>> {
-    loop {
-        if let Some(f) = frame::decode_frame(buf, 1 << 24)? {
-            return Ok(Some(f));
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(buf)).await??;
-        if n == 0 {
-            return Ok(None);
-        }
-    }
 }
 
 /// A raw connection authenticated with `token`; CONNECTED already read.

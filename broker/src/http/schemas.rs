@@ -65,11 +65,49 @@ fn payload(body: &[u8]) -> Result<SchemaInfo, Response> {
             format!("unknown schema type {:?}", p.kind),
         )
     })?;
+    let data = if kind == SchemaType::KeyValue {
+        key_value_from_json(&p.schema).map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, e))?
+    } else {
+        p.schema.into_bytes()
+    };
     Ok(SchemaInfo {
         kind,
-        data: p.schema.into_bytes(),
+        data,
         properties: p.properties,
     })
+}
+
+/// A KEY_VALUE schema's definition as the admin API writes it, `{"key": K, "value": V}`
+/// (each a definition, as text or as JSON), in the binary layout clients send.
+fn key_value_from_json(text: &str) -> Result<Vec<u8>, String> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| format!("a KEY_VALUE schema is {{\"key\": ..., \"value\": ...}}: {e}"))?;
+    let half = |name: &str| -> Result<Vec<u8>, String> {
+        match v.get(name) {
+            Some(Value::String(s)) => Ok(s.clone().into_bytes()),
+            Some(Value::Null) | None => Ok(Vec::new()),
+            Some(other) => Ok(other.to_string().into_bytes()),
+        }
+    };
+    Ok(schema::compat::key_value_data(
+        &half("key")?,
+        &half("value")?,
+    ))
+}
+
+/// A schema's definition as the admin API shows it: text, and a KEY_VALUE's two halves as
+/// `{"key": K, "value": V}`.
+fn shown_data(info: &SchemaInfo) -> String {
+    if info.kind == SchemaType::KeyValue
+        && let Ok((k, v)) = schema::compat::key_value_parts(info)
+    {
+        let half = |h: &SchemaInfo| {
+            serde_json::from_slice::<Value>(&h.data)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&h.data).into_owned()))
+        };
+        return json!({"key": half(&k), "value": half(&v)}).to_string();
+    }
+    String::from_utf8_lossy(&info.data).into_owned()
 }
 
 /// A version as Pulsar's `GetSchemaResponse` shows it.
@@ -78,7 +116,7 @@ fn shown(v: &Version) -> Value {
         "version": v.version,
         "type": v.info.kind.name(),
         "timestamp": v.timestamp,
-        "data": String::from_utf8_lossy(&v.info.data),
+        "data": shown_data(&v.info),
         "properties": v.info.properties,
     })
 }

@@ -755,6 +755,7 @@ impl Connection {
             meter: Arc::clone(&meter),
             access_mode,
             state: Arc::clone(&state),
+            schema_version: schema_version.map(schema::version_bytes),
         };
         let grant = match topic.add_producer(info, p.request_id, p.topic_epoch) {
             Ok(g) => g,

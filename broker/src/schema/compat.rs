@@ -54,8 +54,15 @@ impl Strategy {
     }
 }
 
-/// Parses an AVRO or JSON definition; other types have none to parse.
+/// Parses an AVRO or JSON definition (and a KEY_VALUE's two halves); other types have none to
+/// parse.
 pub fn parse(info: &SchemaInfo) -> Result<Option<Avro>, String> {
+    if info.kind == SchemaType::KeyValue {
+        let (k, v) = key_value_parts(info)?;
+        parse(&k)?;
+        parse(&v)?;
+        return Ok(None);
+    }
     if !matches!(info.kind, SchemaType::Avro | SchemaType::Json) {
         return Ok(None);
     }
@@ -63,6 +70,52 @@ pub fn parse(info: &SchemaInfo) -> Result<Option<Avro>, String> {
     Avro::parse_str(text)
         .map(Some)
         .map_err(|e| format!("invalid {} schema definition: {e}", info.kind.name()))
+}
+
+/// The key and value schemas of a KEY_VALUE schema, as Pulsar lays it out: the data is the
+/// key's definition then the value's, each after its length (4 bytes, big-endian); the
+/// properties `key.schema.type` and `value.schema.type` name their types (BYTES if absent).
+pub fn key_value_parts(info: &SchemaInfo) -> Result<(SchemaInfo, SchemaInfo), String> {
+    let d = &info.data;
+    let take = |at: usize| -> Result<(&[u8], usize), String> {
+        let len: [u8; 4] = d
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("KEY_VALUE schema data ends inside a length")?;
+        let end = at + 4 + u32::from_be_bytes(len) as usize;
+        let part = d
+            .get(at + 4..end)
+            .ok_or("KEY_VALUE schema data is shorter than its lengths say")?;
+        Ok((part, end))
+    };
+    let (key, next) = take(0)?;
+    let (value, end) = take(next)?;
+    if end != d.len() {
+        return Err("KEY_VALUE schema data runs past its two parts".into());
+    }
+    let half = |data: &[u8], prefix: &str| -> Result<SchemaInfo, String> {
+        let kind = match info.properties.get(&format!("{prefix}.schema.type")) {
+            None => SchemaType::None,
+            Some(t) => SchemaType::parse(t).ok_or(format!("unknown {prefix} schema type {t:?}"))?,
+        };
+        Ok(SchemaInfo {
+            kind,
+            data: data.to_vec(),
+            properties: Default::default(),
+        })
+    };
+    Ok((half(key, "key")?, half(value, "value")?))
+}
+
+/// The data of a KEY_VALUE schema with these halves' definitions (the reverse of
+/// [`key_value_parts`]).
+pub fn key_value_data(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(8 + key.len() + value.len());
+    for part in [key, value] {
+        data.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        data.extend_from_slice(part);
+    }
+    data
 }
 
 /// Whether `new` may follow `existing` (oldest first, not empty) under `strategy`; Err says
@@ -88,36 +141,41 @@ pub fn check(existing: &[SchemaInfo], new: &SchemaInfo, strategy: Strategy) -> R
     } else {
         std::slice::from_ref(latest)
     };
-    let new_avro = parse(new)?;
-    for old in against {
-        if old.kind != new.kind {
-            return Err(format!(
-                "a {} schema cannot follow a {} one",
-                new.kind.name(),
-                old.kind.name()
-            ));
-        }
-        let (Some(n), Some(o)) = (&new_avro, parse(old)?) else {
-            continue; // same type, no structure to compare
-        };
-        let backward = || {
-            SchemaCompatibility::can_read(&o, n)
-                .map_err(|e| format!("readers of the new schema cannot read old data: {e}"))
-        };
-        let forward = || {
-            SchemaCompatibility::can_read(n, &o)
-                .map_err(|e| format!("readers of the old schema cannot read new data: {e}"))
-        };
-        match strategy {
-            Strategy::Backward | Strategy::BackwardTransitive => backward()?,
-            Strategy::Forward | Strategy::ForwardTransitive => forward()?,
-            _ => {
-                backward()?;
-                forward()?;
-            }
-        }
+    against.iter().try_for_each(|old| pair(old, new, strategy))
+}
+
+/// One old schema against the new one.
+fn pair(old: &SchemaInfo, new: &SchemaInfo, strategy: Strategy) -> Result<(), String> {
+    if old.kind != new.kind {
+        return Err(format!(
+            "a {} schema cannot follow a {} one",
+            new.kind.name(),
+            old.kind.name()
+        ));
     }
-    Ok(())
+    if new.kind == SchemaType::KeyValue {
+        // each half by its own type's rules
+        let (ok, ov) = key_value_parts(old)?;
+        let (nk, nv) = key_value_parts(new)?;
+        pair(&ok, &nk, strategy).map_err(|e| format!("key: {e}"))?;
+        return pair(&ov, &nv, strategy).map_err(|e| format!("value: {e}"));
+    }
+    let (Some(n), Some(o)) = (parse(new)?, parse(old)?) else {
+        return Ok(()); // same type, no structure to compare
+    };
+    let backward = || {
+        SchemaCompatibility::can_read(&o, &n)
+            .map_err(|e| format!("readers of the new schema cannot read old data: {e}"))
+    };
+    let forward = || {
+        SchemaCompatibility::can_read(&n, &o)
+            .map_err(|e| format!("readers of the old schema cannot read new data: {e}"))
+    };
+    match strategy {
+        Strategy::Backward | Strategy::BackwardTransitive => backward(),
+        Strategy::Forward | Strategy::ForwardTransitive => forward(),
+        _ => backward().and_then(|()| forward()),
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +223,50 @@ mod tests {
             "another type"
         );
         assert!(check(std::slice::from_ref(&string), &string, Strategy::Full).is_ok());
+    }
+
+    fn key_value(key: &SchemaInfo, value: &SchemaInfo) -> SchemaInfo {
+        let data = key_value_data(&key.data, &value.data);
+        let properties = [
+            ("key.schema.type".to_string(), key.kind.name()),
+            ("value.schema.type".to_string(), value.kind.name()),
+        ]
+        .into_iter()
+        .collect();
+        SchemaInfo {
+            kind: SchemaType::KeyValue,
+            data,
+            properties,
+        }
+    }
+
+    #[test]
+    fn key_value_schemas_are_checked_half_by_half() {
+        let string = SchemaInfo {
+            kind: SchemaType::String,
+            data: vec![],
+            properties: Default::default(),
+        };
+        let v1 = avro(r#"{"name":"a","type":"string"}"#);
+        let v2 = avro(r#"{"name":"a","type":"string"},{"name":"b","type":"int","default":0}"#);
+        let bad = avro(r#"{"name":"a","type":"int"}"#);
+        let old = [key_value(&string, &v1)];
+        assert!(check(&old, &key_value(&string, &v2), Strategy::Full).is_ok());
+        let e = check(&old, &key_value(&string, &bad), Strategy::Full).unwrap_err();
+        assert!(e.starts_with("value: "), "{e}");
+        let e = check(&old, &key_value(&v1, &v1), Strategy::Full).unwrap_err();
+        assert!(e.starts_with("key: "), "{e}");
+        // malformed layouts are refused, never read past
+        let mut short = key_value(&string, &v1);
+        short.data.truncate(short.data.len() - 1);
+        assert!(parse(&short).is_err());
+        let mut long = key_value(&string, &v1);
+        long.data.push(0);
+        assert!(parse(&long).is_err());
+        let mut huge = key_value(&string, &v1);
+        huge.data[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse(&huge).is_err());
+        assert!(parse(&key_value(&string, &bad)).is_ok());
     }
 
     #[test]

@@ -254,14 +254,11 @@ impl Topic {
         }) = promoted
         {
             info!(topic = %self.full, producer = %p.name, epoch, "waiting exclusive producer takes the topic");
-            p.conn
-                .send(magnetar_protocol::commands::producer_success_with(
-                    request_id,
-                    &p.name,
-                    -1,
-                    Some(epoch),
-                    true,
-                ));
+            use magnetar_protocol::commands;
+            p.conn.send(commands::with_schema_version(
+                commands::producer_success_with(request_id, &p.name, -1, Some(epoch), true),
+                p.schema_version.clone(),
+            ));
         }
     }
 

@@ -26,6 +26,9 @@ pub struct ProducerInfo {
     pub access_mode: ProducerAccessMode,
     /// Shared with the producer's connection: waiting, ready or fenced.
     pub state: Arc<AtomicU8>,
+    /// The schema version it writes with, as the protocol carries it (repeated in the
+    /// PRODUCER_SUCCESS of a waiting producer that takes the topic).
+    pub schema_version: Option<Vec<u8>>,
 }
 
 /// [`ProducerInfo::state`] values.
@@ -370,6 +373,7 @@ mod tests {
             meter: Arc::default(),
             access_mode: mode,
             state: Arc::default(),
+            schema_version: None,
         }
     }
 

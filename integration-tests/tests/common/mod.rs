@@ -38,3 +38,20 @@ pub async fn run_py(name: &str, args: &[&str]) -> Result<String> {
     }
     Ok(stdout)
 }
+
+/// The next whole frame of a raw protocol connection (None: it closed); waits at most 5 s.
+pub async fn read_frame(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> Result<Option<magnetar_protocol::frame::Frame>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(f) = magnetar_protocol::frame::decode_frame(buf, 1 << 24)? {
+            return Ok(Some(f));
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_buf(buf)).await??;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
