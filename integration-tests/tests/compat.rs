@@ -366,6 +366,7 @@ async fn schemas_are_registered_checked_and_served() -> Result<()> {
     let topic = "public/default/by-cli";
     assert!(cli(&["schemas", "upload", topic, "-f", &file])?.contains("version"));
     assert!(cli(&["schemas", "compatibility", topic, "-f", &file])?.contains("true"));
+    assert!(cli(&["schemas", "version", topic, "-f", &file])?.contains('0'));
     assert!(cli(&["schemas", "get", topic])?.contains("AVRO"));
     assert!(cli(&["schemas", "get", topic, "--version", "0"])?.contains("AVRO"));
     assert!(cli(&["schemas", "get", topic, "--all"])?.contains("getSchemaResponses"));

@@ -1,7 +1,8 @@
 //! Whether a new schema may join a topic's versions: Pulsar's compatibility strategies over
-//! Avro's reader/writer resolution rules (JSON schemas are Avro definitions too). Types other
-//! than AVRO and JSON are compatible with their own type only, as their data carries no
-//! structure the broker checks. Pure: definitions in, a verdict out.
+//! Avro's reader/writer resolution rules (JSON schemas are Avro definitions too), KEY_VALUE
+//! half by half, protobuf schemas by their root message (Pulsar's rule); other types are
+//! compatible with their own type only, as their data carries no structure the broker
+//! checks. Pure: definitions in, a verdict out.
 
 use apache_avro::Schema as Avro;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -107,6 +108,25 @@ pub fn key_value_parts(info: &SchemaInfo) -> Result<(SchemaInfo, SchemaInfo), St
     Ok((half(key, "key")?, half(value, "value")?))
 }
 
+/// The root message names of two PROTOBUF schemas (their definitions are Avro records named
+/// after it) or two PROTOBUF_NATIVE ones (`rootMessageTypeName`); None when either is not
+/// such a schema or names none.
+fn root_messages(old: &SchemaInfo, new: &SchemaInfo) -> Option<(String, String)> {
+    let name = |info: &SchemaInfo| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&info.data).ok()?;
+        match info.kind {
+            SchemaType::Protobuf => {
+                let ns = v.get("namespace").and_then(|n| n.as_str());
+                let name = v.get("name")?.as_str()?;
+                Some(ns.map_or(name.to_string(), |ns| format!("{ns}.{name}")))
+            }
+            SchemaType::ProtobufNative => Some(v.get("rootMessageTypeName")?.as_str()?.to_string()),
+            _ => None,
+        }
+    };
+    Some((name(old)?, name(new)?))
+}
+
 /// The data of a KEY_VALUE schema with these halves' definitions (the reverse of
 /// [`key_value_parts`]).
 pub fn key_value_data(key: &[u8], value: &[u8]) -> Vec<u8> {
@@ -159,6 +179,15 @@ fn pair(old: &SchemaInfo, new: &SchemaInfo, strategy: Strategy) -> Result<(), St
         let (nk, nv) = key_value_parts(new)?;
         pair(&ok, &nk, strategy).map_err(|e| format!("key: {e}"))?;
         return pair(&ov, &nv, strategy).map_err(|e| format!("value: {e}"));
+    }
+    if let Some(names) = root_messages(old, new)
+        && names.0 != names.1
+    {
+        // Pulsar's rule for protobuf schemas: the root message stays the same
+        return Err(format!(
+            "the root message changed from {} to {}",
+            names.0, names.1
+        ));
     }
     let (Some(n), Some(o)) = (parse(new)?, parse(old)?) else {
         return Ok(()); // same type, no structure to compare
@@ -267,6 +296,34 @@ mod tests {
         huge.data[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(parse(&huge).is_err());
         assert!(parse(&key_value(&string, &bad)).is_ok());
+    }
+
+    #[test]
+    fn protobuf_schemas_keep_their_root_message() {
+        let proto = |kind: SchemaType, data: &str| SchemaInfo {
+            kind,
+            data: data.as_bytes().to_vec(),
+            properties: Default::default(),
+        };
+        let a = proto(
+            SchemaType::Protobuf,
+            r#"{"type":"record","name":"Order","namespace":"shop","fields":[]}"#,
+        );
+        let b = proto(
+            SchemaType::Protobuf,
+            r#"{"type":"record","name":"Invoice","namespace":"shop","fields":[]}"#,
+        );
+        assert!(check(std::slice::from_ref(&a), &a, Strategy::Full).is_ok());
+        let e = check(std::slice::from_ref(&a), &b, Strategy::Full).unwrap_err();
+        assert!(e.contains("shop.Order to shop.Invoice"), "{e}");
+        let n = |root: &str| {
+            proto(
+                SchemaType::ProtobufNative,
+                &format!(r#"{{"fileDescriptorSet":"","rootMessageTypeName":"{root}"}}"#),
+            )
+        };
+        assert!(check(&[n("a.B")], &n("a.B"), Strategy::Backward).is_ok());
+        assert!(check(&[n("a.B")], &n("a.C"), Strategy::Backward).is_err());
     }
 
     #[test]

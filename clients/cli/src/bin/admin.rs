@@ -101,6 +101,12 @@ enum Schemas {
         #[arg(long, short = 'f')]
         filename: PathBuf,
     },
+    /// The version number the topic has for the schema in a file.
+    Version {
+        topic: String,
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
 }
 
 /// `/admin/v2/schemas/{tenant}/{ns}/{topic}` of a topic name.
@@ -655,6 +661,11 @@ fn plan(cmd: &Group) -> Result<Vec<Req>, AdminError> {
             Schemas::Compatibility { topic, filename } => (
                 "POST",
                 format!("{}/compatibility", schema_base(topic)?),
+                Some(schema_file(filename)?),
+            ),
+            Schemas::Version { topic, filename } => (
+                "POST",
+                format!("{}/version", schema_base(topic)?),
                 Some(schema_file(filename)?),
             ),
         },
