@@ -563,6 +563,10 @@ impl BrokerArgs {
                         .context("the basic provider needs --basic-auth-conf (an htpasswd file)")?;
                     let text = std::fs::read_to_string(file)
                         .with_context(|| format!("read {}", file.display()))?;
+                    tracing::warn!(
+                        "Basic authentication: passwords travel in clear on the plain ports; \
+                         give clients pulsar+ssl:// and HTTPS"
+                    );
                     p.basic = Some(
                         magnetar_broker::auth_basic::BasicAuth::parse(&text).map_err(|e| {
                             anyhow::anyhow!("--basic-auth-conf {}: {e}", file.display())
