@@ -88,7 +88,7 @@ fn is_bcrypt(hash: &str) -> bool {
 
 /// Constant-time equality.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Apache's MD5-based crypt (`$apr1$salt$hash`), as htpasswd -m writes it.

@@ -163,15 +163,15 @@ impl BrokerService {
         schema: &crate::schema::SchemaInfo,
     ) -> Result<(), BrokerError> {
         let policy = self.schema_policy(t).await?;
-        if crate::schema::versions(&self.meta, t).await?.is_empty() {
+        let existing = crate::schema::versions(&self.meta, t).await?;
+        if existing.is_empty() {
             if policy.auto_update {
                 crate::schema::add(&self.meta, t, schema, policy, false).await?;
             }
             return Ok(());
         }
-        crate::schema::check(&self.meta, t, schema, policy)
-            .await
-            .map(|_| ())
+        crate::schema::validate(schema)?;
+        crate::schema::admits(existing, schema, policy.strategy).map(|_| ())
     }
 
     /// TopicNotFound unless `t`'s namespace exists.
@@ -182,10 +182,7 @@ impl BrokerService {
             .await?
             .is_none()
         {
-            return Err(BrokerError::TopicNotFound(format!(
-                "Namespace {}/{} does not exist",
-                t.tenant, t.namespace
-            )));
+            return Err(namespace_missing(t));
         }
         Ok(())
     }
@@ -363,18 +360,28 @@ impl BrokerService {
         tenant: &str,
         ns: &str,
     ) -> Result<NamespacePolicies, MetaError> {
+        Ok(self
+            .stored_namespace_policies(tenant, ns)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// A namespace's stored policies; None when the namespace does not exist.
+    async fn stored_namespace_policies(
+        &self,
+        tenant: &str,
+        ns: &str,
+    ) -> Result<Option<NamespacePolicies>, MetaError> {
         let stored = self
             .meta
             .get_json::<serde_json::Value>(&keys::namespace(tenant, ns))
             .await?;
-        let policies = match stored {
-            Some(v) => serde_json::from_value::<NamespacePolicies>(v.value).unwrap_or_else(|e| {
+        Ok(stored.map(|v| {
+            serde_json::from_value::<NamespacePolicies>(v.value).unwrap_or_else(|e| {
                 warn!(namespace = %format!("{tenant}/{ns}"), error = %e, "unreadable namespace policies; using defaults");
                 NamespacePolicies::default()
-            }),
-            None => NamespacePolicies::default(),
-        };
-        Ok(policies)
+            })
+        }))
     }
 
     /// A topic's policies: its own over its namespace's over the broker's defaults.
@@ -409,8 +416,13 @@ impl BrokerService {
     /// off, Some(0) for a non-partitioned topic.
     pub async fn auto_creation(&self, t: &TopicName) -> Result<Option<u32>, BrokerError> {
         // topics are created only in namespaces that exist, as in Pulsar
-        self.require_namespace(t).await?;
-        let e = self.effective_policies(&t.tenant, &t.namespace).await?;
+        let Some(policies) = self
+            .stored_namespace_policies(&t.tenant, &t.namespace)
+            .await?
+        else {
+            return Err(namespace_missing(t));
+        };
+        let e = Effective::resolve(&policies, &self.cfg.policy_defaults());
         Ok(e.auto_topic_creation.then_some(e.auto_topic_partitions))
     }
 
@@ -678,4 +690,12 @@ impl BrokerService {
             self.unload(&t).await;
         }
     }
+}
+
+/// What using a topic of a namespace that does not exist is answered (Pulsar's words).
+fn namespace_missing(t: &TopicName) -> BrokerError {
+    BrokerError::TopicNotFound(format!(
+        "Namespace {}/{} does not exist",
+        t.tenant, t.namespace
+    ))
 }

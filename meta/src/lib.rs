@@ -157,23 +157,16 @@ fn etcd_config(tls: bool, rest: &str) -> std::result::Result<EtcdConfig, String>
 
 /// `%XX` escapes to bytes (a password may hold `@`, `:` or `,`).
 fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a % not followed by two hex digits")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    if s.split('%').skip(1).any(|rest| {
+        rest.get(..2)
+            .is_none_or(|h| !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    }) {
+        return Err("a % not followed by two hex digits".into());
     }
-    String::from_utf8(out).map_err(|_| "percent-escapes that are not UTF-8".to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "percent-escapes that are not UTF-8".to_string())
 }
 
 #[cfg(test)]

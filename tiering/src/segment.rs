@@ -98,13 +98,10 @@ impl Index {
         if raw.len() < 8 + 2 + 8 * 4 + 4 + 4 {
             return Err(SegmentError::Truncated("index"));
         }
-        let (body, crc) = raw.split_at(raw.len() - 4);
-        if !body.starts_with(INDEX_MAGIC) {
+        if !raw.starts_with(INDEX_MAGIC) {
             return Err(SegmentError::Magic);
         }
-        if crc32c::crc32c(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-            return Err(SegmentError::Checksum("index"));
-        }
+        let body = checked(raw, "index")?;
         let mut b = &body[8..];
         let version = b.get_u16();
         if version != VERSION {
@@ -267,6 +264,20 @@ impl SegmentWriter {
     }
 }
 
+/// The bytes before a trailing CRC32C, if it matches them (`what`: for the error).
+fn checked<'a>(raw: &'a [u8], what: &'static str) -> Result<&'a [u8], SegmentError> {
+    let split = raw
+        .len()
+        .checked_sub(4)
+        .ok_or(SegmentError::Truncated(what))?;
+    let (body, crc) = raw.split_at(split);
+    let stored = u32::from_be_bytes(crc.try_into().map_err(|_| SegmentError::Truncated(what))?);
+    if crc32c::crc32c(body) != stored {
+        return Err(SegmentError::Checksum(what));
+    }
+    Ok(body)
+}
+
 /// Checks a data object's header: its magic, version, checksum and ledger.
 pub fn check_header(raw: &[u8], ledger_id: u64) -> Result<(), SegmentError> {
     let h = raw
@@ -275,10 +286,7 @@ pub fn check_header(raw: &[u8], ledger_id: u64) -> Result<(), SegmentError> {
     if !h.starts_with(MAGIC) {
         return Err(SegmentError::Magic);
     }
-    let (body, crc) = h.split_at(HEADER_LEN - 4);
-    if crc32c::crc32c(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err(SegmentError::Checksum("header"));
-    }
+    let body = checked(h, "header")?;
     let mut b = &body[8..];
     let version = b.get_u16();
     if version != VERSION {
@@ -302,12 +310,8 @@ pub fn decode_block(raw: Bytes, r: &BlockRef) -> Result<Vec<(u64, Bytes)>, Segme
     if body_len + 8 != raw.len() {
         return Err(SegmentError::Inconsistent("block length".into()));
     }
-    let body = raw.slice(4..4 + body_len);
-    let crc = &raw[4 + body_len..];
-    if crc32c::crc32c(&body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err(SegmentError::Checksum("block"));
-    }
-    let mut b = body.clone();
+    checked(&raw[4..], "block")?;
+    let mut b = raw.slice(4..4 + body_len);
     let first = b.get_u64();
     let count = b.get_u32();
     if first != r.first_entry || count != r.entries {

@@ -171,12 +171,20 @@ pub async fn check(
     policy: SchemaPolicy,
 ) -> Result<Option<u64>, BrokerError> {
     validate(info)?;
-    let all = versions(meta, t).await?;
-    if let Some(v) = all.iter().find(|v| v.info == *info) {
+    admits(versions(meta, t).await?, info, policy.strategy)
+}
+
+/// Whether `info` may follow `existing` under `strategy`: its version if it is one of them.
+pub fn admits(
+    existing: Vec<Version>,
+    info: &SchemaInfo,
+    strategy: Strategy,
+) -> Result<Option<u64>, BrokerError> {
+    if let Some(v) = existing.iter().find(|v| v.info == *info) {
         return Ok(Some(v.version));
     }
-    let infos: Vec<SchemaInfo> = all.into_iter().map(|v| v.info).collect();
-    compat::check(&infos, info, policy.strategy).map_err(BrokerError::IncompatibleSchema)?;
+    let infos: Vec<SchemaInfo> = existing.into_iter().map(|v| v.info).collect();
+    compat::check(&infos, info, strategy).map_err(BrokerError::IncompatibleSchema)?;
     Ok(None)
 }
 
@@ -202,17 +210,20 @@ pub async fn add(
             .iter()
             .map(Stored::version)
             .collect::<Result<_, _>>()?;
-        if let Some(v) = existing.iter().find(|v| v.info == *info) {
-            return Ok(v.version);
+        let frozen = !existing.is_empty() && !by_admin && !policy.auto_update;
+        match admits(existing, info, policy.strategy) {
+            Ok(Some(known)) => return Ok(known),
+            // a new schema, compatible or not, is refused first for being new
+            _ if frozen => {
+                return Err(BrokerError::IncompatibleSchema(
+                    "the namespace does not let clients add schemas (isAllowAutoUpdateSchema is \
+                     false)"
+                        .into(),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
         }
-        if !existing.is_empty() && !by_admin && !policy.auto_update {
-            return Err(BrokerError::IncompatibleSchema(
-                "the namespace does not let clients add schemas (isAllowAutoUpdateSchema is false)"
-                    .into(),
-            ));
-        }
-        let infos: Vec<SchemaInfo> = existing.into_iter().map(|v| v.info).collect();
-        compat::check(&infos, info, policy.strategy).map_err(BrokerError::IncompatibleSchema)?;
         let version = rec.next;
         rec.versions.push(Stored {
             version,
