@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Process-level tests mostly wait on etcd and disks, so more threads than cores pays.
 TEST_THREADS ?= 4
 
-.PHONY: help deps build test lint fmt run cluster cluster-status cluster-down bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache bench-cluster
+.PHONY: help deps build test lint fmt run cluster cluster-status cluster-down bench-meta bench-bookie bench-standalone bench-isolation bench-client bench-compaction bench-cache bench-cluster bench-tiering
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -81,3 +81,7 @@ bench-compaction: deps ## one compaction of 60 000 entries over 30 000 keys, tim
 bench-client: deps ## issue #7: max produce, e2e latency at 10/50/80 %, catch-up, RSS, with magnetar-perf
 	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf
 	scripts/bench-client.sh
+
+bench-tiering: deps ## issue #21: offload MB/s, catch-up from bookie vs tier (filesystem, S3 server), first message
+	$(CARGO) build --release -p magnetar-broker --bin magnetar -p magnetar-cli --bin magnetar-perf -p magnetar-testkit --bin magnetar-s3-server
+	scripts/bench-tiering.sh

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Command};
 use magnetar_broker::config::BrokerConfig;
+use magnetar_broker::offload::OffloadConfig;
 use magnetar_broker::service::BrokerService;
 use magnetar_broker::tls::TlsListener;
 use magnetar_broker::topic::producers::PublishLimits;
@@ -196,6 +197,69 @@ pub struct BrokerArgs {
     /// broker's memory) [default: 16].
     #[arg(long, env = "MAGNETAR_MAX_OUTBOUND_BUFFER_SIZE_PER_CONNECTION_IN_MB")]
     pub max_outbound_buffer_size_per_connection_in_mb: Option<usize>,
+    /// Where topics offload closed ledgers unless a policy names a driver: filesystem,
+    /// aws-s3 (or S3, also for S3-compatible servers), google-cloud-storage, azureblob, or
+    /// none [default: filesystem under the data dir (standalone); none (broker)]. Cloud
+    /// credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*) or the instance.
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_DRIVER")]
+    pub managed_ledger_offload_driver: Option<String>,
+    /// The filesystem driver's directory [default: <data dir>/offload (standalone)].
+    #[arg(long, env = "MAGNETAR_FILE_SYSTEM_OFFLOAD_ROOT")]
+    pub file_system_offload_root: Option<PathBuf>,
+    /// Bucket of the aws-s3 (and azureblob: container) driver.
+    #[arg(long, env = "MAGNETAR_S3_MANAGED_LEDGER_OFFLOAD_BUCKET")]
+    pub s3_managed_ledger_offload_bucket: Option<String>,
+    #[arg(long, env = "MAGNETAR_S3_MANAGED_LEDGER_OFFLOAD_REGION")]
+    pub s3_managed_ledger_offload_region: Option<String>,
+    /// Endpoint of an S3-compatible server (requests are path-style; http:// allowed).
+    #[arg(long, env = "MAGNETAR_S3_MANAGED_LEDGER_OFFLOAD_SERVICE_ENDPOINT")]
+    pub s3_managed_ledger_offload_service_endpoint: Option<String>,
+    /// Bucket of the google-cloud-storage driver.
+    #[arg(long, env = "MAGNETAR_GCS_MANAGED_LEDGER_OFFLOAD_BUCKET")]
+    pub gcs_managed_ledger_offload_bucket: Option<String>,
+    /// Offload once a topic holds more than this many bytes in storage (0: every closed
+    /// ledger; -1: off), for namespaces that set no threshold [default: -1].
+    #[arg(
+        long,
+        env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_THRESHOLD_IN_BYTES",
+        allow_negative_numbers = true
+    )]
+    pub managed_ledger_offload_threshold_in_bytes: Option<i64>,
+    /// Offload ledgers closed more than this many seconds ago (-1: off) [default: -1].
+    #[arg(
+        long,
+        env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_THRESHOLD_IN_SECONDS",
+        allow_negative_numbers = true
+    )]
+    pub managed_ledger_offload_threshold_in_seconds: Option<i64>,
+    /// Delete the storage copy of an offloaded ledger this many ms after the offload
+    /// (negative: keep it) [default: 14400000, 4 h].
+    #[arg(
+        long,
+        env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_DELETION_LAG_MS",
+        allow_negative_numbers = true
+    )]
+    pub managed_ledger_offload_deletion_lag_ms: Option<i64>,
+    /// Multipart upload part size of offloads; smaller ledgers go up in one PUT
+    /// [default: 16777216; at least 5 MiB].
+    #[arg(
+        long,
+        env = "MAGNETAR_S3_MANAGED_LEDGER_OFFLOAD_MAX_BLOCK_SIZE_IN_BYTES"
+    )]
+    pub s3_managed_ledger_offload_max_block_size_in_bytes: Option<usize>,
+    /// Size of an offloaded segment's checksummed blocks, the unit of ranged reads and of
+    /// the read cache [default: 1048576].
+    #[arg(
+        long,
+        env = "MAGNETAR_S3_MANAGED_LEDGER_OFFLOAD_READ_BUFFER_SIZE_IN_BYTES"
+    )]
+    pub s3_managed_ledger_offload_read_buffer_size_in_bytes: Option<usize>,
+    /// Memory for blocks read from the tier, over all topics, in MB [default: 64].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_CACHE_SIZE_MB")]
+    pub managed_ledger_offload_cache_size_mb: Option<usize>,
+    /// Read-ahead of a reader moving forward through offloaded data, in MB [default: 8].
+    #[arg(long, env = "MAGNETAR_MANAGED_LEDGER_OFFLOAD_READ_AHEAD_MB")]
+    pub managed_ledger_offload_read_ahead_mb: Option<usize>,
 }
 
 impl BrokerArgs {
@@ -298,7 +362,20 @@ impl BrokerArgs {
             metrics_max_topics,
             max_pending_publish_requests_per_topic,
             max_message_publish_buffer_size_per_topic_in_mb,
-            max_outbound_buffer_size_per_connection_in_mb
+            max_outbound_buffer_size_per_connection_in_mb,
+            managed_ledger_offload_driver,
+            file_system_offload_root,
+            s3_managed_ledger_offload_bucket,
+            s3_managed_ledger_offload_region,
+            s3_managed_ledger_offload_service_endpoint,
+            gcs_managed_ledger_offload_bucket,
+            managed_ledger_offload_threshold_in_bytes,
+            managed_ledger_offload_threshold_in_seconds,
+            managed_ledger_offload_deletion_lag_ms,
+            s3_managed_ledger_offload_max_block_size_in_bytes,
+            s3_managed_ledger_offload_read_buffer_size_in_bytes,
+            managed_ledger_offload_cache_size_mb,
+            managed_ledger_offload_read_ahead_mb
         );
     }
 
@@ -502,6 +579,8 @@ impl BrokerArgs {
                     "--allow-auto-topic-creation-type must be non-partitioned or partitioned, not {other:?}"
                 ),
             },
+            // set by the caller, which knows where the filesystem driver may write
+            offload: OffloadConfig::default(),
             dispatch: DispatchConfig {
                 key_shared_lease: self
                     .key_shared_lease_ms
@@ -518,6 +597,74 @@ impl BrokerArgs {
                         Duration::from_millis(ms.max(1))
                     }),
                 ..dispatch
+            },
+        })
+    }
+
+    /// Tiered storage as the flags say; `default_root` is the filesystem driver's directory
+    /// when none is given, and makes that driver the default (the standalone's data dir).
+    pub fn offload_config(&self, default_root: Option<PathBuf>) -> Result<OffloadConfig> {
+        use magnetar_tiering::{Driver, Location, SegmentOptions, TierConfig};
+        let standalone = default_root.is_some();
+        let root = self.file_system_offload_root.clone().or(default_root);
+        let location = match self.managed_ledger_offload_driver.as_deref() {
+            None if standalone => root.clone().map(Location::filesystem),
+            None | Some("none") | Some("") => None,
+            Some(name) => {
+                let driver = Driver::parse(name).context("--managed-ledger-offload-driver")?;
+                let l = Location {
+                    driver,
+                    bucket: match driver {
+                        Driver::Gcs => self.gcs_managed_ledger_offload_bucket.clone(),
+                        _ => self.s3_managed_ledger_offload_bucket.clone(),
+                    },
+                    region: self.s3_managed_ledger_offload_region.clone(),
+                    endpoint: self.s3_managed_ledger_offload_service_endpoint.clone(),
+                    root: (driver == Driver::Filesystem)
+                        .then(|| root.clone())
+                        .flatten(),
+                };
+                l.check().context(
+                    "--managed-ledger-offload-driver needs its bucket \
+                     (--s3-managed-ledger-offload-bucket, --gcs-managed-ledger-offload-bucket) \
+                     or directory (--file-system-offload-root)",
+                )?;
+                Some(l)
+            }
+        };
+        let d = OffloadConfig::default();
+        let segment = SegmentOptions::default();
+        let tier = TierConfig::default();
+        Ok(OffloadConfig {
+            location,
+            filesystem_root: root,
+            threshold_bytes: self
+                .managed_ledger_offload_threshold_in_bytes
+                .unwrap_or(d.threshold_bytes),
+            threshold_secs: self
+                .managed_ledger_offload_threshold_in_seconds
+                .unwrap_or(d.threshold_secs),
+            deletion_lag: match self.managed_ledger_offload_deletion_lag_ms {
+                Some(ms) => u64::try_from(ms).ok().map(Duration::from_millis),
+                None => d.deletion_lag,
+            },
+            tier: TierConfig {
+                segment: SegmentOptions {
+                    part_bytes: self
+                        .s3_managed_ledger_offload_max_block_size_in_bytes
+                        .unwrap_or(segment.part_bytes)
+                        .max(5 << 20),
+                    block_bytes: self
+                        .s3_managed_ledger_offload_read_buffer_size_in_bytes
+                        .unwrap_or(segment.block_bytes)
+                        .clamp(4 << 10, 64 << 20),
+                },
+                cache_bytes: self
+                    .managed_ledger_offload_cache_size_mb
+                    .map_or(tier.cache_bytes, |mb| mb << 20),
+                readahead_bytes: self
+                    .managed_ledger_offload_read_ahead_mb
+                    .map_or(tier.readahead_bytes, |mb| mb << 20),
             },
         })
     }

@@ -9,6 +9,7 @@ use magnetar_managed_ledger::{MlConfig, Retention};
 
 use crate::authz::Authorizer;
 use crate::cluster::ownership::{BrokerUrls, ListenerUrls};
+use crate::offload::OffloadConfig;
 use crate::policies::PolicyDefaults;
 use crate::topic::producers::PublishLimits;
 use crate::topic::subscription::DispatchConfig;
@@ -56,6 +57,8 @@ pub struct BrokerConfig {
     pub listeners: BTreeMap<String, ListenerUrls>,
     /// The listener brokers and clients that name none use (`--internal-listener-name`).
     pub internal_listener: String,
+    /// Tiered storage: where offloads go by default, thresholds, deletion lag, read cache.
+    pub offload: OffloadConfig,
 }
 
 /// The internal listener's name when none is configured (Pulsar's).
@@ -87,6 +90,7 @@ impl Default for BrokerConfig {
             max_outbound_bytes_per_connection: 16 << 20,
             listeners: BTreeMap::new(),
             internal_listener: DEFAULT_INTERNAL_LISTENER.into(),
+            offload: OffloadConfig::default(),
         }
     }
 }
@@ -184,6 +188,7 @@ impl BrokerConfig {
             auto_topic_partitions: self.default_num_partitions,
             cluster: self.cluster.clone(),
             affinity: self.ml.placement.affinity.clone(),
+            offload: self.offload.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod names;
+pub mod offload;
 pub mod policies;
 pub mod protocol;
 pub mod ratelimit;

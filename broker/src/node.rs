@@ -116,7 +116,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         );
     }
     let listeners = args.broker.bind().await?;
-    let cfg = args.broker.config(&listeners, &cluster, DEFAULT_QUORUM)?;
+    let mut cfg = args.broker.config(&listeners, &cluster, DEFAULT_QUORUM)?;
+    // a broker's disk is its own: offload goes where a driver (shared by all) says
+    cfg.offload = args.broker.offload_config(None)?;
     let ttl = Duration::from_millis(
         args.metadata_session_timeout_ms
             .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use magnetar_bookie::placement::Affinity;
 use serde::{Deserialize, Serialize};
 
+use crate::offload::{OffloadConfig, OffloadPolicies, OffloadSettings};
 use crate::ratelimit::Rate;
 
 /// The parts of Pulsar's `Policies` this broker acts on; other fields are kept untouched in
@@ -55,6 +56,16 @@ pub struct NamespacePolicies {
     /// Copies of the namespace's new ledgers (Pulsar's `persistence`).
     #[serde(default)]
     pub persistence: Option<PersistencePolicies>,
+    /// Offload: bytes kept in storage (-1: off), age of ledgers to offload, and how long
+    /// storage copies stay after an offload; `offload_policies` wins over all three.
+    #[serde(default)]
+    pub offload_threshold: Option<i64>,
+    #[serde(default)]
+    pub offload_threshold_in_seconds: Option<i64>,
+    #[serde(default)]
+    pub offload_deletion_lag_ms: Option<i64>,
+    #[serde(default)]
+    pub offload_policies: Option<OffloadPolicies>,
 }
 
 /// Ensemble, write and ack quorum of a namespace's new ledgers, as Pulsar spells them.
@@ -239,6 +250,7 @@ pub struct PolicyDefaults {
     /// Bookie groups for namespaces that name none (Pulsar's
     /// `bookkeeperClientIsolationGroups`).
     pub affinity: Option<Affinity>,
+    pub offload: OffloadConfig,
 }
 
 impl Default for PolicyDefaults {
@@ -254,6 +266,7 @@ impl Default for PolicyDefaults {
             auto_topic_partitions: 0,
             cluster: "standalone".into(),
             affinity: None,
+            offload: OffloadConfig::default(),
         }
     }
 }
@@ -284,6 +297,7 @@ pub struct Effective {
     pub affinity: Option<Affinity>,
     /// Ensemble, write and ack quorum of new ledgers (None: the broker's defaults).
     pub quorum: Option<[usize; 3]>,
+    pub offload: OffloadSettings,
 }
 
 /// Topic-level policies (stored at `/admin/topic-policies/{topic path}`): where set, they
@@ -320,6 +334,13 @@ pub struct TopicPolicies {
         skip_serializing_if = "Option::is_none"
     )]
     pub subscription_dispatch_rate: Option<DispatchRate>,
+    /// Laid over the namespace's field by field.
+    #[serde(
+        default,
+        rename = "offloadPolicies",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub offload_policies: Option<OffloadPolicies>,
 }
 
 impl NamespacePolicies {
@@ -345,6 +366,10 @@ impl NamespacePolicies {
         }
         if let Some(r) = t.subscription_dispatch_rate {
             self.subscription_dispatch_rate = HashMap::from([(String::new(), r)]);
+        }
+        if let Some(o) = &t.offload_policies {
+            self.offload_policies =
+                Some(self.offload_policies.take().unwrap_or_default().overlaid(o));
         }
         self
     }
@@ -414,6 +439,13 @@ impl Effective {
                     q.bookkeeper_ack_quorum,
                 ]
             }),
+            offload: OffloadSettings::resolve(
+                p.offload_policies.as_ref(),
+                p.offload_threshold,
+                p.offload_threshold_in_seconds,
+                p.offload_deletion_lag_ms,
+                &d.offload,
+            ),
         }
     }
 }

@@ -11,6 +11,7 @@ use magnetar_managed_ledger::LedgerStorage;
 use magnetar_managed_ledger::storage::{BookieStorage, MemoryStorage};
 use magnetar_managed_ledger::{ManagedLedger, MlError};
 use magnetar_meta::{Expected, MemoryStore, MetaError, MetaStore, MetadataStoreExt};
+use magnetar_tiering::{Location, ObjectTier, TierError, Which, offloader};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -23,6 +24,7 @@ use crate::cluster::ownership::{OwnEverything, Owner, Ownership};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::names::{Domain, TopicName};
+use crate::offload::OffloadSettings;
 use crate::policies::{Effective, NamespacePolicies, TopicPolicies};
 use crate::topic::Topic;
 
@@ -66,6 +68,8 @@ pub struct BrokerService {
     pub started_ms: u64,
     /// More Prometheus text for `/metrics` (the standalone's in-process bookie).
     pub extra_metrics: std::sync::OnceLock<ExtraMetrics>,
+    /// Offloaded ledgers' copies: read by every persistent log, written by offload runs.
+    pub tier: Arc<ObjectTier>,
 }
 
 pub type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
@@ -93,7 +97,9 @@ impl BrokerService {
         ledgers: LedgerClient,
         ownership: Arc<dyn Ownership>,
     ) -> Result<Arc<BrokerService>, MetaError> {
+        let tier = Arc::new(ObjectTier::new(cfg.offload.tier));
         Ok(Arc::new(BrokerService {
+            tier,
             cfg,
             meta,
             storage: Arc::new(BookieStorage::new(ledgers.clone())),
@@ -325,6 +331,8 @@ impl BrokerService {
         cfg.format = Arc::new(crate::topic::entries::PulsarEntries);
         let (storage, meta): (Arc<dyn LedgerStorage>, MetaStore) = match t.domain {
             Domain::Persistent => {
+                cfg.tier =
+                    Some(Arc::clone(&self.tier) as Arc<dyn magnetar_managed_ledger::tier::Tier>);
                 cfg.track_producers = eff.deduplication;
                 cfg.placement.affinity = eff.affinity.clone();
                 if let Some([e, qw, qa]) = eff.quorum {
@@ -603,11 +611,60 @@ impl BrokerService {
                 if let Err(e) = t.ml.trim(t.trim_floor(), eff.retention).await {
                     warn!(topic = %t.full, error = %e, "trim failed");
                 }
+                if t.persistent() {
+                    self.offload_by_policy(&t, &eff.offload, every).await;
+                }
                 t.ml.release_idle_cache();
                 t.ml.measure_unsized();
             }
             self.stats.housekeeping_runs.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Housekeeping's part in tiered storage: storage copies past the deletion lag go, and
+    /// ledgers the thresholds make due are offloaded by a run in the background (one at a
+    /// time per topic; after failures, retries back off from the housekeeping interval).
+    async fn offload_by_policy(&self, t: &Arc<Topic>, s: &OffloadSettings, every: Duration) {
+        if let Some(lag) = s.deletion_lag
+            && let Err(e) = t.offloads.release_lagged(&t.ml, lag).await
+        {
+            warn!(topic = %t.full, error = %e, "deleting storage copies of offloaded ledgers failed");
+        }
+        let Some(location) = s.location.clone() else {
+            return;
+        };
+        if s.which.is_off() || !t.offloads.may_retry(every) {
+            return;
+        }
+        let now = magnetar_managed_ledger::clock::now_ms();
+        if offloader::due(&t.ml.ledgers(), t.ml.current_ledger(), s.which, now).is_empty() {
+            return;
+        }
+        self.start_offload(t, location, s.which, false);
+    }
+
+    /// Starts an offload run of `t` in the background; false if one is running.
+    pub fn start_offload(
+        &self,
+        t: &Arc<Topic>,
+        location: Result<Location, String>,
+        which: Which,
+        sweep: bool,
+    ) -> bool {
+        if !t.offloads.begin() {
+            return false;
+        }
+        let t = Arc::clone(t);
+        let tier = Arc::clone(&self.tier);
+        tokio::spawn(async move {
+            match location {
+                Ok(l) => {
+                    let _ = t.offloads.run(&tier, &t.ml, &l, which, sweep).await;
+                }
+                Err(e) => t.offloads.fail(&t.ml, TierError::Config(e)),
+            }
+        });
+        true
     }
 
     /// Deletes a topic: its subscriptions, compacted view, log and policies. Refused
@@ -648,6 +705,13 @@ impl BrokerService {
         }
         crate::topic::compaction::delete(&self.meta, self.storage.as_ref(), &t.path()).await?;
         topic.ml.delete().await?;
+        // recorded copies went with the log; what offloads left unrecorded goes too
+        if let Ok(eff) = self.topic_policies(t).await
+            && let Some(Ok(l)) = eff.offload.location
+            && let Err(e) = self.tier.delete_log(&l, &t.path()).await
+        {
+            warn!(topic = %t, location = %l, error = %e, "offloaded objects of a deleted topic not all deleted");
+        }
         match self
             .meta
             .delete(&keys::topic_policies(t), Expected::Any)

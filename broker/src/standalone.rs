@@ -199,7 +199,8 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
 
     // broker
     let listeners = args.broker.bind().await?;
-    let cfg = args.broker.config(&listeners, "standalone", [1, 1, 1])?;
+    let mut cfg = args.broker.config(&listeners, "standalone", [1, 1, 1])?;
+    cfg.offload = args.broker.offload_config(Some(data_dir.join("offload")))?;
     // The broker reaches its own bookies by calling them, not through a loopback socket.
     let mut ledgers = LedgerClient::new(meta.clone(), Duration::from_secs(10));
     for b in &bookies {

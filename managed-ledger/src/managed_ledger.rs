@@ -506,6 +506,15 @@ impl ManagedLedger {
             .and_then(|p| p.sequences.get(producer).copied())
     }
 
+    /// The log's path (`tenant/ns/domain/topic`): its record is at
+    /// `/managed-ledgers/{path}`, and other stores key what belongs to it by it.
+    pub fn path(&self) -> &str {
+        self.inner
+            .key
+            .strip_prefix("/managed-ledgers/")
+            .unwrap_or(&self.inner.key)
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -1119,6 +1128,56 @@ impl ManagedLedger {
                 l.offload = Some(offload);
             }
             st.readers.remove(&id);
+            st.record()
+        })
+        .await
+    }
+
+    /// A closed ledger's copy in storage, for reading it whole (an offload copies it from
+    /// here, whatever the log's reads use).
+    pub async fn open_stored(&self, id: u64) -> Result<Arc<dyn Ledger>, MlError> {
+        {
+            let st = self.inner.state.lock();
+            let current = st.current.as_ref().map(|w| w.id());
+            if Some(id) == current || st.ledgers.get(&id).is_none_or(|l| l.closed_ms.is_none()) {
+                return Err(MlError::Unsupported(format!(
+                    "ledger {id} is not a closed ledger of {}",
+                    self.inner.name
+                )));
+            }
+        }
+        Ok(self.inner.storage.open(id).await?)
+    }
+
+    /// Deletes the storage's copy of offloaded ledger `id` (its reads already go to the
+    /// tier), then records `offload` (saying so). Deleted first: a crash in between leaves
+    /// a record that asks for the deletion again, which finds nothing to delete.
+    pub async fn release_offloaded(
+        &self,
+        id: u64,
+        offload: serde_json::Value,
+    ) -> Result<(), MlError> {
+        let offloaded = self
+            .inner
+            .state
+            .lock()
+            .ledgers
+            .get(&id)
+            .is_some_and(|l| l.offload.is_some());
+        if !offloaded {
+            return Err(MlError::Unsupported(format!(
+                "ledger {id} of {} is not offloaded",
+                self.inner.name
+            )));
+        }
+        match self.inner.storage.delete(id).await {
+            Ok(()) | Err(StorageError::NoSuchLedger(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        write_record(&self.inner, |st| {
+            if let Some(l) = st.ledgers.get_mut(&id) {
+                l.offload = Some(offload);
+            }
             st.record()
         })
         .await

@@ -23,9 +23,9 @@ pub const INDEX_MAGIC: &[u8; 8] = b"MGNSEGI\x01";
 /// The format version this code writes and reads.
 pub const VERSION: u16 = 1;
 /// Header: magic, version, ledger id, block size, CRC.
-const HEADER_LEN: usize = 8 + 2 + 8 + 4 + 4;
+pub const HEADER_LEN: usize = 8 + 2 + 8 + 4 + 4;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SegmentError {
     #[error("not a segment object (bad magic)")]
     Magic,
@@ -179,7 +179,10 @@ impl Index {
 pub struct SegmentWriter {
     ledger_id: u64,
     block_bytes: usize,
+    /// Closed blocks not yet taken by [`SegmentWriter::take`].
     data: BytesMut,
+    /// Bytes taken before `data`.
+    taken: u64,
     block: BytesMut,
     block_first: u64,
     block_count: u32,
@@ -202,6 +205,7 @@ impl SegmentWriter {
             ledger_id,
             block_bytes,
             data,
+            taken: 0,
             block: BytesMut::new(),
             block_first: 0,
             block_count: 0,
@@ -236,7 +240,7 @@ impl SegmentWriter {
         body.put_u64(self.block_first);
         body.put_u32(self.block_count);
         body.put_slice(&self.block);
-        let offset = self.data.len() as u64;
+        let offset = self.taken + self.data.len() as u64;
         self.data.put_u32(body.len() as u32);
         self.data.put_slice(&body);
         self.data.put_u32(crc32c::crc32c(&body));
@@ -250,14 +254,28 @@ impl SegmentWriter {
         self.block_count = 0;
     }
 
-    /// The data object and its index.
+    /// Bytes of the data object ready to be written (the header and closed blocks), so a
+    /// big ledger streams out in parts instead of being held whole.
+    pub fn ready(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Takes what [`SegmentWriter::ready`] counts; the object is the concatenation of every
+    /// take and what [`SegmentWriter::finish`] returns.
+    pub fn take(&mut self) -> Bytes {
+        let out = self.data.split().freeze();
+        self.taken += out.len() as u64;
+        out
+    }
+
+    /// The rest of the data object and the index of all of it.
     pub fn finish(mut self) -> (Bytes, Index) {
         self.close_block();
         let index = Index {
             ledger_id: self.ledger_id,
             entries: self.next_entry,
             last_entry: self.next_entry as i64 - 1,
-            data_len: self.data.len() as u64,
+            data_len: self.taken + self.data.len() as u64,
             blocks: self.blocks,
         };
         (self.data.freeze(), index)
@@ -428,5 +446,22 @@ mod tests {
         // a block handed the wrong reference is refused
         let other = index.blocks[2];
         assert!(decode_block(block_bytes(&data, &r), &other).is_err());
+    }
+
+    #[test]
+    fn a_segment_taken_in_parts_is_the_segment_built_whole() {
+        let (whole, whole_index) = build(500, 2048);
+        let mut w = SegmentWriter::new(42, 2048);
+        let mut parts = BytesMut::new();
+        for i in 0..500 {
+            w.add(&entry(i)).unwrap();
+            if w.ready() > 5000 {
+                parts.extend_from_slice(&w.take());
+            }
+        }
+        let (rest, index) = w.finish();
+        parts.extend_from_slice(&rest);
+        assert_eq!(parts.freeze(), whole);
+        assert_eq!(index, whole_index);
     }
 }

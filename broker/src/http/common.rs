@@ -210,6 +210,52 @@ pub(super) async fn existing_topic(
     }
 }
 
+/// One field of a topic's own policies (null when unset).
+pub(super) async fn topic_policy_get(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    field: &str,
+) -> Response {
+    let t = match existing_topic(&svc, &path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match svc.meta.get_json::<Value>(&keys::topic_policies(&t)).await {
+        Ok(v) => axum::Json(
+            v.and_then(|v| v.value.get(field).cloned())
+                .unwrap_or(Value::Null),
+        )
+        .into_response(),
+        Err(e) => meta_err(e),
+    }
+}
+
+/// Read-modify-write of a topic's policies, by compare-and-set (created when absent).
+pub(super) async fn update_topic_policies(
+    svc: &BrokerService,
+    path: &(String, String, String),
+    change: impl Fn(&mut Value) + Send + Sync,
+) -> Response {
+    let t = match existing_topic(svc, path).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    update_record(svc, &keys::topic_policies(&t), Some(json!({})), change).await
+}
+
+pub(super) async fn topic_policy_delete(
+    State(svc): Svc,
+    Path(path): TopicPath,
+    field: &str,
+) -> Response {
+    update_topic_policies(&svc, &path, |p| {
+        if let Some(o) = p.as_object_mut() {
+            o.remove(field);
+        }
+    })
+    .await
+}
+
 /// A BrokerError as an HTTP answer with Pulsar's status for it.
 pub(super) fn client_err(e: BrokerError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -15,9 +15,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use common::{
-    Force, NsPath, Stop, Svc, TopicPath, answered, bundles_of, client_err, err, existing_topic,
-    from_object, meta_err, namespace_record, object_at, object_body, path_topic, topic_name,
-    update_policies, update_record,
+    Force, NsPath, Stop, Svc, TopicPath, answered, bundles_of, client_err, err, from_object,
+    meta_err, namespace_record, object_at, object_body, path_topic, topic_name,
+    topic_policy_delete, topic_policy_get, update_policies, update_topic_policies,
 };
 use magnetar_meta::{Expected, MetaError, MetadataStoreExt};
 use namespaces::check_rate;
@@ -33,6 +33,7 @@ mod bookies;
 mod common;
 mod gate;
 mod namespaces;
+mod offload;
 pub mod openapi;
 mod schemas;
 mod stats;
@@ -171,6 +172,7 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .merge(tenants::routes())
         .merge(bookies::routes())
         .merge(schemas::routes())
+        .merge(offload::routes())
         .route(
             &ns("persistence/bookieAffinity"),
             get(get_affinity)
@@ -197,23 +199,6 @@ pub fn router(svc: Arc<BrokerService>) -> Router {
         .route(
             &ns("maxTopicsPerNamespace"),
             ns_field("max_topics_per_namespace", SetBy::Post, check_limit, true),
-        )
-        .route(
-            &ns("offloadThreshold"),
-            ns_field("offload_threshold", SetBy::Put, check_offload, false),
-        )
-        .route(
-            &ns("offloadThresholdInSeconds"),
-            ns_field(
-                "offload_threshold_in_seconds",
-                SetBy::Put,
-                check_offload,
-                false,
-            ),
-        )
-        .route(
-            &ns("offloadDeletionLagMs"),
-            ns_field("offload_deletion_lag_ms", SetBy::Put, check_limit, true),
         )
         .route(
             &ns("autoSubscriptionCreation"),
@@ -871,43 +856,6 @@ async fn compaction_status(
     axum::Json(json!({"status": status, "lastError": error})).into_response()
 }
 
-async fn topic_policy_get(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
-    let t = match existing_topic(&svc, &path).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match svc.meta.get_json::<Value>(&keys::topic_policies(&t)).await {
-        Ok(v) => axum::Json(
-            v.and_then(|v| v.value.get(field).cloned())
-                .unwrap_or(Value::Null),
-        )
-        .into_response(),
-        Err(e) => meta_err(e),
-    }
-}
-
-/// Read-modify-write of a topic's policies, by compare-and-set (created when absent).
-async fn update_topic_policies(
-    svc: &BrokerService,
-    path: &(String, String, String),
-    change: impl Fn(&mut Value) + Send + Sync,
-) -> Response {
-    let t = match existing_topic(svc, path).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    update_record(svc, &keys::topic_policies(&t), Some(json!({})), change).await
-}
-
-async fn topic_policy_delete(State(svc): Svc, Path(path): TopicPath, field: &str) -> Response {
-    update_topic_policies(&svc, &path, |p| {
-        if let Some(o) = p.as_object_mut() {
-            o.remove(field);
-        }
-    })
-    .await
-}
-
 #[derive(serde::Deserialize)]
 struct TtlQuery {
     #[serde(rename = "messageTTL")]
@@ -1109,14 +1057,6 @@ async fn lookup_bundle(
     }
 }
 
-/// Offload thresholds: -1 (the broker's default) or a number of bytes / seconds.
-fn check_offload(v: Value) -> Result<Value, String> {
-    match v.as_i64() {
-        Some(n) if n >= -1 => Ok(Value::from(n)),
-        _ => Err("the threshold is -1 (the broker default), 0 or more".into()),
-    }
-}
-
 /// A schema compatibility strategy's name (a JSON string, Pulsar's body).
 fn check_strategy(v: Value) -> Result<Value, String> {
     match v.as_str() {
@@ -1311,10 +1251,11 @@ async fn metrics(State(svc): Svc) -> Response {
     // one series per topic while there are few enough, else one per namespace (the
     // cardinality bound); labels as Pulsar's: cluster, namespace, topic
     let per_topic = topics.len() <= svc.cfg.metrics_max_topics;
-    let mut groups: BTreeMap<(String, String), [f64; 8]> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), [f64; 9]> = BTreeMap::new();
     for t in &topics {
         let (rin, tin, rout, tout) = t.rates();
         let (_, storage) = t.ml.totals();
+        let offloaded = magnetar_tiering::offloader::offloaded_bytes(&t.ml.ledgers());
         let subs: Vec<_> = t.subscriptions.lock().values().cloned().collect();
         let mut backlog = 0;
         for s in subs {
@@ -1339,6 +1280,7 @@ async fn metrics(State(svc): Svc) -> Response {
             storage as f64,
             msgs as f64,
             bytes as f64,
+            offloaded as f64,
         ]) {
             *acc += v;
         }
@@ -1358,6 +1300,11 @@ async fn metrics(State(svc): Svc) -> Response {
         ("pulsar_storage_size", "gauge", "Bytes stored"),
         ("pulsar_in_messages_total", "counter", "Messages published"),
         ("pulsar_in_bytes_total", "counter", "Bytes published"),
+        (
+            "pulsar_storage_offloaded_size",
+            "gauge",
+            "Bytes of ledgers offloaded to the tier",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -1378,6 +1325,13 @@ async fn metrics(State(svc): Svc) -> Response {
             let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
         }
     }
+    out.push_str(&svc.tier.stats().render("magnetar_"));
+    gauge(
+        &mut out,
+        "magnetar_tiered_cache_bytes",
+        "Bytes of offloaded blocks in the read cache.",
+        svc.tier.cache().bytes() as u64,
+    );
     if let Some(extra) = svc.extra_metrics.get() {
         out.push_str(&extra());
     }

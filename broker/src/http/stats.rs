@@ -105,6 +105,7 @@ pub(super) async fn topic_stats(topic: &Topic) -> Value {
         "bytesOutCounter": out_bytes,
         "averageMsgSize": avg((msg_in, bytes_in)),
         "storageSize": storage,
+        "offloadedStorageSize": magnetar_tiering::offloader::offloaded_bytes(&topic.ml.ledgers()),
         "backlogSize": 0,
         "publishers": publishers,
         // not in Pulsar's stats: WaitForExclusive producers queued for the topic
@@ -157,7 +158,8 @@ pub(super) fn topic_internal_stats(topic: &Topic) -> Value {
             "ledgerId": l.ledger_id,
             "entries": l.entries,
             "size": l.size,
-            "offloaded": false,
+            "offloaded": l.offload.is_some(),
+            "underReplicated": false,
         })).collect::<Vec<_>>(),
         "cursors": cursors,
         "compactedLedger": match topic.compacted_ledger() {

@@ -70,6 +70,8 @@ pub struct Topic {
     subscription_rate: Mutex<Rate>,
     /// SUBSCRIBEs per client host in the current window (subscribe rate limit).
     subscribes: Mutex<HashMap<String, (std::time::Instant, u32)>>,
+    /// Offload runs of its log and how the last one went.
+    pub offloads: magnetar_tiering::LogOffloads,
 }
 
 const QUOTA_OK: u8 = 0;
@@ -128,6 +130,7 @@ impl Topic {
             dispatch_limit: Arc::new(RateLimiter::default()),
             subscription_rate: Mutex::default(),
             subscribes: Mutex::default(),
+            offloads: Default::default(),
         });
         let path = t.name.path();
         if t.persistent() {

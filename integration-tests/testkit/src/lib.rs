@@ -506,10 +506,24 @@ impl StandaloneProc {
     /// in `extra` becomes the broker port chosen. Retries with new ports when one was taken
     /// meanwhile.
     pub async fn start(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
-        retry_on_clash(|| Self::start_once(program, extra)).await
+        Self::start_env(program, extra, &[]).await
     }
 
-    async fn start_once(program: &Path, extra: &[&str]) -> Result<StandaloneProc> {
+    /// [`StandaloneProc::start`] with more environment variables (e.g. a store's
+    /// credentials), kept across restarts.
+    pub async fn start_env(
+        program: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<StandaloneProc> {
+        retry_on_clash(|| Self::start_once(program, extra, env)).await
+    }
+
+    async fn start_once(
+        program: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<StandaloneProc> {
         let dir = tempfile::Builder::new()
             .prefix("magnetar-standalone-")
             .tempdir()?;
@@ -532,8 +546,12 @@ impl StandaloneProc {
                 .map(|s| s.replace("{broker_port}", &broker.to_string())),
         );
         let log = dir.path().join("standalone.log");
+        let mut proc = Proc::new(&format!("standalone :{broker}"), program, args, log);
+        for (k, v) in env {
+            proc = proc.env(k, v);
+        }
         let mut s = StandaloneProc {
-            proc: Proc::new(&format!("standalone :{broker}"), program, args, log),
+            proc,
             broker: SocketAddr::from(([127, 0, 0, 1], broker)),
             web: SocketAddr::from(([127, 0, 0, 1], web)),
             dir,
@@ -562,6 +580,90 @@ impl StandaloneProc {
     /// Starts it again on the same ports and data (kills it first if it still runs).
     pub async fn restart(&mut self) -> Result<()> {
         self.proc.restart_until("magnetar standalone ready").await
+    }
+}
+
+/// Credentials of the test S3 server (`magnetar-s3-server`).
+pub const S3_ACCESS_KEY: &str = "magnetar-test";
+pub const S3_SECRET_KEY: &str = "magnetar-test-secret";
+
+/// A real S3 protocol server (`magnetar-s3-server`: s3s over a directory) on a free port,
+/// taking requests signed with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`].
+pub struct S3Proc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl S3Proc {
+    /// Starts the server built next to `magnetar`, with `buckets` created.
+    pub async fn start(magnetar: &Path, buckets: &[&str]) -> Result<S3Proc> {
+        retry_on_clash(|| Self::start_once(magnetar, buckets)).await
+    }
+
+    async fn start_once(magnetar: &Path, buckets: &[&str]) -> Result<S3Proc> {
+        let program = magnetar.with_file_name("magnetar-s3-server");
+        if !program.exists() {
+            bail!(
+                "no {} (cargo build --workspace --all-targets builds it)",
+                program.display()
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("magnetar-s3-").tempdir()?;
+        let port = free_port()?;
+        let root = dir.path().join("objects");
+        std::fs::create_dir_all(&root)?;
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--root".into(),
+            root.display().to_string(),
+            "--access-key".into(),
+            S3_ACCESS_KEY.into(),
+            "--secret-key".into(),
+            S3_SECRET_KEY.into(),
+        ];
+        for b in buckets {
+            args.push("--bucket".into());
+            args.push((*b).into());
+        }
+        let log = dir.path().join("s3.log");
+        let mut s = S3Proc {
+            proc: Proc::new(&format!("s3 :{port}"), program, args, log),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        s.proc.spawn()?;
+        s.proc.wait_for_log("s3 server ready", 0).await?;
+        Ok(s)
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The directory its buckets are kept in.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("objects")
+    }
+
+    /// The environment a client of it needs (AWS_* credentials and region).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again on the same port and objects.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.restart_until("s3 server ready").await
     }
 }
 

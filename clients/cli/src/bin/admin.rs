@@ -178,6 +178,73 @@ enum Clusters {
     Delete { cluster: String },
 }
 
+/// Pulsar's offload policies, as pulsar-admin's set-offload-policies takes them.
+#[derive(Args)]
+struct OffloadPolicyArgs {
+    /// filesystem, aws-s3 (S3), google-cloud-storage or azureblob.
+    #[arg(long, short = 'd')]
+    driver: String,
+    /// Bucket (aws-s3, google-cloud-storage) or container (azureblob).
+    #[arg(long, short = 'b')]
+    bucket: Option<String>,
+    #[arg(long, short = 'r')]
+    region: Option<String>,
+    /// Endpoint of an S3-compatible server.
+    #[arg(long, short = 'e')]
+    endpoint: Option<String>,
+    /// Offload once a topic keeps more than this many bytes in storage (-1: never).
+    #[arg(long, short = 't', allow_hyphen_values = true)]
+    offload_after_threshold: Option<i64>,
+    /// Offload ledgers closed more than this many seconds ago (-1: never).
+    #[arg(long, allow_hyphen_values = true)]
+    offload_after_elapsed_secs: Option<i64>,
+    /// Delete storage copies this many ms after the offload.
+    #[arg(long, short = 'l', allow_hyphen_values = true)]
+    offload_deletion_lag_ms: Option<i64>,
+}
+
+impl OffloadPolicyArgs {
+    fn body(&self) -> Value {
+        let mut b = json!({"managedLedgerOffloadDriver": self.driver});
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                b[k] = v;
+            }
+        };
+        let s3 = !self.driver.eq_ignore_ascii_case("google-cloud-storage");
+        let (bucket, region) = if s3 {
+            (
+                "s3ManagedLedgerOffloadBucket",
+                "s3ManagedLedgerOffloadRegion",
+            )
+        } else {
+            (
+                "gcsManagedLedgerOffloadBucket",
+                "gcsManagedLedgerOffloadRegion",
+            )
+        };
+        put(bucket, self.bucket.clone().map(Value::from));
+        put(region, self.region.clone().map(Value::from));
+        put(
+            "s3ManagedLedgerOffloadServiceEndpoint",
+            self.endpoint.clone().map(Value::from),
+        );
+        put(
+            "managedLedgerOffloadThresholdInBytes",
+            self.offload_after_threshold.map(Value::from),
+        );
+        put(
+            "managedLedgerOffloadThresholdInSeconds",
+            self.offload_after_elapsed_secs.map(Value::from),
+        );
+        put(
+            "managedLedgerOffloadDeletionLagInMillis",
+            self.offload_deletion_lag_ms.map(Value::from),
+        );
+        b
+    }
+}
+
 #[derive(Args)]
 struct ClusterData {
     cluster: String,
@@ -393,6 +460,26 @@ enum NsPolicy {
         #[arg(long)]
         threshold: i64,
     },
+    /// Offload once a topic keeps more than this many bytes in storage (0: every closed
+    /// ledger; -1: the broker's setting).
+    SetOffloadThreshold {
+        namespace: String,
+        #[arg(long, short = 's', allow_hyphen_values = true)]
+        size: i64,
+    },
+    /// Delete storage copies of offloaded ledgers this many ms after the offload.
+    SetOffloadDeletionLag {
+        namespace: String,
+        #[arg(long, short = 'l', allow_hyphen_values = true)]
+        lag_ms: i64,
+    },
+    /// Where and when the namespace's topics offload (Pulsar's offload policies; they win
+    /// over the threshold and lag set alone). Remove with `remove <ns> offloadPolicies`.
+    SetOffloadPolicies {
+        namespace: String,
+        #[command(flatten)]
+        policies: OffloadPolicyArgs,
+    },
     /// Producers per topic (0: no limit).
     SetMaxProducersPerTopic { namespace: String, max: i64 },
     /// Consumers per topic (0: no limit).
@@ -412,7 +499,8 @@ enum NsPolicy {
     },
     /// Show one policy (retention, persistence, messageTTL, backlogQuotaMap, deduplication,
     /// compactionThreshold, maxProducersPerTopic, maxConsumersPerTopic,
-    /// maxConsumersPerSubscription).
+    /// maxConsumersPerSubscription, offloadThreshold, offloadThresholdInSeconds,
+    /// offloadDeletionLagMs, offloadPolicies).
     Get { namespace: String, policy: String },
     /// Remove one policy (same names as get, plus autoTopicCreation).
     Remove { namespace: String, policy: String },
@@ -423,11 +511,17 @@ enum NsPolicy {
 #[derive(Subcommand)]
 enum Topics {
     /// List a namespace's topics (partitions listed one by one).
-    List { namespace: String },
+    List {
+        namespace: String,
+    },
     /// List a namespace's partitioned topics.
-    ListPartitionedTopics { namespace: String },
+    ListPartitionedTopics {
+        namespace: String,
+    },
     /// Create a non-partitioned topic.
-    Create { topic: String },
+    Create {
+        topic: String,
+    },
     /// Create a partitioned topic.
     CreatePartitionedTopic {
         topic: String,
@@ -441,7 +535,9 @@ enum Topics {
         partitions: u32,
     },
     /// Show a topic's partition count (0: not partitioned).
-    GetPartitionedTopicMetadata { topic: String },
+    GetPartitionedTopicMetadata {
+        topic: String,
+    },
     /// Delete a topic (with --force, even while clients use it).
     Delete {
         topic: String,
@@ -455,7 +551,9 @@ enum Topics {
         force: bool,
     },
     /// A topic's stats.
-    Stats { topic: String },
+    Stats {
+        topic: String,
+    },
     /// A topic's storage view: ledgers and cursors.
     StatsInternal {
         topic: String,
@@ -470,21 +568,60 @@ enum Topics {
         per_partition: bool,
     },
     /// Which broker serves a topic.
-    Lookup { topic: String },
+    Lookup {
+        topic: String,
+    },
     /// The namespace bundle a topic falls in.
-    Bundle { topic: String },
+    Bundle {
+        topic: String,
+    },
     /// Unload a topic from its broker.
-    Unload { topic: String },
+    Unload {
+        topic: String,
+    },
     /// Refuse further messages; prints the last message id.
-    Terminate { topic: String },
+    Terminate {
+        topic: String,
+    },
     /// Start compacting a topic.
-    Compact { topic: String },
+    Compact {
+        topic: String,
+    },
     /// Whether compaction is running, done or failed.
-    CompactionStatus { topic: String },
+    CompactionStatus {
+        topic: String,
+    },
+    /// Offload the topic's closed ledgers to the tier: every one before --message-id
+    /// (ledger:entry), or all of them. Runs in the background; see offload-status.
+    Offload {
+        topic: String,
+        #[arg(long, short = 'm')]
+        message_id: Option<String>,
+    },
+    /// Whether an offload is running, done or failed (and the first message not offloaded).
+    OffloadStatus {
+        topic: String,
+    },
+    /// The topic's own offload policies (over its namespace's, field by field).
+    GetOffloadPolicies {
+        topic: String,
+    },
+    SetOffloadPolicies {
+        topic: String,
+        #[command(flatten)]
+        policies: OffloadPolicyArgs,
+    },
+    RemoveOffloadPolicies {
+        topic: String,
+    },
     /// The id of the last message.
-    LastMessageId { topic: String },
+    LastMessageId {
+        topic: String,
+    },
     /// Show the grants on a topic (namespace grants included).
-    Permissions { topic: String },
+    Permissions {
+        topic: String,
+    },
     /// Grant a role actions on a topic.
     GrantPermission {
         topic: String,
@@ -904,6 +1041,20 @@ fn ns_policy(
             format!("{}/compactionThreshold", base(namespace)?),
             Some(json!(threshold)),
         ),
+        NsPolicy::SetOffloadThreshold { namespace, size } => (
+            "PUT",
+            format!("{}/offloadThreshold", base(namespace)?),
+            Some(json!(size)),
+        ),
+        NsPolicy::SetOffloadDeletionLag { namespace, lag_ms } => (
+            "PUT",
+            format!("{}/offloadDeletionLagMs", base(namespace)?),
+            Some(json!(lag_ms)),
+        ),
+        NsPolicy::SetOffloadPolicies {
+            namespace,
+            policies,
+        } => set(namespace, "offloadPolicies", policies.body())?,
         NsPolicy::SetMaxProducersPerTopic { namespace, max } => {
             set(namespace, "maxProducersPerTopic", json!(max))?
         }
@@ -986,6 +1137,24 @@ fn topics(t: &Topics) -> Result<Vec<Req>, AdminError> {
         Topics::Terminate { topic } => ("POST", format!("{}/terminate", base(topic)?), None),
         Topics::Compact { topic } => ("PUT", format!("{}/compaction", base(topic)?), None),
         Topics::CompactionStatus { topic } => get(format!("{}/compaction", base(topic)?)),
+        Topics::Offload {
+            topic,
+            message_id: m,
+        } => (
+            "PUT",
+            format!("{}/offload", base(topic)?),
+            m.as_deref().map(message_id).transpose()?,
+        ),
+        Topics::OffloadStatus { topic } => get(format!("{}/offload", base(topic)?)),
+        Topics::GetOffloadPolicies { topic } => get(format!("{}/offloadPolicies", base(topic)?)),
+        Topics::SetOffloadPolicies { topic, policies } => (
+            "POST",
+            format!("{}/offloadPolicies", base(topic)?),
+            Some(policies.body()),
+        ),
+        Topics::RemoveOffloadPolicies { topic } => {
+            ("DELETE", format!("{}/offloadPolicies", base(topic)?), None)
+        }
         Topics::LastMessageId { topic } => get(format!("{}/lastMessageId", base(topic)?)),
         Topics::Permissions { topic } => get(format!("{}/permissions", base(topic)?)),
         Topics::GrantPermission {
